@@ -1,0 +1,337 @@
+"""Typed run configuration: YAML in and out, ``key=value`` overrides, validation with one-line errors.
+
+A config is a tree of dataclasses. :func:`from_dict` checks every key and type against the
+dataclass fields, so a typo (``data.batchsize``) or a wrong type fails before anything runs, with
+a message naming the key and the fix. ε-like values accept fractions such as ``8/255``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from robustlab.errors import UserError
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, how it is batched and augmented, and the held-out evaluation subset."""
+
+    name: str = "digits"
+    root: str | None = None
+    download: bool = False
+    batch_size: int = 128
+    crop_padding: int = 0
+    flip: bool = False
+    eval_split: str = "test"
+    eval_examples: int = 512
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfig:
+    """Architecture name from the model registry and its keyword options."""
+
+    name: str = "small_cnn"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AttackConfig:
+    """The training attack (L∞ PGD by default); ``bn_mode`` is the model mode while it runs."""
+
+    eps: float = 8 / 255
+    norm: str = "linf"
+    steps: int = 10
+    step_size: float = 2 / 255
+    random_start: bool = True
+    bn_mode: str = "eval"
+
+
+@dataclass
+class MethodConfig:
+    """Training objective by registry name (``pgd_at``, ``trades``, ...) and its options (``beta``...)."""
+
+    name: str = "pgd_at"
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser settings; ``grad_clip`` is a max global gradient norm or null."""
+
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    grad_clip: float | None = None
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule per step: ``piecewise`` (milestones as fractions of training), ``cosine``, ``constant``."""
+
+    name: str = "piecewise"
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """The loop: epochs, device, precision, EMA, per-epoch evaluation and checkpoint rule."""
+
+    epochs: int = 10
+    device: str = "auto"
+    amp: str = "none"
+    channels_last: bool = False
+    compile: bool = False
+    ema_decay: float | None = None
+    ema_warmup: bool = True
+    eval_every: int = 1
+    eval_pgd_steps: int = 10
+    checkpoint_rule: str = "robust_acc"
+    log_every: int = 50
+    progress: bool = True
+
+
+@dataclass
+class RunConfig:
+    """A whole training run; ``out_dir/name`` is the run folder."""
+
+    name: str = "run"
+    seed: int = 0
+    out_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "method.attack.norm": ("linf", "l2"),
+    "method.attack.bn_mode": ("eval", "train"),
+    "optim.name": ("sgd", "adamw"),
+    "schedule.name": ("piecewise", "cosine", "constant"),
+    "train.amp": ("none", "bf16", "fp16"),
+    "train.checkpoint_rule": ("robust_acc", "clean_acc", "last"),
+    "data.eval_split": ("train", "test"),
+}
+POSITIVE = {"data.batch_size", "train.epochs", "train.eval_every", "train.log_every", "optim.lr"}
+NON_NEGATIVE = {
+    "data.crop_padding", "data.eval_examples", "method.attack.eps", "method.attack.steps",
+    "method.attack.step_size", "optim.weight_decay", "optim.momentum", "schedule.warmup_epochs",
+    "train.eval_pgd_steps",
+}
+
+
+def parse_number(value: Any, key: str) -> float:
+    """A float from a number or a fraction string like ``8/255``."""
+    if isinstance(value, bool):
+        raise UserError(f"{key}: expected a number, got {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            if "/" in text:
+                num, den = text.split("/", 1)
+                return float(num) / float(den)
+            return float(text)
+        except (ValueError, ZeroDivisionError):
+            pass
+    raise UserError(f"{key}: expected a number such as 0.03 or 8/255, got {value!r}")
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check ``value`` against a field annotation (after ``from __future__`` strings are resolved)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise UserError(f"{key}: expected a mapping of settings, got {value!r}")
+        return from_dict(annotation, value, prefix=f"{key}.")
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{key}: expected a whole number, got {value!r}")
+        return value
+    if annotation is float:
+        return parse_number(value, key)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise UserError(f"{key}: expected a string, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"{key}: expected a list, got {value!r}")
+        (inner,) = typing.get_args(annotation)
+        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    raise TypeError(f"unsupported annotation {annotation!r} for {key}")
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a dict, rejecting unknown keys and wrong types with UserError."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), names, n=1)
+        hint = f"did you mean {prefix}{close[0]}?" if close else f"valid keys: {', '.join(names)}"
+        raise UserError(f"unknown config key {prefix}{key}; {hint}")
+    values = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**values)
+
+
+def _validate(cfg: RunConfig) -> None:
+    flat = to_flat_dict(cfg)
+    for key, allowed in CHOICES.items():
+        if flat[key] not in allowed:
+            raise UserError(f"{key} must be one of {', '.join(allowed)}, got {flat[key]!r}")
+    for key in POSITIVE:
+        if not flat[key] > 0:
+            raise UserError(f"{key} must be > 0, got {flat[key]!r}")
+    for key in NON_NEGATIVE:
+        if flat[key] < 0:
+            raise UserError(f"{key} must be >= 0, got {flat[key]!r}")
+    if not cfg.name or "/" in cfg.name:
+        raise UserError(f"name must be a non-empty folder name without '/', got {cfg.name!r}")
+    decay = cfg.train.ema_decay
+    if decay is not None and not 0.0 < decay < 1.0:
+        raise UserError(f"train.ema_decay must be in (0, 1) or null, got {decay!r}")
+    if sorted(cfg.schedule.milestones) != cfg.schedule.milestones or any(
+        not 0 < m <= 1 for m in cfg.schedule.milestones
+    ):
+        raise UserError("schedule.milestones must be increasing fractions of training in (0, 1], e.g. [0.5, 0.75]")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain nested dicts (YAML-ready)."""
+    return dataclasses.asdict(cfg)
+
+
+def to_flat_dict(cfg: Any) -> dict[str, Any]:
+    """Dotted keys for the scalar settings (``method.attack.eps``)."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for k, v in node.items():
+            if isinstance(v, dict) and k != "options":
+                walk(v, f"{prefix}{k}.")
+            else:
+                flat[prefix + k] = v
+
+    walk(to_dict(cfg), "")
+    return flat
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a","b","c"], YAML-parsed value)."""
+    if "=" not in text:
+        raise UserError(f"override {text!r} is not key=value; write e.g. train.epochs=5")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise UserError(f"override key {key!r} is malformed; write e.g. method.attack.eps=8/255")
+    return parts, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each dotted override into the nested dict (creating mappings as needed)."""
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for p in parts[:-1]:
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):
+                raise UserError(f"override {text!r}: {p} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from a file, with UserError for a missing file or bad YAML."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file {p} not found; pass a YAML path or a bundled name (robustlab list configs)")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"config file {p} is not valid YAML{where}; fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {p} must hold a mapping of settings at the top level")
+    return data
+
+
+def build_config(data: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
+    """Validate a config dict plus overrides into a RunConfig."""
+    cfg = from_dict(RunConfig, apply_overrides(data, list(overrides or [])))
+    _validate(cfg)
+    return cfg
+
+
+BUNDLED = Path(__file__).resolve().parent / "configs"
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A YAML path as given, or a bundled config by name (``digits_pgd_at``)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    bundled = BUNDLED / f"{name_or_path}.yaml"
+    if bundled.is_file():
+        return bundled
+    names = bundled_config_names()
+    close = difflib.get_close_matches(name_or_path, names, n=3)
+    hint = f"did you mean {', '.join(close)}?" if close else "see robustlab list configs"
+    raise UserError(f"config {name_or_path!r} is neither a file nor a bundled config; {hint}")
+
+
+def bundled_config_names() -> list[str]:
+    return sorted(p.stem for p in BUNDLED.glob("*.yaml"))
+
+
+def load_config(name_or_path: str, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (file or bundled name), apply overrides, validate."""
+    return build_config(read_yaml(resolve_config_path(name_or_path)), overrides)
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,20 @@
+"""Datasets as uint8 tensors and the on-device loader.
+
+``load_dataset(name, split, root=None, download=False, **options)`` returns an :class:`ImageDataset`
+(uint8 images (N, C, H, W), int64 labels, class names); :class:`DeviceLoader` keeps it on the device
+and yields augmented float batches in [0, 1].
+"""
+
+from robustlab.data.datasets import DATASETS, ImageDataset, fixed_subset, load_dataset, subset_indices
+from robustlab.data.loader import DeviceLoader, batch_crop, batch_flip
+
+__all__ = [
+    "DATASETS",
+    "DeviceLoader",
+    "ImageDataset",
+    "batch_crop",
+    "batch_flip",
+    "fixed_subset",
+    "load_dataset",
+    "subset_indices",
+]

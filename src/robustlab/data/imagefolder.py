@@ -1,0 +1,245 @@
+"""Image-folder datasets (``root/split/class/*.png|jpg|jpeg``) from a folder or a tar archive.
+
+Decoding thousands of small files is slow, so the decoded arrays are cached as ``.npy`` files plus a
+JSON side file holding the class list and a fingerprint of the source (path, size, modification time,
+options). A later load with the same fingerprint reads the arrays back with ``allow_pickle=False``;
+any change rebuilds them. Cache writes go to a temporary file and :func:`os.replace`, JSON last.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import io
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from robustlab.data import formats
+from robustlab.errors import UserError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+SPLIT_FOLDERS = ("train", "val", "test")
+CACHE_VERSION = 1
+DEFAULT_CACHE_DIR = Path("~/.cache/robustlab")
+
+
+@dataclass(frozen=True)
+class FolderOptions:
+    """What to decode: split folder, channel count, optional (H, W) resize, per-class cap."""
+
+    split: str
+    channels: int = 3
+    size: tuple[int, int] | None = None
+    max_per_class: int | None = None
+
+
+@dataclass
+class _Item:
+    """One image to decode: its label, a name for messages, and how to get its bytes."""
+
+    label: int
+    name: str
+    read: Callable[[], bytes]
+
+
+def load_imagefolder(
+    root: Path, options: FolderOptions, cache_dir: Path | None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Decoded ``(images uint8 NCHW, labels int64, classes)``, through the cache when ``cache_dir`` is set."""
+    listing: tuple[list[str], list[_Item]] | None = None
+    if formats.is_archive(root):
+        fingerprint = _fingerprint(root, options, _stat_digest(root))
+    elif root.is_dir():
+        listing = scan_directory(root, options)  # cheap, and the fingerprint needs it
+        fingerprint = _fingerprint(root, options, _listing_digest(*listing))
+    else:
+        raise UserError(f"imagefolder root {root} is neither a folder nor a .tar/.tar.gz archive; point root at one")
+    cached = read_cache(cache_dir, fingerprint) if cache_dir is not None else None
+    if cached is not None:
+        return cached
+    classes, items = listing if listing is not None else scan_archive(root, options)
+    images = decode_all(items, options)
+    labels = np.array([it.label for it in items], dtype=np.int64)
+    if cache_dir is not None:
+        write_cache(cache_dir, fingerprint, images, labels, classes)
+    return images, labels, classes
+
+
+# --------------------------------------------------------------------------- scanning
+
+
+def _is_image(parts: list[str]) -> bool:
+    """Whether a path (as its parts) is a visible .png/.jpg/.jpeg file (no hidden or __MACOSX parts)."""
+    hidden = any(p.startswith(".") or p == "__MACOSX" for p in parts)
+    return not hidden and parts[-1].lower().endswith(IMAGE_SUFFIXES)
+
+
+def scan_directory(root: Path, options: FolderOptions) -> tuple[list[str], list[_Item]]:
+    """Classes (union of class folders over the split folders) and the images of ``options.split``."""
+    split_dir = root / options.split
+    if not split_dir.is_dir():
+        raise UserError(f"no {options.split!r} folder under {root}: expected ROOT/{options.split}/CLASS/*.png|jpg")
+    splits = {s for s in (*SPLIT_FOLDERS, options.split) if (root / s).is_dir()}
+    folders = (d for s in splits for d in (root / s).iterdir() if d.is_dir())
+    classes = sorted({d.name for d in folders if not d.name.startswith(".")})
+    items: list[_Item] = []
+    for label, cls in enumerate(classes):
+        folder = split_dir / cls
+        names = sorted(p.name for p in folder.iterdir() if _is_image([p.name])) if folder.is_dir() else []
+        for name in names[: options.max_per_class]:
+            path = folder / name
+            items.append(_Item(label, str(path), path.read_bytes))
+    return classes, items
+
+
+def scan_archive(archive: Path, options: FolderOptions) -> tuple[list[str], list[_Item]]:
+    """Like :func:`scan_directory` for a tar archive, in one pass; a leading top folder is allowed.
+
+    Member paths are read as ``[prefix/]split/class/file``; with ``max_per_class`` only the first
+    files by name are kept in memory.
+    """
+    kept: dict[tuple[tuple[str, ...], str], list[tuple[str, bytes]]] = {}
+    class_names: dict[tuple[str, ...], set[str]] = {}
+    for name, read in formats.stream_archive(archive):
+        parts = name.split("/")
+        if len(parts) < 3 or not _is_image(parts):
+            continue
+        prefix, split, cls, file = tuple(parts[:-3]), parts[-3], parts[-2], parts[-1]
+        if split in SPLIT_FOLDERS or split == options.split:
+            class_names.setdefault(prefix, set()).add(cls)
+        if split == options.split:
+            _keep(kept.setdefault((prefix, cls), []), file, read, options.max_per_class)
+    prefixes = sorted({prefix for prefix, _ in kept})
+    if not prefixes:
+        raise UserError(f"{archive} holds no {options.split}/CLASS/*.png|jpg images; check the split name and layout")
+    if len(prefixes) > 1:
+        shown = ", ".join("/".join(p) or "." for p in prefixes[:3])
+        raise UserError(f"{archive} has {options.split!r} folders under several tops ({shown}); keep one tree")
+    classes = sorted(class_names[prefixes[0]])
+    top = "/".join((*prefixes[0], options.split))
+    items = [
+        _Item(label, f"{archive}:{top}/{cls}/{file}", lambda data=data: data)
+        for label, cls in enumerate(classes)
+        for file, data in kept.get((prefixes[0], cls), [])
+    ]
+    return classes, items
+
+
+def _keep(entries: list[tuple[str, bytes]], file: str, read: Callable[[], bytes], cap: int | None) -> None:
+    """Insert ``(file, bytes)`` in name order, keeping only the first ``cap`` names (read only those)."""
+    if cap is not None and len(entries) >= cap and file >= entries[-1][0]:
+        return
+    bisect.insort(entries, (file, read()), key=lambda e: e[0])
+    if cap is not None and len(entries) > cap:
+        entries.pop()
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def decode_all(items: list[_Item], options: FolderOptions) -> np.ndarray:
+    """Decode every item to one uint8 (N, C, H, W) array; sizes must agree unless ``size`` is set."""
+    arrays = [decode(it.read(), it.name, options) for it in items]
+    if not arrays:
+        raise UserError(f"no images found for split {options.split!r}; add class folders with .png/.jpg files")
+    first = arrays[0].shape
+    for it, arr in zip(items, arrays):
+        if arr.shape != first:
+            raise UserError(
+                f"image {it.name} is {arr.shape[1]}x{arr.shape[0]} but {items[0].name} is "
+                f"{first[1]}x{first[0]}; pass size=(H, W) to resize all images"
+            )
+    stacked = np.stack(arrays)
+    return np.ascontiguousarray(stacked[:, None] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2))
+
+
+def decode(data: bytes, name: str, options: FolderOptions) -> np.ndarray:
+    """One image as (H, W, 3) RGB or (H, W) grayscale uint8, resized bilinearly if ``size`` is set."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img = img.convert("L" if options.channels == 1 else "RGB")
+            if options.size is not None and img.size != (options.size[1], options.size[0]):
+                img = img.resize((options.size[1], options.size[0]), Image.Resampling.BILINEAR)
+            return np.asarray(img, dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise UserError(f"cannot decode image {name} ({err}); delete or replace the file") from None
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def _fingerprint(root: Path, options: FolderOptions, content: str) -> dict[str, Any]:
+    return {"version": CACHE_VERSION, "source": str(root.resolve()), "content": content, **asdict(options)}
+
+
+def _stat_digest(path: Path) -> str:
+    st = path.stat()
+    return f"size={st.st_size},mtime_ns={st.st_mtime_ns}"
+
+
+def _listing_digest(classes: list[str], items: list[_Item]) -> str:
+    """SHA-256 over the class list and each chosen file's path, size and modification time."""
+    digest = hashlib.sha256(json.dumps(classes).encode())
+    for it in items:
+        st = os.stat(it.name)
+        digest.update(f"{it.label}|{it.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _cache_paths(cache_dir: Path, fingerprint: dict[str, Any]) -> tuple[Path, Path, Path]:
+    """Side-file, images and labels paths; the key covers source and options but not content."""
+    ident = {k: v for k, v in fingerprint.items() if k != "content"}
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
+    base = cache_dir / f"imagefolder-{key}"
+    return base.with_suffix(".json"), Path(f"{base}.images.npy"), Path(f"{base}.labels.npy")
+
+
+def read_cache(cache_dir: Path, fingerprint: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+    """Cached arrays if the side file's fingerprint matches and the arrays are consistent, else None."""
+    meta_path, images_path, labels_path = _cache_paths(cache_dir, fingerprint)
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("fingerprint") != json.loads(json.dumps(fingerprint)):
+            return None
+        images = np.load(images_path, allow_pickle=False)
+        labels = np.load(labels_path, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    classes = meta.get("classes")
+    if images.dtype != np.uint8 or images.ndim != 4 or labels.shape != (len(images),) or not isinstance(classes, list):
+        return None
+    return images, labels.astype(np.int64, copy=False), classes
+
+
+def write_cache(
+    cache_dir: Path, fingerprint: dict[str, Any], images: np.ndarray, labels: np.ndarray, classes: list[str]
+) -> None:
+    """Write arrays then the side file, each atomically; an unwritable cache only warns."""
+    meta_path, images_path, labels_path = _cache_paths(cache_dir, fingerprint)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(images_path, lambda fh: np.save(fh, images, allow_pickle=False))
+        _atomic_write(labels_path, lambda fh: np.save(fh, labels, allow_pickle=False))
+        meta = {"fingerprint": fingerprint, "classes": classes}
+        _atomic_write(meta_path, lambda fh: fh.write(json.dumps(meta, indent=1).encode()))
+    except OSError as err:
+        warnings.warn(f"could not write the imagefolder cache in {cache_dir} ({err}); loading will not be cached")
+
+
+def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,103 @@
+"""``evaluate_checkpoint``: load a run's model and data, run a suite, write and return the record."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from robustlab.config import RunConfig, from_dict
+from robustlab.data import fixed_subset, load_dataset
+from robustlab.errors import UserError
+from robustlab.evaluate.runner import eps_label, format_table, make_record, run_suite, write_record
+from robustlab.evaluate.suite import build_suite, check_attack_names
+from robustlab.train.checkpoint import load_checkpoint, unprefixed
+from robustlab.train.loop import build_model, resolve_device
+
+
+def find_checkpoint(path: str | Path, which: str = "last") -> Path:
+    """A run folder resolves to ``checkpoints/<which>.safetensors``; a file is taken as given."""
+    p = Path(path)
+    if p.is_dir():
+        candidate = p / "checkpoints" / f"{which}.safetensors"
+        if not candidate.is_file():
+            raise UserError(f"{p} has no checkpoints/{which}.safetensors; train it first or pass a checkpoint file")
+        return candidate
+    if not p.exists():
+        raise UserError(f"{p} not found; pass a run folder or a .safetensors checkpoint")
+    return p
+
+
+def load_model(path: str | Path, *, which: str = "last", weights: str = "auto", device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The model stored in a checkpoint (EMA weights when the run kept an EMA, unless ``weights='model'``)."""
+    ckpt = find_checkpoint(path, which)
+    tensors, meta = load_checkpoint(ckpt, device="cpu")
+    if "model" not in meta:
+        raise UserError(f"checkpoint {ckpt} lacks a model description; it was not written by robustlab train")
+    chosen = meta.get("weights", "model") if weights == "auto" else weights
+    state = unprefixed(chosen, tensors)
+    if not state:
+        raise UserError(f"checkpoint {ckpt} holds no {chosen!r} weights; use --weights model")
+    model = build_model(meta["model"])
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise UserError(f"checkpoint {ckpt} does not fit model {meta['model']['name']} ({str(exc).splitlines()[0][:100]})") from None
+    meta = {**meta, "checkpoint": str(ckpt), "weights": chosen}
+    return model.to(device).eval(), meta
+
+
+def evaluate_checkpoint(
+    path: str | Path,
+    *,
+    attacks: list[str],
+    eps: float | None = None,
+    norm: str | None = None,
+    step_size: float | None = None,
+    restarts: int = 1,
+    n_examples: int | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    split: str = "test",
+    which: str = "last",
+    weights: str = "auto",
+    device: str = "auto",
+    out: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Evaluate a trained run; ε, norm and step size default to the run's training attack."""
+    check_attack_names(attacks)
+    dev = resolve_device(device)
+    model, meta = load_model(path, which=which, weights=weights, device=dev)
+    cfg: RunConfig = from_dict(RunConfig, meta["config"])
+    attack_cfg = cfg.method.attack
+    eps = attack_cfg.eps if eps is None else eps
+    norm = attack_cfg.norm if norm is None else norm
+    step_size = (attack_cfg.step_size if eps == attack_cfg.eps else eps / 4) if step_size is None else step_size
+    data = load_dataset(cfg.data.name, split, root=cfg.data.root, **cfg.data.options)
+    if n_examples is not None:
+        data = fixed_subset(data, n_examples, seed=seed)
+    specs = build_suite(attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts)
+    started = time.perf_counter()
+    result = run_suite(model, data, specs, eps=eps, norm=norm, batch_size=batch_size, device=dev, seed=seed)
+    settings = {
+        "dataset": cfg.data.name, "split": split, "n_examples": len(data.labels), "seed": seed,
+        "eps": eps, "norm": norm, "batch_size": batch_size, "model_mode": "eval",
+        "total_time_s": round(time.perf_counter() - started, 3), "device": str(dev),
+    }
+    model_info = {
+        "checkpoint": meta["checkpoint"], "weights": meta["weights"], "architecture": meta["model"]["name"],
+        "method": cfg.method.name, "epoch": meta.get("epoch"), "run": cfg.name,
+    }
+    record = make_record(result, settings=settings, specs=specs, model_info=model_info)
+    if out is None:
+        run_dir = Path(meta["checkpoint"]).parent.parent
+        tag = "_".join(s.name for s in specs)
+        out = run_dir / "eval" / f"{which}_{tag}_{eps_label(eps).replace('/', 'over')}_{norm}.json"
+    write_record(Path(out), record)
+    log(format_table(record))
+    log(f"record written to {out}")
+    return record

@@ -1,0 +1,139 @@
+"""Checkpoints: tensors only (safetensors) with a JSON header, written atomically.
+
+A checkpoint file holds flat named tensors (``model.*``, ``ema.*``, ``optim.*``, RNG states) and its
+non-tensor facts (epoch, step, config, optimiser hyper-parameters) as JSON in the safetensors
+metadata, so one ``os.replace`` publishes both at once. A human-readable copy of the JSON is written
+beside it (``last.json``). Nothing is pickled; loading never executes code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from robustlab.errors import UserError
+
+META_KEY = "robustlab"
+
+
+def _temp_beside(path: Path) -> tuple[int, str]:
+    """A temp file in ``path``'s folder, with the permissions a plain ``open`` would give."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return fd, tmp
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder and ``os.replace``."""
+    fd, tmp = _temp_beside(path)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Save flat tensors plus JSON metadata atomically (temp file + rename), and a ``.json`` side file."""
+    ready = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    fd, tmp = _temp_beside(path)
+    os.close(fd)
+    try:
+        save_file(ready, tmp, metadata={META_KEY: json.dumps(meta)})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2, default=str) + "\n")
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """The JSON header of a checkpoint, without loading its tensors."""
+    from safetensors import safe_open
+
+    _check_exists(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get(META_KEY)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise _corrupt(path, exc) from None
+    if raw is None:
+        raise UserError(f"checkpoint {path} has no robustlab header; it was not written by robustlab")
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise _corrupt(path, exc) from None
+
+
+def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and metadata of a checkpoint; a truncated or foreign file raises UserError."""
+    meta = read_metadata(path)
+    try:
+        tensors = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise _corrupt(path, exc) from None
+    return tensors, meta
+
+
+def _check_exists(path: Path) -> None:
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} not found; pass a run folder or a .safetensors checkpoint")
+
+
+def _corrupt(path: Path, exc: Exception) -> UserError:
+    reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+    return UserError(f"checkpoint {path} is corrupt or unreadable ({reason}); delete it or use another checkpoint")
+
+
+def prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``{prefix + '.' + key: tensor}``."""
+    return {f"{prefix}.{k}": v for k, v in state.items()}
+
+
+def unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The entries of ``tensors`` under ``prefix.``, with the prefix removed."""
+    head = prefix + "."
+    return {k[len(head):]: v for k, v in tensors.items() if k.startswith(head)}
+
+
+def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimiser state dict into flat tensors and JSON-able hyper-parameters."""
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, entry in state["state"].items():
+        for key, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"{idx}.{key}"] = value
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    """Rebuild an optimiser state dict from :func:`optimizer_to_flat`'s output."""
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    for idx, entries in meta.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(entries)
+    return {"state": state, "param_groups": meta["param_groups"]}

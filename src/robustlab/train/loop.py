@@ -1,0 +1,323 @@
+"""The one training loop: any method, any model, resumable, logged, checkpointed.
+
+``train(cfg)`` builds data, model, method, optimiser and EMA from a :class:`RunConfig`, resumes from
+``<run>/checkpoints/last.safetensors`` when it exists (same config required), and after every epoch
+evaluates clean and PGD accuracy on a fixed held-out subset, writes ``last`` and, by the configured
+rule, ``best`` checkpoints atomically. All randomness comes from seeded generators whose states are
+checkpointed, so on CPU a run killed after an epoch and resumed ends with the same weights as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from robustlab.attacks._common import eval_mode
+from robustlab.attacks.pgd import pgd
+from robustlab.config import RunConfig, build_config, dump_yaml, read_yaml, to_dict
+from robustlab.data import DeviceLoader, ImageDataset, fixed_subset, load_dataset
+from robustlab.errors import UserError
+from robustlab.methods import create_method
+from robustlab.models import create_model
+from robustlab.train.checkpoint import (
+    atomic_write_text,
+    load_checkpoint,
+    optimizer_from_flat,
+    optimizer_to_flat,
+    prefixed,
+    save_checkpoint,
+    unprefixed,
+)
+from robustlab.train.ema import ModelEma
+from robustlab.train.metrics import MetricsLog
+from robustlab.train.optim import build_optimizer, lr_factor, set_lr
+
+FORMAT_VERSION = 1
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; an unavailable CUDA request is a UserError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"train.device {name!r} is not a device; use auto, cpu or cuda[:N]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device asks for CUDA but none is available; use train.device=cpu or auto")
+    return device
+
+
+def model_spec(cfg: RunConfig, data: ImageDataset) -> dict[str, Any]:
+    """What is needed to rebuild the architecture from a checkpoint alone."""
+    return {
+        "name": cfg.model.name,
+        "options": dict(cfg.model.options),
+        "num_classes": data.num_classes,
+        "in_channels": data.images.shape[1],
+    }
+
+
+def build_model(spec: dict[str, Any]) -> nn.Module:
+    return create_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"], **spec["options"])
+
+
+def evaluate_clean_and_pgd(
+    model: nn.Module, data: ImageDataset, *, eps: float, steps: int, step_size: float, norm: str,
+    batch_size: int, device: torch.device, seed: int,
+) -> dict[str, float]:
+    """Clean and PGD-``steps`` accuracy of ``model`` (in eval mode) on ``data``; the per-epoch monitor."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    loader = DeviceLoader(data, batch_size, shuffle=False, device=device)
+    clean = robust = 0
+    with eval_mode(model):
+        for x, y in loader:
+            with torch.no_grad():
+                clean += (model(x).argmax(1) == y).sum().item()
+            if steps > 0 and eps > 0:
+                x_adv = pgd(model, x, y, eps=eps, norm=norm, steps=steps, step_size=step_size, generator=generator)
+                with torch.no_grad():
+                    robust += (model(x_adv).argmax(1) == y).sum().item()
+    n = len(data.labels)
+    return {"clean_acc": clean / n, "robust_acc": robust / n if steps > 0 and eps > 0 else float("nan")}
+
+
+class Trainer:
+    """Holds the state of one run; :meth:`fit` runs the remaining epochs."""
+
+    def __init__(self, cfg: RunConfig, *, log: Callable[[str], None] = print) -> None:
+        self.cfg = cfg
+        self.log = log
+        self.run_dir = cfg.run_dir
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.device = resolve_device(cfg.train.device)
+        torch.manual_seed(cfg.seed)
+        options = dict(cfg.data.options)
+        train_set = load_dataset(cfg.data.name, "train", root=cfg.data.root, download=cfg.data.download, **options)
+        eval_set = load_dataset(cfg.data.name, cfg.data.eval_split, root=cfg.data.root, download=False, **options)
+        self.eval_set = fixed_subset(eval_set, cfg.data.eval_examples, seed=cfg.seed)
+        self.loader = DeviceLoader(
+            train_set, cfg.data.batch_size, shuffle=True, drop_last=len(train_set.labels) > cfg.data.batch_size,
+            crop_padding=cfg.data.crop_padding, flip=cfg.data.flip, device=self.device, seed=cfg.seed,
+        )
+        self.spec = model_spec(cfg, train_set)
+        self.model = build_model(self.spec).to(self.device)
+        if cfg.train.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.forward_model = torch.compile(self.model) if cfg.train.compile else self.model
+        attack_generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
+        self.method = create_method(cfg.method, attack_generator)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.ema = ModelEma(self.model, cfg.train.ema_decay, cfg.train.ema_warmup) if cfg.train.ema_decay else None
+        self.autocast, self.scaler = self._precision()
+        self.steps_per_epoch = len(self.loader)
+        self.total_steps = self.steps_per_epoch * cfg.train.epochs
+        self.epoch = 0
+        self.step = 0
+        self.best: dict[str, Any] = {"metric": None, "epoch": None}
+
+    def _precision(self) -> tuple[Callable[[], Any], torch.amp.GradScaler | None]:
+        amp = self.cfg.train.amp
+        if amp == "none":
+            return contextlib.nullcontext, None
+        if amp == "fp16" and self.device.type != "cuda":
+            raise UserError("train.amp=fp16 needs a CUDA device; use train.amp=bf16 or none")
+        dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+        scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+        return (lambda: torch.autocast(self.device.type, dtype=dtype)), scaler
+
+    # ----------------------------------------------------------------- resume
+    def prepare_run_dir(self) -> bool:
+        """Create the run folder or check it holds this same run; True when a checkpoint was restored."""
+        config_path = self.run_dir / "config.yaml"
+        last = self.ckpt_dir / "last.safetensors"
+        if config_path.exists():
+            saved = build_config(read_yaml(config_path))
+            if _identity(saved) != _identity(self.cfg):
+                raise UserError(
+                    f"run folder {self.run_dir} holds a run with a different config; "
+                    "choose another name=... or delete that folder"
+                )
+        else:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(config_path, dump_yaml(self.cfg))
+        if last.exists():
+            self.restore(last)
+            return True
+        return False
+
+    def restore(self, path: Path) -> None:
+        tensors, meta = load_checkpoint(path, device="cpu")
+        if meta.get("format") != FORMAT_VERSION or "optimizer" not in meta:
+            raise UserError(f"checkpoint {path} is not a resumable robustlab training checkpoint; delete it to start over")
+        try:
+            self.model.load_state_dict(unprefixed("model", tensors))
+            self.optimizer.load_state_dict(optimizer_from_flat(unprefixed("optim", tensors), meta["optimizer"]))
+            if self.ema is not None:
+                self.ema.load_state_dict(unprefixed("ema", tensors))
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise UserError(f"checkpoint {path} does not match this config's model ({str(exc).splitlines()[0][:100]}); use another run name") from None
+        self.loader.load_state_dict({"generator": tensors["loader.generator"]})
+        self.method.load_state_dict({"generator": tensors["method.generator"]})
+        torch.set_rng_state(tensors["rng.torch"])
+        if self.device.type == "cuda" and "rng.cuda" in tensors:
+            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        if self.scaler is not None and meta.get("scaler"):
+            self.scaler.load_state_dict(meta["scaler"])
+        self.epoch, self.step, self.best = meta["epoch"], meta["step"], meta["best"]
+
+    def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = prefixed("model", self.model.state_dict())
+        if self.ema is not None:
+            tensors.update(prefixed("ema", self.ema.state_dict()))
+        return tensors
+
+    def save(self, name: str, *, resumable: bool, metrics: dict[str, float]) -> None:
+        tensors = self.checkpoint_tensors()
+        meta: dict[str, Any] = {
+            "format": FORMAT_VERSION, "epoch": self.epoch, "step": self.step, "best": self.best,
+            "model": self.spec, "config": to_dict(self.cfg), "metrics": metrics,
+            "weights": "ema" if self.ema is not None else "model",
+        }
+        if resumable:
+            optim_tensors, optim_meta = optimizer_to_flat(self.optimizer)
+            tensors.update(prefixed("optim", optim_tensors))
+            tensors["loader.generator"] = self.loader.state_dict()["generator"]
+            tensors["method.generator"] = self.method.state_dict()["generator"]
+            tensors["rng.torch"] = torch.get_rng_state()
+            if self.device.type == "cuda":
+                tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+            meta["optimizer"] = optim_meta
+            meta["scaler"] = self.scaler.state_dict() if self.scaler is not None else None
+        save_checkpoint(self.ckpt_dir / f"{name}.safetensors", tensors, meta)
+
+    # ------------------------------------------------------------------ train
+    def train_epoch(self) -> dict[str, float]:
+        cfg = self.cfg
+        self.model.train()
+        sums: dict[str, torch.Tensor] = {}
+        batches = tqdm(self.loader, desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}", leave=False,
+                       disable=not cfg.train.progress, dynamic_ncols=True)
+        for x, y in batches:
+            if cfg.train.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            lr = cfg.optim.lr * lr_factor(self.step, self.total_steps, self.steps_per_epoch, cfg.schedule)
+            set_lr(self.optimizer, lr)
+            with self.autocast():
+                loss, parts = self.method.loss(self.forward_model, x, y, step=self.step)
+            self.optimizer.zero_grad(set_to_none=True)
+            self._backward_and_step(loss)
+            if self.ema is not None:
+                self.ema.update(self.model, self.step)
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            self.step += 1
+            if self.step % cfg.train.log_every == 0:
+                record = self.metrics.write("step", self.step, {"lr": lr, **parts})
+                self._check_finite(record["loss"])
+        epoch_means = {k: (v / self.steps_per_epoch).item() for k, v in sums.items()}
+        self._check_finite(epoch_means.get("loss", 0.0))
+        return epoch_means
+
+    def _backward_and_step(self, loss: torch.Tensor) -> None:
+        clip = self.cfg.optim.grad_clip
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            if clip:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            return
+        loss.backward()
+        if clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self.optimizer.step()
+
+    def _check_finite(self, value: float) -> None:
+        if not math.isfinite(value):
+            raise UserError(
+                f"training loss became {value} at step {self.step}; lower optim.lr or set optim.grad_clip "
+                f"(the last good checkpoint in {self.ckpt_dir} is kept)"
+            )
+
+    def evaluate(self) -> dict[str, float]:
+        cfg = self.cfg
+        attack = cfg.method.attack
+        model = self.ema.module if self.ema is not None else self.model
+        return evaluate_clean_and_pgd(
+            model, self.eval_set, eps=attack.eps, steps=cfg.train.eval_pgd_steps, step_size=attack.step_size,
+            norm=attack.norm, batch_size=max(cfg.data.batch_size, 256), device=self.device, seed=cfg.seed,
+        )
+
+    def _is_better(self, metrics: dict[str, float]) -> bool:
+        rule = self.cfg.train.checkpoint_rule
+        if rule == "last":
+            return True
+        value = metrics[rule]
+        if math.isnan(value):
+            value = metrics["clean_acc"]
+        if self.best["metric"] is None or value > self.best["metric"]:
+            self.best = {"metric": value, "epoch": self.epoch, "rule": rule}
+            return True
+        return False
+
+    def fit(self, *, after_epoch: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """Run (or resume) training; returns the final epoch's evaluation record."""
+        resumed = self.prepare_run_dir()
+        self.metrics = MetricsLog(self.run_dir)
+        self.metrics.truncate_after(self.step)
+        if resumed:
+            self.log(f"resumed {self.run_dir} at epoch {self.epoch}/{self.cfg.train.epochs}")
+        if self.epoch >= self.cfg.train.epochs:
+            self.log(f"{self.run_dir} is already complete ({self.epoch} epochs); nothing to do")
+        last: dict[str, Any] = {}
+        try:
+            while self.epoch < self.cfg.train.epochs:
+                started = time.perf_counter()
+                train_means = self.train_epoch()
+                self.epoch += 1
+                record: dict[str, Any] = {"epoch": self.epoch, "time_s": round(time.perf_counter() - started, 3)}
+                record.update({f"train_{k}": v for k, v in train_means.items()})
+                if self.epoch % self.cfg.train.eval_every == 0 or self.epoch == self.cfg.train.epochs:
+                    record.update(self.evaluate())
+                    if self._is_better(record):
+                        self.save("best", resumable=False, metrics=record)
+                self.save("last", resumable=True, metrics=record)
+                last = self.metrics.write("epoch", self.step, record)
+                self.log(_epoch_line(last))
+                if after_epoch is not None:
+                    after_epoch(self.epoch)
+        finally:
+            self.metrics.close()
+        return last
+
+
+def _identity(cfg: RunConfig) -> dict[str, Any]:
+    """The settings that define a run; where it lives and whether bars are drawn do not."""
+    data = to_dict(cfg)
+    data.pop("out_dir")
+    data["train"].pop("progress")
+    return data
+
+
+def _epoch_line(record: dict[str, Any]) -> str:
+    shown = [f"epoch {record['epoch']}"]
+    for key in ("train_loss", "clean_acc", "robust_acc", "time_s"):
+        if key in record and isinstance(record[key], float) and not math.isnan(record[key]):
+            shown.append(f"{key} {record[key]:.4f}" if key != "time_s" else f"{record[key]:.1f}s")
+    return "  ".join(shown)
+
+
+def train(cfg: RunConfig, *, log: Callable[[str], None] = print,
+          after_epoch: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Train (or resume) the run described by ``cfg``; returns the last epoch's record."""
+    return Trainer(cfg, log=log).fit(after_epoch=after_epoch)

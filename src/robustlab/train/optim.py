@@ -1,0 +1,49 @@
+"""Optimisers and per-step learning-rate schedules.
+
+The learning rate is a pure function of the global step (``lr_at``), set on the optimiser before
+every step, so there is no scheduler state to checkpoint and a resumed run follows the same curve.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from robustlab.config import OptimConfig, ScheduleConfig
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """SGD (momentum, optional Nesterov) or AdamW over the parameters that require grad.
+
+    Weight decay applies to every parameter, BN included, as in the papers' recipes.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(step: int, total_steps: int, steps_per_epoch: int, cfg: ScheduleConfig) -> float:
+    """Multiplier of the base learning rate at ``step`` (0-based) of ``total_steps``.
+
+    Linear warm-up over ``warmup_epochs``, then ``piecewise`` (× gamma at each milestone, given as a
+    fraction of training), ``cosine`` (to 0 at the end) or ``constant``.
+    """
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    if step < warmup:
+        return (step + 1) / warmup
+    if cfg.name == "constant":
+        return 1.0
+    if cfg.name == "cosine":
+        span = max(total_steps - warmup, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / span))
+    progress = step / max(total_steps, 1)
+    passed = sum(1 for m in cfg.milestones if progress >= m)
+    return cfg.gamma ** passed
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr

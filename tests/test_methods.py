@@ -1,0 +1,126 @@
+"""Base objectives (METHODS.md §1) against hand-computed values, and their attack/mode contract."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustlab.config import AttackConfig, MethodConfig
+from robustlab.errors import UserError
+from robustlab.methods import METHODS, create_method
+from robustlab.methods.objectives import kl_per_sample, mart_terms, trades_terms
+
+# One sample, two classes: clean logits (2, 0), adversarial logits (0, 1), label 0.
+CLEAN = torch.tensor([[2.0, 0.0]])
+ADV = torch.tensor([[0.0, 1.0]])
+Y = torch.tensor([0])
+P = [math.exp(2) / (math.exp(2) + 1), 1 / (math.exp(2) + 1)]
+Q = [1 / (1 + math.e), math.e / (1 + math.e)]
+KL = P[0] * math.log(P[0] / Q[0]) + P[1] * math.log(P[1] / Q[1])
+
+
+def test_kl_matches_hand_value() -> None:
+    assert KL == pytest.approx(0.828725, abs=1e-6)
+    assert kl_per_sample(CLEAN, ADV).item() == pytest.approx(KL, rel=1e-6)
+    assert kl_per_sample(CLEAN, CLEAN).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_trades_matches_hand_value() -> None:
+    total, parts = trades_terms(CLEAN, ADV, Y, beta=6.0)
+    expected = -math.log(P[0]) + 6.0 * KL
+    assert total.item() == pytest.approx(expected, rel=1e-6)
+    assert parts["ce_clean"].item() == pytest.approx(-math.log(P[0]), rel=1e-6)
+
+
+def test_mart_matches_hand_value() -> None:
+    total, parts = mart_terms(CLEAN, ADV, Y, lam=6.0)
+    bce = -math.log(Q[0]) - math.log(1 - Q[1])
+    expected = bce + 6.0 * KL * (1 - P[0])
+    assert total.item() == pytest.approx(expected, rel=1e-6)
+    assert parts["bce_margin"].item() == pytest.approx(-math.log(1 - Q[1]), rel=1e-6)
+
+
+def test_mart_margin_uses_largest_wrong_class() -> None:
+    adv = torch.tensor([[0.0, 1.0, 3.0]])
+    total, parts = mart_terms(adv, adv, torch.tensor([1]), lam=0.0)
+    p = torch.softmax(adv, 1)[0]
+    assert parts["bce_margin"].item() == pytest.approx(-math.log(1 - p[2].item()), rel=1e-6)
+    assert total.item() == pytest.approx(-math.log(p[1].item()) - math.log(1 - p[2].item()), rel=1e-6)
+
+
+class _BNNet(nn.Module):
+    """A tiny BN model that records the mode of every forward (to check the attack's mode)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(4)
+        self.fc = nn.Linear(4, 3)
+        self.modes: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.modes.append(self.training)
+        return self.fc(self.bn(x.flatten(1)))
+
+
+def _method(name: str, eps: float = 0.1, bn_mode: str = "eval", **options: object):
+    attack = AttackConfig(eps=eps, steps=3, step_size=0.05, bn_mode=bn_mode)
+    return create_method(MethodConfig(name=name, attack=attack, options=dict(options)), torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("name", ["natural", "pgd_at", "trades", "mart"])
+def test_every_base_method_returns_finite_loss_and_trains_in_train_mode(name: str) -> None:
+    model = _BNNet().train()
+    x, y = torch.rand(6, 4), torch.randint(0, 3, (6,))
+    loss, parts = _method(name).loss(model, x, y)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert model.training
+    assert model.modes[-1] is True  # the update's forward runs in train mode
+    loss.backward()
+    assert all(p.grad is not None for p in model.fc.parameters())
+    assert all(not v.requires_grad for v in parts.values())
+
+
+@pytest.mark.parametrize("bn_mode,expected", [("eval", False), ("train", True)])
+def test_training_attack_runs_in_configured_bn_mode(bn_mode: str, expected: bool) -> None:
+    model = _BNNet().train()
+    _method("pgd_at", bn_mode=bn_mode).loss(model, torch.rand(5, 4), torch.randint(0, 3, (5,)))
+    attack_modes = model.modes[:-1]
+    assert attack_modes and all(m is expected for m in attack_modes)
+
+
+def test_pgd_at_with_zero_eps_is_natural_training() -> None:
+    model = _BNNet().eval()
+    x, y = torch.rand(5, 4), torch.randint(0, 3, (5,))
+    loss, _ = _method("pgd_at", eps=0.0).loss(model, x, y)
+    assert loss.item() == pytest.approx(F.cross_entropy(model(x), y).item(), rel=1e-6)
+
+
+def test_pgd_at_loss_is_ce_at_a_point_inside_the_ball() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).eval()
+    x, y = torch.rand(8, 4) * 0.5 + 0.25, torch.randint(0, 3, (8,))
+    method = _method("pgd_at", eps=0.1)
+    loss, _ = method.loss(model, x, y)
+    assert loss.item() > F.cross_entropy(model(x), y).item()
+
+
+def test_trades_beta_zero_is_clean_ce() -> None:
+    model = _BNNet().eval()
+    x, y = torch.rand(5, 4), torch.randint(0, 3, (5,))
+    loss, _ = _method("trades", beta=0.0).loss(model, x, y)
+    assert loss.item() == pytest.approx(F.cross_entropy(model(x), y).item(), rel=1e-6)
+
+
+def test_unknown_method_option_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="accepted options: beta"):
+        _method("trades", gamma=1.0)
+    with pytest.raises(UserError, match="unknown method"):
+        _method("pgd_att")
+
+
+def test_registry_lists_the_base_methods() -> None:
+    assert {"natural", "pgd_at", "trades", "mart"} <= set(METHODS.names())

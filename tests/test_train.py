@@ -1,0 +1,135 @@
+"""The training loop: resume equivalence, checkpoint format, schedules, EMA, NaN handling."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from robustlab.config import ScheduleConfig, build_config
+from robustlab.errors import UserError
+from robustlab.train import Trainer, train
+from robustlab.train.checkpoint import load_checkpoint, read_metadata
+from robustlab.train.ema import ModelEma, ema_decay_at
+from robustlab.train.metrics import read_metrics
+from robustlab.train.optim import lr_factor
+
+
+def tiny_config(tmp_path: Path, name: str = "run", **extra: object):
+    """PGD-AT with a 2-step attack on digits with a narrow small_cnn: a few seconds per run."""
+    overrides = [
+        f"out_dir={tmp_path}", f"name={name}", "model.name=small_cnn", "model.options={width: 8}",
+        "method.name=pgd_at", "method.attack.eps=0.1", "method.attack.steps=2", "method.attack.step_size=0.05",
+        "data.batch_size=256", "data.eval_examples=64", "train.epochs=2", "train.eval_pgd_steps=2",
+        "train.progress=false", "train.log_every=2", "optim.lr=0.05",
+    ]
+    overrides += [f"{k}={v}" for k, v in extra.items()]
+    return build_config({}, overrides)
+
+
+class Killed(Exception):
+    """Stands for the process being killed right after an epoch's checkpoint."""
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    tensors, _ = load_checkpoint(run_dir / "checkpoints" / "last.safetensors")
+    return {k: v for k, v in tensors.items() if k.startswith(("model.", "ema."))}
+
+
+@pytest.mark.parametrize("ema", [None, 0.9])
+def test_killed_after_an_epoch_then_resumed_equals_uninterrupted(tmp_path: Path, ema: float | None) -> None:
+    extra = {"train.ema_decay": "null" if ema is None else ema}
+    train(tiny_config(tmp_path, "straight", **extra), log=lambda _: None)
+
+    def kill(epoch: int) -> None:
+        raise Killed
+
+    interrupted = tiny_config(tmp_path, "interrupted", **extra)
+    with pytest.raises(Killed):
+        train(interrupted, log=lambda _: None, after_epoch=kill)
+    assert read_metadata(interrupted.run_dir / "checkpoints" / "last.safetensors")["epoch"] == 1
+    messages: list[str] = []
+    train(interrupted, log=messages.append)
+    assert any("resumed" in m for m in messages)
+
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "interrupted")
+    assert a.keys() == b.keys() and len(a) > 0
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    epochs = [r["epoch"] for r in read_metrics(interrupted.run_dir, "epoch")]
+    assert epochs == [1, 2]
+
+
+def test_checkpoint_is_tensors_only_with_json_header_and_no_temp_files(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, **{"train.epochs": 1})
+    train(cfg, log=lambda _: None)
+    ckpt_dir = cfg.run_dir / "checkpoints"
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["best.json", "best.safetensors", "last.json", "last.safetensors"]
+    with safe_open(str(ckpt_dir / "last.safetensors"), framework="pt") as fh:
+        keys = list(fh.keys())
+        meta = json.loads(fh.metadata()["robustlab"])
+    assert any(k.startswith("model.") for k in keys) and any(k.startswith("optim.") for k in keys)
+    assert meta["epoch"] == 1 and meta["model"]["name"] == "small_cnn"
+    assert json.loads((ckpt_dir / "last.json").read_text()) == meta
+
+
+def test_finished_run_is_not_retrained_and_changed_config_is_refused(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, **{"train.epochs": 1})
+    train(cfg, log=lambda _: None)
+    messages: list[str] = []
+    train(cfg, log=messages.append)
+    assert any("already complete" in m for m in messages)
+    with pytest.raises(UserError, match="different config"):
+        train(tiny_config(tmp_path, **{"train.epochs": 1, "optim.lr": 0.01}), log=lambda _: None)
+
+
+def test_metrics_are_logged_as_json_lines_and_pgd_at_is_robust_on_digits(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, **{"train.epochs": 3, "model.options": "{width: 16}", "data.batch_size": 64})
+    last = train(cfg, log=lambda _: None)
+    steps = read_metrics(cfg.run_dir, "step")
+    assert steps and {"lr", "loss", "ce_adv", "acc_adv"} <= set(steps[0])
+    assert last["clean_acc"] > 0.8 and last["robust_acc"] > 0.3
+    assert (cfg.run_dir / "tensorboard").is_dir()
+
+
+def test_nan_loss_stops_with_a_user_error(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, **{"optim.lr": 1e30, "train.epochs": 1})
+    with pytest.raises(UserError, match="loss became"):
+        train(cfg, log=lambda _: None)
+    assert not (cfg.run_dir / "checkpoints" / "last.safetensors").exists()
+
+
+def test_piecewise_cosine_and_warmup_schedules() -> None:
+    piecewise = ScheduleConfig(name="piecewise", milestones=[0.5, 0.75], gamma=0.1)
+    assert [lr_factor(s, 100, 10, piecewise) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    cosine = ScheduleConfig(name="cosine", warmup_epochs=1)
+    assert [lr_factor(s, 100, 10, cosine) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert lr_factor(10, 100, 10, cosine) == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, cosine) == pytest.approx(0.5)
+
+
+def test_ema_decay_schedule_and_update() -> None:
+    assert ema_decay_at(0, 0.999) == pytest.approx(1 / 10)
+    assert ema_decay_at(10, 0.999) == pytest.approx(11 / 20)
+    assert ema_decay_at(10**6, 0.999) == pytest.approx(0.999)
+    assert ema_decay_at(0, 0.999, warmup=False) == 0.999
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    ema = ModelEma(model, decay=0.5, warmup=False)
+    before = ema.module[0].weight.clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    model[1].num_batches_tracked.fill_(7)
+    ema.update(model, step=0)
+    torch.testing.assert_close(ema.module[0].weight, before + 0.5)
+    assert int(ema.module[1].num_batches_tracked) == 7
+    assert not ema.module.training
+
+
+def test_trainer_builds_everything_from_the_config(tmp_path: Path) -> None:
+    trainer = Trainer(tiny_config(tmp_path, **{"method.name": "trades", "method.options": "{beta: 3}"}), log=lambda _: None)
+    assert trainer.method.beta == 3.0
+    assert trainer.spec == {"name": "small_cnn", "options": {"width": 8}, "num_classes": 10, "in_channels": 1}
+    assert trainer.steps_per_epoch == 1437 // 256
