@@ -131,5 +131,8 @@ def test_ema_decay_schedule_and_update() -> None:
 def test_trainer_builds_everything_from_the_config(tmp_path: Path) -> None:
     trainer = Trainer(tiny_config(tmp_path, **{"method.name": "trades", "method.options": "{beta: 3}"}), log=lambda _: None)
     assert trainer.method.beta == 3.0
-    assert trainer.spec == {"name": "small_cnn", "options": {"width": 8}, "num_classes": 10, "in_channels": 1}
+    assert trainer.spec == {
+        "name": "small_cnn", "options": {"width": 8}, "num_classes": 10, "in_channels": 1,
+        "method": {"name": "trades", "options": {"beta": 3}},
+    }
     assert trainer.steps_per_epoch == 1437 // 256

@@ -3,10 +3,17 @@
 ``Method.loss(model, x, y, step=...)`` crafts whatever adversarial inputs it needs, runs the model
 in train mode for the update, and returns ``(scalar loss, parts)`` where ``parts`` holds detached
 tensors named after the loss components (logged every N steps without a host sync per step).
+
+Composition (``method: trades+fsr``): a base objective (§1) computes :class:`Terms` through
+:meth:`Method.terms`, calling the model only through :meth:`Method.forward` with a role
+(``"clean"`` or ``"adv"``); a :class:`PlugIn` wraps the base, may add modules to the model
+(:meth:`prepare_model`), may observe or change each forward through its own ``forward`` hook, and
+adds its terms to the base's. The loop sees one Method either way.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -19,10 +26,23 @@ from robustlab.registry import Registry
 
 Parts = dict[str, torch.Tensor]
 METHODS: Registry[Callable[..., "Method"]] = Registry("method")
+PLUGINS: Registry[Callable[..., "PlugIn"]] = Registry("plug-in")
+
+
+@dataclass
+class Terms:
+    """A base objective's per-sample loss, its parts, and what plug-ins may build on."""
+
+    per_sample: torch.Tensor
+    parts: Parts
+    x_adv: torch.Tensor | None = None
+    logits_clean: torch.Tensor | None = None
+    logits_adv: torch.Tensor | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Method:
-    """Base class of training objectives. Subclasses implement :meth:`per_sample_loss`.
+    """Base class of training objectives. Subclasses implement :meth:`terms`.
 
     ``attack`` is the training attack's settings; ``generator`` the seeded source of the attack's
     randomness (saved in checkpoints so a resumed run draws the same random starts).
@@ -31,19 +51,33 @@ class Method:
     def __init__(self, attack: AttackConfig, generator: torch.Generator) -> None:
         self.attack = attack
         self.generator = generator
+        self.forward_hook: Callable[[nn.Module, torch.Tensor, torch.Tensor, str], torch.Tensor] | None = None
 
     def loss(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, step: int = 0, reduction: str = "mean"
     ) -> tuple[torch.Tensor, Parts]:
         """The objective to minimise and its detached components (batch means)."""
-        per_sample, parts = self.per_sample_loss(model, x, y, step=step)
-        reduced = per_sample.mean() if reduction == "mean" else per_sample
-        parts = {k: v.detach().float().mean() for k, v in parts.items()}
-        parts["loss"] = per_sample.detach().float().mean()
+        terms = self.terms(model, x, y, step=step)
+        reduced = terms.per_sample.mean() if reduction == "mean" else terms.per_sample
+        parts = {k: v.detach().float().mean() for k, v in terms.parts.items()}
+        parts["loss"] = terms.per_sample.detach().float().mean()
         return reduced, parts
 
-    def per_sample_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, step: int) -> tuple[torch.Tensor, Parts]:
+    def terms(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, step: int) -> Terms:
         raise NotImplementedError
+
+    def forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, role: str) -> torch.Tensor:
+        """Every training forward of a base objective goes through here (``role``: clean/adv).
+
+        A plug-in installs ``forward_hook`` to capture auxiliary outputs or pass labels to gates.
+        """
+        if self.forward_hook is not None:
+            return self.forward_hook(model, x, y, role)
+        return model(x)
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Add the method's modules to a freshly built model (none for base objectives)."""
+        return model
 
     def craft(
         self,
@@ -76,6 +110,18 @@ class Method:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.generator.set_state(state["generator"])
+
+
+class PlugIn(Method):
+    """A plug-in wrapping a base objective: shares its attack and generator, adds modules and terms.
+
+    Subclasses implement :meth:`terms` (usually: call ``self.base.terms`` then add their own) and,
+    when they add modules, :meth:`prepare_model`. They may set ``self.base.forward_hook``.
+    """
+
+    def __init__(self, base: Method) -> None:
+        super().__init__(base.attack, base.generator)
+        self.base = base
 
 
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

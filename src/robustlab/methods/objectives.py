@@ -6,13 +6,15 @@ them on auxiliary heads; the :class:`Method` subclasses only craft inputs and co
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from robustlab.attacks._common import eval_mode
 from robustlab.config import AttackConfig, parse_number
-from robustlab.methods.base import METHODS, Method, Parts, accuracy
+from robustlab.methods.base import METHODS, Method, Parts, Terms, accuracy
 
 
 def kl_per_sample(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
@@ -61,14 +63,26 @@ class TradesAttackLoss:
         return kl_per_sample(self.logits_clean, logits_adv)
 
 
+class _CleanAndAdversarial(Method):
+    """Objectives built from one clean and one adversarial forward (TRADES, MART)."""
+
+    def combine(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,
+                formula: Callable[..., tuple[torch.Tensor, Parts]], weight: float) -> Terms:
+        logits_clean = self.forward(model, x, y, "clean")
+        logits_adv = self.forward(model, x_adv, y, "adv")
+        total, parts = formula(logits_clean, logits_adv, y, weight)
+        parts.update(acc_clean=accuracy(logits_clean, y), acc_adv=accuracy(logits_adv, y))
+        return Terms(total, parts, x_adv=x_adv, logits_clean=logits_clean, logits_adv=logits_adv)
+
+
 @METHODS.register
 class natural(Method):
     """Natural training: CE(f(x), y). No attack; the teacher model for AFD."""
 
-    def per_sample_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, step: int) -> tuple[torch.Tensor, Parts]:
-        logits = model(x)
+    def terms(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, step: int) -> Terms:
+        logits = self.forward(model, x, y, "clean")
         ce = F.cross_entropy(logits.float(), y, reduction="none")
-        return ce, {"ce_clean": ce, "acc_clean": accuracy(logits, y)}
+        return Terms(ce, {"ce_clean": ce, "acc_clean": accuracy(logits, y)}, logits_clean=logits)
 
 
 @METHODS.register
@@ -80,15 +94,15 @@ class pgd_at(Method):
     Test time: a plain deterministic forward.
     """
 
-    def per_sample_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, step: int) -> tuple[torch.Tensor, Parts]:
+    def terms(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, step: int) -> Terms:
         x_adv = self.craft(model, x, y, loss="ce")
-        logits_adv = model(x_adv)
+        logits_adv = self.forward(model, x_adv, y, "adv")
         ce = F.cross_entropy(logits_adv.float(), y, reduction="none")
-        return ce, {"ce_adv": ce, "acc_adv": accuracy(logits_adv, y)}
+        return Terms(ce, {"ce_adv": ce, "acc_adv": accuracy(logits_adv, y)}, x_adv=x_adv, logits_adv=logits_adv)
 
 
 @METHODS.register
-class trades(Method):
+class trades(_CleanAndAdversarial):
     """TRADES (Zhang et al., ICML 2019): CE(f(x), y) + β·KL(P(x) ‖ P(x')), β = 6.
 
     x' maximises KL(P(x) ‖ P(x')) from x + 0.001·N(0, I) with K sign steps (default 2/255; the
@@ -105,16 +119,13 @@ class trades(Method):
             reference = model(x)
         return self.craft(model, x, y, loss=TradesAttackLoss(reference), x_init=trades_start(x, self.generator))
 
-    def per_sample_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, step: int) -> tuple[torch.Tensor, Parts]:
+    def terms(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, step: int) -> Terms:
         x_adv = self.adversarial(model, x, y)
-        logits_clean, logits_adv = model(x), model(x_adv)
-        total, parts = trades_terms(logits_clean, logits_adv, y, self.beta)
-        parts.update(acc_clean=accuracy(logits_clean, y), acc_adv=accuracy(logits_adv, y))
-        return total, parts
+        return self.combine(model, x, x_adv, y, trades_terms, self.beta)
 
 
 @METHODS.register
-class mart(Method):
+class mart(_CleanAndAdversarial):
     """MART (Wang et al., ICLR 2020): BCE(f(x'), y) + λ·KL(P(x) ‖ P(x'))·(1 − P_y(x)), λ = 6.
 
     x' = PGD-K on CE with a uniform random start, eval mode [ours default]. Test time: a plain forward.
@@ -124,9 +135,6 @@ class mart(Method):
         super().__init__(attack, generator)
         self.lam = parse_number(lam, "method.options.lam")
 
-    def per_sample_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, step: int) -> tuple[torch.Tensor, Parts]:
+    def terms(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, step: int) -> Terms:
         x_adv = self.craft(model, x, y, loss="ce")
-        logits_clean, logits_adv = model(x), model(x_adv)
-        total, parts = mart_terms(logits_clean, logits_adv, y, self.lam)
-        parts.update(acc_clean=accuracy(logits_clean, y), acc_adv=accuracy(logits_adv, y))
-        return total, parts
+        return self.combine(model, x, x_adv, y, mart_terms, self.lam)

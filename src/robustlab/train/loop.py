@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from robustlab.attacks._common import eval_mode
 from robustlab.attacks.pgd import pgd
-from robustlab.config import RunConfig, build_config, dump_yaml, read_yaml, to_dict
+from robustlab.config import MethodConfig, RunConfig, build_config, dump_yaml, read_yaml, to_dict
 from robustlab.data import DeviceLoader, ImageDataset, fixed_subset, load_dataset
 from robustlab.errors import UserError
 from robustlab.methods import create_method
@@ -57,17 +57,24 @@ def resolve_device(name: str) -> torch.device:
 
 
 def model_spec(cfg: RunConfig, data: ImageDataset) -> dict[str, Any]:
-    """What is needed to rebuild the architecture from a checkpoint alone."""
+    """What is needed to rebuild the architecture (plug-in modules included) from a checkpoint alone."""
     return {
         "name": cfg.model.name,
         "options": dict(cfg.model.options),
         "num_classes": data.num_classes,
         "in_channels": data.images.shape[1],
+        "method": {"name": cfg.method.name, "options": dict(cfg.method.options)},
     }
 
 
 def build_model(spec: dict[str, Any]) -> nn.Module:
-    return create_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"], **spec["options"])
+    """The architecture of ``spec``, with the modules its training method adds (FSR, ANCRA, ...)."""
+    model = create_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"], **spec["options"])
+    method = spec.get("method")
+    if method is None:
+        return model
+    cfg = MethodConfig(name=method["name"], options=dict(method["options"]))
+    return create_method(cfg, torch.Generator()).prepare_model(model)
 
 
 def evaluate_clean_and_pgd(
@@ -109,12 +116,12 @@ class Trainer:
             crop_padding=cfg.data.crop_padding, flip=cfg.data.flip, device=self.device, seed=cfg.seed,
         )
         self.spec = model_spec(cfg, train_set)
+        attack_generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
+        self.method = create_method(cfg.method, attack_generator)
         self.model = build_model(self.spec).to(self.device)
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.forward_model = torch.compile(self.model) if cfg.train.compile else self.model
-        attack_generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
-        self.method = create_method(cfg.method, attack_generator)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.ema = ModelEma(self.model, cfg.train.ema_decay, cfg.train.ema_warmup) if cfg.train.ema_decay else None
         self.autocast, self.scaler = self._precision()
