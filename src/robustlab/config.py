@@ -78,11 +78,16 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    """Learning-rate schedule per step: ``piecewise`` (milestones as fractions of training), ``cosine``, ``constant``."""
+    """Learning-rate schedule per step: ``piecewise`` (milestones as fractions of training), ``cosine``, ``constant``.
+
+    ``piecewise`` multiplies the base rate by ``gamma`` at each milestone, or, when ``factors`` is
+    given (one per milestone), sets it to ``lr × factors[i]`` after milestone i (AFD's halving steps).
+    """
 
     name: str = "piecewise"
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
     gamma: float = 0.1
+    factors: list[float] | None = None
     warmup_epochs: float = 0.0
 
 
@@ -231,6 +236,8 @@ def _validate(cfg: RunConfig) -> None:
         not 0 < m <= 1 for m in cfg.schedule.milestones
     ):
         raise UserError("schedule.milestones must be increasing fractions of training in (0, 1], e.g. [0.5, 0.75]")
+    if cfg.schedule.factors is not None and len(cfg.schedule.factors) != len(cfg.schedule.milestones):
+        raise UserError("schedule.factors needs one factor per milestone, or null to use gamma")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

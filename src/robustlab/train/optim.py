@@ -40,7 +40,9 @@ def lr_factor(step: int, total_steps: int, steps_per_epoch: int, cfg: ScheduleCo
         span = max(total_steps - warmup, 1)
         return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / span))
     progress = step / max(total_steps, 1)
-    passed = sum(1 for m in cfg.milestones if progress >= m)
+    passed = sum(1 for m in cfg.milestones if progress >= m - 1e-9)
+    if cfg.factors is not None:
+        return cfg.factors[passed - 1] if passed else 1.0
     return cfg.gamma ** passed
 
 
