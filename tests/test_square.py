@@ -1,0 +1,191 @@
+"""Square Attack (Andriushchenko et al. 2020), L∞: breaks a small digits model, respects the contract."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from toy_models import LinearClassifier, interior_inputs
+from torch import nn
+
+from robustlab.attacks.square import square, square_fraction
+from robustlab.errors import UserError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread avoids thread-pool wake-ups on a shared, busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _wrong(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x).argmax(dim=1) != y
+
+
+class _NoGrad(nn.Module):
+    """Fails if called with autograd enabled, and counts the rows it is queried on."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.rows = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert not torch.is_grad_enabled(), "square must be gradient-free"
+        self.rows += x.shape[0]
+        return self.inner(x)
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """An undefended MLP trained for well under a second on sklearn digits (8×8, scaled to [0, 1])."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.tensor(data.images / 16.0, dtype=torch.float32).unsqueeze(1)
+    y = torch.tensor(data.target)
+    g = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(10):
+        perm = torch.randperm(1400, generator=g)
+        for i in range(0, 1400, 200):
+            b = perm[i : i + 200]
+            loss = nn.functional.cross_entropy(model(x[b]), y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval().requires_grad_(False)
+    x_test, y_test = x[1400:1464], y[1400:1464]
+    assert (~_wrong(model, x_test, y_test)).float().mean() > 0.8
+    return model, x_test, y_test
+
+
+def test_schedule_follows_the_paper() -> None:
+    assert square_fraction(0.8, 1) == square_fraction(0.8, 10) == 0.8
+    assert square_fraction(0.8, 11) == square_fraction(0.8, 50) == 0.4
+    assert square_fraction(0.8, 501) == 0.8 / 16
+    assert square_fraction(0.8, 9000) == 0.8 / 512
+
+
+def test_breaks_undefended_digits_model(digits) -> None:
+    model, x, y = digits
+    counted = _NoGrad(model)
+    x_adv = square(counted, x, y, eps=0.3, queries=1000, generator=_gen())
+    assert _wrong(model, x_adv, y).all()
+    assert (x_adv - x).abs().max() <= 0.3 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    assert counted.rows < 64 * 1000 // 4  # stops on each sample once it is broken
+
+
+def test_more_queries_break_more(digits) -> None:
+    model, x, y = digits
+    few = _wrong(model, square(model, x, y, eps=0.1, queries=20, generator=_gen()), y).sum()
+    many = _wrong(model, square(model, x, y, eps=0.1, queries=400, generator=_gen()), y).sum()
+    assert many > few
+
+
+@pytest.mark.parametrize("n", [1, 3, 8])
+def test_linear_model_breaks_exactly_the_breakable(n: int) -> None:
+    shape = (1, 4, 4)
+    model = LinearClassifier(shape, num_classes=2, seed=0)
+    x = interior_inputs(n, shape, seed=1)
+    with torch.no_grad():
+        logits = model(x)
+    y = logits.argmax(dim=1)
+    w_diff = model.weight[1 - y] - model.weight[y]
+    margin = logits.gather(1, y[:, None]).squeeze(1) - logits.gather(1, (1 - y)[:, None]).squeeze(1)
+    critical = margin / w_diff.abs().sum(dim=1)
+    eps = (critical * torch.tensor([0.8, 1.25]).repeat(n)[:n]).clamp_max(0.3)
+    x_adv = square(model, x, y, eps=eps, queries=600, generator=_gen())
+    breakable = eps > critical
+    assert torch.equal(_wrong(model, x_adv, y), breakable)
+    optimum = x + eps.view(-1, 1, 1, 1) * w_diff.view(x.shape).sign()  # a vertex: random search reaches it
+    torch.testing.assert_close(x_adv[~breakable], optimum[~breakable], atol=1e-6, rtol=0)
+
+
+def _edge_inputs(n: int) -> torch.Tensor:
+    g = _gen(7)
+    x = torch.rand((n, 3, 6, 6), generator=g)
+    pick = torch.randint(0, 4, x.shape, generator=g)
+    return torch.where(pick == 0, 0.0, torch.where(pick == 1, 1.0, torch.where(pick == 2, x * 0.02, x)))
+
+
+class _TinyCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.drop = nn.Dropout(0.0)
+        self.head = nn.Linear(4 * 4 * 4, 5)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.drop(torch.relu(self.conv(x))).flatten(1))
+
+
+@pytest.mark.parametrize("n", [1, 3, 8])
+def test_contract(n: int) -> None:
+    model = _TinyCNN().train()
+    counted = _NoGrad(model)
+    x = _edge_inputs(n)
+    y = torch.randint(0, 5, (n,), generator=_gen(3))
+    eps = torch.linspace(0.05, 0.5, n)
+    x_adv = square(counted, x, y, eps=eps, queries=50, generator=_gen(1))
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and not x_adv.requires_grad
+    assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+    assert ((x_adv - x).flatten(1).abs().amax(dim=1) <= eps + 1e-6).all()
+    assert model.training and counted.rows <= n * 51  # clean check + 50 queries per sample
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(x_adv, square(model, x, y, eps=eps, queries=50, generator=_gen(1)))
+
+
+def test_queries_are_counted_per_sample() -> None:
+    model = _NoGrad(_TinyCNN().eval())
+    x = _edge_inputs(4)
+    with torch.no_grad():
+        y = model.inner(x).argmax(dim=1)
+    square(model, x, y, eps=1e-4, queries=30, generator=_gen())  # too small to break anything
+    assert model.rows == 4 * (1 + 30)
+
+
+def test_eps_zero_and_misclassified_return_input(digits) -> None:
+    model, x, y = digits
+    counted = _NoGrad(model)
+    assert torch.equal(square(counted, x, y, eps=0.0, queries=100, generator=_gen()), x)
+    assert counted.rows == x.shape[0]  # only the clean check
+    y_wrong = (model(x).argmax(dim=1) + 1) % 10
+    assert torch.equal(square(model, x, y_wrong, eps=0.3, queries=100, generator=_gen()), x)
+
+
+def test_restarts_never_lower_success(digits) -> None:
+    model, x, y = digits
+    once = _wrong(model, square(model, x, y, eps=0.05, queries=30, generator=_gen(2)), y)
+    thrice = _wrong(model, square(model, x, y, eps=0.05, queries=30, restarts=3, generator=_gen(2)), y)
+    assert (thrice | ~once).all()
+
+
+def test_bad_arguments_raise_user_error() -> None:
+    model = _TinyCNN()
+    x, y = _edge_inputs(2), torch.zeros(2, dtype=torch.long)
+    with pytest.raises(UserError, match="linf only"):
+        square(model, x, y, eps=0.5, norm="l2")
+    with pytest.raises(UserError):
+        square(model, x.flatten(1), y, eps=0.1)
+    with pytest.raises(UserError):
+        square(model, x, y, eps=0.1, queries=0)
+    with pytest.raises(UserError):
+        square(model, x, y, eps=-0.1)
+    with pytest.raises(UserError):
+        square(model, x, y, eps=0.1, p_init=0.0)
