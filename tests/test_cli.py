@@ -41,8 +41,8 @@ def test_train_then_eval_writes_a_complete_record(trained_run: Path, capsys: pyt
     assert record["n_examples"] == 40 and record["eps"] == pytest.approx(0.1)
     worst = record["robust_acc"]
     assert all(worst <= a["robust_acc"] <= record["clean_acc"] for a in record["attacks"].values())
-    per_sample = record["per_sample"]
-    robust_all = [int(c and f and p and w) for c, f, p, w in zip(per_sample["clean"], per_sample["fgsm"], per_sample["pgd-5"], per_sample["cw-5"])]
+    clean, broken_by = record["per_sample"]["clean"], record["per_sample"]["broken_by"]
+    robust_all = [c == 1 and all(broken_by[a][i] == -1 for a in ("fgsm", "pgd-5", "cw-5")) for i, c in enumerate(clean)]
     assert sum(robust_all) / 40 == pytest.approx(worst)
     assert record["attacks"]["pgd-5"]["backward_per_sample"] > 0
 

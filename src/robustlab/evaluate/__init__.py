@@ -1,7 +1,8 @@
-"""Robustness evaluation: attack suites, per-sample worst case, result records."""
+"""Robustness evaluation: attack suites, per-sample worst case, resumable state, result records."""
 
-from robustlab.evaluate.api import evaluate_checkpoint, load_model
-from robustlab.evaluate.runner import format_table, run_suite
+from robustlab.evaluate.api import evaluate_checkpoint, evaluate_model, load_model
+from robustlab.evaluate.flags import Flag
+from robustlab.evaluate.runner import format_table, run_suite, summarise
 from robustlab.evaluate.suite import build_suite
 
-__all__ = ["build_suite", "evaluate_checkpoint", "format_table", "load_model", "run_suite"]
+__all__ = ["Flag", "build_suite", "evaluate_checkpoint", "evaluate_model", "format_table", "load_model", "run_suite", "summarise"]

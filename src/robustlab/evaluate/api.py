@@ -1,4 +1,4 @@
-"""``evaluate_checkpoint``: load a run's model and data, run a suite, write and return the record."""
+"""Evaluation entry points: any ``nn.Module`` (:func:`evaluate_model`) or a trained run (:func:`evaluate_checkpoint`)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from robustlab.config import RunConfig, from_dict
-from robustlab.data import fixed_subset, load_dataset
+from robustlab.data import ImageDataset, fixed_subset, load_dataset
 from robustlab.errors import UserError
-from robustlab.evaluate.runner import eps_label, format_table, make_record, run_suite, write_record
+from robustlab.evaluate.runner import eps_label, format_table, make_record, run_suite, summarise, write_record
+from robustlab.evaluate.state import EvalState, labels_hash, model_hash
 from robustlab.evaluate.suite import build_suite, check_attack_names
 from robustlab.train.checkpoint import load_checkpoint, unprefixed
 from robustlab.train.loop import build_model, resolve_device
@@ -50,6 +51,51 @@ def load_model(path: str | Path, *, which: str = "last", weights: str = "auto", 
     return model.to(device).eval(), meta
 
 
+def evaluate_model(
+    model: nn.Module,
+    data: ImageDataset,
+    *,
+    attacks: list[str],
+    eps: float,
+    norm: str = "linf",
+    step_size: float | None = None,
+    restarts: int = 1,
+    batch_size: int = 256,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    state_path: str | Path | None = None,
+    model_info: dict[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Evaluate any classifier (inputs in [0, 1], logits out) on ``data``; returns the record.
+
+    ``state_path``: per-sample verdicts are saved there after every batch, and a rerun with the same
+    model, data, attacks and settings continues from it. ``step_size`` defaults to ε/4.
+    """
+    check_attack_names(attacks)
+    dev = resolve_device(device) if isinstance(device, str) else device
+    model = model.to(dev).eval()
+    step_size = eps / 4 if step_size is None else step_size
+    specs = build_suite(attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts)
+    fingerprint = {
+        "model": model_hash(model), "data": labels_hash(data.images, data.labels),
+        "attacks": {s.name: s.describe() for s in specs}, "eps": eps, "norm": norm, "seed": seed,
+        "batch_size": batch_size, "version": __import__("robustlab").__version__,
+    }
+    path = Path(state_path) if state_path is not None else None
+    state = EvalState.resume_or_new(path, fingerprint, len(data.labels), batch_size, [s.name for s in specs], log=log)
+    started = time.perf_counter()
+    state = run_suite(model, data, specs, eps=eps, norm=norm, batch_size=batch_size, device=dev, seed=seed,
+                      state=state, state_path=path)
+    result = summarise(state, specs)
+    settings = {
+        "dataset": data.name, "n_examples": len(data.labels), "seed": seed, "eps": eps, "norm": norm,
+        "step_size": step_size, "batch_size": batch_size, "model_mode": "eval",
+        "wall_time_s": round(time.perf_counter() - started, 3), "device": str(dev),
+    }
+    return make_record(result, settings=settings, specs=specs, model_info=dict(model_info or {}))
+
+
 def evaluate_checkpoint(
     path: str | Path,
     *,
@@ -76,28 +122,26 @@ def evaluate_checkpoint(
     attack_cfg = cfg.method.attack
     eps = attack_cfg.eps if eps is None else eps
     norm = attack_cfg.norm if norm is None else norm
-    step_size = (attack_cfg.step_size if eps == attack_cfg.eps else eps / 4) if step_size is None else step_size
+    if step_size is None:
+        step_size = attack_cfg.step_size if eps == attack_cfg.eps else eps / 4
     data = load_dataset(cfg.data.name, split, root=cfg.data.root, **cfg.data.options)
     if n_examples is not None:
         data = fixed_subset(data, n_examples, seed=seed)
-    specs = build_suite(attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts)
-    started = time.perf_counter()
-    result = run_suite(model, data, specs, eps=eps, norm=norm, batch_size=batch_size, device=dev, seed=seed)
-    settings = {
-        "dataset": cfg.data.name, "split": split, "n_examples": len(data.labels), "seed": seed,
-        "eps": eps, "norm": norm, "batch_size": batch_size, "model_mode": "eval",
-        "total_time_s": round(time.perf_counter() - started, 3), "device": str(dev),
-    }
     model_info = {
         "checkpoint": meta["checkpoint"], "weights": meta["weights"], "architecture": meta["model"]["name"],
-        "method": cfg.method.name, "epoch": meta.get("epoch"), "run": cfg.name,
+        "method": cfg.method.name, "epoch": meta.get("epoch"), "run": cfg.name, "split": split,
     }
-    record = make_record(result, settings=settings, specs=specs, model_info=model_info)
     if out is None:
         run_dir = Path(meta["checkpoint"]).parent.parent
-        tag = "_".join(s.name for s in specs)
+        tag = "_".join(a.strip().lower() for a in attacks)
         out = run_dir / "eval" / f"{which}_{tag}_{eps_label(eps).replace('/', 'over')}_{norm}.json"
-    write_record(Path(out), record)
+    out = Path(out)
+    record = evaluate_model(
+        model, data, attacks=attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts,
+        batch_size=batch_size, seed=seed, device=dev, state_path=out.with_suffix(".state.json"),
+        model_info=model_info, log=log,
+    )
+    write_record(out, record)
     log(format_table(record))
     log(f"record written to {out}")
     return record
