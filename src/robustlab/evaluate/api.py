@@ -12,6 +12,7 @@ from torch import nn
 from robustlab.config import RunConfig, from_dict
 from robustlab.data import ImageDataset, fixed_subset, load_dataset
 from robustlab.errors import UserError
+from robustlab.evaluate.adaptive import build_adaptive
 from robustlab.evaluate.runner import eps_label, format_table, make_record, run_suite, summarise, write_record
 from robustlab.evaluate.state import EvalState, labels_hash, model_hash
 from robustlab.evaluate.suite import build_suite, check_attack_names
@@ -65,18 +66,32 @@ def evaluate_model(
     device: str | torch.device = "auto",
     state_path: str | Path | None = None,
     model_info: dict[str, Any] | None = None,
+    adaptive: bool = False,
+    transfer_source: nn.Module | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Evaluate any classifier (inputs in [0, 1], logits out) on ``data``; returns the record.
 
     ``state_path``: per-sample verdicts are saved there after every batch, and a rerun with the same
     model, data, attacks and settings continues from it. ``step_size`` defaults to ε/4.
+    ``adaptive``: add the model-specific attacks of :mod:`robustlab.evaluate.adaptive` (auxiliary
+    heads, fixed gates, EOT, transfer from ``transfer_source``) as one more entry, ``adaptive``.
     """
     check_attack_names(attacks)
     dev = resolve_device(device) if isinstance(device, str) else device
     model = model.to(dev).eval()
     step_size = eps / 4 if step_size is None else step_size
     specs = build_suite(attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts)
+    if adaptive or transfer_source is not None:
+        probe = data.images[: min(len(data.labels), 16)].to(dev).float() / 255
+        group = build_adaptive(
+            model, probe, eps=eps, norm=norm, step_size=step_size, num_classes=data.num_classes,
+            transfer_source=None if transfer_source is None else transfer_source.to(dev),
+        )
+        if group is None:
+            log("adaptive: no auxiliary heads, gates, randomness or transfer source; nothing model-specific to add")
+        else:
+            specs.append(group)
     fingerprint = {
         "model": model_hash(model), "data": labels_hash(data.images, data.labels),
         "attacks": {s.name: s.describe() for s in specs}, "eps": eps, "norm": norm, "seed": seed,
@@ -112,9 +127,14 @@ def evaluate_checkpoint(
     weights: str = "auto",
     device: str = "auto",
     out: str | Path | None = None,
+    adaptive: bool = False,
+    transfer_from: str | Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Evaluate a trained run; ε, norm and step size default to the run's training attack."""
+    """Evaluate a trained run; ε, norm and step size default to the run's training attack.
+
+    ``transfer_from``: a run folder or checkpoint whose model crafts transfer attacks (implies adaptive).
+    """
     check_attack_names(attacks)
     dev = resolve_device(device)
     model, meta = load_model(path, which=which, weights=weights, device=dev)
@@ -133,13 +153,14 @@ def evaluate_checkpoint(
     }
     if out is None:
         run_dir = Path(meta["checkpoint"]).parent.parent
-        tag = "_".join(a.strip().lower() for a in attacks)
+        tag = "_".join(a.strip().lower() for a in attacks) + ("_adaptive" if adaptive or transfer_from else "")
         out = run_dir / "eval" / f"{which}_{tag}_{eps_label(eps).replace('/', 'over')}_{norm}.json"
     out = Path(out)
+    source = load_model(transfer_from, device=dev)[0] if transfer_from is not None else None
     record = evaluate_model(
         model, data, attacks=attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts,
         batch_size=batch_size, seed=seed, device=dev, state_path=out.with_suffix(".state.json"),
-        model_info=model_info, log=log,
+        model_info=model_info, adaptive=adaptive, transfer_source=source, log=log,
     )
     write_record(out, record)
     log(format_table(record))

@@ -187,13 +187,13 @@ def write_record(path: Path, record: dict[str, Any]) -> None:
 
 def format_table(record: dict[str, Any]) -> str:
     """Plain-text table of a record plus its flags in words."""
-    lines = [f"{'attack':<16} {'accuracy':>9} {'time s':>8} {'fwd/smp':>8} {'bwd/smp':>8}"]
-    lines.append(f"{'clean':<16} {100 * record['clean_acc']:>8.2f}%")
+    lines = [f"{'attack':<20} {'accuracy':>9} {'time s':>8} {'fwd/smp':>8} {'bwd/smp':>8}"]
+    lines.append(f"{'clean':<20} {100 * record['clean_acc']:>8.2f}%")
     for name, a in record["attacks"].items():
-        lines.append(f"{name:<16} {100 * a['robust_acc']:>8.2f}% {a['time_s']:>8.2f} {a['forward_per_sample']:>8.1f} {a['backward_per_sample']:>8.1f}")
+        lines.append(f"{name:<20} {100 * a['robust_acc']:>8.2f}% {a['time_s']:>8.2f} {a['forward_per_sample']:>8.1f} {a['backward_per_sample']:>8.1f}")
         for member, acc in a.get("robust_acc_after", {}).items():
-            lines.append(f"{'  after ' + member:<16} {100 * acc:>8.2f}%")
-    lines.append(f"{'worst case':<16} {100 * record['robust_acc']:>8.2f}%")
+            lines.append(f"{'  after ' + member:<20} {100 * acc:>8.2f}%")
+    lines.append(f"{'worst case':<20} {100 * record['robust_acc']:>8.2f}%")
     header = f"{record.get('dataset', '?')} n={record['n_examples']} eps={record['eps_label']} ({record['norm']})"
     flags = [f"FLAG {f['code']}: {f['message']}" for f in record["flags"]]
     if not flags and record.get("checks_run"):
