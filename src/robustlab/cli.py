@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="record path (default: RUN/eval/...json)")
     p.add_argument("--adaptive", action="store_true", help="add model-specific attacks: auxiliary heads, fixed gates, EOT")
     p.add_argument("--transfer-from", default=None, help="run folder or checkpoint of a source model for transfer attacks")
+    p.add_argument("--no-checks", action="store_true", help="skip the automatic gradient-masking checks")
 
     p = sub.add_parser("demo", help="train natural and PGD-AT models on digits and compare them (< 3 min on 2 CPU cores)")
     p.add_argument("--out-dir", default="runs/demo")
@@ -89,7 +90,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         args.path, attacks=args.attacks, eps=args.eps, norm=args.norm, step_size=args.step_size,
         restarts=args.restarts, n_examples=args.n_examples, batch_size=args.batch_size, seed=args.seed,
         split=args.split, which=args.checkpoint, weights=args.weights, device=args.device, out=args.out,
-        adaptive=args.adaptive, transfer_from=args.transfer_from,
+        adaptive=args.adaptive, transfer_from=args.transfer_from, checks=not args.no_checks,
     )
 
 

@@ -13,6 +13,7 @@ from robustlab.config import RunConfig, from_dict
 from robustlab.data import ImageDataset, fixed_subset, load_dataset
 from robustlab.errors import UserError
 from robustlab.evaluate.adaptive import build_adaptive
+from robustlab.evaluate.checks import run_checks
 from robustlab.evaluate.runner import eps_label, format_table, make_record, run_suite, summarise, write_record
 from robustlab.evaluate.state import EvalState, labels_hash, model_hash
 from robustlab.evaluate.suite import build_suite, check_attack_names
@@ -68,6 +69,8 @@ def evaluate_model(
     model_info: dict[str, Any] | None = None,
     adaptive: bool = False,
     transfer_source: nn.Module | None = None,
+    checks: bool = True,
+    probe_size: int = 64,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Evaluate any classifier (inputs in [0, 1], logits out) on ``data``; returns the record.
@@ -76,6 +79,8 @@ def evaluate_model(
     model, data, attacks and settings continues from it. ``step_size`` defaults to ε/4.
     ``adaptive``: add the model-specific attacks of :mod:`robustlab.evaluate.adaptive` (auxiliary
     heads, fixed gates, EOT, transfer from ``transfer_source``) as one more entry, ``adaptive``.
+    ``checks``: run the cheap gradient-masking checks of EVALUATION.md (1–6) on a probe of
+    ``probe_size`` samples; their flags join the record's and their measurements go under ``checks``.
     """
     check_attack_names(attacks)
     dev = resolve_device(device) if isinstance(device, str) else device
@@ -103,6 +108,14 @@ def evaluate_model(
     state = run_suite(model, data, specs, eps=eps, norm=norm, batch_size=batch_size, device=dev, seed=seed,
                       state=state, state_path=path)
     result = summarise(state, specs)
+    if checks:
+        probe = fixed_subset(data, min(probe_size, len(data.labels)), seed=seed)
+        x_probe, y_probe = probe.images.to(dev).float() / 255, probe.labels.to(dev)
+        flags, values = run_checks(model, x_probe, y_probe, eps=eps, norm=norm, step_size=step_size,
+                                   suite_result=result, generator=torch.Generator(device=dev).manual_seed(seed))
+        result["flags"] += [f.to_dict() for f in flags]
+        result["checks"] = values
+        result["checks_run"] = True
     settings = {
         "dataset": data.name, "n_examples": len(data.labels), "seed": seed, "eps": eps, "norm": norm,
         "step_size": step_size, "batch_size": batch_size, "model_mode": "eval",
@@ -129,6 +142,7 @@ def evaluate_checkpoint(
     out: str | Path | None = None,
     adaptive: bool = False,
     transfer_from: str | Path | None = None,
+    checks: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Evaluate a trained run; ε, norm and step size default to the run's training attack.
@@ -160,7 +174,7 @@ def evaluate_checkpoint(
     record = evaluate_model(
         model, data, attacks=attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts,
         batch_size=batch_size, seed=seed, device=dev, state_path=out.with_suffix(".state.json"),
-        model_info=model_info, adaptive=adaptive, transfer_source=source, log=log,
+        model_info=model_info, adaptive=adaptive, transfer_source=source, checks=checks, log=log,
     )
     write_record(out, record)
     log(format_table(record))
