@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import NoReturn, Sequence
+from typing import TYPE_CHECKING, NoReturn, Sequence
 
 from robustlab.errors import UserError
+
+if TYPE_CHECKING:
+    from robustlab.config import RunConfig
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,6 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value settings, e.g. train.epochs=5 method.attack.eps=8/255")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    p = sub.add_parser("finetune", help="fine-tune a trained model (AFD, vanilla AFT) from a run folder or checkpoint")
+    p.add_argument("config", help="YAML file or bundled config name")
+    p.add_argument("overrides", nargs="*", help="key=value settings")
+    p.add_argument("--from", dest="source", required=True, help="run folder or .safetensors checkpoint of the pre-trained (natural) model; same architecture")
+    p.add_argument("--checkpoint", choices=["last", "best"], default="last", help="which checkpoint of the source run")
+    p.add_argument("--weights", choices=["auto", "model", "ema"], default="auto")
+    p.add_argument("--probe-examples", type=int, default=256, help="held-out samples probing the feature gap each epoch (0: off)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
     p = sub.add_parser("eval", help="evaluate a run folder or checkpoint under attacks")
     p.add_argument("path", help="run folder or .safetensors checkpoint")
     p.add_argument("--attacks", type=_csv, default=["fgsm", "pgd-20", "cw-20"], help="comma-separated, e.g. fgsm,pgd-20,cw-20")
@@ -70,14 +82,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def _run_config(args: argparse.Namespace) -> "RunConfig":
     from robustlab.config import load_config
+
+    return load_config(args.config, list(args.overrides) + (["train.progress=false"] if args.quiet else []))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from robustlab.methods import METHODS
     from robustlab.train import train
 
-    overrides = list(args.overrides) + (["train.progress=false"] if args.quiet else [])
-    cfg = load_config(args.config, overrides)
+    cfg = _run_config(args)
+    if hasattr(METHODS.get(cfg.method.name.partition("+")[0]), "set_teacher"):
+        raise UserError(f"method {cfg.method.name} fine-tunes a pre-trained model; run robustlab finetune {args.config} --from RUN")
     print(f"run folder: {cfg.run_dir}")
     train(cfg)
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from robustlab.train.finetune import finetune
+
+    if args.probe_examples < 0:
+        raise UserError(f"--probe-examples must be >= 0, got {args.probe_examples}")
+    cfg = _run_config(args)
+    print(f"run folder: {cfg.run_dir}")
+    finetune(cfg, args.source, which=args.checkpoint, weights=args.weights, probe_examples=args.probe_examples)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -109,7 +138,7 @@ def cmd_list(args: argparse.Namespace) -> None:
             print(f"  {name}")
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "demo": cmd_demo, "list": cmd_list}
+COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "eval": cmd_eval, "demo": cmd_demo, "list": cmd_list}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -117,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
-        if args.command == "train":  # key=value overrides may follow options such as --quiet
+        if args.command in ("train", "finetune"):  # key=value overrides may follow options such as --quiet
             args.overrides += [e for e in extra if "=" in e and not e.startswith("-")]
             extra = [e for e in extra if e not in args.overrides]
         if extra:
