@@ -11,6 +11,7 @@ uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import sys
 import math
 import time
 from pathlib import Path
@@ -212,7 +213,7 @@ class Trainer:
         self.model.train()
         sums: dict[str, torch.Tensor] = {}
         batches = tqdm(self.loader, desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}", leave=False,
-                       disable=not cfg.train.progress, dynamic_ncols=True)
+                       disable=not cfg.train.progress or not sys.stderr.isatty(), dynamic_ncols=True)
         for x, y in batches:
             if cfg.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
