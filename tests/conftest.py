@@ -19,3 +19,13 @@ if str(TESTS) not in sys.path:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Every test model is tiny: one thread avoids OpenMP spin-waiting, which on a loaded 2-core
+    machine made small convolutions 100× slower. Benchmarks, not tests, measure multi-threaded speed."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

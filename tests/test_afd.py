@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from typing import Iterator
 
 import pytest
 import torch
@@ -16,13 +15,6 @@ from robustlab.methods import METHODS, create_method
 from robustlab.methods.afd import DisentangledHead, afd, fold_disentangler, most_likely_wrong, pooled_features
 from robustlab.models import create_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: OpenMP spinning on shared cores costs 100x
-    yield
-    torch.set_num_threads(threads)
 
 
 def _method(**options: object) -> afd:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,13 +26,6 @@ CONFIGS = [
     "cifar10_resnet18_trades_ancra", "cifar10_wrn34_10_trades_ancra",
 ]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _method(base: str = "trades", steps: int = 2, eps: float = 0.1, step_size: float = 0.05, **options: Any):

@@ -33,14 +33,6 @@ EPS = 0.1
 STEP = 0.025
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _digits() -> tuple[torch.Tensor, torch.Tensor]:
     d = load_digits()
     x = torch.tensor(d.data, dtype=torch.float32).div(16).view(-1, 1, 8, 8)

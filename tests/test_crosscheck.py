@@ -6,7 +6,6 @@ APGD-T and standard AutoAttack. Skipped only when ``pyautoattack`` cannot be imp
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch

@@ -13,14 +13,6 @@ from robustlab.errors import UserError
 from toy_models import LinearClassifier, interior_inputs
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest single-threaded; with other jobs on the cores, intra-op threads spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _lp(v: torch.Tensor, norm: str) -> torch.Tensor:
     v = v.flatten(1)

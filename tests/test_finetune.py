@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
@@ -25,13 +24,6 @@ TINY = [
     "train.progress=false", "train.log_every=2", "optim.lr=0.05",
 ]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: OpenMP spinning on shared cores costs 100x
-    yield
-    torch.set_num_threads(threads)
 
 
 def _cfg(root: Path, name: str, method: str, *extra: str):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +33,6 @@ CONFIGS = [
     "cifar10_resnet18_pgd_at_fsr", "cifar10_vgg16_pgd_at_fsr", "cifar10_wrn34_10_pgd_at_fsr",
 ]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _method(base: str = "pgd_at", steps: int = 2, **options: Any):

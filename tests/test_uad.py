@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Iterator
 
 import pytest
 import torch
@@ -25,13 +24,6 @@ from robustlab.methods.uad import (
 )
 from robustlab.models import create_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: OpenMP spinning on shared cores costs 100x
-    yield
-    torch.set_num_threads(threads)
 
 
 def _method(name: str = "pgd_at+uad", eps: float = 0.1, seed: int = 0, **options: object):
