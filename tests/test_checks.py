@@ -8,7 +8,6 @@ the planted cases wrap it (input rounding, noise, softmax) or are tiny hand-buil
 from __future__ import annotations
 
 import json
-from typing import Iterator
 
 import pytest
 import torch
