@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from robustlab.attacks._common import eval_mode
-from robustlab.config import AttackConfig, MethodConfig, build_config, load_config
+from robustlab.config import AttackConfig, MethodConfig, load_config
 from robustlab.errors import UserError
 from robustlab.evaluate import load_model
 from robustlab.methods import PLUGINS, create_method, method_names
@@ -19,6 +19,7 @@ from robustlab.methods.ancra import DeferredFinal, ReverseAttention, asymmetric_
 from robustlab.methods.aux import AuxStack, capture_aux
 from robustlab.models import create_model
 from robustlab.train import train
+from tiny_runs import tiny_config
 
 K = 5
 CONFIGS = [
@@ -296,18 +297,9 @@ def test_single_class_batch_has_no_contrast_and_a_finite_loss() -> None:
 
 
 # ------------------------------------------------------------- train + reload
-def _tiny(tmp_path: Path, method: str) -> Any:
-    return build_config({}, [
-        f"out_dir={tmp_path}", f"name={method.replace('+', '_')}", "model.name=small_cnn", "model.options={width: 8}",
-        f"method.name={method}", "method.attack.eps=0.1", "method.attack.steps=2", "method.attack.step_size=0.05",
-        "data.batch_size=256", "data.eval_examples=64", "train.epochs=1", "train.eval_pgd_steps=2",
-        "train.progress=false", "train.log_every=2", "optim.lr=0.05",
-    ])
-
-
 @pytest.mark.parametrize("base", ["pgd_at", "trades", "mart"])
 def test_combination_trains_on_digits_and_reloads(tmp_path: Path, base: str) -> None:
-    cfg = _tiny(tmp_path, f"{base}+ancra")
+    cfg = tiny_config(tmp_path, base, f"{base}+ancra", **{"train.epochs": 1})
     record = train(cfg, log=lambda _: None)
     assert math.isfinite(record["train_loss"]) and "train_anc" in record
     model, meta = load_model(cfg.run_dir)

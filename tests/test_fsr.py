@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from robustlab.config import AttackConfig, MethodConfig, build_config, load_config
+from robustlab.config import AttackConfig, MethodConfig, load_config
 from robustlab.errors import UserError
 from robustlab.evaluate import load_model
 from robustlab.methods import PLUGINS, create_method, method_names
@@ -18,6 +18,7 @@ from robustlab.methods.aux import capture_aux
 from robustlab.methods.fsr import FSRModule, highest_wrong_class
 from robustlab.models import create_model
 from robustlab.train import train
+from tiny_runs import tiny_config
 
 K = 5
 # name -> (cheap options, input shape, where FSR must sit: "final" after final / "stages.<i>")
@@ -219,18 +220,9 @@ def test_every_fsr_parameter_gets_a_gradient(base: str) -> None:
 
 
 # --------------------------------------------------------------- train + reload
-def _tiny(tmp_path: Path, method: str) -> Any:
-    return build_config({}, [
-        f"out_dir={tmp_path}", f"name={method.replace('+', '_')}", "model.name=small_cnn", "model.options={width: 8}",
-        f"method.name={method}", "method.attack.eps=0.1", "method.attack.steps=2", "method.attack.step_size=0.05",
-        "data.batch_size=256", "data.eval_examples=64", "train.epochs=1", "train.eval_pgd_steps=2",
-        "train.progress=false", "train.log_every=2", "optim.lr=0.05",
-    ])
-
-
 @pytest.mark.parametrize("base", ["pgd_at", "trades", "mart"])
 def test_combination_trains_on_digits_and_reloads(tmp_path: Path, base: str) -> None:
-    cfg = _tiny(tmp_path, f"{base}+fsr")
+    cfg = tiny_config(tmp_path, base, f"{base}+fsr", **{"train.epochs": 1})
     record = train(cfg, log=lambda _: None)
     assert math.isfinite(record["train_loss"]) and "train_fsr_rec" in record
     model, meta = load_model(cfg.run_dir)

@@ -9,25 +9,14 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from robustlab.config import ScheduleConfig, build_config
+from robustlab.config import ScheduleConfig
 from robustlab.errors import UserError
 from robustlab.train import Trainer, train
 from robustlab.train.checkpoint import load_checkpoint, read_metadata
 from robustlab.train.ema import ModelEma, ema_decay_at
 from robustlab.train.metrics import read_metrics
 from robustlab.train.optim import lr_factor
-
-
-def tiny_config(tmp_path: Path, name: str = "run", **extra: object):
-    """PGD-AT with a 2-step attack on digits with a narrow small_cnn: a few seconds per run."""
-    overrides = [
-        f"out_dir={tmp_path}", f"name={name}", "model.name=small_cnn", "model.options={width: 8}",
-        "method.name=pgd_at", "method.attack.eps=0.1", "method.attack.steps=2", "method.attack.step_size=0.05",
-        "data.batch_size=256", "data.eval_examples=64", "train.epochs=2", "train.eval_pgd_steps=2",
-        "train.progress=false", "train.log_every=2", "optim.lr=0.05",
-    ]
-    overrides += [f"{k}={v}" for k, v in extra.items()]
-    return build_config({}, overrides)
+from tiny_runs import tiny_config
 
 
 class Killed(Exception):
