@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from typing import Callable
@@ -40,8 +41,10 @@ def step_fn(model_name: str, method_name: str, *, batch_size: int, channels: int
     attack = AttackConfig(eps=8 / 255, steps=steps, step_size=2 / 255)
     method = create_method(MethodConfig(name=method_name, attack=attack, options=dict(method_options or {})),
                            torch.Generator(device=device).manual_seed(0))
-    model = method.prepare_model(create_model(model_name, num_classes=num_classes, in_channels=channels,
-                                              **(model_options or {}))).to(device).train()
+    backbone = create_model(model_name, num_classes=num_classes, in_channels=channels, **(model_options or {}))
+    if hasattr(method, "set_teacher"):  # AFD: a frozen copy of the pre-trained network is the teacher
+        method.set_teacher(copy.deepcopy(backbone).to(device))
+    model = method.prepare_model(backbone).to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.rand(batch_size, channels, size, size, device=device)
     y = torch.randint(0, num_classes, (batch_size,), device=device)
