@@ -104,3 +104,16 @@ def test_resuming_with_a_truncated_last_checkpoint_is_a_user_error(trained_run: 
     last.write_bytes(last.read_bytes()[:100])
     code, _, err = run_cli(["train", "digits_pgd_at", f"out_dir={tmp_path}", "--quiet", *TINY], capsys)
     assert code == 2 and "corrupt" in err
+
+
+def test_finetune_command_from_a_natural_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tiny = [f"out_dir={tmp_path}", *TINY]
+    assert main(["train", "digits_natural", "--quiet", *tiny]) == 0
+    code, _, err = run_cli(["train", "digits_finetune_afd", *tiny], capsys)
+    assert code == 2 and "robustlab finetune" in err  # AFD needs a source model
+    code, out, _ = run_cli(["finetune", "digits_finetune_afd", "--from", str(tmp_path / "digits_natural"), "--quiet",
+                            "--probe-examples", "32", *tiny], capsys)
+    assert code == 0 and "epoch 1" in out
+    assert (tmp_path / "digits_finetune_afd" / "checkpoints" / "last.safetensors").is_file()
+    code, _, err = run_cli(["finetune", "digits_finetune_afd", "--from", str(tmp_path / "nowhere"), *tiny], capsys)
+    assert code == 2 and "not found" in err
