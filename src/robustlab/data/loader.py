@@ -49,6 +49,9 @@ class DeviceLoader:
     (``crop_padding > 0``). ``state_dict()`` captures the generator and, mid-epoch, the number of
     batches already handed out; after ``load_state_dict`` the next ``iter`` yields exactly the
     batches the interrupted run would have yielded next (only the rest of an interrupted epoch).
+
+    ``shard=(rank, world)`` (distributed training): every rank draws the same global batches of
+    ``batch_size × world`` samples with the same augmentation draws, and yields its own slice.
     """
 
     def __init__(
@@ -62,8 +65,10 @@ class DeviceLoader:
         flip: bool = False,
         device: str | torch.device = "cpu",
         seed: int = 0,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         _check_int("batch_size", batch_size, 1)
+        self.rank, self.world = shard
         _check_int("crop_padding", crop_padding, 0)
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.crop_padding, self.flip = crop_padding, flip
@@ -92,19 +97,29 @@ class DeviceLoader:
     def __len__(self) -> int:
         """Batches per epoch."""
         if self.drop_last:
-            return self.num_samples // self.batch_size
-        return math.ceil(self.num_samples / self.batch_size)
+            return self.num_samples // self.global_batch
+        return math.ceil(self.num_samples / self.global_batch)
+
+    @property
+    def global_batch(self) -> int:
+        """Samples per step over all ranks."""
+        return self.batch_size * self.world
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         skip, self._skip = self._skip, 0
         self._epoch_start, self._cursor = self.generator.get_state(), 0
         order = self._order()
+        mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
         for k in range(len(self)):
-            index = order[k * self.batch_size : (k + 1) * self.batch_size]
+            index = order[k * self.global_batch : (k + 1) * self.global_batch]
             flips, shifts = self._draw(len(index))
             self._cursor = k + 1
             if k < skip:
                 continue
+            if self.world > 1:
+                index = index[mine]
+                flips = None if flips is None else flips[mine]
+                shifts = None if shifts is None else shifts[:, mine]
             yield self._augment(self.images[index], flips, shifts).float().div_(255.0), self.labels[index]
         self._epoch_start = None
 

@@ -37,6 +37,7 @@ from robustlab.train.checkpoint import (
     save_checkpoint,
     unprefixed,
 )
+from robustlab.train.distributed import barrier, join, per_rank_batch, ranks_from_env, wrap
 from robustlab.train.ema import ModelEma
 from robustlab.train.metrics import MetricsLog
 from robustlab.train.optim import build_optimizer, lr_factor, set_lr
@@ -103,26 +104,28 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, *, log: Callable[[str], None] = print) -> None:
         self.cfg = cfg
-        self.log = log
+        self.ranks = ranks_from_env()
+        self.log = log if self.ranks.main else (lambda _: None)
         self.run_dir = cfg.run_dir
         self.ckpt_dir = self.run_dir / "checkpoints"
-        self.device = resolve_device(cfg.train.device)
+        self.device = join(self.ranks, resolve_device(cfg.train.device))
         torch.manual_seed(cfg.seed)
         options = dict(cfg.data.options)
         train_set = load_dataset(cfg.data.name, "train", root=cfg.data.root, download=cfg.data.download, **options)
         eval_set = load_dataset(cfg.data.name, cfg.data.eval_split, root=cfg.data.root, download=False, **options)
         self.eval_set = fixed_subset(eval_set, cfg.data.eval_examples, seed=cfg.seed)
         self.loader = DeviceLoader(
-            train_set, cfg.data.batch_size, shuffle=True, drop_last=len(train_set.labels) > cfg.data.batch_size,
-            crop_padding=cfg.data.crop_padding, flip=cfg.data.flip, device=self.device, seed=cfg.seed,
+            train_set, per_rank_batch(cfg.data.batch_size, self.ranks), shuffle=True,
+            drop_last=len(train_set.labels) > cfg.data.batch_size, crop_padding=cfg.data.crop_padding,
+            flip=cfg.data.flip, device=self.device, seed=cfg.seed, shard=(self.ranks.rank, self.ranks.world),
         )
         self.spec = model_spec(cfg, train_set)
-        attack_generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
-        self.method = create_method(cfg.method, attack_generator)
+        self.method = create_method(cfg.method, torch.Generator(device=self.device).manual_seed(self._attack_seed()))
         self.model = build_model(self.spec).to(self.device)
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.forward_model = torch.compile(self.model) if cfg.train.compile else self.model
+        ddp_model = wrap(self.model, self.ranks, self.device)
+        self.forward_model = torch.compile(ddp_model) if cfg.train.compile else ddp_model
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.ema = ModelEma(self.model, cfg.train.ema_decay, cfg.train.ema_warmup) if cfg.train.ema_decay else None
         self.autocast, self.scaler = self._precision()
@@ -131,6 +134,10 @@ class Trainer:
         self.epoch = 0
         self.step = 0
         self.best: dict[str, Any] = {"metric": None, "epoch": None}
+
+    def _attack_seed(self, step: int = 0) -> int:
+        """Each rank draws its own attack noise (rank 0 of a single process: ``seed + 1``)."""
+        return self.cfg.seed + 1 + 7919 * self.ranks.rank + step
 
     def _precision(self) -> tuple[Callable[[], Any], torch.amp.GradScaler | None]:
         amp = self.cfg.train.amp
@@ -154,9 +161,10 @@ class Trainer:
                     f"run folder {self.run_dir} holds a run with a different config; "
                     "choose another name=... or delete that folder"
                 )
-        else:
+        elif self.ranks.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(config_path, dump_yaml(self.cfg))
+        barrier(self.ranks)
         if last.exists():
             self.restore(last)
             return True
@@ -175,6 +183,8 @@ class Trainer:
             raise UserError(f"checkpoint {path} does not match this config's model ({str(exc).splitlines()[0][:100]}); use another run name") from None
         self.loader.load_state_dict({"generator": tensors["loader.generator"]})
         self.method.load_state_dict({"generator": tensors["method.generator"]})
+        if self.ranks.rank:  # the checkpoint holds rank 0's attack generator; others reseed deterministically
+            self.method.generator.manual_seed(self._attack_seed(meta["step"]))
         torch.set_rng_state(tensors["rng.torch"])
         if self.device.type == "cuda" and "rng.cuda" in tensors:
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
@@ -281,7 +291,7 @@ class Trainer:
     def fit(self, *, after_epoch: Callable[[int], None] | None = None) -> dict[str, Any]:
         """Run (or resume) training; returns the final epoch's evaluation record."""
         resumed = self.prepare_run_dir()
-        self.metrics = MetricsLog(self.run_dir)
+        self.metrics = MetricsLog(self.run_dir, enabled=self.ranks.main)
         self.metrics.truncate_after(self.step)
         if resumed:
             self.log(f"resumed {self.run_dir} at epoch {self.epoch}/{self.cfg.train.epochs}")
@@ -295,11 +305,13 @@ class Trainer:
                 self.epoch += 1
                 record: dict[str, Any] = {"epoch": self.epoch, "time_s": round(time.perf_counter() - started, 3)}
                 record.update({f"train_{k}": v for k, v in train_means.items()})
-                if self.epoch % self.cfg.train.eval_every == 0 or self.epoch == self.cfg.train.epochs:
-                    record.update(self.evaluate())
-                    if self._is_better(record):
-                        self.save("best", resumable=False, metrics=record)
-                self.save("last", resumable=True, metrics=record)
+                if self.ranks.main:
+                    if self.epoch % self.cfg.train.eval_every == 0 or self.epoch == self.cfg.train.epochs:
+                        record.update(self.evaluate())
+                        if self._is_better(record):
+                            self.save("best", resumable=False, metrics=record)
+                    self.save("last", resumable=True, metrics=record)
+                barrier(self.ranks)
                 last = self.metrics.write("epoch", self.step, record)
                 self.log(_epoch_line(last))
                 if after_epoch is not None:

@@ -17,10 +17,11 @@ import torch
 class MetricsLog:
     """Appends ``{"kind": ..., "step": ..., **values}`` lines to ``metrics.jsonl`` and mirrors scalars to TensorBoard."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: Path, tensorboard: bool = True, enabled: bool = True) -> None:
         self.path = run_dir / "metrics.jsonl"
+        self.enabled = enabled  # False on the non-main ranks of a distributed run: records are built, not written
         self._tb = None
-        if tensorboard:
+        if tensorboard and enabled:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
@@ -30,6 +31,8 @@ class MetricsLog:
         record: dict[str, Any] = {"kind": kind, "step": step}
         for key, value in values.items():
             record[key] = value.item() if torch.is_tensor(value) else value
+        if not self.enabled:
+            return record
         with self.path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
         if self._tb is not None:
@@ -41,7 +44,7 @@ class MetricsLog:
 
     def truncate_after(self, step: int) -> None:
         """Drop records newer than ``step`` (written after the checkpoint a resumed run restarts from)."""
-        if not self.path.exists():
+        if not self.enabled or not self.path.exists():
             return
         keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
         self.path.write_text("".join(line + "\n" for line in keep))

@@ -1,0 +1,31 @@
+"""torchrun with two CPU processes (gloo): DDP keeps the ranks identical, rank 0 alone writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from robustlab.train.metrics import read_metrics
+
+
+@pytest.mark.parametrize("method", ["pgd_at", "trades+fsr"])  # one train forward; two, with a plug-in hook
+def test_two_process_training_keeps_ranks_in_sync(tmp_path: Path, method: str) -> None:
+    job = Path(__file__).resolve().parent / "ddp_job.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(job), str(tmp_path), method],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    hashes = result["parameter_hashes"]
+    assert len(hashes) == 2 and hashes[0] == hashes[1]
+    assert result["per_rank_batch"] == 64 and result["steps"] == 2 * (1437 // 128)
+    assert [r["epoch"] for r in read_metrics(tmp_path / "ddp", "epoch")] == [1, 2]  # written once, by rank 0
+    assert (tmp_path / "ddp" / "checkpoints" / "last.safetensors").is_file()
+    assert 0.0 <= result["last"]["clean_acc"] <= 1.0
