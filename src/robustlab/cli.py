@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="runs/demo")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    p = sub.add_parser("report", help="Markdown tables and PNG plots from run folders")
+    p.add_argument("runs", nargs="+", help="run folders")
+    p.add_argument("--out", default=None, help="output folder (default: RUN/report for one run, else runs/report)")
+
     p = sub.add_parser("list", help="list methods, models, datasets, attacks or bundled configs")
     p.add_argument("what", nargs="?", choices=["methods", "models", "datasets", "attacks", "configs", "all"], default="all")
     p.add_argument("pattern", nargs="?", default="*", help="shell wildcard, e.g. 'wrn*'")
@@ -129,6 +133,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(args.out_dir, progress=not args.quiet)
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from robustlab.report import write_report
+
+    out = args.out or (Path(args.runs[0]) / "report" if len(args.runs) == 1 else Path("runs") / "report")
+    print(f"report written to {write_report(args.runs, out)}")
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     from robustlab.catalog import catalog
 
@@ -138,7 +151,7 @@ def cmd_list(args: argparse.Namespace) -> None:
             print(f"  {name}")
 
 
-COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "eval": cmd_eval, "demo": cmd_demo, "list": cmd_list}
+COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "eval": cmd_eval, "demo": cmd_demo, "report": cmd_report, "list": cmd_list}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
