@@ -28,3 +28,38 @@ def test_bundled_config_is_valid(name: str) -> None:
     assert method.attack.eps > 0
     if name.startswith("cifar10"):
         assert cfg.method.attack.eps == pytest.approx(8 / 255) and cfg.data.crop_padding == 4 and cfg.data.flip
+
+
+@pytest.fixture(scope="module")
+def tiny_cifar(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """16 random 32×32 RGB images per split, as a .npz the paper configs can read instead of CIFAR-10."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("npz") / "tiny.npz"
+    arrays = {}
+    for split in ("train", "test"):
+        arrays[f"x_{split}"] = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+        arrays[f"y_{split}"] = np.arange(16) % 10
+    np.savez(path, **arrays)
+    return str(path)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n.startswith("cifar10") and "afd" not in n and "finetune" not in n])
+def test_paper_config_trains_a_few_steps_on_tiny_inputs(name: str, tiny_cifar: str, tmp_path) -> None:
+    """The paper settings end to end (augmentation, schedule, bf16 autocast, channels_last, the method),
+    on a narrow version of the architecture and 16 random images, so it runs on a CPU in seconds."""
+    from robustlab.train import train
+
+    cfg = load_config(name)
+    shrink = {
+        "preact_resnet18": ["model.options={width: 4}"], "resnet18": ["model.options={width: 4}"],
+        "vgg16_bn": ["model.options={width: 4}"],
+        "wrn34_10": ["model.name=wide_resnet", "model.options={depth: 10, widen_factor: 1}"],
+    }[cfg.model.name]
+    cfg = load_config(name, [
+        f"out_dir={tmp_path}", "data.name=npz", f"data.root={tiny_cifar}", "data.batch_size=8", "data.eval_examples=8",
+        "train.epochs=1", "train.eval_pgd_steps=1", "train.progress=false", "method.attack.steps=1", *shrink,
+    ])
+    record = train(cfg, log=lambda _: None)
+    assert record["epoch"] == 1 and record["train_loss"] == record["train_loss"]  # finite, not NaN

@@ -135,7 +135,7 @@ def refined_reference(logits_clean: torch.Tensor, stats: torch.Tensor, y: torch.
         has = allowed.any(dim=1)
         w = torch.softmax(logw[has], dim=1)
         q_wrong = (1.0 - smoothing) * F.one_hot(y[wrong], k).float() + smoothing / k
-        q_wrong[has] = w @ p
+        q_wrong[has] = (w @ p).float()  # matmul under bf16 autocast returns bf16
         q[wrong] = q_wrong
     return q, wrong.float()
 
