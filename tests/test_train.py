@@ -128,6 +128,8 @@ def test_trainer_builds_everything_from_the_config(tmp_path: Path) -> None:
         "method": {"name": "trades", "options": {"beta": 3}},
     }
     assert trainer.steps_per_epoch == 1437 // 256
+    assert len(Trainer(tiny_config(tmp_path, "all", **{"data.eval_examples": 0})).eval_set.labels) == 360
+    assert len(Trainer(tiny_config(tmp_path, "many", **{"data.eval_examples": 5000})).eval_set.labels) == 360
 
 
 def test_bf16_autocast_channels_last_and_grad_clip_path_runs(tmp_path: Path) -> None:

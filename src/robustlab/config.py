@@ -22,7 +22,11 @@ from robustlab.errors import UserError
 
 @dataclass
 class DataConfig:
-    """Which dataset, how it is batched and augmented, and the held-out evaluation subset."""
+    """Which dataset, how it is batched and augmented, and the held-out evaluation subset.
+
+    ``eval_examples``: size of the fixed, seeded subset of ``eval_split`` evaluated after each epoch
+    (capped at the split's size; 0 = the whole split). ``batch_size`` is the global batch.
+    """
 
     name: str = "digits"
     root: str | None = None

@@ -113,7 +113,8 @@ class Trainer:
         options = dict(cfg.data.options)
         train_set = load_dataset(cfg.data.name, "train", root=cfg.data.root, download=cfg.data.download, **options)
         eval_set = load_dataset(cfg.data.name, cfg.data.eval_split, root=cfg.data.root, download=False, **options)
-        self.eval_set = fixed_subset(eval_set, cfg.data.eval_examples, seed=cfg.seed)
+        wanted = cfg.data.eval_examples or len(eval_set)  # 0 = the whole split; capped at its size
+        self.eval_set = fixed_subset(eval_set, min(wanted, len(eval_set)), seed=cfg.seed)
         self.loader = DeviceLoader(
             train_set, per_rank_batch(cfg.data.batch_size, self.ranks), shuffle=True,
             drop_last=len(train_set.labels) > cfg.data.batch_size, crop_padding=cfg.data.crop_padding,
