@@ -67,6 +67,7 @@ def test_list_shows_every_registry(capsys: pytest.CaptureFixture[str]) -> None:
         (["train", "digits_pgd_at", "data.name=cifar10", "data.root=/nonexistent"], "download"),
         (["eval", "/nonexistent/run"], "not found"),
         (["eval", ".", "--attacks", "pgd-x"], "unknown attack"),
+        (["eval", ".", "--eps", "9/0"], "expected a number"),
         (["frobnicate"], "invalid choice"),
     ],
 )

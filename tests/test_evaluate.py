@@ -138,3 +138,12 @@ def test_eps_labels() -> None:
     assert eps_label(8 / 255) == "8/255"
     assert eps_label(0.1) == "0.1"
     assert eps_label(0.5) == "0.5"
+
+
+def test_square_based_suites_refuse_l2_up_front() -> None:
+    from robustlab.errors import UserError
+
+    for name in ("square", "autoattack"):
+        with pytest.raises(UserError, match="linf only"):
+            build_suite([name], eps=0.5, norm="l2", step_size=0.1)
+    assert [s.name for s in build_suite(["autoattack-fast"], eps=0.5, norm="l2", step_size=0.1)] == ["autoattack-fast"]

@@ -22,10 +22,14 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message}; see {self.prog} --help")
 
 
-def _eps(text: str) -> float:
+def _number(text: str) -> float:
+    """A float or fraction (``8/255``) for --eps / --step-size."""
     from robustlab.config import parse_number
 
-    return parse_number(text, "--eps")
+    try:
+        return parse_number(text, "value")
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _csv(text: str) -> list[str]:
@@ -56,9 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a run folder or checkpoint under attacks")
     p.add_argument("path", help="run folder or .safetensors checkpoint")
     p.add_argument("--attacks", type=_csv, default=["fgsm", "pgd-20", "cw-20"], help="comma-separated, e.g. fgsm,pgd-20,cw-20")
-    p.add_argument("--eps", type=_eps, default=None, help="budget in pixel units, e.g. 8/255 (default: the run's training eps)")
+    p.add_argument("--eps", type=_number, default=None, help="budget in pixel units, e.g. 8/255 (default: the run's training eps)")
     p.add_argument("--norm", choices=["linf", "l2"], default=None)
-    p.add_argument("--step-size", type=_eps, default=None, help="PGD/CW step (default: the training step, or eps/4)")
+    p.add_argument("--step-size", type=_number, default=None, help="PGD/CW step (default: the training step, or eps/4)")
     p.add_argument("--restarts", type=int, default=1)
     p.add_argument("--n-examples", type=int, default=None, help="evaluate a fixed seeded subset of this size")
     p.add_argument("--batch-size", type=int, default=256)

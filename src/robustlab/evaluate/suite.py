@@ -86,6 +86,8 @@ def parse_attack_name(name: str) -> tuple[str, int | None]:
 def build_attack(name: str, *, eps: float, norm: str, step_size: float, restarts: int = 1) -> AttackSpec:
     """The configured attack for one name."""
     family, steps = parse_attack_name(name)
+    if norm == "l2" and (family == "square" or "square" in GROUPS.get(family, ())):
+        raise UserError(f"{family} includes Square, which supports linf only here; for l2 use autoattack-fast or apgd-ce,apgd-t,fab-t")
     if family == "fgsm":
         params: dict[str, Any] = {"eps": eps, "norm": norm}
         return AttackSpec(family, functools.partial(fgsm, **params), params, uses_generator=False)
