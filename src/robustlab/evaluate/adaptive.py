@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from robustlab.attacks.pgd import pgd
+from robustlab.evaluate.checks import check_randomness
 from robustlab.evaluate.state import model_hash
 from robustlab.evaluate.suite import AttackSpec
 from robustlab.methods.aux import AuxStack, capture_aux
@@ -30,22 +31,11 @@ from robustlab.methods.aux import AuxStack, capture_aux
 AUX_KEYS = ("z_pos", "z_neg", "z_rec", "p1", "p2")
 
 
-def aux_logit_keys(model: nn.Module, x: torch.Tensor) -> list[str]:
-    """The auxiliary logit sets a model records on an eval-mode forward."""
+def recorded_outputs(model: nn.Module, x: torch.Tensor) -> list[str]:
+    """The names of the auxiliary outputs a model records on an eval-mode forward (none for plain models)."""
     with torch.no_grad(), capture_aux(model) as aux:
         model(x)
-    return [k for k in AUX_KEYS if k in aux]
-
-
-def has_gates(model: nn.Module, x: torch.Tensor) -> bool:
-    with torch.no_grad(), capture_aux(model) as aux:
-        model(x)
-    return any(k.startswith("gate") for k in aux)
-
-
-def is_random(model: nn.Module, x: torch.Tensor) -> bool:
-    with torch.no_grad():
-        return not torch.equal(model(x), model(x))
+    return list(aux)
 
 
 class MeanOfDraws(nn.Module):
@@ -93,7 +83,8 @@ def build_adaptive(
 ) -> AttackSpec | None:
     """The adaptive group for ``model`` (``None`` when nothing applies to a plain deterministic model)."""
     attack = {"eps": eps, "norm": norm, "steps": steps, "step_size": step_size}
-    keys = tuple(aux_logit_keys(model, probe))
+    recorded = recorded_outputs(model, probe)
+    keys = tuple(k for k in AUX_KEYS if k in recorded)
     members: list[AttackSpec] = []
 
     def add(name: str, fn: Any, recorded: dict[str, Any] | None = None, **params: Any) -> None:
@@ -105,10 +96,10 @@ def build_adaptive(
         add(f"pgd-aux:{key}", _pgd_surrogate, surrogate="aux", keys=(key,), gate=None, draws=1)
     if keys:
         add("pgd-final+aux", _pgd_surrogate, surrogate="final+aux", keys=keys, gate=None, draws=1)
-    if has_gates(model, probe):
+    if any(k.startswith("gate") for k in recorded):
         for c in range(num_classes):
             add(f"pgd-gate:{c}", _pgd_surrogate, surrogate="gate", keys=(), gate=c, draws=1)
-    if is_random(model, probe):
+    if check_randomness(model, probe) is not None:
         add("pgd-eot", _pgd_surrogate, surrogate="eot", keys=(), gate=None, draws=eot_draws)
     if transfer_source is not None:
         add("transfer", _transfer, recorded={"source_sha256": model_hash(transfer_source)}, source=transfer_source.eval())
