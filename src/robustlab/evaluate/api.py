@@ -14,10 +14,12 @@ from robustlab.data import ImageDataset, fixed_subset, load_dataset
 from robustlab.errors import UserError
 from robustlab.evaluate.adaptive import build_adaptive
 from robustlab.evaluate.checks import run_checks
+from robustlab.evaluate.sharding import gather_states, shard_batches
 from robustlab.evaluate.runner import eps_label, format_table, make_record, run_suite, summarise, write_record
 from robustlab.evaluate.state import EvalState, labels_hash, model_hash
 from robustlab.evaluate.suite import build_suite, check_attack_names
 from robustlab.train.checkpoint import load_checkpoint, unprefixed
+from robustlab.train.distributed import join, ranks_from_env
 from robustlab.train.loop import build_model, resolve_device
 
 
@@ -83,7 +85,9 @@ def evaluate_model(
     ``probe_size`` samples; their flags join the record's and their measurements go under ``checks``.
     """
     check_attack_names(attacks)
-    dev = resolve_device(device) if isinstance(device, str) else device
+    ranks = ranks_from_env()
+    dev = join(ranks, resolve_device(device) if isinstance(device, str) else device)
+    log = log if ranks.main else (lambda _: None)
     model = model.to(dev).eval()
     step_size = eps / 4 if step_size is None else step_size
     specs = build_suite(attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts)
@@ -102,13 +106,20 @@ def evaluate_model(
         "attacks": {s.name: s.describe() for s in specs}, "eps": eps, "norm": norm, "seed": seed,
         "batch_size": batch_size, "version": __import__("robustlab").__version__,
     }
+    first, end = shard_batches(len(data.labels), batch_size, ranks)
+    shard = data.select(torch.arange(first * batch_size, min(end * batch_size, len(data.labels)))) if end > first else None
     path = Path(state_path) if state_path is not None else None
-    state = EvalState.resume_or_new(path, fingerprint, len(data.labels), batch_size, [s.name for s in specs], log=log)
+    if path is not None and ranks.enabled:
+        fingerprint["shard"] = [first, end]
+        path = path.with_suffix(f".rank{ranks.rank}{path.suffix}")
+    names = [s.name for s in specs]
+    state = EvalState.resume_or_new(path, fingerprint, 0 if shard is None else len(shard.labels), batch_size, names, log=log)
     started = time.perf_counter()
-    state = run_suite(model, data, specs, eps=eps, norm=norm, batch_size=batch_size, device=dev, seed=seed,
-                      state=state, state_path=path)
-    result = summarise(state, specs)
-    if checks:
+    if shard is not None:
+        state = run_suite(model, shard, specs, eps=eps, norm=norm, batch_size=batch_size, device=dev, seed=seed,
+                          state=state, state_path=path, batch_offset=first)
+    result = summarise(gather_states(state, ranks), specs)
+    if checks and ranks.main:
         probe = fixed_subset(data, min(probe_size, len(data.labels)), seed=seed)
         x_probe, y_probe = probe.images.to(dev).float() / 255, probe.labels.to(dev)
         flags, values = run_checks(model, x_probe, y_probe, eps=eps, norm=norm, step_size=step_size,
@@ -119,7 +130,7 @@ def evaluate_model(
     settings = {
         "dataset": data.name, "n_examples": len(data.labels), "seed": seed, "eps": eps, "norm": norm,
         "step_size": step_size, "batch_size": batch_size, "model_mode": "eval",
-        "wall_time_s": round(time.perf_counter() - started, 3), "device": str(dev),
+        "wall_time_s": round(time.perf_counter() - started, 3), "device": str(dev), "processes": ranks.world,
     }
     return make_record(result, settings=settings, specs=specs, model_info=dict(model_info or {}))
 
@@ -176,7 +187,8 @@ def evaluate_checkpoint(
         batch_size=batch_size, seed=seed, device=dev, state_path=out.with_suffix(".state.json"),
         model_info=model_info, adaptive=adaptive, transfer_source=source, checks=checks, log=log,
     )
-    write_record(out, record)
-    log(format_table(record))
-    log(f"record written to {out}")
+    if ranks_from_env().main:
+        write_record(out, record)
+        log(format_table(record))
+        log(f"record written to {out}")
     return record

@@ -97,8 +97,12 @@ def run_suite(
     state: EvalState | None = None,
     state_path: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    batch_offset: int = 0,
 ) -> EvalState:
-    """Run (or continue) the suite on ``data``; the state is saved after every batch."""
+    """Run (or continue) the suite on ``data``; the state is saved after every batch.
+
+    ``batch_offset``: the global index of ``data``'s first batch (a shard's), which seeds the attacks.
+    """
     n = len(data.labels)
     state = state or EvalState.new({}, n, batch_size, [s.name for s in specs])
     loader = DeviceLoader(data, batch_size, shuffle=False, device=device)
@@ -116,7 +120,7 @@ def run_suite(
                 verdict = torch.full((len(y),), NOT_RUN, dtype=torch.long, device=device)
                 if todo.numel():
                     verdict[todo] = _attack_batch(
-                        model, spec, x[todo], y[todo], eps=eps, norm=norm, seed=seed, batch=b, index=a,
+                        model, spec, x[todo], y[todo], eps=eps, norm=norm, seed=seed, batch=batch_offset + b, index=a,
                         cost=state.costs[spec.name], num_classes=logits.shape[1], skipped=state.skipped,
                     )
                 state.broken_by[spec.name][start:start + len(y)] = verdict.tolist()

@@ -1,0 +1,33 @@
+"""Run under torchrun by test_distributed.py: a sharded evaluation whose record rank 0 writes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from robustlab.data import fixed_subset, load_dataset  # noqa: E402
+from robustlab.evaluate import evaluate_model  # noqa: E402
+
+EVAL = dict(attacks=["fgsm", "pgd-5", "apgd-ce"], eps=0.1, batch_size=8, seed=3, device="cpu", checks=False)
+
+
+def setup() -> tuple[torch.nn.Module, object]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    return model, fixed_subset(load_dataset("digits", "test"), 50, seed=0)
+
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1])
+    model, data = setup()
+    record = evaluate_model(model, data, **EVAL, state_path=out / "eval.state.json")
+    if dist.get_rank() == 0:
+        (out / "record.json").write_text(json.dumps(record))
+    dist.destroy_process_group()
