@@ -96,6 +96,14 @@ def _run_config(args: argparse.Namespace) -> "RunConfig":
     return load_config(args.config, list(args.overrides) + (["train.progress=false"] if args.quiet else []))
 
 
+def _say(text: str) -> None:
+    """Print once per job (rank 0 under torchrun)."""
+    from robustlab.train.distributed import ranks_from_env
+
+    if ranks_from_env().main:
+        print(text)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from robustlab.methods import METHODS
     from robustlab.train import train
@@ -103,7 +111,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     cfg = _run_config(args)
     if hasattr(METHODS.get(cfg.method.name.partition("+")[0]), "set_teacher"):
         raise UserError(f"method {cfg.method.name} fine-tunes a pre-trained model; run robustlab finetune {args.config} --from RUN")
-    print(f"run folder: {cfg.run_dir}")
+    _say(f"run folder: {cfg.run_dir}")
     train(cfg)
 
 
@@ -113,7 +121,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     if args.probe_examples < 0:
         raise UserError(f"--probe-examples must be >= 0, got {args.probe_examples}")
     cfg = _run_config(args)
-    print(f"run folder: {cfg.run_dir}")
+    _say(f"run folder: {cfg.run_dir}")
     finetune(cfg, args.source, which=args.checkpoint, weights=args.weights, probe_examples=args.probe_examples)
 
 
