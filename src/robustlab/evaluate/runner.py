@@ -26,6 +26,7 @@ from robustlab.data import DeviceLoader, ImageDataset
 from robustlab.evaluate.flags import Flag
 from robustlab.evaluate.state import NOT_RUN, ROBUST, AttackCost, EvalState
 from robustlab.evaluate.suite import AttackSpec
+from robustlab.train.checkpoint import atomic_write_text
 
 TOLERANCE = 1e-5
 
@@ -184,8 +185,6 @@ def make_record(result: dict[str, Any], *, settings: dict[str, Any], specs: list
 
 
 def write_record(path: Path, record: dict[str, Any]) -> None:
-    from robustlab.train.checkpoint import atomic_write_text
-
     atomic_write_text(path, json.dumps(record, indent=1) + "\n")
 
 

@@ -13,10 +13,8 @@ import torch
 
 from robustlab.config import MethodConfig
 from robustlab.errors import UserError
-from robustlab.methods import objectives as _objectives  # noqa: F401  (registers the base methods)
-from robustlab.methods import afd as _afd, uad as _uad  # noqa: F401  (register afd and the uad plug-in)
+from robustlab.methods import afd, ancra, fsr, objectives, uad  # noqa: F401  (importing registers them)
 from robustlab.methods.base import METHODS, PLUGINS, Method, Parts, PlugIn, Terms
-from robustlab.methods import ancra as _ancra, fsr as _fsr  # noqa: F401  (registers the plug-ins)
 
 __all__ = ["METHODS", "PLUGINS", "Method", "Parts", "PlugIn", "Terms", "create_method", "method_names"]
 
