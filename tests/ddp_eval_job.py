@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from robustlab.data import fixed_subset, load_dataset  # noqa: E402
 from robustlab.evaluate import evaluate_model  # noqa: E402
+from robustlab.train.distributed import leave  # noqa: E402
 
 EVAL = dict(attacks=["fgsm", "pgd-5", "apgd-ce"], eps=0.1, batch_size=8, seed=3, device="cpu", checks=False)
 
@@ -30,4 +31,4 @@ if __name__ == "__main__":
     record = evaluate_model(model, data, **EVAL, state_path=out / "eval.state.json")
     if dist.get_rank() == 0:
         (out / "record.json").write_text(json.dumps(record))
-    dist.destroy_process_group()
+    leave()

@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from robustlab.train import Trainer  # noqa: E402
+from robustlab.train.distributed import leave  # noqa: E402
 from tiny_runs import tiny_config  # noqa: E402
 
 out, method = Path(sys.argv[1]), sys.argv[2]
@@ -26,4 +27,4 @@ if dist.get_rank() == 0:
     (out / "result.json").write_text(json.dumps({
         "parameter_hashes": hashes, "last": last, "per_rank_batch": trainer.loader.batch_size, "steps": trainer.step,
     }))
-dist.destroy_process_group()
+leave()

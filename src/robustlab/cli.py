@@ -177,6 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         COMMANDS[args.command](args)
+        from robustlab.train.distributed import leave
+
+        leave()  # a no-op outside torchrun
     except UserError as exc:
         print(f"robustlab: error: {exc}", file=sys.stderr)
         return 2

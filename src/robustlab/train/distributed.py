@@ -63,6 +63,17 @@ def wrap(model: nn.Module, ranks: Ranks, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
+def leave() -> None:
+    """Leave the process group cleanly: wait for every rank, then tear down.
+
+    Without the barrier a rank that exits first can tear gloo's connections down under a peer still
+    finishing its last collective, which then aborts ("terminate called without an active exception").
+    """
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def barrier(ranks: Ranks) -> None:
     if ranks.enabled:
         dist.barrier()
