@@ -57,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probe-examples", type=int, default=256, help="held-out samples probing the feature gap each epoch (0: off)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    p = sub.add_parser("eval", help="evaluate a run folder or checkpoint under attacks")
-    p.add_argument("path", help="run folder or .safetensors checkpoint")
+    p = sub.add_parser("eval", help="evaluate a run folder, a checkpoint or an outside model (--model) under attacks")
+    p.add_argument("path", nargs="?", default=None, help="run folder or .safetensors checkpoint (or use --model)")
     p.add_argument("--attacks", type=_csv, default=["fgsm", "pgd-20", "cw-20"], help="comma-separated, e.g. fgsm,pgd-20,cw-20")
     p.add_argument("--eps", type=_number, default=None, help="budget in pixel units, e.g. 8/255 (default: the run's training eps)")
     p.add_argument("--norm", choices=["linf", "l2"], default=None)
@@ -69,12 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", choices=["train", "test"], default="test")
     p.add_argument("--checkpoint", choices=["last", "best"], default="last", help="which checkpoint of a run folder")
-    p.add_argument("--weights", choices=["auto", "model", "ema"], default="auto", help="auto = EMA when the run kept one")
+    p.add_argument("--weights", default=None, help="run folder: auto|model|ema (auto = EMA when the run kept one); --model: the weights file (.pt or .safetensors)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", default=None, help="record path (default: RUN/eval/...json)")
+    p.add_argument("--out", default=None, help="record path (default: RUN/eval/...json; with --model: runs/eval/FILE_FACTORY/...json)")
     p.add_argument("--adaptive", action="store_true", help="add model-specific attacks: auxiliary heads, fixed gates, EOT")
     p.add_argument("--transfer-from", default=None, help="run folder or checkpoint of a source model for transfer attacks")
     p.add_argument("--no-checks", action="store_true", help="skip the automatic gradient-masking checks")
+    p.add_argument("--model", default=None, help="an outside model: path/to/file.py:factory or package.module:factory (with --weights FILE and --data)")
+    p.add_argument("--data", default=None, help="--model: data set name (robustlab list datasets)")
+    p.add_argument("--data-root", default=None, help="--model: where the data set's files live")
+    p.add_argument("--mean", type=_number, nargs="+", default=None, help="--model: per-channel mean the model expects (with --std)")
+    p.add_argument("--std", type=_number, nargs="+", default=None, help="--model: per-channel std the model expects")
+    p.add_argument("--normalize", default=None, help="--model: named statistics instead of --mean/--std: cifar10, cifar100, svhn, imagenet")
 
     p = sub.add_parser("demo", help="train natural and PGD-AT models on digits and compare them (< 3 min on 2 CPU cores)")
     p.add_argument("--out-dir", default="runs/demo")
@@ -131,11 +137,40 @@ def cmd_eval(args: argparse.Namespace) -> None:
     for name, value in (("--restarts", args.restarts), ("--batch-size", args.batch_size), ("--n-examples", args.n_examples)):
         if value is not None and value < 1:
             raise UserError(f"{name} must be >= 1, got {value}")
+    if args.model is not None or args.path is None:
+        return _eval_external(args)
+    given = [f for f, v in (("--data", args.data), ("--data-root", args.data_root), ("--mean", args.mean), ("--std", args.std), ("--normalize", args.normalize)) if v is not None]
+    if given:
+        raise UserError(f"{given[0]} applies to --model only; a run folder brings its own data set and normalisation")
+    if args.weights is None:
+        args.weights = "auto"
+    if args.weights not in ("auto", "model", "ema"):
+        raise UserError(f"--weights for a run folder is auto, model or ema, got {args.weights!r}")
     evaluate_checkpoint(
         args.path, attacks=args.attacks, eps=args.eps, norm=args.norm, step_size=args.step_size,
         restarts=args.restarts, n_examples=args.n_examples, batch_size=args.batch_size, seed=args.seed,
         split=args.split, which=args.checkpoint, weights=args.weights, device=args.device, out=args.out,
         adaptive=args.adaptive, transfer_from=args.transfer_from, checks=not args.no_checks,
+    )
+
+
+def _eval_external(args: argparse.Namespace) -> None:
+    """``robustlab eval --model FILE.py:factory --weights W --data NAME``."""
+    from robustlab.evaluate.external import evaluate_external, resolve_normalization
+
+    if args.model is None:
+        raise UserError("robustlab eval needs a run folder, or --model FILE.py:factory --weights FILE --data NAME")
+    if args.path is not None:
+        raise UserError(f"give either a run folder ({args.path}) or --model, not both")
+    for flag, value in (("--weights", args.weights), ("--data", args.data)):
+        if value is None:
+            raise UserError(f"--model needs {flag}; e.g. --weights model.pt --data cifar10")
+    evaluate_external(
+        args.model, args.weights, data=args.data, data_root=args.data_root, split=args.split, attacks=args.attacks,
+        eps=args.eps, norm=args.norm or "linf", step_size=args.step_size, restarts=args.restarts,
+        n_examples=args.n_examples, batch_size=args.batch_size, seed=args.seed, device=args.device, out=args.out,
+        stats=resolve_normalization(args.mean, args.std, args.normalize), adaptive=args.adaptive,
+        transfer_from=args.transfer_from, checks=not args.no_checks,
     )
 
 

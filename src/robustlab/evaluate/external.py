@@ -1,0 +1,325 @@
+"""Outside models: a factory from a Python file or module, weights from a file, checked before any attack.
+
+``FILE.py:factory`` or ``package.module:factory`` names a callable that takes no arguments and returns an
+``nn.Module`` mapping [0, 1] images to logits (or to logits after ``--mean/--std`` normalisation, which
+:func:`wrap_normalize` then puts in front as a :class:`~robustlab.models.Normalize` layer, so ε stays in
+pixel units). Weights load without running code: safetensors, or ``torch.load(weights_only=True)``.
+Common wrappers are unwrapped with a message, as RobustBench's loader does for its model zoo: a
+``state_dict``/``model``/``net`` key and a DataParallel ``module.`` prefix.
+
+Every failure (missing file, no such factory, factory raising, unreadable or pickled weights, wrong keys or
+shapes, wrong output shape or class count, inputs of the wrong size) is a one-line
+:class:`~robustlab.errors.UserError`.
+
+Deviations: factories are called without arguments (no ``--model-args``); only the three wrapper keys
+above are unwrapped, one level after another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import pickle
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from robustlab.data import ImageDataset, fixed_subset, load_dataset
+from robustlab.errors import UserError
+from robustlab.evaluate.api import evaluate_model, load_model
+from robustlab.evaluate.runner import eps_label, format_table, write_record
+from robustlab.evaluate.suite import check_attack_names
+from robustlab.models import Normalize
+from robustlab.train.distributed import ranks_from_env
+from robustlab.train.loop import resolve_device
+
+WRAPPER_KEYS = ("state_dict", "model", "net")
+PREFIX = "module."
+SHOWN = 3  # names listed in a key mismatch message
+DEFAULT_EPS = {"linf": 8 / 255, "l2": 0.5}  # RobustBench's standard budgets
+DEFAULT_OUT = Path("runs") / "eval"
+
+# Per-channel statistics of the usual training sets (RGB order), for --normalize NAME.
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:120]}" if text else type(exc).__name__
+
+
+def _import_source(source: str) -> tuple[Any, dict[str, str]]:
+    """The module named by ``source`` (a .py path or a dotted module name) and its description."""
+    if source.endswith(".py") or "/" in source or "\\" in source:
+        path = Path(source)
+        if not path.is_file():
+            raise UserError(f"model file {path} not found; pass --model path/to/file.py:factory")
+        name = "robustlab_external_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise UserError(f"model file {path} cannot be imported as Python; pass a .py file")
+        module = importlib.util.module_from_spec(spec)
+        sys.path.insert(0, str(path.resolve().parent))  # so the file can import its neighbours
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise UserError(f"importing model file {path} failed ({_one_line(exc)}); fix the file") from None
+        finally:
+            sys.path.remove(str(path.resolve().parent))
+        return module, {"file": str(path), "model_sha256": sha256_file(path)}
+    try:
+        module = importlib.import_module(source)
+    except Exception as exc:
+        raise UserError(f"cannot import module {source!r} ({_one_line(exc)}); check the name or PYTHONPATH") from None
+    where = getattr(module, "__file__", None)
+    return module, {"module": source, "model_sha256": sha256_file(where) if where else None}
+
+
+def import_factory(spec: str) -> tuple[Callable[[], Any], dict[str, Any]]:
+    """``FILE.py:factory`` or ``package.module:factory`` -> (the callable, its source description).
+
+    The description names the file or module, the factory and the sha256 of the file that defines it.
+    """
+    source, sep, factory_name = spec.rpartition(":")
+    if not sep or not source or not factory_name.isidentifier():
+        raise UserError(f"--model {spec!r} is not of the form path/to/file.py:factory or package.module:factory")
+    module, info = _import_source(source)
+    factory = getattr(module, factory_name, None)
+    if not callable(factory):
+        found = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_") and getattr(v, "__module__", None) == module.__name__)
+        raise UserError(f"{source} has no callable {factory_name!r}; it defines: {', '.join(found[:8]) or 'no callables'}")
+    return factory, {**info, "factory": factory_name}
+
+
+def build_model(factory: Callable[[], Any], spec: str) -> nn.Module:
+    """Call the factory (no arguments); it must return an ``nn.Module``."""
+    try:
+        model = factory()
+    except Exception as exc:
+        raise UserError(f"model factory {spec} raised {_one_line(exc)}; fix the factory") from None
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model factory {spec} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def read_weights(path: str | Path) -> Any:
+    """The object stored in a weights file, loaded without executing code."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"weights file {p} not found; pass --weights FILE.pt or FILE.safetensors")
+    if p.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(p), device="cpu")
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise UserError(f"weights file {p} is corrupt or not safetensors ({_one_line(exc)}); re-save it") from None
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if found is None:
+            raise UserError(f"weights file {p} is corrupt or not a torch.save file (unreadable pickle); re-save it") from None
+        raise UserError(
+            f"weights file {p} holds pickled Python objects ({found.group(1)}), which are never loaded; "
+            f"save model.state_dict() instead"
+        ) from None
+    except Exception as exc:
+        raise UserError(f"weights file {p} is corrupt or not a torch.save file ({_one_line(exc)}); re-save it") from None
+
+
+def unwrap_state_dict(obj: Any, source: str, log: Callable[[str], None] = print) -> dict[str, torch.Tensor]:
+    """The tensor dict inside a loaded weights object: wrapper keys and a ``module.`` prefix removed (with a message)."""
+    while isinstance(obj, dict) and not any(torch.is_tensor(v) for v in obj.values()):
+        key = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+        if key is None:
+            break
+        log(f"weights: using the {key!r} entry of {source}")
+        obj = obj[key]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
+        keys = ", ".join(map(str, list(obj)[:SHOWN])) if isinstance(obj, dict) else type(obj).__name__
+        raise UserError(f"weights file {source} is not a state dict of tensors (found: {keys or 'nothing'}); save model.state_dict()")
+    if all(k.startswith(PREFIX) for k in obj):
+        log(f"weights: removed the {PREFIX!r} prefix (DataParallel) from {source}")
+        obj = {k[len(PREFIX):]: v for k, v in obj.items()}
+    return obj
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` strictly; a mismatch names the first few missing, unexpected or mis-shaped keys."""
+    expected = model.state_dict()
+    problems = []
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape (file vs model)", shapes)):
+        if names:
+            more = f" and {len(names) - SHOWN} more" if len(names) > SHOWN else ""
+            problems.append(f"{label}: {', '.join(names[:SHOWN])}{more}")
+    if problems:
+        raise UserError(f"weights {source} do not fit the model ({'; '.join(problems)}); check the factory and the file")
+    model.load_state_dict(state)
+
+
+def resolve_normalization(mean: list[float] | None, std: list[float] | None, name: str | None) -> tuple[list[float], list[float]] | None:
+    """(mean, std) from ``--mean/--std`` or ``--normalize NAME``; None when neither is given."""
+    if name is not None:
+        if mean is not None or std is not None:
+            raise UserError("give either --normalize NAME or --mean/--std, not both")
+        if name not in NORMALIZATIONS:
+            raise UserError(f"--normalize {name!r} is unknown; use one of {', '.join(NORMALIZATIONS)} or --mean/--std")
+        return list(NORMALIZATIONS[name][0]), list(NORMALIZATIONS[name][1])
+    if (mean is None) != (std is None):
+        raise UserError("--mean and --std go together; give one value per channel for each")
+    if mean is None or std is None:
+        return None
+    if len(mean) != len(std) or any(s <= 0 for s in std):
+        raise UserError(f"--mean has {len(mean)} values and --std {len(std)}; give one value per channel, std > 0")
+    return list(mean), list(std)
+
+
+def wrap_normalize(model: nn.Module, stats: tuple[list[float], list[float]] | None, channels: int) -> nn.Module:
+    """``Normalize(mean, std)`` followed by ``model``, so attacks work on [0, 1] pixels; unchanged without stats."""
+    if stats is None:
+        return model
+    if len(stats[0]) != channels:
+        raise UserError(f"normalisation has {len(stats[0])} values per statistic but the images have {channels} channels; give {channels}")
+    return nn.Sequential(Normalize(*stats), model)
+
+
+def check_outputs(model: nn.Module, data: ImageDataset, device: torch.device, probe: int = 2) -> None:
+    """One eval-mode forward on the first ``probe`` images: logits of shape (N, classes of the data set)."""
+    x = data.images[:probe].to(device).float() / 255
+    shape = "x".join(map(str, data.image_shape))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as exc:
+        raise UserError(f"the model fails on {data.name} inputs ({shape}, values in [0, 1]): {_one_line(exc)}; check the data set or the model") from None
+    finally:
+        model.train(was_training)
+    if not torch.is_tensor(out) or out.ndim != 2 or out.shape[0] != x.shape[0]:
+        got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+        raise UserError(f"the model returns {got} for {x.shape[0]} inputs; it must return logits of shape (N, classes)")
+    if out.shape[1] != data.num_classes:
+        raise UserError(f"the model outputs {out.shape[1]} classes but {data.name} has {data.num_classes}; use a model for this data set")
+
+
+def load_external(
+    spec: str, weights: str | Path, data: ImageDataset, *, stats: tuple[list[float], list[float]] | None = None,
+    device: torch.device = torch.device("cpu"), log: Callable[[str], None] = print,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The model of ``spec`` with ``weights``, normalised by ``stats`` and checked on ``data``; plus its source record."""
+    factory, source = import_factory(spec)
+    model = build_model(factory, spec)
+    load_weights(model, unwrap_state_dict(read_weights(weights), str(weights), log), str(weights))
+    source["architecture"] = type(model).__name__
+    model = wrap_normalize(model, stats, data.image_shape[0]).to(device)
+    check_outputs(model, data, device)
+    source.update(weights=str(weights), weights_sha256=sha256_file(weights))
+    if stats is not None:
+        source["normalization"] = {"mean": stats[0], "std": stats[1]}
+    return model.eval(), source
+
+
+def model_info_block(record: dict[str, Any], attacks: list[str]) -> dict[str, Any]:
+    """A RobustBench-style model-info entry of a record (accuracies in percent, as RobustBench writes them).
+
+    ``autoattack_acc`` is the robust accuracy under the standard ``autoattack`` group when it ran, else
+    None; ``robust_acc`` is always the per-sample worst case over all of ``attacks`` (named in
+    ``robust_acc_attacks``). ``attack_version`` names robustlab's version and the attacks.
+    """
+    names = [a.strip().lower() for a in attacks]
+    autoattack = record["attacks"].get("autoattack")
+    return {
+        "dataset": record["dataset"], "threat_model": {"linf": "Linf", "l2": "L2"}[record["norm"]],
+        "eps": record["eps"], "eps_label": record["eps_label"], "norm": record["norm"], "n_examples": record["n_examples"],
+        "clean_acc": round(100 * record["clean_acc"], 2),
+        "autoattack_acc": None if autoattack is None else round(100 * autoattack["robust_acc"], 2),
+        "robust_acc": round(100 * record["robust_acc"], 2), "robust_acc_attacks": names,
+        "attack_version": f"robustlab {record['robustlab_version']} " + ("autoattack standard" if autoattack is not None else "(no autoattack)") + f": {', '.join(names)}",
+    }
+
+
+def default_out(spec: str, data: str, split: str, attacks: list[str], eps: float, norm: str) -> Path:
+    """``runs/eval/<file stem or module>_<factory>/<data>_<split>_<attacks>_<eps>_<norm>.json`` (relative to the working directory)."""
+    source, _, factory = spec.rpartition(":")
+    stem = Path(source).stem if source.endswith(".py") else source
+    tag = "_".join(a.strip().lower() for a in attacks)
+    return DEFAULT_OUT / f"{stem}_{factory}" / f"{data}_{split}_{tag}_{eps_label(eps).replace('/', 'over')}_{norm}.json"
+
+
+def evaluate_external(
+    spec: str,
+    weights: str | Path,
+    *,
+    data: str,
+    attacks: list[str],
+    data_root: str | Path | None = None,
+    split: str = "test",
+    eps: float | None = None,
+    norm: str = "linf",
+    step_size: float | None = None,
+    restarts: int = 1,
+    n_examples: int | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    device: str = "auto",
+    out: str | Path | None = None,
+    stats: tuple[list[float], list[float]] | None = None,
+    adaptive: bool = False,
+    transfer_from: str | Path | None = None,
+    checks: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Evaluate an outside model (``FILE.py:factory`` or ``package.module:factory`` with ``weights``) on ``data``.
+
+    ε defaults to RobustBench's standard budget (8/255 for L∞, 0.5 for L2), the step size to ε/4.
+    The record is a run record (:func:`~robustlab.evaluate.api.evaluate_model`) plus ``model_source``
+    (file or module, factory, sha256 of the model file and of the weights) and ``model_info``
+    (:func:`model_info_block`). It is written to ``out`` (default :func:`default_out`), and the
+    per-sample state beside it makes a rerun resume.
+    """
+    check_attack_names(attacks)
+    dev = resolve_device(device)
+    eps = DEFAULT_EPS[norm] if eps is None else eps
+    dataset = load_dataset(data, split, root=data_root)
+    if n_examples is not None:
+        dataset = fixed_subset(dataset, n_examples, seed=seed)
+    model, source = load_external(spec, weights, dataset, stats=stats, device=dev, log=log)
+    out = Path(out) if out is not None else default_out(spec, data, split, attacks, eps, norm)
+    transfer = load_model(transfer_from, device=dev)[0] if transfer_from is not None else None
+    record = evaluate_model(
+        model, dataset, attacks=attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts,
+        batch_size=batch_size, seed=seed, device=dev, state_path=out.with_suffix(".state.json"),
+        model_info={"model_source": source, "architecture": source["architecture"], "split": split},
+        adaptive=adaptive, transfer_source=transfer, checks=checks, log=log,
+    )
+    record["model_info"] = model_info_block(record, attacks)
+    if ranks_from_env().main:
+        write_record(out, record)
+        log(format_table(record))
+        log(f"record written to {out}")
+    return record
