@@ -5,9 +5,10 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import torch
+from torch import nn
 
 from robustlab.config import AttackConfig, MethodConfig
 from robustlab.methods import create_method
@@ -33,10 +34,16 @@ def median_seconds(fn: Callable[[], None], *, warmup: int, repeats: int, device:
     return statistics.median(times), max(times) - min(times)
 
 
-def step_fn(model_name: str, method_name: str, *, batch_size: int, channels: int, size: int, num_classes: int,
-            device: torch.device, steps: int = 10, model_options: dict | None = None,
-            method_options: dict | None = None, amp: str = "none") -> Callable[[], None]:
-    """A closure running one optimiser step of ``method_name`` on a fixed random batch."""
+def make_step(model_name: str, method_name: str, *, batch_size: int, channels: int, size: int, num_classes: int,
+              device: torch.device, steps: int = 10, model_options: dict | None = None,
+              method_options: dict | None = None, amp: str = "none", channels_last: bool = False,
+              compile_backend: str | None = None,
+              batch: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[Callable[[], None], nn.Module]:
+    """A closure running one optimiser step of ``method_name`` on a fixed batch, and the model it trains.
+
+    The batch is random unless ``batch`` is given. ``channels_last``: model and batch in NHWC memory
+    format; ``compile_backend``: the step calls ``torch.compile(model, backend=...)`` instead of the model.
+    """
     torch.manual_seed(0)
     attack = AttackConfig(eps=8 / 255, steps=steps, step_size=2 / 255)
     method = create_method(MethodConfig(name=method_name, attack=attack, options=dict(method_options or {})),
@@ -46,15 +53,25 @@ def step_fn(model_name: str, method_name: str, *, batch_size: int, channels: int
         method.set_teacher(copy.deepcopy(backbone).to(device))
     model = method.prepare_model(backbone).to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x = torch.rand(batch_size, channels, size, size, device=device)
-    y = torch.randint(0, num_classes, (batch_size,), device=device)
+    if batch is None:
+        batch = (torch.rand(batch_size, channels, size, size), torch.randint(0, num_classes, (batch_size,)))
+    x, y = batch[0].to(device), batch[1].to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    forward = torch.compile(model, backend=compile_backend) if compile_backend else model
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
 
     def step() -> None:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss, _ = method.loss(model, x, y)
+            loss, _ = method.loss(forward, x, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    return step
+    return step, model
+
+
+def step_fn(*args: Any, **kwargs: Any) -> Callable[[], None]:
+    """:func:`make_step` without the model."""
+    return make_step(*args, **kwargs)[0]

@@ -143,4 +143,4 @@ def test_bf16_autocast_channels_last_and_grad_clip_path_runs(tmp_path: Path) -> 
 
 def test_fp16_on_cpu_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="fp16 needs a CUDA device"):
-        train(tiny_config(tmp_path, **{"train.amp": "fp16"}), log=lambda _: None)
+        train(tiny_config(tmp_path, **{"train.amp": "fp16", "train.device": "cpu"}), log=lambda _: None)
