@@ -23,12 +23,21 @@ from robustlab.evaluate.external import unwrap_state_dict, wrap_normalize
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 MODEL_FILE = '''
+from __future__ import annotations
+
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 
+@dataclass
+class Settings:  # a dataclass needs its module in sys.modules while the file is imported
+    width: int = 8
+
+
 class Net(nn.Module):
-    def __init__(self, width=8):
+    def __init__(self, width=Settings().width):
         super().__init__()
         self.conv = nn.Conv2d(1, width, 3, padding=1)
         self.fc = nn.Linear(width * 64, 10)

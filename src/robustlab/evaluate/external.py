@@ -78,10 +78,12 @@ def _import_source(source: str) -> tuple[Any, dict[str, str]]:
         if spec is None or spec.loader is None:
             raise UserError(f"model file {path} cannot be imported as Python; pass a .py file")
         module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses and pickling look a class's module up there
         sys.path.insert(0, str(path.resolve().parent))  # so the file can import its neighbours
         try:
             spec.loader.exec_module(module)
         except Exception as exc:
+            del sys.modules[name]
             raise UserError(f"importing model file {path} failed ({_one_line(exc)}); fix the file") from None
         finally:
             sys.path.remove(str(path.resolve().parent))
