@@ -45,4 +45,4 @@ echo "== timing table"
 flags=()
 [[ $cpu == 1 ]] && flags+=(--cpu)
 [[ $tiny == 1 ]] && flags+=(--tiny)
-"$python" benchmarks/gpu_check.py "${flags[@]}"
+"$python" benchmarks/gpu_check.py ${flags[@]+"${flags[@]}"}  # (safe with set -u on old bash)
