@@ -51,7 +51,10 @@ UAD_ABLATIONS = {
 ATTACKS = "pgd-20,autoattack"
 # Relative cost per epoch (PGD-AT = 1; README's measured plug-in overheads) for the ETA before timings exist.
 COST = {"natural": 1 / 11, "+fsr": 1.1, "+ancra": 2.0, "+uad": 1.6, "afd": 1.1}
-PRIOR_S = {"epoch": 80.0, "eval": 300.0}  # guesses on 2 idle cores; replaced by this session's timings
+# Seconds on 2 idle cores, replaced by this session's timings once a step of the kind has run. A PGD-AT epoch:
+# 62 steps x ~1.25 s (2.06 s measured on one thread). An evaluation of a robust model: standard AutoAttack
+# spends ~1,900 gradient and 5,000 forward passes on every surviving image (~3.5 s each), ~150 survivors.
+PRIOR_S = {"epoch": 80.0, "eval": 600.0}
 
 
 @dataclass(frozen=True)
@@ -157,8 +160,8 @@ class Study:
 
     def cost(self, step: tuple[str, Job]) -> tuple[str, float]:
         kind, job = step
-        if kind == "eval":
-            return "eval", 1.5 if job.row.adaptive else 1.0
+        if kind == "eval":  # a natural model has almost no AutoAttack survivors
+            return "eval", 0.1 if job.row.label == "natural" else (1.5 if job.row.adaptive else 1.0)
         cfg = load_config(job.row.config, self.overrides(job))
         factor = 1.0
         for key, value in COST.items():
@@ -235,8 +238,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     study = Study(args)
     if args.plan:
-        for kind, job in study.pending():
+        steps = study.pending()
+        for kind, job in steps:
             print("robustlab " + shlex.join(study.train_command(job) if kind == "train" else study.eval_command(job)))
+        print(f"{len(steps)} steps, estimated {eta(study.cost, steps, {'epoch': [0.0, 0.0], 'eval': [0.0, 0.0]})} "
+              f"on 2 idle cores (prior: {PRIOR_S['epoch']:.0f} s per PGD-AT epoch, {PRIOR_S['eval']:.0f} s per evaluation)")
         return
     study.run()
     table = write_results(study)
