@@ -46,6 +46,7 @@ class Page:
     def __init__(self, study: "Study") -> None:
         self.study = study
         self.records: dict[tuple[str, int], dict[str, Any]] = {}
+        self.memo: dict[tuple[str, str, str], PairedDifference | None] = {}
         for job in study.jobs:
             path = study.record_path(job)
             if path.is_file():
@@ -73,11 +74,13 @@ class Page:
         return "–" if not values or None in values else format_mean_std(values)
 
     def paired(self, base: str, method: str, metric: str) -> PairedDifference | None:
-        seeds = sorted(s for (lab, s) in self.records if lab == method and (base, s) in self.records)
-        if not seeds:
-            return None
-        return compare_records([self.records[(base, s)] for s in seeds], [self.records[(method, s)] for s in seeds],
-                               metric, seed=0)
+        """Paired bootstrap over the seeds that have both records (memoised: the page asks twice)."""
+        key = (base, method, metric)
+        if key not in self.memo:
+            seeds = sorted(s for (lab, s) in self.records if lab == method and (base, s) in self.records)
+            self.memo[key] = compare_records([self.records[(base, s)] for s in seeds],
+                                             [self.records[(method, s)] for s in seeds], metric, seed=0) if seeds else None
+        return self.memo[key]
 
     def difference(self, base: str, method: str, metric: str) -> str:
         result = self.paired(base, method, metric)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import shutil
 import sys
 import tempfile
 import time
@@ -37,7 +36,7 @@ from _study_report import write_results  # noqa: E402
 
 from robustlab.cli import main as robustlab  # noqa: E402
 from robustlab.config import load_config  # noqa: E402
-from robustlab.train.checkpoint import atomic_write_text  # noqa: E402
+from robustlab.train.checkpoint import atomic_write_bytes, atomic_write_text  # noqa: E402
 from robustlab.train.metrics import read_metrics  # noqa: E402
 
 BASES = ("pgd_at", "trades", "mart")
@@ -190,10 +189,10 @@ class Study:
                 raise SystemExit(f"step failed: robustlab {shlex.join(command)}; fix it and rerun to resume")
             seconds = time.perf_counter() - started
             self.record_time(job, kind, seconds)
-            if kind == "eval":
-                self.results.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(self.out / job.name / "eval" / "study.json", self.record_path(job))
-                shutil.copyfile(self.out / job.name / "metrics.jsonl", self.results / f"{job.name}.metrics.jsonl")
+            if kind == "eval":  # the record last and atomically: its presence marks the evaluation finished
+                run = self.out / job.name
+                atomic_write_bytes(self.results / f"{job.name}.metrics.jsonl", (run / "metrics.jsonl").read_bytes())
+                atomic_write_bytes(self.record_path(job), (run / "eval" / "study.json").read_bytes())
             unit, units = self.cost((kind, job))
             spent[unit][0] += seconds
             spent[unit][1] += units

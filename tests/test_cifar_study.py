@@ -84,3 +84,35 @@ def test_quick_study_end_to_end_then_rerun_only_prints(tmp_path: Path) -> None:
     last = _run(args)
     assert last.returncode == 0 and "steps to do" not in last.stdout and "robustlab" not in last.stdout
     assert last.stdout.startswith("| configuration | seeds |")
+
+
+def test_results_page_from_constructed_records(tmp_path: Path) -> None:
+    """Three seeds of PGD-AT and PGD-AT+FSR with a large constructed gain: the table shows mean ± std over
+    seeds and the paired interval, and the FSR claim is held; claims without records say so."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import cifar_study
+    from _study_report import write_results
+
+    study = cifar_study.Study(cifar_study.parse_args(["--data-root", "/data", "--out-dir", str(tmp_path / "runs"),
+                                                      "--results", str(tmp_path / "res"), "--doc", str(tmp_path / "r.md")]))
+    rng = np.random.default_rng(0)
+    for seed in range(3):
+        base = rng.random(400) < 0.3
+        gained = base | (rng.random(400) < 0.2 + 0.05 * seed)
+        for label, correct in (("pgd_at", base), ("pgd_at+fsr", gained)):
+            verdicts = np.where(correct, -1, 0).tolist()
+            record = {"run": label, "dataset": "imagefolder", "n_examples": 400, "seed": 0, "eps": 8 / 255, "norm": "linf",
+                      "clean_acc": 1.0, "robust_acc": float(correct.mean()), "flags": [],
+                      "attacks": {"pgd-20": {"robust_acc": float(correct.mean())}},
+                      "per_sample": {"clean": [1] * 400, "broken_by": {"pgd-20": verdicts}}}
+            path = study.record_path(study.by_key[(label, seed)])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(record))
+    table = write_results(study)
+    fsr = [line for line in table.splitlines() if line.startswith("| pgd_at+fsr |")][0]
+    accs = [json.loads(study.record_path(study.by_key[("pgd_at+fsr", s)]).read_text())["robust_acc"] for s in range(3)]
+    assert f"| 3 | 100.0 ± 0.0 | {100 * np.mean(accs):.1f} ± {100 * np.std(accs, ddof=1):.1f} |" in fsr and "vs pgd_at" in fsr
+    page = (tmp_path / "r.md").read_text()
+    assert "status: partial: 6 of 33 evaluations finished" in page
+    assert "**FSR: robust accuracy over its base" in page and "**held** at this scale — pgd_at+fsr − pgd_at (worst, 3 seeds × 400 images)" in page
+    assert "**ANCRA: its gain survives adaptive attacks (worst case incl. adaptive decides)**: not evaluated yet" in page
