@@ -48,8 +48,9 @@ UAD_ABLATIONS = {
     "iga_only": ("method.options.dsu=false", "method.options.refined_reference=false"),
 }
 ATTACKS = "pgd-20,autoattack"
-# Relative cost per epoch (PGD-AT = 1; README's measured plug-in overheads) for the ETA before timings exist.
-COST = {"natural": 1 / 11, "+fsr": 1.1, "+ancra": 2.0, "+uad": 1.6, "afd": 1.1}
+# Relative cost per epoch (PGD-AT = 1) for the ETA before timings exist: benchmarks/method_overhead.py
+# --model preact_resnet_small --batch-size 32 (one thread, under load): FSR 1.06, UAD-AT 1.59, ANCRA 2.25, AFD 0.93.
+COST = {"natural": 1 / 11, "+fsr": 1.06, "+ancra": 2.25, "+uad": 1.6, "afd": 0.93}
 # Seconds on 2 idle cores, replaced by this session's timings once a step of the kind has run. A PGD-AT epoch:
 # 62 steps x ~1.25 s (2.06 s measured on one thread). An evaluation of a robust model: standard AutoAttack
 # spends ~1,900 gradient and 5,000 forward passes on every surviving image (~3.5 s each), ~150 survivors.
