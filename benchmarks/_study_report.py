@@ -28,6 +28,7 @@ COLUMNS = (("clean", "clean"), ("pgd-20", "PGD-20"), ("autoattack", "AutoAttack"
            ("worst", "worst case"))
 TRAINING_PLOT = ("natural", "pgd_at", "pgd_at+fsr", "trades", "trades+ancra", "pgd_at+uad")
 FINETUNE_PLOT = ("finetune: vanilla", "finetune: afd")
+ATTACKS_TEXT = "PGD-20, standard AutoAttack (APGD-CE → APGD-T → FAB-T → Square)"
 FLAT = 0.10  # ours: a feature gap "stays flat" when its last value is within ±10% of its first
 
 
@@ -172,9 +173,6 @@ class Page:
             if all((r / "metrics.jsonl").is_file() for r in runs) and runs:
                 out.append((title, runs, path))
         return "\n".join(f"![{t}]({os.path.relpath(p, doc.parent)})" for t, _, p in out), out
-
-
-ATTACKS_TEXT = "PGD-20, standard AutoAttack (APGD-CE → APGD-T → FAB-T → Square)"
 
 
 def write_results(study: "Study") -> str:
