@@ -26,7 +26,7 @@ def test_bundled_config_is_valid(name: str) -> None:
     assert cfg.model.name in MODELS
     method = create_method(cfg.method, torch.Generator())
     assert method.attack.eps > 0
-    if name.startswith("cifar10"):
+    if name.startswith("cifar10_"):
         assert cfg.method.attack.eps == pytest.approx(8 / 255) and cfg.data.crop_padding == 4 and cfg.data.flip
 
 
@@ -45,7 +45,7 @@ def tiny_cifar(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if n.startswith("cifar10") and "afd" not in n and "finetune" not in n])
+@pytest.mark.parametrize("name", [n for n in NAMES if n.startswith("cifar10_") and "afd" not in n and "finetune" not in n])
 def test_paper_config_trains_a_few_steps_on_tiny_inputs(name: str, tiny_cifar: str, tmp_path) -> None:
     """The paper settings end to end (augmentation, schedule, bf16 autocast, channels_last, the method),
     on a narrow version of the architecture and 16 random images, so it runs on a CPU in seconds."""

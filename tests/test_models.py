@@ -18,6 +18,7 @@ FAST: dict[str, tuple[str, dict[str, Any], tuple[int, int, int]]] = {
     "small_cnn": ("small_cnn", {"width": 8}, (1, 8, 8)),
     "resnet18": ("resnet18", {"width": 8}, (3, 32, 32)),
     "preact_resnet18": ("preact_resnet18", {"width": 8}, (3, 32, 32)),
+    "preact_resnet_small": ("preact_resnet_small", {"width": 4, "depths": [1, 2]}, (3, 32, 32)),
     "vgg16_bn": ("vgg16_bn", {"width": 8}, (3, 32, 32)),
     "wide_resnet": ("wide_resnet", {"depth": 10, "widen_factor": 1}, (3, 32, 32)),
     "wrn34_10": ("wide_resnet", {"depth": 10, "widen_factor": 2, "dropout": 0.3}, (3, 32, 32)),
@@ -28,6 +29,7 @@ FULL_PARAMS = {
     "small_cnn": 288_170,
     "resnet18": 11_173_962,
     "preact_resnet18": 11_172_170,
+    "preact_resnet_small": 308_378,
     "vgg16_bn": 14_724_042,
     "wide_resnet": 46_160_474,
     "wrn34_10": 46_160_474,
@@ -108,6 +110,13 @@ def test_full_size_shape_and_params(name: str) -> None:
     with torch.no_grad():
         out = model(torch.rand(1, *shape))
     assert out.shape == (1, 10) and torch.isfinite(out).all()
+
+
+def test_preact_resnet_small_depths() -> None:
+    model = create_model("preact_resnet_small", width=4, depths=[2, 1, 3])
+    assert [len(s) for s in model.stages] == [2, 1, 3] and model.num_features == 16
+    with pytest.raises(UserError, match="depths"):
+        create_model("preact_resnet_small", depths=[1, 0])
 
 
 def test_small_cnn_any_size_and_custom_stats() -> None:

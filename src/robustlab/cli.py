@@ -86,8 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="runs/demo")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    p = sub.add_parser("report", help="Markdown tables and PNG plots from run folders")
-    p.add_argument("runs", nargs="+", help="run folders")
+    p = sub.add_parser("report", help="Markdown tables and PNG plots from run folders; paired comparisons")
+    p.add_argument("runs", nargs="*", help="run folders")
+    p.add_argument("--compare", nargs="+", metavar="RECORDS", default=None,
+                   help="BASE METHOD...: each an eval record, a run folder with one record, or a comma-separated list of them "
+                        "(one per seed, paired by position); prints the paired difference with a 95%% bootstrap CI")
+    p.add_argument("--metric", default="worst", help="with --compare: worst (default), clean, or an attack name such as autoattack")
     p.add_argument("--out", default=None, help="output folder (default: RUN/report for one run, else runs/report)")
 
     p = sub.add_parser("list", help="list methods, models, datasets, attacks or bundled configs")
@@ -185,6 +189,14 @@ def cmd_report(args: argparse.Namespace) -> None:
 
     from robustlab.report import write_report
 
+    if args.compare:
+        from robustlab.report.compare import compare_table
+
+        print(compare_table(args.compare, args.metric))
+    if not args.runs:
+        if not args.compare:
+            raise UserError("report needs run folders or --compare BASE METHOD ...; see robustlab report --help")
+        return
     out = args.out or (Path(args.runs[0]) / "report" if len(args.runs) == 1 else Path("runs") / "report")
     print(f"report written to {write_report(args.runs, out)}")
 

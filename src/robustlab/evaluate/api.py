@@ -130,7 +130,7 @@ def evaluate_model(
         result["checks"] = values
         result["checks_run"] = True
     settings = {
-        "dataset": data.name, "n_examples": len(data.labels), "seed": seed, "eps": eps, "norm": norm,
+        "dataset": data.name, "n_examples": len(data.labels), "data_hash": fingerprint["data"], "seed": seed, "eps": eps, "norm": norm,
         "step_size": step_size, "batch_size": batch_size, "model_mode": "eval",
         "wall_time_s": round(time.perf_counter() - started, 3), "device": str(dev), "processes": ranks.world,
     }

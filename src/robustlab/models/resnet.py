@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from robustlab.errors import UserError
 from robustlab.models.base import MODELS, ImageClassifier, bn_relu, check_positive_int
 
 
@@ -160,3 +161,24 @@ def preact_resnet18(
 ) -> PreActResNet:
     """CIFAR pre-activation ResNet-18 (He et al., ECCV 2016) with a final BN-ReLU; 11.17M params."""
     return PreActResNet(width=width, num_classes=num_classes, in_channels=in_channels, mean=mean, std=std)
+
+
+@MODELS.register
+def preact_resnet_small(
+    *,
+    width: int = 16,
+    depths: Sequence[int] = (1, 1, 1, 1),
+    num_classes: int = 10,
+    in_channels: int = 3,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> PreActResNet:
+    """A narrow, shallow CIFAR pre-activation ResNet (He et al., ECCV 2016) for CPU-scale studies.
+
+    Default: one PreActBlock per stage, 16-32-64-128 channels (a PreAct-ResNet-10 at width 16); 0.31M params.
+    ``depths`` sets the blocks per stage (1 to 4 stages). Ours: the size is chosen for the CIFAR-10 study
+    on 2 CPU cores (docs/results.md), not taken from a paper.
+    """
+    if not 1 <= len(depths) <= 4 or not all(isinstance(d, int) and d >= 1 for d in depths):
+        raise UserError(f"preact_resnet_small depths={list(depths)!r} is invalid; give 1 to 4 positive block counts, e.g. [1, 1, 1, 1]")
+    return PreActResNet(depths=tuple(depths), width=width, num_classes=num_classes, in_channels=in_channels, mean=mean, std=std)

@@ -1,0 +1,118 @@
+"""The CIFAR-10 study's machinery on a tiny synthetic image folder: configs, --quick end to end, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from robustlab.config import bundled_config_names, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+STUDY = ROOT / "benchmarks" / "cifar_study.py"
+
+
+def _image_folder(root: Path, classes: int = 4, train: int = 6, test: int = 6) -> Path:
+    """Random 32×32 RGB images in ROOT/train|test/CLASS/, half JPEG and half PNG, seeded."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", train), ("test", test)):
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                pixels[..., c % 3] //= 4  # a weak class cue
+                Image.fromarray(pixels).save(folder / f"{i:04d}.{'jpg' if i % 2 else 'png'}")
+    return root
+
+
+def test_study_configs_share_one_protocol() -> None:
+    names = [n for n in bundled_config_names() if n.startswith("cifar10s_")]
+    assert len(names) == 14
+    configs = {n: load_config(n, ["data.root=/data"]) for n in names}
+    reference = configs["cifar10s_pgd_at"]
+    for name, cfg in configs.items():
+        assert (cfg.data, cfg.model, cfg.method.attack) == (reference.data, reference.model, reference.method.attack), name
+        assert cfg.data.name == "imagefolder" and cfg.data.root == "/data"
+        if "finetune" not in name:
+            assert (cfg.optim, cfg.schedule) == (reference.optim, reference.schedule), name
+    assert load_config("cifar10s_pgd_at").data.root is None  # the one override a user gives
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(STUDY), *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_quick_study_end_to_end_then_rerun_only_prints(tmp_path: Path) -> None:
+    """--quick on 48 random images: every step runs through the CLI, records and the page appear; a lost
+    record reruns only its evaluation; a finished study's rerun prints the table and nothing else."""
+    data = _image_folder(tmp_path / "data")
+    out = tmp_path / "study"
+    args = ["--quick", "--data-root", str(data), "--out-dir", str(out), "--n-examples", "16", "--batch-size", "8",
+            "--override", "model.options={width: 4, depths: [1, 1]}", "data.batch_size=8", "data.eval_examples=8",
+            "method.attack.steps=1", "train.eval_pgd_steps=1", "data.options.cache=false"]
+    first = _run(args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "ETA" in first.stdout and "robustlab eval" in first.stdout
+    results = out / "results"
+    labels = ["cifar10s_natural_s0", "cifar10s_pgd_at_s0", "cifar10s_pgd_at_fsr_s0",
+              "cifar10s_finetune_pgd_at_s0", "cifar10s_finetune_afd_s0"]
+    records = {name: json.loads((results / f"{name}.json").read_text()) for name in labels}
+    assert all(r["n_examples"] == 16 and r["checks_run"] for r in records.values())
+    assert "adaptive" in records["cifar10s_pgd_at_fsr_s0"]["attacks"] and "autoattack" in records["cifar10s_pgd_at_s0"]["attacks"]
+    assert len({r["data_hash"] for r in records.values()}) == 1  # the same test images for every model
+    page = (out / "results.md").read_text()
+    fsr = records["cifar10s_pgd_at_fsr_s0"]
+    assert f"| pgd_at+fsr | 1 | {100 * fsr['clean_acc']:.1f} |" in page
+    assert "pgd_at+fsr − pgd_at (worst, 1 seed × 16 images)" in page and "feature gap" in page
+    assert (results / "plots_finetune" / "feature_gap.png").is_file() and "timings.json" in os.listdir(results)
+    assert not (ROOT / "docs" / "results.md").exists() or "quick" not in (ROOT / "docs" / "results.md").read_text()
+    before = page
+    (results / "cifar10s_finetune_afd_s0.json").unlink()  # a lost record: only that evaluation reruns
+    again = _run(args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "1 steps to do (0 trainings, 1 evaluations)" in again.stdout
+    wall = "## Wall times"  # the rerun evaluation adds its seconds; every other line is unchanged
+    assert (out / "results.md").read_text().split(wall)[0] == before.split(wall)[0]
+    last = _run(args)
+    assert last.returncode == 0 and "steps to do" not in last.stdout and "robustlab" not in last.stdout
+    assert last.stdout.startswith("| configuration | seeds |")
+
+
+def test_results_page_from_constructed_records(tmp_path: Path) -> None:
+    """Three seeds of PGD-AT and PGD-AT+FSR with a large constructed gain: the table shows mean ± std over
+    seeds and the paired interval, and the FSR claim is held; claims without records say so."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import cifar_study
+    from _study_report import write_results
+
+    study = cifar_study.Study(cifar_study.parse_args(["--data-root", "/data", "--out-dir", str(tmp_path / "runs"),
+                                                      "--results", str(tmp_path / "res"), "--doc", str(tmp_path / "r.md")]))
+    rng = np.random.default_rng(0)
+    for seed in range(3):
+        base = rng.random(400) < 0.3
+        gained = base | (rng.random(400) < 0.2 + 0.05 * seed)
+        for label, correct in (("pgd_at", base), ("pgd_at+fsr", gained)):
+            verdicts = np.where(correct, -1, 0).tolist()
+            record = {"run": label, "dataset": "imagefolder", "n_examples": 400, "seed": 0, "eps": 8 / 255, "norm": "linf",
+                      "clean_acc": 1.0, "robust_acc": float(correct.mean()), "flags": [],
+                      "attacks": {"pgd-20": {"robust_acc": float(correct.mean())}},
+                      "per_sample": {"clean": [1] * 400, "broken_by": {"pgd-20": verdicts}}}
+            path = study.record_path(study.by_key[(label, seed)])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(record))
+    table = write_results(study)
+    fsr = [line for line in table.splitlines() if line.startswith("| pgd_at+fsr |")][0]
+    accs = [json.loads(study.record_path(study.by_key[("pgd_at+fsr", s)]).read_text())["robust_acc"] for s in range(3)]
+    assert f"| 3 | 100.0 ± 0.0 | {100 * np.mean(accs):.1f} ± {100 * np.std(accs, ddof=1):.1f} |" in fsr and "vs pgd_at" in fsr
+    page = (tmp_path / "r.md").read_text()
+    assert "status: partial: 6 of 33 evaluations finished" in page
+    assert "**FSR: robust accuracy over its base" in page and "**held** at this scale — pgd_at+fsr − pgd_at (worst, 3 seeds × 400 images)" in page
+    assert "**ANCRA: its gain survives adaptive attacks (worst case incl. adaptive decides)**: not evaluated yet" in page
