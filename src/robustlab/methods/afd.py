@@ -87,8 +87,12 @@ class DisentangledHead(nn.Linear):
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    """The module under a ``torch.compile`` wrapper (attribute access goes to the original anyway)."""
-    return getattr(model, "_orig_mod", model)
+    """The model under ``torch.compile`` (``_orig_mod``) and DistributedDataParallel (``module``) wrappers."""
+    while True:
+        inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
 
 
 def disentangled_head(model: nn.Module) -> DisentangledHead:
@@ -100,9 +104,9 @@ def disentangled_head(model: nn.Module) -> DisentangledHead:
 
 
 def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """g(x): the pooled penultimate feature vector, ``forward_head(forward_features(x), pre_logits=True)``."""
-    m = _unwrap(model)
-    return m.forward_head(m.forward_features(x), pre_logits=True)
+    """g(x): the pooled penultimate feature vector, taken by a call of ``model`` itself (``output="pre_logits"``)
+    so that a DistributedDataParallel wrapper sees the forward and syncs the gradients."""
+    return model(x, output="pre_logits")
 
 
 def most_likely_wrong(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
