@@ -116,7 +116,7 @@ class trades(_CleanAndAdversarial):
 
     def adversarial(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x' of the TRADES attack (eval-mode clean logits as the fixed reference)."""
-        with eval_mode(model, self.attack.bn_mode == "eval"), torch.no_grad():
+        with eval_mode(model, self.attack.bn_mode == "eval"), torch.no_grad(), self.attack_precision():
             reference = model(x)
         return self.craft(model, x, y, loss=TradesAttackLoss(reference), x_init=trades_start(x, self.generator))
 
