@@ -89,6 +89,13 @@ class Method:
         """Add the method's modules to a freshly built model (none for base objectives)."""
         return model
 
+    def before_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Called by the trainer after the backward pass, right before ``optimizer.step()`` (default: nothing).
+
+        A method whose update is more than one step per batch takes its extra steps here (AFD's
+        ``update: released``); the gradients in ``p.grad`` are the loss's, synced across ranks.
+        """
+
     def craft(
         self,
         model: nn.Module,

@@ -252,15 +252,17 @@ class Trainer:
         clip = self.cfg.optim.grad_clip
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
             if clip:
-                self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self.method.before_step(self.optimizer)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             return
         loss.backward()
         if clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self.method.before_step(self.optimizer)
         self.optimizer.step()
 
     def _check_finite(self, value: float) -> None:
