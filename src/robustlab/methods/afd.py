@@ -36,7 +36,8 @@ Deviations / our choices:
     gradients come from the batch's one graph at the pre-step weights (what the old PyTorch computed
     for most layers), the first step's gradient by ``autograd.grad`` (averaged over ranks under
     torchrun), and both steps use the run's one optimiser (one momentum buffer; the released code's
-    two optimisers each keep their own). ``optim.grad_clip`` clips the second step's gradient only.
+    two optimisers each keep their own). ``optim.grad_clip`` clips the second step's gradient only;
+    under ``train.amp: fp16`` the gradient scaler may skip the second step, never the first.
     Not from the released code itself (we have only its description): the order "D2 and the first
     step together, then the second".
 - [ours] The training attack's step is 2/255 (paper: 0.007); PGD-K on CE of z1 (the model's own
