@@ -83,6 +83,10 @@ def test_loss_matches_the_formula() -> None:
     torch.testing.assert_close(t, pooled_features(method.teacher, x))
     torch.testing.assert_close(terms.logits_adv, z1, rtol=1e-5, atol=1e-6)
     assert student.training  # the update runs in train mode
+    # the student's features are those of the adversarial x' (only x' is trained on), not of the clean x
+    assert not torch.allclose(terms.x_adv, x)
+    torch.testing.assert_close(f1, head.d1(pooled_features(student, terms.x_adv)), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(f1, head.d1(pooled_features(student, x)), rtol=1e-3, atol=1e-4)
 
 
 def test_dis_loss_reaches_only_d2_and_the_head() -> None:
@@ -162,3 +166,40 @@ def test_folded_export_has_equal_logits_and_a_plain_head() -> None:
     assert isinstance(student.head, DisentangledHead)  # the original is untouched
     with pytest.raises(UserError):
         fold_disentangler(plain)
+
+
+@pytest.mark.parametrize("update", ["single", "released"])
+def test_update_single_is_one_step_released_is_two_steps_except_d2(update: str) -> None:
+    """``released``: every parameter but D2 steps with ∇(L_dis + L_excl), then with ∇(whole loss); D2 steps once
+    with ∇L_dis. ``single``: one step with the loss's gradient (D2's being ∇L_dis)."""
+    method, student, _, x, y = _setup(update=update)
+    with torch.no_grad():  # move D2 off the identity so the exclusion term has a gradient
+        student.head.d2.weight.add_(0.1 * torch.randn_like(student.head.d2.weight))
+    named = dict(student.named_parameters())
+    before = {n: p.detach().clone() for n, p in named.items()}
+    terms = method.terms(student, x, y, step=0)
+    loss = terms.per_sample.mean()
+    first_loss = (method.alpha_dis * terms.parts["dis_ce"] + method.beta_excl * terms.parts["excl_cos"]).mean()
+
+    def grads(value: torch.Tensor) -> dict[str, torch.Tensor]:
+        gs = torch.autograd.grad(value, list(named.values()), retain_graph=True, allow_unused=True)
+        return {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(named.items(), gs)}
+
+    first, whole = grads(first_loss), grads(loss)
+    lr = 0.1
+    optimizer = torch.optim.SGD(student.parameters(), lr=lr)
+    loss.backward()
+    method.before_step(optimizer)
+    optimizer.step()
+    for name, p in named.items():
+        if update == "single":
+            expected = before[name] - lr * whole[name]
+        elif name == "head.d2.weight":
+            expected = before[name] - lr * first[name]
+        else:
+            expected = before[name] - lr * first[name] - lr * whole[name]
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-6, msg=name)
+    assert first["stages.0.0.0.weight"].abs().sum() > 0 and first["head.weight"].abs().sum() > 0
+    torch.testing.assert_close(first["head.d2.weight"], whole["head.d2.weight"], rtol=1e-5, atol=1e-7)
+    with pytest.raises(UserError, match="update must be single or released"):
+        _method(update="twice")

@@ -192,6 +192,24 @@ def test_negatives_move_toward_the_anchor_class() -> None:
     assert after < before and aux_after < aux_before
 
 
+@pytest.mark.parametrize("bn_mode", ["eval", "train"])
+def test_training_attacks_run_in_the_configured_bn_mode(bn_mode: str) -> None:
+    """x' and the negatives are crafted with the model in ``method.attack.bn_mode`` (eval by default)."""
+    method = create_method(
+        MethodConfig(name="trades+ancra", attack=AttackConfig(eps=0.1, steps=2, step_size=0.05, bn_mode=bn_mode)),
+        torch.Generator().manual_seed(0))
+    model = method.prepare_model(create_model("small_cnn", num_classes=K, width=8)).train()
+    modes: list[bool] = []
+    model.head.register_forward_hook(lambda m, i, o: modes.append(m.training))
+    x, y = torch.rand(16, 1, 8, 8), torch.randint(0, K, (16,))
+    method.adversarial(model, x, y)
+    assert modes and all(m == (bn_mode == "train") for m in modes)
+    modes.clear()
+    method.negatives(model, x, y, (y + 1) % K)
+    assert modes and all(m == (bn_mode == "train") for m in modes)
+    assert model.training
+
+
 def test_training_adversary_increases_the_final_plus_aux_loss() -> None:
     method, model = _small("pgd_at", steps=3, eps=0.2, step_size=0.05)
     model.train()

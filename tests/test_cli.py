@@ -54,6 +54,10 @@ def test_list_shows_every_registry(capsys: pytest.CaptureFixture[str]) -> None:
         assert name in out
     code, out, _ = run_cli(["list", "models", "wrn*"], capsys)
     assert out.split() == ["models:", "wrn28_10", "wrn34_10"]
+    code, out, _ = run_cli(["list", "methods", "*uad"], capsys)
+    lines = out.splitlines()[1:]
+    assert [line.split()[0] for line in lines] == ["pgd_at+uad", "trades+uad"]
+    assert all("UAD-AT (built from the abstract)" in line for line in lines)
 
 
 @pytest.mark.parametrize(

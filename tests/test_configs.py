@@ -63,3 +63,47 @@ def test_paper_config_trains_a_few_steps_on_tiny_inputs(name: str, tiny_cifar: s
     ])
     record = train(cfg, log=lambda _: None)
     assert record["epoch"] == 1 and record["train_loss"] == record["train_loss"]  # finite, not NaN
+
+
+# The official schedules' decay epochs, 0-based (the official codes decay when ``epoch >= 75``
+# counting from 0): FSR x0.1 at 75, 90 of 100; ANCRA x0.1 at 75, 90, 100 of 120; AFD (and vanilla
+# fine-tuning, same schedule) a new rate at 10, 12, 14, 16, 18 of 20; the standard recipe of
+# PGD-AT/TRADES/MART (and UAD-AT, natural, built on it) x0.1 at 50 and 75 of 100.
+OFFICIAL_DECAYS = {"ancra": [75, 90, 100], "fsr": [75, 90], "finetune": [10, 12, 14, 16, 18], "standard": [50, 75]}
+
+
+def _family(name: str) -> str:
+    for key, family in (("ancra", "ancra"), ("fsr", "fsr"), ("afd", "finetune"), ("finetune", "finetune")):
+        if key in name:
+            return family
+    return "standard"
+
+
+def _observed_decays(name: str, steps_per_epoch: int = 3) -> tuple[list[int], list[float]]:
+    """Epochs (0-based) whose first step changes the rate, and the factor of each epoch; checks no mid-epoch change."""
+    from robustlab.train.optim import lr_factor
+
+    cfg = load_config(name)
+    epochs = cfg.train.epochs
+    total = epochs * steps_per_epoch
+    factors = [lr_factor(s, total, steps_per_epoch, cfg.schedule) for s in range(total)]
+    per_epoch = [factors[e * steps_per_epoch: (e + 1) * steps_per_epoch] for e in range(epochs)]
+    assert all(len(set(f)) == 1 for f in per_epoch), f"{name}: the rate changes inside an epoch"
+    rates = [f[0] for f in per_epoch]
+    return [e for e in range(1, epochs) if rates[e] != rates[e - 1]], rates
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_learning_rate_decays_at_the_configured_epoch_boundaries(name: str) -> None:
+    """Each milestone m of E epochs decays at the start of 0-based epoch m·E (an integer in every bundled
+    config); the CIFAR-10 paper configs decay at their official epochs."""
+    cfg = load_config(name)
+    epochs = cfg.train.epochs
+    wanted = [m * epochs for m in cfg.schedule.milestones]
+    assert all(abs(w - round(w)) < 1e-6 for w in wanted), f"{name}: milestones fall inside an epoch: {wanted}"
+    decays, rates = _observed_decays(name)
+    assert decays == [round(w) for w in wanted]
+    if name.startswith("cifar10"):
+        assert decays == OFFICIAL_DECAYS[_family(name)], name
+        first = rates[decays[0] - 1]
+        assert rates[0] == first == 1.0 and decays[0] == rates.count(1.0)  # e.g. 75 epochs at the base rate

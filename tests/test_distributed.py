@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from robustlab.methods import method_names
 from robustlab.train.metrics import read_metrics
 
 
@@ -23,16 +24,28 @@ def torchrun(script: str, *args: str) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
-@pytest.mark.parametrize("method", ["pgd_at", "trades+fsr"])  # one train forward; two, with a plug-in hook
-def test_two_process_training_keeps_ranks_in_sync(tmp_path: Path, method: str) -> None:
-    torchrun("ddp_job.py", str(tmp_path), method)
-    result = json.loads((tmp_path / "result.json").read_text())
+def test_two_process_training_keeps_ranks_in_sync(tmp_path: Path) -> None:
+    torchrun("ddp_job.py", str(tmp_path), "pgd_at", "data.batch_size=128", "train.epochs=2")
+    result = json.loads((tmp_path / "result.json").read_text())["pgd_at"]
     hashes = result["parameter_hashes"]
     assert len(hashes) == 2 and hashes[0] == hashes[1]
     assert result["per_rank_batch"] == 64 and result["steps"] == 2 * (1437 // 128)
-    assert [r["epoch"] for r in read_metrics(tmp_path / "ddp", "epoch")] == [1, 2]  # written once, by rank 0
-    assert (tmp_path / "ddp" / "checkpoints" / "last.safetensors").is_file()
+    assert [r["epoch"] for r in read_metrics(tmp_path / "pgd_at", "epoch")] == [1, 2]  # written once, by rank 0
+    assert (tmp_path / "pgd_at" / "checkpoints" / "last.safetensors").is_file()
     assert 0.0 <= result["last"]["clean_acc"] <= 1.0
+
+
+def test_every_method_keeps_ranks_in_sync(tmp_path: Path) -> None:
+    """Every listed method (plug-ins' feature-level forwards included) and AFD fine-tuning (both updates): 2 steps each."""
+    names = method_names()
+    ordered = ["natural"] + [m for m in names if m not in ("natural", "afd")] + ["afd", "afd:update=released"]
+    assert "afd" in names and "pgd_at+uad" in names
+    torchrun("ddp_job.py", str(tmp_path), ",".join(ordered), "data.batch_size=512", "train.epochs=1")
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert sorted(result) == sorted(ordered)
+    for method, r in result.items():
+        assert r["steps"] == 1437 // 512, method
+        assert len(r["parameter_hashes"]) == 2 and r["parameter_hashes"][0] == r["parameter_hashes"][1], method
 
 
 def test_sharded_evaluation_gives_the_single_process_verdicts(tmp_path: Path) -> None:

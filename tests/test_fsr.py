@@ -208,6 +208,22 @@ def test_loss_matches_hand_computation(base: str) -> None:
     assert {"fsr_pos", "fsr_neg", "fsr_rec", "loss"} <= set(parts)
 
 
+@pytest.mark.parametrize("base", ["trades", "mart"])
+def test_auxiliary_terms_come_from_the_adversarial_forward(base: str) -> None:
+    """Under TRADES/MART (a clean and an adversarial train forward) FSR's terms use x'’s auxiliary logits."""
+    method, model = _small(base)
+    model.train()
+    module = _fsr_module(model)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []  # (input, z_pos) of every train forward inside a capture
+    model.register_forward_hook(
+        lambda m, i, o: seen.append((i[0], module.capture.outputs["z_pos"])) if m.training and module.capture else None)
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, K, (8,))
+    terms = method.terms(model, x, y, step=0)
+    (adv_z,) = [z for inp, z in seen if torch.equal(inp, terms.x_adv)]
+    (clean_z,) = [z for inp, z in seen if torch.equal(inp, x)]
+    assert terms.extra["fsr_aux"]["z_pos"] is adv_z and not torch.allclose(adv_z, clean_z)
+
+
 @pytest.mark.parametrize("base", ["pgd_at", "trades"])
 def test_every_fsr_parameter_gets_a_gradient(base: str) -> None:
     method, model = _small(base)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustlab.attacks.pgd import pgd
 from robustlab.config import AttackConfig, MethodConfig
 from robustlab.errors import UserError
 from robustlab.methods import METHODS, create_method
@@ -103,9 +104,47 @@ def test_pgd_at_loss_is_ce_at_a_point_inside_the_ball() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).eval()
     x, y = torch.rand(8, 4) * 0.5 + 0.25, torch.randint(0, 3, (8,))
-    method = _method("pgd_at", eps=0.1)
-    loss, _ = method.loss(model, x, y)
-    assert loss.item() > F.cross_entropy(model(x), y).item()
+    terms = _method("pgd_at", eps=0.1).terms(model, x, y, step=0)
+    delta = terms.x_adv - x
+    assert delta.abs().max() <= 0.1 + 1e-6 and terms.x_adv.min() >= 0 and terms.x_adv.max() <= 1
+    # the loss is CE at that very point, per sample, and the point is a real ascent on CE
+    ce_adv = F.cross_entropy(model(terms.x_adv), y, reduction="none")
+    assert torch.allclose(terms.per_sample, ce_adv, atol=1e-6)
+    assert (ce_adv > F.cross_entropy(model(x), y, reduction="none")).all()
+
+
+def _linear_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).eval()
+
+
+def test_trades_attack_ascends_kl_from_a_small_gaussian_start() -> None:
+    """x' = PGD on KL(P(x) ‖ P(x')) from x + 0.001·N(0, I), replayed by hand from the same generator."""
+    model = _linear_model()
+    x, y = torch.rand(8, 4) * 0.5 + 0.25, torch.randint(0, 3, (8,))
+    method = _method("trades", eps=0.1)
+    state = method.generator.get_state()
+    x_adv = method.adversarial(model, x, y)
+    noise = torch.randn(x.shape, generator=torch.Generator().set_state(state))
+    start = (x + 0.001 * noise).clamp(0, 1)
+    reference = model(x).detach()
+    expected = pgd(model, x, y, eps=0.1, steps=3, step_size=0.05, random_start=False, x_init=start, early_stop=False,
+                   loss=lambda logits, _: kl_per_sample(reference, logits))
+    assert torch.equal(x_adv, expected)
+    assert (kl_per_sample(reference, model(x_adv)) > kl_per_sample(reference, model(start))).all()
+
+
+@pytest.mark.parametrize("start,low,high", [("normal", 1e-5, 0.01), ("uniform", 0.05, 0.1 + 1e-6)])
+def test_mart_attack_starts_at_official_gaussian_by_default(start: str, low: float, high: float) -> None:
+    """With step size 0 the attack's x' is its start: x + 0.001·N(0, I) (default) or uniform in the ball."""
+    attack = AttackConfig(eps=0.1, steps=1, step_size=0.0)
+    options = {} if start == "normal" else {"start": start}
+    method = create_method(MethodConfig(name="mart", attack=attack, options=options), torch.Generator().manual_seed(0))
+    x, y = torch.rand(64, 4) * 0.5 + 0.25, torch.randint(0, 3, (64,))
+    distance = (method.terms(_linear_model(), x, y, step=0).x_adv - x).abs().max().item()
+    assert low < distance < high
+    with pytest.raises(UserError, match="start"):
+        _method("mart", start="gaussian")
 
 
 def test_trades_beta_zero_is_clean_ce() -> None:

@@ -187,3 +187,19 @@ def test_plugin_points_on_32x32() -> None:
         assert isinstance(vgg.stages[4][0], nn.MaxPool2d)
         small = create_model("small_cnn", width=4).eval()
         assert small.forward_features(torch.rand(1, 1, 8, 8)).shape == (1, 16, 2, 2)
+
+
+def test_forward_output_keyword_returns_what_a_method_needs() -> None:
+    """``output`` selects pooled features or (map, logits) from one call; the default is the logits."""
+    from robustlab.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("small_cnn", width=8).eval()
+    x = torch.rand(3, 1, 8, 8)
+    f = model.forward_features(x)
+    assert torch.equal(model(x), model.forward_head(f))
+    assert torch.equal(model(x, output="pre_logits"), model.forward_head(f, pre_logits=True))
+    fmap, logits = model(x, output="features_and_logits")
+    assert torch.equal(fmap, f) and torch.equal(logits, model(x))
+    with pytest.raises(ValueError):
+        model(x, output="features")

@@ -94,7 +94,7 @@ def test_nan_loss_stops_with_a_user_error(tmp_path: Path) -> None:
 
 def test_piecewise_cosine_and_warmup_schedules() -> None:
     piecewise = ScheduleConfig(name="piecewise", milestones=[0.5, 0.75], gamma=0.1)
-    assert [lr_factor(s, 100, 10, piecewise) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    assert [lr_factor(s, 100, 10, piecewise) for s in (0, 49, 50, 79, 80, 99)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
     afd = ScheduleConfig(name="piecewise", milestones=[0.5, 0.6, 0.7, 0.8, 0.9], factors=[0.8, 0.4, 0.2, 0.1, 0.05])
     assert [lr_factor(s, 20, 1, afd) for s in (9, 10, 11, 12, 19)] == pytest.approx([1, 0.8, 0.8, 0.4, 0.05])
     cosine = ScheduleConfig(name="cosine", warmup_epochs=1)
@@ -144,3 +144,25 @@ def test_bf16_autocast_channels_last_and_grad_clip_path_runs(tmp_path: Path) -> 
 def test_fp16_on_cpu_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="fp16 needs a CUDA device"):
         train(tiny_config(tmp_path, **{"train.amp": "fp16", "train.device": "cpu"}), log=lambda _: None)
+
+
+@pytest.mark.parametrize("method", ["pgd_at", "trades", "mart+fsr", "trades+ancra"])
+@pytest.mark.parametrize("attack_amp,attack_dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_training_attack_precision_is_its_own_setting(tmp_path: Path, method: str, attack_amp: str,
+                                                       attack_dtype: torch.dtype) -> None:
+    """Under ``train.amp: bf16`` the attack's forwards (eval mode) run in ``train.attack_amp``; the update's in bf16."""
+    cfg = tiny_config(tmp_path, **{"method.name": method, "train.amp": "bf16", "train.attack_amp": attack_amp})
+    trainer = Trainer(cfg, log=lambda _: None)
+    seen: list[tuple[bool, torch.dtype]] = []
+    trainer.model.head.register_forward_hook(lambda m, i, o: seen.append((m.training, o.dtype)))
+    x, y = next(iter(trainer.loader))
+    with trainer.autocast():
+        trainer.method.loss(trainer.forward_model, x, y)
+    attack = {dtype for training, dtype in seen if not training}
+    update = {dtype for training, dtype in seen if training}
+    assert attack == {attack_dtype} and update == {torch.bfloat16}
+
+
+def test_fp16_attack_on_cpu_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="attack_amp=fp16 needs a CUDA device"):
+        Trainer(tiny_config(tmp_path, **{"train.attack_amp": "fp16"}), log=lambda _: None)

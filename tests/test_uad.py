@@ -237,6 +237,22 @@ def test_samples_average_and_full_method_trains_every_parameter() -> None:
     l1, _ = one.loss(_model(one).train(), x, y)
     l3, _ = three.loss(_model(three).train(), x, y)
     torch.testing.assert_close(l1, l3, rtol=1e-5, atol=1e-6)  # identical samples: the mean is one sample
+    # with sampling on, the M forwards of x' differ and the loss averages their CE and KL terms
+    method = _method(dsu_prob=1.0, samples=3, iga=False, seed=4)
+    model = _model(method).train()
+    sampled: list[torch.Tensor] = []
+    noise = [m for m in model.modules() if isinstance(m, FeatureStatNoise)]
+    model.register_forward_hook(lambda m, i, o: sampled.append(o.detach()) if noise[0].active else None)
+    terms = method.terms(model, x, y, step=0)
+    assert len(sampled) == 3 and not torch.allclose(sampled[0], sampled[1])
+    ce = torch.stack([F.cross_entropy(z, y, reduction="none") for z in sampled]).mean(0)
+    torch.testing.assert_close(terms.parts["ce_adv"], ce, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        feats, clean = model(x, output="features_and_logits")
+    q, _ = refined_reference(clean, feature_statistics(feats), y)
+    dist = torch.stack([kl_to(q, z) for z in sampled]).mean(0)
+    torch.testing.assert_close(terms.parts["dist"], dist, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(terms.per_sample, ce + method.beta_dist * dist, rtol=1e-4, atol=1e-5)
     assert _method(dsu=False, samples=3).samples == 1
     for name in ("pgd_at+uad", "trades+uad"):
         method = _method(name, dsu_prob=1.0, samples=2)

@@ -10,11 +10,11 @@ def catalog(what: str = "all", pattern: str = "*") -> dict[str, list[str]]:
     from robustlab.config import bundled_config_names
     from robustlab.data import DATASETS
     from robustlab.evaluate.suite import ATTACK_FORMS
-    from robustlab.methods import method_names
+    from robustlab.methods import method_help, method_names
     from robustlab.models import MODELS
 
     sections = {
-        "methods": method_names(pattern),
+        "methods": [f"{n:<13} {method_help(n)}".rstrip() for n in method_names(pattern)],
         "models": MODELS.names(pattern),
         "datasets": DATASETS.names(pattern),
         "attacks": [f"{k:<8} {v}" for k, v in ATTACK_FORMS.items() if fnmatch.fnmatchcase(k, pattern)],

@@ -97,11 +97,16 @@ class ScheduleConfig:
 
 @dataclass
 class TrainConfig:
-    """The loop: epochs, device, precision, EMA, per-epoch evaluation and checkpoint rule."""
+    """The loop: epochs, device, precision, EMA, per-epoch evaluation and checkpoint rule.
+
+    ``amp`` is the update's precision; ``attack_amp`` the training attack's (fp32 by default, as the
+    official codes craft x'; see :mod:`robustlab.train.precision`).
+    """
 
     epochs: int = 10
     device: str = "auto"
     amp: str = "none"
+    attack_amp: str = "fp32"
     channels_last: bool = False
     compile: bool = False
     ema_decay: float | None = None
@@ -138,6 +143,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.name": ("sgd", "adamw"),
     "schedule.name": ("piecewise", "cosine", "constant"),
     "train.amp": ("none", "bf16", "fp16"),
+    "train.attack_amp": ("fp32", "bf16", "fp16"),
     "train.checkpoint_rule": ("robust_acc", "clean_acc", "last"),
     "data.eval_split": ("train", "test"),
 }

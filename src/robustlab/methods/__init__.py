@@ -16,7 +16,7 @@ from robustlab.errors import UserError
 from robustlab.methods import afd, ancra, fsr, objectives, uad  # noqa: F401  (importing registers them)
 from robustlab.methods.base import METHODS, PLUGINS, Method, Parts, PlugIn, Terms
 
-__all__ = ["METHODS", "PLUGINS", "Method", "Parts", "PlugIn", "Terms", "create_method", "method_names"]
+__all__ = ["METHODS", "PLUGINS", "Method", "Parts", "PlugIn", "Terms", "create_method", "method_help", "method_names"]
 
 
 def _keyword_options(factory: Callable[..., Any]) -> list[str]:
@@ -50,3 +50,13 @@ def method_names(pattern: str = "*") -> list[str]:
         bases = getattr(PLUGINS.get(plugin), "supported_bases", METHODS.names())
         names += [f"{b}+{plugin}" for b in bases]
     return sorted(n for n in names if fnmatch.fnmatchcase(n, pattern))
+
+
+def method_help(name: str) -> str:
+    """The one-line label of ``base`` or ``base+plugin`` (the plug-in's, else the base's ``help``; may be empty).
+
+    Labels carry provenance a user must see, e.g. UAD-AT's "built from the abstract".
+    """
+    base_name, _, plugin_name = name.partition("+")
+    factory = PLUGINS.get(plugin_name) if plugin_name else METHODS.get(base_name)
+    return str(getattr(factory, "help", ""))

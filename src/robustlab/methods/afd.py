@@ -20,11 +20,26 @@ is used by the loss only. :func:`fold_disentangler` folds D1 into ω (W' = W·D1
 
 Deviations / our choices:
 
-- [ours, METHODS.md §4] One graph, one optimiser step. The released code takes three sequential
-  optimiser steps that fail on modern PyTorch. Here D2 gets ∇L_dis only and every other parameter
-  gets ∇(L_main + L_excl + L_dis): L_excl sees ``f2.detach()``. Since f2 = D2·stopgrad(g) depends on
-  nothing but D2, detaching it removes exactly D2's share of ∇L_excl and nothing else; L_main
-  does not involve D2; L_dis reaches only D2 and ω (g is stopped, ỹ carries no gradient).
+- The update, option ``update`` (both from one graph; L_excl sees ``f2.detach()``: since
+  f2 = D2·stopgrad(g) depends on nothing but D2, detaching it removes exactly D2's share of ∇L_excl
+  and nothing else; L_main does not involve D2; L_dis reaches only D2 and ω, g being stopped and ỹ
+  carrying no gradient):
+
+  - ``single`` (default) [ours, METHODS.md §4]: one optimiser step per batch. D2 gets ∇L_dis only,
+    every other parameter ∇(L_main + L_excl + L_dis).
+  - ``released``: the released code's effective update. It runs three backward/step pairs without
+    ``zero_grad`` between them, two of its optimisers holding the same tensors, so every parameter
+    except D2 takes two SGD steps per batch: first with ∇(L_dis + L_excl), then with the accumulated
+    ∇(L_dis + L_excl + L_main); D2 takes one step with ∇L_dis. L_excl, L_dis on the head and the
+    weight decay thus act about twice relative to L_main. On current PyTorch the released code stops
+    with an in-place error (its later backward passes need weights an earlier step changed); here all
+    gradients come from the batch's one graph at the pre-step weights (what the old PyTorch computed
+    for most layers), the first step's gradient by ``autograd.grad`` (averaged over ranks under
+    torchrun), and both steps use the run's one optimiser (one momentum buffer; the released code's
+    two optimisers each keep their own). ``optim.grad_clip`` clips the second step's gradient only;
+    under ``train.amp: fp16`` the gradient scaler may skip the second step, never the first.
+    Not from the released code itself (we have only its description): the order "D2 and the first
+    step together, then the second".
 - [ours] The training attack's step is 2/255 (paper: 0.007); PGD-K on CE of z1 (the model's own
   logits), uniform start, eval mode (``method.attack``).
 - [ours] Weight decay applies to D1 and D2 like every other parameter (the optimiser's rule), so it
@@ -43,6 +58,7 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -87,8 +103,12 @@ class DisentangledHead(nn.Linear):
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    """The module under a ``torch.compile`` wrapper (attribute access goes to the original anyway)."""
-    return getattr(model, "_orig_mod", model)
+    """The model under ``torch.compile`` (``_orig_mod``) and DistributedDataParallel (``module``) wrappers."""
+    while True:
+        inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
 
 
 def disentangled_head(model: nn.Module) -> DisentangledHead:
@@ -100,9 +120,9 @@ def disentangled_head(model: nn.Module) -> DisentangledHead:
 
 
 def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """g(x): the pooled penultimate feature vector, ``forward_head(forward_features(x), pre_logits=True)``."""
-    m = _unwrap(model)
-    return m.forward_head(m.forward_features(x), pre_logits=True)
+    """g(x): the pooled penultimate feature vector, taken by a call of ``model`` itself (``output="pre_logits"``)
+    so that a DistributedDataParallel wrapper sees the forward and syncs the gradients."""
+    return model(x, output="pre_logits")
 
 
 def most_likely_wrong(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -135,15 +155,21 @@ class afd(Method):
 
     Options: ``alpha_dis`` (0.05, weight of CE(z2, ỹ)), ``beta_excl`` (0.25, weight of mean cos(f1, f2)),
     ``gamma_teacher`` (25, weight of 1 − mean cos(f1, t)). Needs a teacher (:meth:`set_teacher`):
-    run it with ``robustlab finetune CONFIG --from NATURAL_RUN``. Deviations and the test-time path:
-    see the module docstring (one-graph update [ours], attack step 2/255 [ours]).
+    run it with ``robustlab finetune CONFIG --from NATURAL_RUN``. ``update``: ``single`` (one step,
+    [ours]) or ``released`` (the released code's two steps per batch). Deviations and the test-time
+    path: see the module docstring (update, attack step 2/255 [ours]).
     """
 
     help = "AFD: adversarial fine-tuning by feature disentanglement (fine-tuning only: robustlab finetune --from RUN)"
 
     def __init__(self, attack: AttackConfig, generator: torch.Generator, *, alpha_dis: float = 0.05,
-                 beta_excl: float = 0.25, gamma_teacher: float = 25.0) -> None:
+                 beta_excl: float = 0.25, gamma_teacher: float = 25.0, update: str = "single") -> None:
         super().__init__(attack, generator)
+        if update not in ("single", "released"):
+            raise UserError(f"method.options.update must be single or released, got {update!r}")
+        self.update = update
+        self._first_step: list[tuple[nn.Parameter, torch.Tensor]] = []
+        self._d2: list[nn.Parameter] = []
         self.alpha_dis = parse_number(alpha_dis, "method.options.alpha_dis")
         self.beta_excl = parse_number(beta_excl, "method.options.beta_excl")
         self.gamma_teacher = parse_number(gamma_teacher, "method.options.gamma_teacher")
@@ -197,8 +223,38 @@ class afd(Method):
         excl = F.cosine_similarity(f1.float(), f2.detach().float(), dim=1)
         teacher_cos = F.cosine_similarity(f1.float(), t.float(), dim=1)
         total = ce_main + self.gamma_teacher * (1.0 - teacher_cos) + self.beta_excl * excl + self.alpha_dis * dis
+        if self.update == "released" and torch.is_grad_enabled():
+            self._prepare_first_step(model, (self.alpha_dis * dis + self.beta_excl * excl).mean())
         parts = {
             "ce_adv": ce_main, "teacher_cos": teacher_cos, "excl_cos": excl, "dis_ce": dis,
             "acc_adv": accuracy(z1, y), "acc_dis_wrong": accuracy(z2, y_wrong),
         }
         return Terms(total, parts, x_adv=x_adv, logits_adv=z1, extra={"f1": f1, "f2": f2, "teacher": t})
+
+    def _prepare_first_step(self, model: nn.Module, first_loss: torch.Tensor) -> None:
+        """Keep ∇(L_dis + L_excl) of every trainable parameter for :meth:`before_step` (``update: released``)."""
+        student = _unwrap(model)
+        params = [p for p in student.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(first_loss, params, retain_graph=True, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            for g in grads:  # the loss's own gradients are averaged by DDP; do the same for the first step's
+                dist.all_reduce(g)
+                g.div_(dist.get_world_size())
+        self._first_step = list(zip(params, grads))
+        self._d2 = list(disentangled_head(student).d2.parameters())
+
+    def before_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """``update: released``: the first step with ∇(L_dis + L_excl) (D2 included), then D2 is left out
+        of the trainer's own step, which follows with ∇(L_dis + L_excl + L_main)."""
+        if not self._first_step:
+            return
+        second = [p.grad for p, _ in self._first_step]
+        for p, g in self._first_step:
+            p.grad = g
+        optimizer.step()
+        for (p, _), g in zip(self._first_step, second):
+            p.grad = g
+        for p in self._d2:
+            p.grad = None  # SGD skips it: D2's one step was the first
+        self._first_step, self._d2 = [], []

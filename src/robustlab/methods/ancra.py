@@ -285,7 +285,7 @@ class ancra(PlugIn):
         keys, _ = self._ra_info(model)
         wrapped = AuxStack(model, keys, labels=y_neg)
         start = trades_start(x_neg, self.generator)
-        with eval_mode(wrapped, a.bn_mode == "eval"):
+        with eval_mode(wrapped, a.bn_mode == "eval"), self.attack_precision():
             return pgd(
                 wrapped, x_neg, target, eps=a.eps, norm=a.norm, steps=steps, step_size=step_size,
                 loss=_AnchorCE(self.lambda_cr), random_start=False, x_init=start, targeted=True,

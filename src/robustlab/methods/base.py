@@ -14,7 +14,8 @@ adds its terms to the base's. The loop sees one Method either way.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+import contextlib
+from typing import Any, Callable, ContextManager
 
 import torch
 from torch import nn
@@ -52,6 +53,15 @@ class Method:
         self.attack = attack
         self.generator = generator
         self.forward_hook: Callable[[nn.Module, torch.Tensor, torch.Tensor, str], torch.Tensor] | None = None
+        self.attack_precision: Callable[[], ContextManager[Any]] = contextlib.nullcontext
+
+    def set_attack_precision(self, precision: Callable[[], ContextManager[Any]]) -> None:
+        """The context (e.g. ``torch.autocast``) the training attack runs in, whatever wraps the update.
+
+        The trainer sets it from ``train.attack_amp`` (fp32 by default: the official codes craft x'
+        in fp32 even where the update uses bf16). Without it the attack runs in the caller's precision.
+        """
+        self.attack_precision = precision
 
     def loss(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, step: int = 0, reduction: str = "mean"
@@ -79,6 +89,13 @@ class Method:
         """Add the method's modules to a freshly built model (none for base objectives)."""
         return model
 
+    def before_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Called by the trainer after the backward pass, right before ``optimizer.step()`` (default: nothing).
+
+        A method whose update is more than one step per batch takes its extra steps here (AFD's
+        ``update: released``); the gradients in ``p.grad`` are the loss's, synced across ranks.
+        """
+
     def craft(
         self,
         model: nn.Module,
@@ -92,12 +109,12 @@ class Method:
         """The training adversary: PGD with the configured settings, final iterate (no early stop).
 
         Runs with the model in eval mode when ``attack.bn_mode == "eval"`` (our default, see
-        METHODS.md §1) and restores the previous mode afterwards.
+        METHODS.md §1) and restores the previous mode afterwards, in :attr:`attack_precision`.
         """
         a = self.attack
         if a.steps == 0 or a.eps == 0:
             return x.detach()
-        with eval_mode(model, a.bn_mode == "eval"):
+        with eval_mode(model, a.bn_mode == "eval"), self.attack_precision():
             return pgd(
                 model, x, y, eps=a.eps, norm=a.norm, steps=a.steps, step_size=a.step_size,
                 loss=loss, random_start=a.random_start and x_init is None, x_init=x_init,
@@ -122,6 +139,10 @@ class PlugIn(Method):
     def __init__(self, base: Method) -> None:
         super().__init__(base.attack, base.generator)
         self.base = base
+
+    def set_attack_precision(self, precision: Callable[[], ContextManager[Any]]) -> None:
+        super().set_attack_precision(precision)
+        self.base.set_attack_precision(precision)
 
 
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

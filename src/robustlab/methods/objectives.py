@@ -14,6 +14,7 @@ from torch import nn
 
 from robustlab.attacks._common import eval_mode
 from robustlab.config import AttackConfig, parse_number
+from robustlab.errors import UserError
 from robustlab.methods.base import METHODS, Method, Parts, Terms, accuracy
 
 
@@ -48,7 +49,7 @@ def mart_terms(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Te
 
 
 def trades_start(x: torch.Tensor, generator: torch.Generator, scale: float = 0.001) -> torch.Tensor:
-    """TRADES' attack start: x + 0.001·N(0, I), clipped to [0, 1]."""
+    """The attack start of TRADES and MART (their official codes): x + 0.001·N(0, I), clipped to [0, 1]."""
     noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return (x + scale * noise).clamp(0.0, 1.0)
 
@@ -115,7 +116,7 @@ class trades(_CleanAndAdversarial):
 
     def adversarial(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x' of the TRADES attack (eval-mode clean logits as the fixed reference)."""
-        with eval_mode(model, self.attack.bn_mode == "eval"), torch.no_grad():
+        with eval_mode(model, self.attack.bn_mode == "eval"), torch.no_grad(), self.attack_precision():
             reference = model(x)
         return self.craft(model, x, y, loss=TradesAttackLoss(reference), x_init=trades_start(x, self.generator))
 
@@ -128,13 +129,19 @@ class trades(_CleanAndAdversarial):
 class mart(_CleanAndAdversarial):
     """MART (Wang et al., ICLR 2020): BCE(f(x'), y) + λ·KL(P(x) ‖ P(x'))·(1 − P_y(x)), λ = 6.
 
-    x' = PGD-K on CE with a uniform random start, eval mode [ours default]. Test time: a plain forward.
+    x' = PGD-K on CE, eval mode [ours default], starting at x + 0.001·N(0, I) clipped to [0, 1] as the
+    official MART code does (option ``start: normal``, the default); ``start: uniform`` starts
+    uniformly in the ε-ball instead (``method.attack.random_start``). Test time: a plain forward.
     """
 
-    def __init__(self, attack: AttackConfig, generator: torch.Generator, *, lam: float = 6.0) -> None:
+    def __init__(self, attack: AttackConfig, generator: torch.Generator, *, lam: float = 6.0, start: str = "normal") -> None:
         super().__init__(attack, generator)
         self.lam = parse_number(lam, "method.options.lam")
+        if start not in ("normal", "uniform"):
+            raise UserError(f"method.options.start must be normal or uniform, got {start!r}")
+        self.start = start
 
     def terms(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, step: int) -> Terms:
-        x_adv = self.craft(model, x, y, loss="ce")
+        x_init = trades_start(x, self.generator) if self.start == "normal" else None
+        x_adv = self.craft(model, x, y, loss="ce", x_init=x_init)
         return self.combine(model, x, x_adv, y, mart_terms, self.lam)

@@ -258,8 +258,7 @@ class uad(PlugIn):
         if need_clean:
             x_in = x.detach().clone().requires_grad_(self.iga)
             with torch.enable_grad():
-                feats = model.forward_features(x_in)
-                logits_clean = model.forward_head(feats)
+                feats, logits_clean = model(x_in, output="features_and_logits")  # through any DDP wrapper
                 if self.iga:
                     grad_clean = input_gradient(logits_clean, x_in, y)
             stats = feature_statistics(feats)

@@ -22,6 +22,9 @@ from torch import nn
 from robustlab.errors import UserError
 from robustlab.registry import Registry
 
+OUTPUTS = ("logits", "pre_logits", "features_and_logits")
+"""What :meth:`ImageClassifier.forward` can return (its ``output`` keyword)."""
+
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)
 
@@ -171,9 +174,22 @@ class ImageClassifier(nn.Module):
         v = self.pool(f).flatten(1)
         return v if pre_logits else self.head(v)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits only, in both train and eval mode."""
-        return self.forward_head(self.forward_features(x))
+    def forward(self, x: torch.Tensor, output: str = "logits") -> Any:
+        """Logits only (the default), in both train and eval mode.
+
+        ``output`` lets a training objective take what it needs from the *same* forward call, so the
+        call goes through whatever wraps the model (DistributedDataParallel syncs gradients only for
+        forwards made through it): ``"pre_logits"`` returns the pooled penultimate vector (B, C),
+        ``"features_and_logits"`` the pair (:meth:`forward_features` map, logits). Attacks and
+        evaluation never pass it (METHODS.md §0: ``forward(x)`` returns logits only).
+        """
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
+        f = self.forward_features(x)
+        if output == "pre_logits":
+            return self.forward_head(f, pre_logits=True)
+        logits = self.forward_head(f)
+        return (f, logits) if output == "features_and_logits" else logits
 
     def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int] | None = None) -> list[torch.Tensor]:
         """Raw outputs of the chosen stages, in the order asked (``None``: every stage).

@@ -41,6 +41,7 @@ from robustlab.train.distributed import barrier, join, per_rank_batch, ranks_fro
 from robustlab.train.ema import ModelEma
 from robustlab.train.metrics import MetricsLog
 from robustlab.train.optim import build_optimizer, lr_factor, set_lr
+from robustlab.train.precision import attack_autocast
 
 FORMAT_VERSION = 1
 
@@ -122,6 +123,7 @@ class Trainer:
         )
         self.spec = model_spec(cfg, train_set)
         self.method = create_method(cfg.method, torch.Generator(device=self.device).manual_seed(self._attack_seed()))
+        self.method.set_attack_precision(attack_autocast(cfg.train.attack_amp, self.device))
         self.model = build_model(self.spec).to(self.device)
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -250,15 +252,17 @@ class Trainer:
         clip = self.cfg.optim.grad_clip
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
             if clip:
-                self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self.method.before_step(self.optimizer)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             return
         loss.backward()
         if clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self.method.before_step(self.optimizer)
         self.optimizer.step()
 
     def _check_finite(self, value: float) -> None:

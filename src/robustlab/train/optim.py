@@ -29,7 +29,8 @@ def lr_factor(step: int, total_steps: int, steps_per_epoch: int, cfg: ScheduleCo
     """Multiplier of the base learning rate at ``step`` (0-based) of ``total_steps``.
 
     Linear warm-up over ``warmup_epochs``, then ``piecewise`` (× gamma at each milestone, given as a
-    fraction of training), ``cosine`` (to 0 at the end) or ``constant``.
+    fraction of training, at the epoch boundaries of :func:`decay_epochs`), ``cosine`` (to 0 at the
+    end) or ``constant``.
     """
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     if step < warmup:
@@ -39,11 +40,21 @@ def lr_factor(step: int, total_steps: int, steps_per_epoch: int, cfg: ScheduleCo
     if cfg.name == "cosine":
         span = max(total_steps - warmup, 1)
         return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / span))
-    progress = step / max(total_steps, 1)
-    passed = sum(1 for m in cfg.milestones if progress >= m - 1e-9)
+    passed = sum(1 for e in decay_epochs(total_steps // max(steps_per_epoch, 1), cfg) if step // steps_per_epoch >= e)
     if cfg.factors is not None:
         return cfg.factors[passed - 1] if passed else 1.0
     return cfg.gamma ** passed
+
+
+def decay_epochs(epochs: int, cfg: ScheduleConfig) -> list[int]:
+    """The 0-based epochs at whose first step each piecewise milestone takes effect: ceil(m·epochs).
+
+    The official codes (FSR, ANCRA, ...) set the rate once per epoch, ``lr × 0.1 if epoch >= 75``
+    with epochs counted from 0, so milestone 75/120 decays at the start of epoch 75: 75 epochs at
+    the base rate, not 74. A fraction that falls inside an epoch takes effect at the next epoch
+    boundary (never mid-epoch).
+    """
+    return [math.ceil(m * epochs - 1e-6) for m in cfg.milestones]
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -1,0 +1,143 @@
+"""Mutation check: apply deliberately broken versions of the code to a copy of the repo, run the tests.
+
+Each mutant is a textual replacement (file, old snippet, new snippet) plus the test files that must
+catch it. For each one the script copies the repository (without ``.git`` and caches) to a temporary
+folder, replaces the snippet there, runs ``python -m pytest -x -q TESTS`` with ``PYTHONPATH`` set to the
+copy's ``src``, and prints a table: mutant, killed (the tests failed) / survived (they passed) /
+stale (the snippet is not in the file: the code moved on, refresh the mutant) / error (pytest
+could not even collect: the replacement is not valid code), seconds. The exit status is 0 only when
+every mutant run was killed. The mutants are issue 11's list plus a few more
+on the same methods; the working tree itself is never modified.
+
+    python benchmarks/mutants.py --list
+    python benchmarks/mutants.py --only trades_ce_attack --only afd_clean_x
+    python benchmarks/mutants.py            # all of them (minutes: each runs whole test files)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+IGNORED = shutil.ignore_patterns(".git", ".venv", "runs", "__pycache__", ".pytest_cache", "*.egg-info", ".ci")
+
+
+@dataclass(frozen=True)
+class Mutant:
+    """A broken version of one snippet of one file, and the tests that must fail on it."""
+
+    name: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+MUTANTS = (
+    # ------------------------------------------------------------------ attacks (issue 11)
+    Mutant("apgd_momentum_1", "src/robustlab/attacks/apgd.py", "MOMENTUM = 0.75", "MOMENTUM = 1.0",
+           ("tests/test_apgd.py",)),
+    Mutant("apgd_no_condition_2", "src/robustlab/attacks/apgd.py", "halve = cond1 | cond2", "halve = cond1",
+           ("tests/test_apgd.py",)),
+    Mutant("autoattack_reversed", "src/robustlab/evaluate/suite.py",
+           '"autoattack": ("apgd-ce", "apgd-t", "fab-t", "square"),',
+           '"autoattack": ("square", "fab-t", "apgd-t", "apgd-ce"),', ("tests/test_evaluate.py",)),
+    Mutant("fab_t_one_target", "src/robustlab/evaluate/suite.py",
+           '"fab-t": (fab_targeted, {"steps": 100, "n_target_classes": 9,',
+           '"fab-t": (fab_targeted, {"steps": 100, "n_target_classes": 1,', ("tests/test_fab.py", "tests/test_evaluate.py")),
+    Mutant("square_50_queries", "src/robustlab/evaluate/suite.py", '"square": (square, {"queries": 5000,',
+           '"square": (square, {"queries": 50,', ("tests/test_square.py", "tests/test_evaluate.py")),
+    Mutant("square_per_pixel_init", "src/robustlab/attacks/square.py",
+           "stripes = _signs((n, channels, 1, width), device, generator)",
+           "stripes = _signs((n, channels, height, width), device, generator)", ("tests/test_square.py",)),
+    # ------------------------------------------------------------------ methods (issue 11)
+    Mutant("trades_ce_attack", "src/robustlab/methods/objectives.py",
+           "loss=TradesAttackLoss(reference), x_init=trades_start(x, self.generator)",
+           'loss="ce", x_init=trades_start(x, self.generator)', ("tests/test_methods.py",)),
+    Mutant("trades_uniform_start", "src/robustlab/methods/objectives.py",
+           "loss=TradesAttackLoss(reference), x_init=trades_start(x, self.generator)",
+           "loss=TradesAttackLoss(reference), x_init=None", ("tests/test_methods.py",)),
+    Mutant("fsr_aux_from_clean", "src/robustlab/methods/fsr.py",
+           'if role == "adv":\n            self._adv_aux = dict(aux)',
+           # the clean forward's aux where there is one (TRADES, MART); PGD-AT has only the adversarial forward
+           'if role == "clean" or (role == "adv" and self._adv_aux is None):\n            self._adv_aux = dict(aux)',
+           ("tests/test_fsr.py",)),
+    Mutant("afd_clean_x", "src/robustlab/methods/afd.py", "g = pooled_features(model, x_adv)",
+           "g = pooled_features(model, x)", ("tests/test_afd.py",)),
+    Mutant("ancra_attack_train_mode", "src/robustlab/methods/ancra.py",
+           "return self.craft(AuxStack(model, keys, labels=y), x, y, loss=_AnchorCE(self.lambda_cr), x_init=start)",
+           "a = self.attack\n        return pgd(AuxStack(model, keys, labels=y), x, y, eps=a.eps, norm=a.norm, steps=a.steps,"
+           " step_size=a.step_size, loss=_AnchorCE(self.lambda_cr), random_start=False, x_init=start,"
+           " early_stop=False, generator=self.generator)", ("tests/test_ancra.py",)),
+    # ------------------------------------------------------------------ methods (more, same issue's fixes)
+    Mutant("mart_uniform_start", "src/robustlab/methods/objectives.py",
+           'x_init = trades_start(x, self.generator) if self.start == "normal" else None', "x_init = None",
+           ("tests/test_methods.py",)),
+    Mutant("uad_one_sample", "src/robustlab/methods/uad.py", "with self.sampling(model), torch.enable_grad():",
+           "with torch.enable_grad():", ("tests/test_uad.py",)),
+    Mutant("afd_released_d2_twice", "src/robustlab/methods/afd.py", "p.grad = None  # SGD skips it",
+           "pass  # SGD skips it", ("tests/test_afd.py",)),
+    Mutant("attack_in_update_precision", "src/robustlab/methods/base.py",
+           'with eval_mode(model, a.bn_mode == "eval"), self.attack_precision():',
+           'with eval_mode(model, a.bn_mode == "eval"):', ("tests/test_train.py",)),
+    Mutant("lr_decay_one_epoch_late", "src/robustlab/train/optim.py", "if step // steps_per_epoch >= e)",
+           "if step // steps_per_epoch > e)", ("tests/test_configs.py",)),
+)
+
+
+def run_mutant(mutant: Mutant, python: str) -> tuple[str, float]:
+    """``killed`` / ``survived`` / ``stale`` and the seconds it took."""
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=f"mutant-{mutant.name}-") as tmp:
+        copy = Path(tmp) / "repo"
+        shutil.copytree(ROOT, copy, ignore=IGNORED)
+        target = copy / mutant.path
+        text = target.read_text() if target.is_file() else ""
+        if mutant.old not in text:
+            return "stale", time.perf_counter() - started
+        target.write_text(text.replace(mutant.old, mutant.new, 1))
+        env = {**os.environ, "PYTHONPATH": str(copy / "src"), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        proc = subprocess.run([python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutant.tests],
+                              cwd=copy, env=env, capture_output=True, text=True)
+    # pytest: 0 all passed, 1 some test failed; anything else (the mutant broke collection) is an invalid mutant
+    verdict = {0: "survived", 1: "killed"}.get(proc.returncode, "error")
+    return verdict, time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", metavar="NAME", help="run this mutant only (repeatable)")
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--python", default=sys.executable, help="interpreter that runs pytest (default: this one)")
+    args = parser.parse_args(argv)
+    by_name = {m.name: m for m in MUTANTS}
+    if args.list:
+        for m in MUTANTS:
+            print(f"{m.name:<28} {m.path}  [{', '.join(m.tests)}]")
+        return 0
+    unknown = [n for n in args.only or [] if n not in by_name]
+    if unknown:
+        print(f"unknown mutant {unknown[0]!r}; see --list", file=sys.stderr)
+        return 2
+    chosen = [by_name[n] for n in args.only] if args.only else list(MUTANTS)
+    print(f"{'mutant':<28} {'result':<9} {'seconds':>8}")
+    results = []
+    for mutant in chosen:
+        verdict, seconds = run_mutant(mutant, args.python)
+        results.append(verdict)
+        print(f"{mutant.name:<28} {verdict:<9} {seconds:8.1f}", flush=True)
+    counts = {v: results.count(v) for v in ("killed", "survived", "stale", "error")}
+    print(f"{len(results)} mutants: " + ", ".join(f"{n} {v}" for v, n in counts.items()))
+    return 0 if counts["killed"] == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
