@@ -44,6 +44,7 @@ Decisions and deviations [ours]:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -144,16 +145,17 @@ def _rectangle(rows: int, cols: int) -> torch.Tensor:
     return (block / block.norm().clamp_min(1e-12)).float()
 
 
-def _eta(side: int) -> torch.Tensor:
+@functools.lru_cache(maxsize=None)
+def _eta(side: int, device: torch.device) -> torch.Tensor:
     """The L2 square pattern of side ``side``: a positive top half and a negative bottom half, unit norm."""
     top = side // 2
     pattern = torch.cat([_rectangle(top, side), -_rectangle(side - top, side)])
-    return pattern / pattern.norm()
+    return (pattern / pattern.norm()).to(device)
 
 
 def _oriented_eta(side: int, transpose: torch.Tensor) -> torch.Tensor:
     """(m, 1, s, s): ``eta`` transposed where ``transpose`` ((m, 1, 1, 1) bool) holds."""
-    eta = _eta(side).to(transpose.device)
+    eta = _eta(side, transpose.device)
     return torch.where(transpose, eta.t(), eta)
 
 
@@ -209,9 +211,12 @@ def _step_linf(
     x_new = candidate(values)
     if draws.shared:
         return x_new
-    flips = draws.flips(active, channels).to(x.dtype)
-    same = (x_new == x_best).flatten(1).all(dim=1).view(-1, 1, 1, 1)
-    return torch.where(same, candidate(values * (1 - 2 * flips)), x_new)
+    flips = draws.flips(active, channels).to(x.dtype)  # drawn every iteration, so draws stay aligned per sample
+    same = (x_new == x_best).flatten(1).all(dim=1).nonzero().squeeze(1)
+    if same.numel() > 0:
+        window, x, x_best, lower, upper, eps = (t[same] for t in (window, x, x_best, lower, upper, eps))
+        x_new[same] = candidate(values[same] * (1 - 2 * flips[same]))
+    return x_new
 
 
 def _step_l2(
