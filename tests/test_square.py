@@ -277,3 +277,22 @@ def test_l2_breaks_exactly_the_breakable_linear_samples(mode: str, factor: float
     eps = critical * torch.tensor([0.9, factor]).repeat(4)
     x_adv = square(model, x, y, eps=eps, norm="l2", queries=1000, mode=mode, generator=_gen())
     assert torch.equal(_wrong(model, x_adv, y), eps > critical)
+
+
+class _Constant(nn.Module):
+    """Class 0 wins whatever the input: no candidate is ever accepted."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([1.0, 0.0]).expand(x.shape[0], 2)
+
+
+def test_strong_mode_never_spends_a_query_on_a_no_op() -> None:
+    x = interior_inputs(6, (1, 3, 3), seed=2)
+    y = torch.zeros(6, dtype=torch.long)
+    no_ops = {}
+    for mode in ("strong", "reference"):
+        model = _Recorder(_Constant())
+        square(model, x, y, eps=0.1, queries=40, mode=mode, generator=_gen())
+        start, candidates = model.seen[1], torch.stack(model.seen[2:])  # the initial point stays the best
+        no_ops[mode] = (candidates == start).flatten(2).all(dim=2).sum()
+    assert no_ops["strong"] == 0 and no_ops["reference"] > 10

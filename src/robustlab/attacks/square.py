@@ -108,9 +108,9 @@ class _Draws:
 
     def flips(self, active: torch.Tensor, channels: int) -> torch.Tensor:
         """(m, C, 1, 1) uniform non-empty subset of channels as a 0/1 mask (strong mode only)."""
-        pick = torch.randint(1, 2**channels, (self.n, 1), generator=self.generator, device=self.device)[active]
-        bits = 2 ** torch.arange(channels, device=self.device)
-        return ((pick & bits) > 0).float().view(-1, channels, 1, 1)
+        pick = torch.randint(1, 2**channels, (self.n, 1, 1, 1), generator=self.generator, device=self.device)[active]
+        bits = torch.tensor([2**c for c in range(channels)], device=self.device).view(1, -1, 1, 1)
+        return ((pick & bits) > 0).float()
 
 
 def _window(top: torch.Tensor, left: torch.Tensor, side: int, height: int, width: int) -> torch.Tensor:
@@ -204,19 +204,12 @@ def _step_linf(
     window = _window(draws.position(active, height - side), draws.position(active, width - side), side, height, width)
     values = draws.signs(active, channels).to(x.dtype)
     lower, upper = linf_bounds(x, eps)
-
-    def candidate(v: torch.Tensor) -> torch.Tensor:
-        return torch.where(window, torch.minimum(torch.maximum(x + eps * v, lower), upper), x_best)
-
-    x_new = candidate(values)
-    if draws.shared:
-        return x_new
-    flips = draws.flips(active, channels).to(x.dtype)  # drawn every iteration, so draws stay aligned per sample
-    same = (x_new == x_best).flatten(1).all(dim=1).nonzero().squeeze(1)
-    if same.numel() > 0:
-        window, x, x_best, lower, upper, eps = (t[same] for t in (window, x, x_best, lower, upper, eps))
-        x_new[same] = candidate(values[same] * (1 - 2 * flips[same]))
-    return x_new
+    vertex = torch.clamp(x + eps * values, lower, upper)
+    if not draws.shared:  # where the square already holds these values, flip a non-empty set of channels
+        flips = draws.flips(active, channels).to(x.dtype)  # drawn every iteration: draws stay aligned per sample
+        same = torch.where(window, vertex == x_best, True).flatten(1).all(dim=1).view(-1, 1, 1, 1)
+        vertex = torch.where(same, torch.clamp(x + eps * values * (1 - 2 * flips), lower, upper), vertex)
+    return torch.where(window, vertex, x_best)
 
 
 def _step_l2(
