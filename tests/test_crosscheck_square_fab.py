@@ -19,6 +19,7 @@ from pyautoattack.square import SquareAttack  # noqa: E402
 
 from robustlab.attacks.fab import fab_targeted  # noqa: E402
 from robustlab.attacks.square import square, square_fraction  # noqa: E402
+from toy_models import digits_images, train_digits_mlp  # noqa: E402
 
 N = 100
 QUERIES = 300  # the reference's n_queries: candidates after the initial point
@@ -27,40 +28,15 @@ EPS = {"linf": 0.1, "l2": 1.0}
 REF_NORM = {"linf": "Linf", "l2": "L2"}
 
 
-def _digits() -> tuple[torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    return torch.tensor(data.images / 16.0, dtype=torch.float32).unsqueeze(1), torch.tensor(data.target)
-
-
-def _train(x: torch.Tensor, y: torch.Tensor, adversarial: bool) -> nn.Module:
-    """A 64-64-10 MLP; ``adversarial``: FGSM training at ε = 0.1 with a uniform start (a second or two)."""
-    g = torch.Generator().manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(300):
-        idx = torch.randint(0, 1400, (128,), generator=g)
-        xb, yb = x[idx], y[idx]
-        if adversarial:
-            start = (xb + (torch.rand(xb.shape, generator=g) * 2 - 1) * 0.1).clamp(0, 1).requires_grad_(True)
-            (grad,) = torch.autograd.grad(nn.functional.cross_entropy(model(start), yb), start)
-            xb = (xb + (start.detach() - xb + 0.125 * grad.sign()).clamp(-0.1, 0.1)).clamp(0, 1)
-        loss = nn.functional.cross_entropy(model(xb), yb)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval().requires_grad_(False)
-
-
 @pytest.fixture(scope="module")
 def setting() -> dict:
-    x, y = _digits()
+    x, y = digits_images()
+    models = {}
+    for name, fgsm_eps in (("natural", 0.0), ("adversarial", 0.1)):  # FGSM training at ε = 0.1: a second or two
+        g = torch.Generator().manual_seed(0)
+        models[name] = train_digits_mlp(x, y, (torch.randint(0, 1400, (128,), generator=g) for _ in range(300)), g, fgsm_eps)
     return {
-        "models": {"natural": _train(x, y, False), "adversarial": _train(x, y, True)},
+        "models": models,
         "x": x[1400 : 1400 + N],
         "y": y[1400 : 1400 + N],
     }

@@ -6,7 +6,7 @@ import inspect
 
 import pytest
 import torch
-from toy_models import LinearClassifier, interior_inputs
+from toy_models import LinearClassifier, digits_images, interior_inputs, train_digits_mlp
 from torch import nn
 
 from robustlab.attacks.square import square, square_fraction
@@ -40,26 +40,10 @@ class _NoGrad(nn.Module):
 @pytest.fixture(scope="module")
 def digits() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """An undefended MLP trained for well under a second on sklearn digits (8×8, scaled to [0, 1])."""
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = torch.tensor(data.images / 16.0, dtype=torch.float32).unsqueeze(1)
-    y = torch.tensor(data.target)
+    x, y = digits_images()
     g = torch.Generator().manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(10):
-        perm = torch.randperm(1400, generator=g)
-        for i in range(0, 1400, 200):
-            b = perm[i : i + 200]
-            loss = nn.functional.cross_entropy(model(x[b]), y[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval().requires_grad_(False)
+    epochs = (torch.randperm(1400, generator=g) for _ in range(10))
+    model = train_digits_mlp(x, y, (perm[i : i + 200] for perm in epochs for i in range(0, 1400, 200)), g)
     x_test, y_test = x[1400:1464], y[1400:1464]
     assert (~_wrong(model, x_test, y_test)).float().mean() > 0.8
     return model, x_test, y_test
