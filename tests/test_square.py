@@ -280,3 +280,16 @@ def test_strong_mode_never_spends_a_query_on_a_no_op() -> None:
         start, candidates = model.seen[1], torch.stack(model.seen[2:])  # the initial point stays the best
         no_ops[mode] = (candidates == start).flatten(2).all(dim=2).sum()
     assert no_ops["strong"] == 0 and no_ops["reference"] > 10
+
+
+def test_rescaled_schedule_shrinks_squares_sooner() -> None:
+    x = interior_inputs(6, (1, 8, 8), seed=3)
+    y = torch.zeros(6, dtype=torch.long)
+    changed = {}
+    for rescale in (False, True):
+        model = _Recorder(_Constant())
+        square(model, x, y, eps=0.1, queries=20, rescale_schedule=rescale, generator=_gen())
+        start, candidates = model.seen[1], torch.stack(model.seen[3:12])  # candidates 2 to 10
+        changed[rescale] = (candidates != start).flatten(2).sum(dim=2).max()
+    # candidate 2 of 20 is the reference's 500th of 10,000: p = 0.8 / 8, squares of side 3, not 7
+    assert changed[True] <= 9 < changed[False]
