@@ -24,9 +24,10 @@ Deviations and choices where the papers leave room [ours]:
   happens, so the returned norms are minimal only over the steps made; ``compact=False`` runs every sample
   for all ``steps`` as the reference does (same verdicts: the samples' computations are independent).
   With ``eps = 0`` nothing leaves early and FAB returns its minimal norms.
-- Each run ends with the final search of the FAB paper (``final_search`` steps, 3 as in the authors' code,
-  which has it off by default; AutoAttack's FAB has none): a linear-approximation search on the segment
-  from ``x`` to the best point, which only shortens it and keeps it misclassified.
+- Each run ends with the final search of the authors' FAB code (``linear_approximation_search``, its
+  "final search" flag, off by default there, 3 steps; AutoAttack's FAB has none), on by default here
+  with 3 steps: a search on the segment from ``x`` to the best point, which only shortens it and keeps it
+  misclassified, and can bring a point found just outside the eps-ball inside it.
 - L1 is not implemented.
 """
 
@@ -107,7 +108,7 @@ _SEARCH_OVERSHOOT = 0.01
 def _final_search(
     model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, steps: int
 ) -> torch.Tensor:
-    """FAB's final search (Croce & Hein 2020; the authors' ``linear_approximation_search``): on the segment
+    """FAB's final search (the authors' ``linear_approximation_search``, Croce & Hein 2020): on the segment
     from ``x`` (classified ``y``) to ``x_adv`` (misclassified), move to the root of the linearly interpolated
     logit difference between ``y`` and the adversarial class, and keep it as the new clean or adversarial
     end. The adversarial end only moves toward ``x``: its distance never grows and it stays misclassified.
@@ -209,7 +210,8 @@ def _fab(
     distance to ``x`` (0 for clean errors, inf and ``x`` itself where nothing was found).
 
     ``n_target_classes=None`` runs untargeted FAB; an int runs FAB-T over that many targets. ``eps`` only
-    decides which samples count as broken (not attacked again) and caps the restart radius.
+    decides which samples count as broken (not attacked again; with ``compact``, also leaving the batch
+    inside a run) and caps the restart radius. ``final_search``: steps of the final search (0: none).
     """
     norm = check_norm(norm)
     if steps < 1 or restarts < 1 or (n_target_classes is not None and n_target_classes < 1):
@@ -276,7 +278,8 @@ def fab(
     compact: bool = True,
 ) -> torch.Tensor:
     """Untargeted FAB (Croce & Hein, ICML 2020). Returns ``x_adv``: per sample, the smallest misclassified
-    point found if its L_p distance to ``x`` is ``<= eps``, else ``x``. See the module docstring."""
+    point found if its L_p distance to ``x`` is ``<= eps``, else ``x``. ``final_search`` (steps, 0: none)
+    and ``compact`` (broken samples leave the batch) as in the module docstring."""
     x_best, norms = _fab(
         model, x, y, eps=eps, norm=norm, steps=steps, restarts=restarts, n_target_classes=None,
         alpha_max=alpha_max, eta=eta, beta=beta, generator=generator,
