@@ -109,7 +109,7 @@ class _Draws:
     def flips(self, active: torch.Tensor, channels: int) -> torch.Tensor:
         """(m, C, 1, 1) uniform non-empty subset of channels as a 0/1 mask (strong mode only)."""
         pick = torch.randint(1, 2**channels, (self.n, 1, 1, 1), generator=self.generator, device=self.device)[active]
-        bits = torch.tensor([2**c for c in range(channels)], device=self.device).view(1, -1, 1, 1)
+        bits = 2 ** torch.arange(channels, device=self.device).view(1, -1, 1, 1)
         return ((pick & bits) > 0).float()
 
 
