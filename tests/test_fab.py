@@ -200,3 +200,75 @@ def test_bad_arguments_raise_user_error(kwargs: dict) -> None:
     x, y = _labelled(model, 3, (16,))
     with pytest.raises(UserError):
         fab_targeted(model, x, y, **{"eps": 0.1, **kwargs})
+
+
+def test_final_search_shortens_and_stays_adversarial(digits_model) -> None:
+    model, x, y = digits_model
+    with torch.no_grad():
+        keep = model(x).argmax(1) == y
+    x, y = x[keep], y[keep]
+    for norm in ("linf", "l2"):
+        x0, n0 = _fab(model, x, y, eps=0.0, norm=norm, steps=10, n_target_classes=1, final_search=0)
+        x3, n3 = _fab(model, x, y, eps=0.0, norm=norm, steps=10, n_target_classes=1, final_search=3)
+        assert torch.equal(n3, _fab(model, x, y, eps=0.0, norm=norm, steps=10, n_target_classes=1)[1])  # the default
+        found = torch.isfinite(n0)
+        assert found.sum() > 10 and torch.equal(found, torch.isfinite(n3))
+        assert (n3 <= n0).all() and (n3[found] < n0[found]).float().mean() > 0.5
+        torch.testing.assert_close(_lp(x3 - x, norm)[found], n3[found])
+        with torch.no_grad():
+            assert (model(x3[found]).argmax(1) != y[found]).all()
+        # on the segment from x to the point found without it
+        direction = (x3 - x)[found].flatten(1)
+        torch.testing.assert_close(direction, (x0 - x)[found].flatten(1) * (n3 / n0)[found, None], atol=1e-5, rtol=1e-4)
+
+
+class _Rows(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.rows = inner, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.rows += x.shape[0]
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 0.6)])
+def test_compaction_keeps_verdicts_and_saves_work(digits_model, norm: str, eps: float) -> None:
+    model, x, y = digits_model
+    verdicts, rows = [], []
+    for compact in (True, False):
+        counted = _Rows(model)
+        x_adv = fab_targeted(counted, x, y, eps=eps, norm=norm, steps=20, n_target_classes=3, compact=compact,
+                             generator=torch.Generator().manual_seed(0))
+        assert (_lp(x_adv - x, norm) <= eps * (1 + 1e-5)).all()
+        with torch.no_grad():
+            verdicts.append(model(x_adv).argmax(1) == y)
+        rows.append(counted.rows)
+    assert torch.equal(verdicts[0], verdicts[1]) and 0 < verdicts[0].sum() < x.shape[0] - 10
+    assert rows[0] < 0.9 * rows[1]
+
+
+def test_fab_t_tries_nine_targets_here_and_in_the_suite() -> None:
+    """Only the 10th-ranked class (9th target) has a boundary within eps: one target, or eight, miss it."""
+    from robustlab.evaluate.suite import build_attack
+
+    model = LinearClassifier((16,), num_classes=10, seed=0)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        model.weight.zero_()
+        model.weight[1:9] = 0.05 * torch.randn(8, 16, generator=g)
+        model.weight[9] = torch.tensor([1.0, -1.0] * 8)  # zero logit at x = 0.5, steep: close in L∞
+        model.bias.copy_(torch.tensor([0.0, -1.0, -1.1, -1.2, -1.3, -1.4, -1.5, -1.6, -1.7, -3.0]))
+    x = torch.full((1, 16), 0.5)
+    y = torch.zeros(1, dtype=torch.long)
+    assert model(x).argmax(1).item() == 0 and model(x)[0].argsort(descending=True)[-1].item() == 9
+
+    def broken(x_adv: torch.Tensor) -> bool:
+        with torch.no_grad():
+            return bool(model(x_adv).argmax(1).item() != 0)
+
+    eps = 0.25  # the boundary with class 9 is at 3/16 in L∞; every other one is beyond 0.5
+    assert not broken(fab_targeted(model, x, y, eps=eps, steps=10, n_target_classes=8))
+    assert broken(fab_targeted(model, x, y, eps=eps, steps=10))
+    spec = build_attack("fab-t", eps=eps, norm="linf", step_size=0.0)
+    assert spec.fn.keywords["n_target_classes"] == 9 and broken(spec.fn(model, x, y, steps=10, generator=torch.Generator()))
