@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from robustlab.train.metrics import read_metrics
+from robustlab.runs.metrics import read_metrics
 
 
 def torchrun(script: str, *args: str) -> None:

@@ -98,7 +98,7 @@ def _run_config(args: argparse.Namespace) -> "RunConfig":
 
 def _say(text: str) -> None:
     """Print once per job (rank 0 under torchrun)."""
-    from robustlab.train.distributed import ranks_from_env
+    from robustlab.runs.ranks import ranks_from_env
 
     if ranks_from_env().main:
         print(text)
@@ -177,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         COMMANDS[args.command](args)
-        from robustlab.train.distributed import leave
+        from robustlab.runs.ranks import leave
 
         leave()  # a no-op outside torchrun
     except UserError as exc:

@@ -20,41 +20,8 @@ from robustlab.evaluate.sharding import gather_states, shard_batches
 from robustlab.evaluate.runner import eps_label, format_table, make_record, run_suite, summarise, write_record
 from robustlab.evaluate.state import EvalState, labels_hash, model_hash
 from robustlab.evaluate.suite import build_suite, check_attack_names
-from robustlab.train.checkpoint import load_checkpoint, unprefixed
-from robustlab.train.distributed import join, ranks_from_env
-from robustlab.train.loop import build_model, resolve_device
-
-
-def find_checkpoint(path: str | Path, which: str = "last") -> Path:
-    """A run folder resolves to ``checkpoints/<which>.safetensors``; a file is taken as given."""
-    p = Path(path)
-    if p.is_dir():
-        candidate = p / "checkpoints" / f"{which}.safetensors"
-        if not candidate.is_file():
-            raise UserError(f"{p} has no checkpoints/{which}.safetensors; train it first or pass a checkpoint file")
-        return candidate
-    if not p.exists():
-        raise UserError(f"{p} not found; pass a run folder or a .safetensors checkpoint")
-    return p
-
-
-def load_model(path: str | Path, *, which: str = "last", weights: str = "auto", device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """The model stored in a checkpoint (EMA weights when the run kept an EMA, unless ``weights='model'``)."""
-    ckpt = find_checkpoint(path, which)
-    tensors, meta = load_checkpoint(ckpt, device="cpu")
-    if "model" not in meta:
-        raise UserError(f"checkpoint {ckpt} lacks a model description; it was not written by robustlab train")
-    chosen = meta.get("weights", "model") if weights == "auto" else weights
-    state = unprefixed(chosen, tensors)
-    if not state:
-        raise UserError(f"checkpoint {ckpt} holds no {chosen!r} weights; use --weights model")
-    model = build_model(meta["model"])
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise UserError(f"checkpoint {ckpt} does not fit model {meta['model']['name']} ({str(exc).splitlines()[0][:100]})") from None
-    meta = {**meta, "checkpoint": str(ckpt), "weights": chosen}
-    return model.to(device).eval(), meta
+from robustlab.runs.model import load_model
+from robustlab.runs.ranks import join, ranks_from_env, resolve_device
 
 
 def evaluate_model(

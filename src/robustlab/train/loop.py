@@ -23,13 +23,12 @@ from tqdm import tqdm
 
 from robustlab.attacks._common import eval_mode
 from robustlab.attacks.pgd import pgd
-from robustlab.config import MethodConfig, RunConfig, build_config, dump_yaml, read_yaml, to_dict
+from robustlab.config import RunConfig, build_config, dump_yaml, read_yaml, to_dict
 from robustlab.data import DeviceLoader, ImageDataset, fixed_subset, load_dataset
 from robustlab.errors import UserError
 from robustlab.methods import create_method
-from robustlab.models import create_model
-from robustlab.train.checkpoint import (
-    atomic_write_text,
+from robustlab.runs.atomic import atomic_write_text
+from robustlab.runs.checkpoint import (
     load_checkpoint,
     optimizer_from_flat,
     optimizer_to_flat,
@@ -37,46 +36,14 @@ from robustlab.train.checkpoint import (
     save_checkpoint,
     unprefixed,
 )
-from robustlab.train.distributed import barrier, join, per_rank_batch, ranks_from_env, wrap
+from robustlab.runs.metrics import MetricsLog
+from robustlab.runs.model import build_model, model_spec
+from robustlab.runs.ranks import join, ranks_from_env, resolve_device
+from robustlab.train.distributed import barrier, per_rank_batch, wrap
 from robustlab.train.ema import ModelEma
-from robustlab.train.metrics import MetricsLog
 from robustlab.train.optim import build_optimizer, lr_factor, set_lr
 
 FORMAT_VERSION = 1
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; an unavailable CUDA request is a UserError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"train.device {name!r} is not a device; use auto, cpu or cuda[:N]") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device asks for CUDA but none is available; use train.device=cpu or auto")
-    return device
-
-
-def model_spec(cfg: RunConfig, data: ImageDataset) -> dict[str, Any]:
-    """What is needed to rebuild the architecture (plug-in modules included) from a checkpoint alone."""
-    return {
-        "name": cfg.model.name,
-        "options": dict(cfg.model.options),
-        "num_classes": data.num_classes,
-        "in_channels": data.images.shape[1],
-        "method": {"name": cfg.method.name, "options": dict(cfg.method.options)},
-    }
-
-
-def build_model(spec: dict[str, Any]) -> nn.Module:
-    """The architecture of ``spec``, with the modules its training method adds (FSR, ANCRA, ...)."""
-    model = create_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"], **spec["options"])
-    method = spec.get("method")
-    if method is None:
-        return model
-    cfg = MethodConfig(name=method["name"], options=dict(method["options"]))
-    return create_method(cfg, torch.Generator()).prepare_model(model)
 
 
 def evaluate_clean_and_pgd(
