@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, NoReturn, Sequence
 
-from robustlab.errors import UserError
+from robustlab.errors import UserError, file_system_problem
 
 if TYPE_CHECKING:
     from robustlab.config import RunConfig
@@ -109,6 +109,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from robustlab.train import train
 
     cfg = _run_config(args)
+    if cfg.finetune:
+        raise UserError(f"{args.config} is a fine-tuning config (finetune: true); run robustlab finetune {args.config} --from RUN")
     if hasattr(METHODS.get(cfg.method.name.partition("+")[0]), "set_teacher"):
         raise UserError(f"method {cfg.method.name} fine-tunes a pre-trained model; run robustlab finetune {args.config} --from RUN")
     _say(f"run folder: {cfg.run_dir}")
@@ -182,6 +184,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         leave()  # a no-op outside torchrun
     except UserError as exc:
         print(f"robustlab: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        problem = file_system_problem(exc)
+        if problem is None:
+            raise
+        print(f"robustlab: error: {problem}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("robustlab: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -20,6 +20,8 @@ from robustlab.evaluate.sharding import gather_states, shard_batches
 from robustlab.evaluate.runner import eps_label, format_table, make_record, run_suite, summarise, write_record
 from robustlab.evaluate.state import EvalState, labels_hash, model_hash
 from robustlab.evaluate.suite import build_suite, check_attack_names
+from robustlab.rules import budget_warnings, check_budget
+from robustlab.runs.lock import RunLock
 from robustlab.runs.model import load_model
 from robustlab.runs.ranks import join, ranks_from_env, resolve_device
 
@@ -59,6 +61,9 @@ def evaluate_model(
     log = log if ranks.main else (lambda _: None)
     model = model.to(dev).eval()
     step_size = eps / 4 if step_size is None else step_size
+    check_budget(eps, norm, key="eps")
+    for warning in budget_warnings(eps, step_size, key="evaluation"):
+        log(f"warning: {warning}")
     specs = build_suite(attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts)
     if adaptive or transfer_source is not None:
         probe = data.images[: min(len(data.labels), 16)].to(dev).float() / 255
@@ -138,7 +143,13 @@ def evaluate_checkpoint(
     norm = attack_cfg.norm if norm is None else norm
     if step_size is None:
         step_size = attack_cfg.step_size if eps == attack_cfg.eps else eps / 4
+    check_budget(eps, norm, key="eps")
     data = load_dataset(cfg.data.name, split, root=cfg.data.root, **cfg.data.options)
+    if data.num_classes != meta["model"]["num_classes"]:
+        raise UserError(
+            f"the {split} split of {cfg.data.name} has {data.num_classes} classes but the model has "
+            f"{meta['model']['num_classes']}; evaluate on data with the training classes"
+        )
     if n_examples is not None:
         data = fixed_subset(data, n_examples, seed=seed)
     model_info = {
@@ -151,13 +162,19 @@ def evaluate_checkpoint(
         out = run_dir / "eval" / f"{which}_{tag}_{eps_label(eps).replace('/', 'over')}_{norm}.json"
     out = Path(out)
     source = load_model(transfer_from, device=dev)[0] if transfer_from is not None else None
-    record = evaluate_model(
-        model, data, attacks=attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts,
-        batch_size=batch_size, seed=seed, device=dev, state_path=out.with_suffix(".state.json"),
-        model_info=model_info, adaptive=adaptive, transfer_source=source, checks=checks, log=log,
-    )
+    lock = RunLock(out.with_suffix(".lock"))
     if ranks_from_env().main:
-        write_record(out, record)
-        log(format_table(record))
-        log(f"record written to {out}")
+        lock.acquire(f"evaluation record {out}")
+    try:
+        record = evaluate_model(
+            model, data, attacks=attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts,
+            batch_size=batch_size, seed=seed, device=dev, state_path=out.with_suffix(".state.json"),
+            model_info=model_info, adaptive=adaptive, transfer_source=source, checks=checks, log=log,
+        )
+        if ranks_from_env().main:
+            write_record(out, record)
+            log(format_table(record))
+            log(f"record written to {out}")
+    finally:
+        lock.release()
     return record

@@ -9,6 +9,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from robustlab.runs.faults import fault_point
+
 
 def temp_beside(path: Path) -> tuple[int, str]:
     """A temp file in ``path``'s folder, with the permissions a plain ``open`` would give."""
@@ -25,7 +27,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            fh.write(data[: len(data) // 2])
+            fault_point("atomic", fh)
+            fh.write(data[len(data) // 2:])
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -37,3 +41,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
+
+def remove_stale_temps(folder: Path) -> int:
+    """Delete the temp files a killed writer left in ``folder`` (call only while holding its lock)."""
+    stale = list(folder.glob(".*.tmp")) if folder.is_dir() else []
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return len(stale)

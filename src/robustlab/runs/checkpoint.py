@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from robustlab.errors import UserError
 from robustlab.runs.atomic import atomic_write_text, temp_beside
+from robustlab.runs.faults import fault_point
 
 META_KEY = "robustlab"
 
@@ -30,6 +31,9 @@ def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str
     os.close(fd)
     try:
         save_file(ready, tmp, metadata={META_KEY: json.dumps(meta)})
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        fault_point("checkpoint")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -11,7 +11,7 @@ three differences from ``train(cfg)``:
 2. A method with ``set_teacher`` (AFD) gets the source model, frozen in eval mode, as its teacher. The
    teacher lives in the method, not the student, so it is never written to the student's checkpoints.
 3. After every epoch (and once before the first) the feature gap of the evaluated model is logged
-   (:mod:`robustlab.train.feature_gap`), AFD's motivating measurement.
+   (:mod:`robustlab.train.feature_gap`), AFD's motivating measurement, before the epoch's checkpoint.
 
 Resume: when the run folder already holds ``checkpoints/last.safetensors`` the run resumes from it
 exactly as ``train`` does and is *not* re-initialised from the source; the source is still loaded
@@ -137,10 +137,4 @@ def finetune(cfg: RunConfig, source: str | Path, *, which: str = "last", weights
     if gap is not None and fresh:
         gap(0)
 
-    def hook(epoch: int) -> None:
-        if gap is not None:
-            gap(epoch)
-        if after_epoch is not None:
-            after_epoch(epoch)
-
-    return trainer.fit(after_epoch=hook)
+    return trainer.fit(after_epoch=after_epoch, before_checkpoint=gap)
