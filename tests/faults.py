@@ -69,6 +69,7 @@ class Tally:
     mismatches: list[str] = field(default_factory=list)
     corrupt: list[str] = field(default_factory=list)
     temp_files_left: int = 0
+    kill_places: dict[str, int] = field(default_factory=dict)  # site of each kill, or "timer"
 
     def add(self, other: "Tally") -> None:
         self.trials += other.trials
@@ -77,6 +78,8 @@ class Tally:
         self.mismatches += other.mismatches
         self.corrupt += other.corrupt
         self.temp_files_left += other.temp_files_left
+        for place, count in other.kill_places.items():
+            self.kill_places[place] = self.kill_places.get(place, 0) + count
 
 
 def run_child(argv: list[str], fault: str | None = None, kill_after: float | None = None) -> int:
@@ -127,6 +130,8 @@ def trial(job: Job, folder: Path, ref_folder: Path, ref_seconds: float, seed: in
         attempts += 1
         if code == -signal.SIGKILL:
             tally.kills += 1
+            place = fault.split(":")[0] if fault else "timer"
+            tally.kill_places[place] = tally.kill_places.get(place, 0) + 1
             continue
         if code != 0:
             tally.mismatches.append(f"{job.kind} seed {seed}: exit code {code} after {tally.kills} kills")
