@@ -37,6 +37,6 @@ def test_killed_runs_resume_to_the_uninterrupted_result(
 ) -> None:
     ref_folder, seconds = refs[kind]
     tally: Tally = trial(Job(kind, _source(refs)), tmp_path, ref_folder, seconds, seed, first_fault=first_fault)
-    assert tally.mismatches == [] and tally.corrupt == []
+    assert tally.mismatches == [] and tally.corrupt == [] and tally.temp_files_left == 0
     if first_fault is not None:
         assert tally.kills >= 1 and tally.resumes >= 1  # the fault really landed

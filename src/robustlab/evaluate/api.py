@@ -21,6 +21,7 @@ from robustlab.evaluate.runner import eps_label, format_table, make_record, run_
 from robustlab.evaluate.state import EvalState, labels_hash, model_hash
 from robustlab.evaluate.suite import build_suite, check_attack_names
 from robustlab.rules import budget_warnings, check_budget
+from robustlab.runs.atomic import remove_stale_temps
 from robustlab.runs.lock import RunLock
 from robustlab.runs.model import load_model
 from robustlab.runs.ranks import join, ranks_from_env, resolve_device
@@ -165,6 +166,7 @@ def evaluate_checkpoint(
     lock = RunLock(out.with_suffix(".lock"))
     if ranks_from_env().main:
         lock.acquire(f"evaluation record {out}")
+        remove_stale_temps(out.parent, (out.name, out.with_suffix(".state.json").name))
     try:
         record = evaluate_model(
             model, data, attacks=attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts,

@@ -42,9 +42,13 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def remove_stale_temps(folder: Path) -> int:
-    """Delete the temp files a killed writer left in ``folder`` (call only while holding its lock)."""
-    stale = list(folder.glob(".*.tmp")) if folder.is_dir() else []
+def remove_stale_temps(folder: Path, names: tuple[str, ...] | None = None) -> int:
+    """Delete the temp files a killed writer left in ``folder`` (all, or those of the files ``names``).
+
+    Call only while holding the lock that covers those files, so no live writer loses its temp file.
+    """
+    patterns = [".*.tmp"] if names is None else [f".{name}.*.tmp" for name in names]
+    stale = [t for pattern in patterns for t in folder.glob(pattern)] if folder.is_dir() else []
     for tmp in stale:
         tmp.unlink(missing_ok=True)
     return len(stale)
