@@ -262,8 +262,9 @@ def test_cli_argument_lists_exit_0_or_2_and_write_only_inside_the_run_folder(
     good_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str]
 ) -> None:
     _count("CLI argument lists")
-    cwd = tmp_path / "work" / "cwd"
-    cwd.mkdir(parents=True, exist_ok=True)
+    work = tmp_path / f"work{TRIED['CLI argument lists']}"  # tmp_path is shared by the examples
+    cwd = work / "cwd"
+    cwd.mkdir(parents=True)
     monkeypatch.chdir(cwd)
     argv = [str(good_run) if t == "RUN" else t for t in argv]
     if argv[:1] in (["eval"], ["finetune"]):
@@ -281,21 +282,24 @@ def test_cli_argument_lists_exit_0_or_2_and_write_only_inside_the_run_folder(
     assert code == 0 or err.count("\n") == 1, (argv, err)
     assert "Traceback" not in err
     roots = [r.resolve() for r in _own_folders(argv)]
-    written = [p.resolve() for p in (tmp_path / "work").rglob("*") if p.is_file()]
+    written = [p.resolve() for p in work.rglob("*") if p.is_file()]
     assert all(any(p.is_relative_to(r) for r in roots) for p in written), (argv, written)
     assert _digest(good_run) == before
 
 
 def _own_folders(argv: list[str]) -> list[Path]:
-    """Where a command may write: the run folder of train/finetune, the report folder."""
+    """Where a command may write: the run folder of train/finetune, the report folder, eval's --out folder."""
     from robustlab.cli import build_parser
 
     try:
-        args, extra = build_parser().parse_known_args(argv)
+        with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+            args, extra = build_parser().parse_known_args(argv)
         if args.command in ("train", "finetune"):
             return [load_config(args.config, list(args.overrides) + [e for e in extra if "=" in e]).run_dir]
     except (UserError, SystemExit):
         return []
+    if args.command == "eval" and args.out:
+        return [Path(args.out).parent]
     if args.command == "report":
         return [Path(args.out or (Path(args.runs[0]) / "report" if len(args.runs) == 1 else Path("runs") / "report"))]
     return []
