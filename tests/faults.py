@@ -84,6 +84,11 @@ class Tally:
 
 def run_child(argv: list[str], fault: str | None = None, kill_after: float | None = None) -> int:
     """Run ``robustlab.cli.main(argv)`` in a forked child; its exit code (-9 when SIGKILLed)."""
+    return wait_child(start_child(argv, fault), kill_after)
+
+
+def start_child(argv: list[str], fault: str | None = None) -> int:
+    """Fork a child running ``robustlab.cli.main(argv)`` (output discarded); its pid."""
     pid = os.fork()
     if pid == 0:  # the child: never returns into the caller's stack
         code = 1
@@ -96,6 +101,11 @@ def run_child(argv: list[str], fault: str | None = None, kill_after: float | Non
             code = main(argv)
         finally:
             os._exit(code)
+    return pid
+
+
+def wait_child(pid: int, kill_after: float | None = None) -> int:
+    """Wait for a child (SIGKILL it after ``kill_after`` seconds); its exit code, -9 when killed."""
     deadline = None if kill_after is None else time.monotonic() + kill_after
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)

@@ -194,6 +194,15 @@ def test_a_second_train_on_a_busy_run_folder_is_refused_naming_the_first(tmp_pat
     assert not (run_dir / "config.yaml").exists()
 
 
+def test_two_trains_started_at_once_on_one_folder_run_once(tmp_path: Path) -> None:
+    from faults import Job, start_child, wait_child
+
+    argv = Job("train").argv(tmp_path)
+    codes = sorted(wait_child(pid) for pid in [start_child(argv), start_child(argv)])
+    assert codes == [0, 2]
+    assert [r["epoch"] for r in read_metrics(tmp_path / "run", "epoch")] == [1, 2]
+
+
 def test_a_stale_lock_is_taken_over(tmp_path: Path) -> None:
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     cfg = tiny_config(tmp_path, "stale", **{"train.epochs": 1})
