@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from robustlab.config import load_config
 from robustlab.report import write_report
 from robustlab.report.compare import PairedDifference, compare_records, format_mean_std
-from robustlab.train.checkpoint import atomic_write_text
+from robustlab.runs.atomic import atomic_write_text
 
 if TYPE_CHECKING:
     from cifar_study import Study

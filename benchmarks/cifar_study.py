@@ -36,8 +36,8 @@ from _study_report import write_results  # noqa: E402
 
 from robustlab.cli import main as robustlab  # noqa: E402
 from robustlab.config import load_config  # noqa: E402
-from robustlab.train.checkpoint import atomic_write_bytes, atomic_write_text  # noqa: E402
-from robustlab.train.metrics import read_metrics  # noqa: E402
+from robustlab.runs.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
+from robustlab.runs.metrics import read_metrics  # noqa: E402
 
 BASES = ("pgd_at", "trades", "mart")
 MAIN = ("natural", "pgd_at", "pgd_at+fsr", "trades", "trades+ancra", "pgd_at+uad", "finetune: vanilla", "finetune: afd")

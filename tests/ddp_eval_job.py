@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from robustlab.data import fixed_subset, load_dataset  # noqa: E402
 from robustlab.evaluate import evaluate_model  # noqa: E402
-from robustlab.train.distributed import leave  # noqa: E402
+from robustlab.runs.ranks import leave  # noqa: E402
 
 EVAL = dict(attacks=["fgsm", "pgd-5", "apgd-ce"], eps=0.1, batch_size=8, seed=3, device="cpu", checks=False)
 

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from robustlab.train import Trainer  # noqa: E402
-from robustlab.train.distributed import leave  # noqa: E402
+from robustlab.runs.ranks import leave  # noqa: E402
 from robustlab.train.finetune import prepare_finetune  # noqa: E402
 from tiny_runs import tiny_config  # noqa: E402
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from robustlab.methods import method_names
-from robustlab.train.metrics import read_metrics
+from robustlab.runs.metrics import read_metrics
 
 
 def torchrun(script: str, *args: str) -> None:

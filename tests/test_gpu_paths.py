@@ -18,8 +18,8 @@ from robustlab.evaluate import evaluate_checkpoint
 from robustlab.methods import create_method
 from robustlab.models import create_model
 from robustlab.train import train
-from robustlab.train.checkpoint import read_metadata
-from robustlab.train.metrics import read_metrics
+from robustlab.runs.checkpoint import read_metadata
+from robustlab.runs.metrics import read_metrics
 from tiny_runs import tiny_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -13,9 +13,9 @@ from safetensors import safe_open
 from robustlab.config import ScheduleConfig
 from robustlab.errors import UserError
 from robustlab.train import Trainer, train
-from robustlab.train.checkpoint import load_checkpoint, read_metadata
+from robustlab.runs.checkpoint import load_checkpoint, read_metadata
 from robustlab.train.ema import ModelEma, ema_decay_at
-from robustlab.train.metrics import read_metrics
+from robustlab.runs.metrics import read_metrics
 from robustlab.train.optim import lr_factor
 from tiny_runs import tiny_config
 

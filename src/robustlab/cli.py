@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, NoReturn, Sequence
 
-from robustlab.errors import UserError
+from robustlab.errors import UserError, file_system_problem
 
 if TYPE_CHECKING:
     from robustlab.config import RunConfig
@@ -108,7 +108,7 @@ def _run_config(args: argparse.Namespace) -> "RunConfig":
 
 def _say(text: str) -> None:
     """Print once per job (rank 0 under torchrun)."""
-    from robustlab.train.distributed import ranks_from_env
+    from robustlab.runs.ranks import ranks_from_env
 
     if ranks_from_env().main:
         print(text)
@@ -119,6 +119,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from robustlab.train import train
 
     cfg = _run_config(args)
+    if cfg.finetune:
+        raise UserError(f"{args.config} is a fine-tuning config (finetune: true); run robustlab finetune {args.config} --from RUN")
     if hasattr(METHODS.get(cfg.method.name.partition("+")[0]), "set_teacher"):
         raise UserError(f"method {cfg.method.name} fine-tunes a pre-trained model; run robustlab finetune {args.config} --from RUN")
     _say(f"run folder: {cfg.run_dir}")
@@ -224,11 +226,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         COMMANDS[args.command](args)
-        from robustlab.train.distributed import leave
+        from robustlab.runs.ranks import leave
 
         leave()  # a no-op outside torchrun
     except UserError as exc:
         print(f"robustlab: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        problem = file_system_problem(exc)
+        if problem is None:
+            raise
+        print(f"robustlab: error: {problem}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("robustlab: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any
 import yaml
 
 from robustlab.errors import UserError
+from robustlab.rules import check_config
 
 
 @dataclass
@@ -125,6 +127,7 @@ class RunConfig:
     name: str = "run"
     seed: int = 0
     out_dir: str = "runs"
+    finetune: bool = False  # a fine-tuning config: `robustlab train` refuses it (use `robustlab finetune --from RUN`)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
@@ -160,17 +163,23 @@ def parse_number(value: Any, key: str) -> float:
     if isinstance(value, bool):
         raise UserError(f"{key}: expected a number, got {value!r}")
     if isinstance(value, (int, float)):
-        return float(value)
+        return _finite(float(value), key)
     if isinstance(value, str):
         text = value.strip()
         try:
             if "/" in text:
                 num, den = text.split("/", 1)
-                return float(num) / float(den)
-            return float(text)
+                return _finite(float(num) / float(den), key)
+            return _finite(float(text), key)
         except (ValueError, ZeroDivisionError):
             pass
     raise UserError(f"{key}: expected a number such as 0.03 or 8/255, got {value!r}")
+
+
+def _finite(number: float, key: str) -> float:
+    if not math.isfinite(number):
+        raise UserError(f"{key}: expected a finite number, got {number}")
+    return number
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
@@ -237,8 +246,9 @@ def _validate(cfg: RunConfig) -> None:
     for key in NON_NEGATIVE:
         if flat[key] < 0:
             raise UserError(f"{key} must be >= 0, got {flat[key]!r}")
-    if not cfg.name or "/" in cfg.name:
-        raise UserError(f"name must be a non-empty folder name without '/', got {cfg.name!r}")
+    if cfg.name in ("", ".", "..") or any(c in cfg.name for c in "/\\\0"):
+        raise UserError(f"name must be a folder name inside out_dir (no '/', '\\', '..'), got {cfg.name!r}; use e.g. name=my_run")
+    check_config(cfg)
     decay = cfg.train.ema_decay
     if decay is not None and not 0.0 < decay < 1.0:
         raise UserError(f"train.ema_decay must be in (0, 1) or null, got {decay!r}")
@@ -311,7 +321,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         where = f" at line {mark.line + 1}" if mark else ""
         raise UserError(f"config file {p} is not valid YAML{where}; fix the syntax") from None
     if data is None:
-        return {}
+        raise UserError(f"config file {p} is empty; copy a bundled config (robustlab list configs) and edit it")
     if not isinstance(data, dict):
         raise UserError(f"config file {p} must hold a mapping of settings at the top level")
     return data

@@ -393,6 +393,9 @@ def _cap(max_per_class: int | None) -> int | None:
     return max_per_class
 
 
+MAX_NPZ_CLASSES = 100_000  # more is a label column of ids, not classes
+
+
 @DATASETS.register
 def npz(
     split: str,
@@ -409,22 +412,34 @@ def npz(
     uses ``x``/``images`` and ``y``/``labels`` for whichever split is asked. Images: (N, H, W),
     NHWC or NCHW (guessed from a 1- or 3-channel axis; ``layout='nhwc'|'nchw'`` decides otherwise),
     uint8, integers 0..255 or floats in [0, 1] (scaled by 255 and rounded). Class names come from a
-    ``classes`` string array, else ``num_classes``, else max label + 1.
+    ``classes`` string array, else ``num_classes``, else max label + 1 over every split (the file's
+    label arrays, and the sibling ``{split}.npz`` files of a folder), so train and test agree.
     """
     _check_split("npz", split, ("train", "val", "test"))
     if root is None:
         raise UserError("npz needs root: set data.root to a .npz file or a folder with train.npz/test.npz")
     if download:
         raise UserError("npz cannot be downloaded; set data.download=false and point data.root at your file")
-    path = Path(root).expanduser()
-    path = path / f"{split}.npz" if path.is_dir() else path
+    folder = Path(root).expanduser()
+    path = folder / f"{split}.npz" if folder.is_dir() else folder
     if not path.is_file():
         raise UserError(f"npz file {path} not found; set data.root to an existing .npz")
     arrays = formats.load_npz(path)
     x, y = _npz_pair(arrays, split, path)
     images = formats.to_uint8_nchw(x, layout, str(path))
     labels = formats.to_labels(y, len(images), str(path))
+    if "classes" not in arrays and num_classes is None:
+        num_classes = _npz_label_count(arrays, sorted(folder.glob("*.npz")) if folder.is_dir() else [])
     return _dataset(images, labels, _npz_classes(arrays, labels, num_classes, path), "npz")
+
+
+def _npz_label_count(arrays: dict[str, np.ndarray], siblings: list[Path]) -> int:
+    """Max label + 1 over every label array of the file and of its sibling split files (at least 1)."""
+    label_sets = [v for k, v in arrays.items() if k.split("_")[0] in ("y", "labels")]
+    for other in siblings:
+        label_sets += [v for k, v in formats.load_npz(other).items() if k.split("_")[0] in ("y", "labels")]
+    highest = [int(np.max(v)) for v in label_sets if v.size and v.dtype.kind in "iuf" and np.isfinite(v).all()]
+    return max(highest, default=0) + 1
 
 
 def _npz_pair(arrays: dict[str, np.ndarray], split: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -447,4 +462,6 @@ def _npz_classes(arrays: dict[str, np.ndarray], labels: np.ndarray, num_classes:
             raise UserError(f"{path}: 'classes' must be a 1-D string array; save np.array(['cat', 'dog'])")
         return [str(n.decode() if isinstance(n, bytes) else n) for n in names]
     count = num_classes if num_classes is not None else int(labels.max()) + 1 if labels.size else 1
+    if count > MAX_NPZ_CLASSES:
+        raise UserError(f"{path}: labels imply {count} classes; store labels 0..K-1 (at most {MAX_NPZ_CLASSES} classes)")
     return [str(k) for k in range(count)]

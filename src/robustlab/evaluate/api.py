@@ -20,41 +20,11 @@ from robustlab.evaluate.sharding import gather_states, shard_batches
 from robustlab.evaluate.runner import eps_label, format_table, make_record, run_suite, summarise, write_record
 from robustlab.evaluate.state import EvalState, labels_hash, model_hash
 from robustlab.evaluate.suite import build_suite, check_attack_names
-from robustlab.train.checkpoint import load_checkpoint, unprefixed
-from robustlab.train.distributed import join, ranks_from_env
-from robustlab.train.loop import build_model, resolve_device
-
-
-def find_checkpoint(path: str | Path, which: str = "last") -> Path:
-    """A run folder resolves to ``checkpoints/<which>.safetensors``; a file is taken as given."""
-    p = Path(path)
-    if p.is_dir():
-        candidate = p / "checkpoints" / f"{which}.safetensors"
-        if not candidate.is_file():
-            raise UserError(f"{p} has no checkpoints/{which}.safetensors; train it first or pass a checkpoint file")
-        return candidate
-    if not p.exists():
-        raise UserError(f"{p} not found; pass a run folder or a .safetensors checkpoint")
-    return p
-
-
-def load_model(path: str | Path, *, which: str = "last", weights: str = "auto", device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """The model stored in a checkpoint (EMA weights when the run kept an EMA, unless ``weights='model'``)."""
-    ckpt = find_checkpoint(path, which)
-    tensors, meta = load_checkpoint(ckpt, device="cpu")
-    if "model" not in meta:
-        raise UserError(f"checkpoint {ckpt} lacks a model description; it was not written by robustlab train")
-    chosen = meta.get("weights", "model") if weights == "auto" else weights
-    state = unprefixed(chosen, tensors)
-    if not state:
-        raise UserError(f"checkpoint {ckpt} holds no {chosen!r} weights; use --weights model")
-    model = build_model(meta["model"])
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise UserError(f"checkpoint {ckpt} does not fit model {meta['model']['name']} ({str(exc).splitlines()[0][:100]})") from None
-    meta = {**meta, "checkpoint": str(ckpt), "weights": chosen}
-    return model.to(device).eval(), meta
+from robustlab.rules import budget_warnings, check_budget
+from robustlab.runs.atomic import remove_stale_temps
+from robustlab.runs.lock import RunLock
+from robustlab.runs.model import load_model
+from robustlab.runs.ranks import join, ranks_from_env, resolve_device
 
 
 def evaluate_model(
@@ -92,6 +62,9 @@ def evaluate_model(
     log = log if ranks.main else (lambda _: None)
     model = model.to(dev).eval()
     step_size = eps / 4 if step_size is None else step_size
+    check_budget(eps, norm, key="eps")
+    for warning in budget_warnings(eps, step_size, key="evaluation"):
+        log(f"warning: {warning}")
     specs = build_suite(attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts)
     if adaptive or transfer_source is not None:
         probe = data.images[: min(len(data.labels), 16)].to(dev).float() / 255
@@ -171,7 +144,13 @@ def evaluate_checkpoint(
     norm = attack_cfg.norm if norm is None else norm
     if step_size is None:
         step_size = attack_cfg.step_size if eps == attack_cfg.eps else eps / 4
+    check_budget(eps, norm, key="eps")
     data = load_dataset(cfg.data.name, split, root=cfg.data.root, **cfg.data.options)
+    if data.num_classes != meta["model"]["num_classes"]:
+        raise UserError(
+            f"the {split} split of {cfg.data.name} has {data.num_classes} classes but the model has "
+            f"{meta['model']['num_classes']}; evaluate on data with the training classes"
+        )
     if n_examples is not None:
         data = fixed_subset(data, n_examples, seed=seed)
     model_info = {
@@ -184,13 +163,20 @@ def evaluate_checkpoint(
         out = run_dir / "eval" / f"{which}_{tag}_{eps_label(eps).replace('/', 'over')}_{norm}.json"
     out = Path(out)
     source = load_model(transfer_from, device=dev)[0] if transfer_from is not None else None
-    record = evaluate_model(
-        model, data, attacks=attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts,
-        batch_size=batch_size, seed=seed, device=dev, state_path=out.with_suffix(".state.json"),
-        model_info=model_info, adaptive=adaptive, transfer_source=source, checks=checks, log=log,
-    )
+    lock = RunLock(out.with_suffix(".lock"))
     if ranks_from_env().main:
-        write_record(out, record)
-        log(format_table(record))
-        log(f"record written to {out}")
+        lock.acquire(f"evaluation record {out}")
+        remove_stale_temps(out.parent, (out.name, out.with_suffix(".state.json").name))
+    try:
+        record = evaluate_model(
+            model, data, attacks=attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts,
+            batch_size=batch_size, seed=seed, device=dev, state_path=out.with_suffix(".state.json"),
+            model_info=model_info, adaptive=adaptive, transfer_source=source, checks=checks, log=log,
+        )
+        if ranks_from_env().main:
+            write_record(out, record)
+            log(format_table(record))
+            log(f"record written to {out}")
+    finally:
+        lock.release()
     return record

@@ -31,12 +31,12 @@ from torch import nn
 
 from robustlab.data import ImageDataset, fixed_subset, load_dataset
 from robustlab.errors import UserError
-from robustlab.evaluate.api import evaluate_model, load_model
+from robustlab.evaluate.api import evaluate_model
+from robustlab.runs.model import load_model
 from robustlab.evaluate.runner import eps_label, format_table, write_record
 from robustlab.evaluate.suite import check_attack_names
 from robustlab.models import Normalize
-from robustlab.train.distributed import ranks_from_env
-from robustlab.train.loop import resolve_device
+from robustlab.runs.ranks import ranks_from_env, resolve_device
 
 WRAPPER_KEYS = ("state_dict", "model", "net")
 PREFIX = "module."

@@ -26,7 +26,7 @@ from robustlab.data import DeviceLoader, ImageDataset
 from robustlab.evaluate.flags import Flag
 from robustlab.evaluate.state import NOT_RUN, ROBUST, AttackCost, EvalState
 from robustlab.evaluate.suite import AttackSpec
-from robustlab.train.checkpoint import atomic_write_text
+from robustlab.runs.atomic import atomic_write_text
 
 TOLERANCE = 1e-5
 

@@ -11,7 +11,7 @@ from dataclasses import fields
 import torch.distributed as dist
 
 from robustlab.evaluate.state import AttackCost, EvalState
-from robustlab.train.distributed import Ranks
+from robustlab.runs.ranks import Ranks
 
 
 def shard_batches(n: int, batch_size: int, ranks: Ranks) -> tuple[int, int]:

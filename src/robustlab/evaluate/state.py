@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from robustlab.train.checkpoint import atomic_write_text
+from robustlab.runs.atomic import atomic_write_text
 
 NOT_RUN = -2  # verdict not computed yet
 ROBUST = -1   # no attack (member) broke the sample; k >= 0: member k broke it; clean-wrong samples: ROBUST is never set

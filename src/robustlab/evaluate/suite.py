@@ -76,7 +76,10 @@ def parse_attack_name(name: str) -> tuple[str, int | None]:
         return key, None
     match = re.fullmatch(r"(pgd|cw)(?:-(\d+))?", key)
     if match:
-        return match.group(1), int(match.group(2)) if match.group(2) else 20
+        steps = int(match.group(2)) if match.group(2) else 20
+        if steps == 0:
+            raise UserError(f"attack {name!r} runs no steps; use {match.group(1)}-K with K >= 1, e.g. {match.group(1)}-20")
+        return match.group(1), steps
     raise UserError(
         f"unknown attack {name!r}; use fgsm, pgd-K, cw-K, apgd-ce, apgd-dlr, apgd-t, fab-t, square, "
         "autoattack or autoattack-fast; see robustlab list attacks"

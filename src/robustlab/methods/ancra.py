@@ -242,7 +242,7 @@ class ancra(PlugIn):
         blocks = sorted((m for m in model.modules() if isinstance(m, ReverseAttention)), key=lambda m: m.index)
         if not blocks:
             raise UserError(
-                "the model has no ANCRA blocks; build it with the method's prepare_model (robustlab.train.build_model does)"
+                "the model has no ANCRA blocks; build it with the method's prepare_model (robustlab.runs.model.build_model does)"
             )
         return [f"p{m.index}" for m in blocks], int(blocks[0]._owner[0].num_classes)
 

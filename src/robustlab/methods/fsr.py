@@ -222,7 +222,7 @@ class fsr(PlugIn):
         if aux is None or "z_pos" not in aux or base.logits_adv is None:
             if not aux_modules(model):
                 raise UserError(
-                    "the model has no FSR module; build it with the method's prepare_model (robustlab.train.build_model does)"
+                    "the model has no FSR module; build it with the method's prepare_model (robustlab.runs.model.build_model does)"
                 )
             raise RuntimeError("the base objective made no 'adv' forward through its forward hook")
         y_star = highest_wrong_class(base.logits_adv, y)

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from robustlab.errors import UserError
-from robustlab.train.checkpoint import atomic_write_text
-from robustlab.train.metrics import read_metrics
+from robustlab.runs.atomic import atomic_write_text
+from robustlab.runs.metrics import read_metrics
 
 
 def eval_records(run_dir: Path) -> list[dict[str, Any]]:

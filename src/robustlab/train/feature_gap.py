@@ -22,7 +22,7 @@ from torch import nn
 from robustlab.attacks._common import eval_mode
 from robustlab.attacks.pgd import pgd
 from robustlab.methods.afd import pooled_features
-from robustlab.train.metrics import read_metrics
+from robustlab.runs.metrics import MetricsLog, read_metrics
 
 if TYPE_CHECKING:
     from robustlab.train.loop import Trainer
@@ -86,8 +86,6 @@ def feature_gap_logger(trainer: "Trainer", *, examples: int = 256) -> Callable[[
         if metrics is not None and epoch > 0:
             metrics.write("feature_gap", trainer.step, record)
             return
-        from robustlab.train.metrics import MetricsLog
-
         log = MetricsLog(trainer.run_dir, tensorboard=False)
         log.write("feature_gap", trainer.step, record)
         log.close()

@@ -4,14 +4,14 @@
 three differences from ``train(cfg)``:
 
 1. The student starts from the source model's weights (loaded with
-   :func:`robustlab.evaluate.load_model`: its EMA weights when it kept an EMA). The source must have
+   :func:`robustlab.runs.model.load_model`: its EMA weights when it kept an EMA). The source must have
    the run's architecture (model name, options, classes, input channels). Modules the run's method
    adds (AFD's disentangler) keep their own initialisation, identity maps for AFD, so the student's
    logits start equal to the source's. The EMA starts from the same weights.
 2. A method with ``set_teacher`` (AFD) gets the source model, frozen in eval mode, as its teacher. The
    teacher lives in the method, not the student, so it is never written to the student's checkpoints.
 3. After every epoch (and once before the first) the feature gap of the evaluated model is logged
-   (:mod:`robustlab.train.feature_gap`), AFD's motivating measurement.
+   (:mod:`robustlab.train.feature_gap`), AFD's motivating measurement, before the epoch's checkpoint.
 
 Resume: when the run folder already holds ``checkpoints/last.safetensors`` the run resumes from it
 exactly as ``train`` does and is *not* re-initialised from the source; the source is still loaded
@@ -33,7 +33,8 @@ import torch
 
 from robustlab.config import RunConfig
 from robustlab.errors import UserError
-from robustlab.train.checkpoint import atomic_write_text
+from robustlab.runs.atomic import atomic_write_text
+from robustlab.runs.model import load_model
 from robustlab.train.feature_gap import feature_gap_logger
 from robustlab.train.loop import Trainer
 
@@ -78,8 +79,6 @@ def _initialise_student(trainer: Trainer, state: dict[str, torch.Tensor], source
 
 def _prepare(cfg: RunConfig, source: str | Path, *, which: str, weights: str,
              log: Callable[[str], None]) -> tuple[Trainer, bool]:
-    from robustlab.evaluate.api import load_model
-
     trainer = Trainer(cfg, log=log)
     source_model, meta = load_model(source, which=which, weights=weights, device=trainer.device)
     label = str(meta["checkpoint"])
@@ -138,10 +137,4 @@ def finetune(cfg: RunConfig, source: str | Path, *, which: str = "last", weights
     if gap is not None and fresh:
         gap(0)
 
-    def hook(epoch: int) -> None:
-        if gap is not None:
-            gap(epoch)
-        if after_epoch is not None:
-            after_epoch(epoch)
-
-    return trainer.fit(after_epoch=hook)
+    return trainer.fit(after_epoch=after_epoch, before_checkpoint=gap)

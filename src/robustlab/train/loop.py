@@ -23,13 +23,12 @@ from tqdm import tqdm
 
 from robustlab.attacks._common import eval_mode
 from robustlab.attacks.pgd import pgd
-from robustlab.config import MethodConfig, RunConfig, build_config, dump_yaml, read_yaml, to_dict
+from robustlab.config import RunConfig, build_config, dump_yaml, read_yaml, to_dict
 from robustlab.data import DeviceLoader, ImageDataset, fixed_subset, load_dataset
 from robustlab.errors import UserError
 from robustlab.methods import create_method
-from robustlab.models import create_model
-from robustlab.train.checkpoint import (
-    atomic_write_text,
+from robustlab.runs.atomic import atomic_write_text, remove_stale_temps
+from robustlab.runs.checkpoint import (
     load_checkpoint,
     optimizer_from_flat,
     optimizer_to_flat,
@@ -37,47 +36,17 @@ from robustlab.train.checkpoint import (
     save_checkpoint,
     unprefixed,
 )
-from robustlab.train.distributed import barrier, join, per_rank_batch, ranks_from_env, wrap
+from robustlab.runs.lock import RunLock
+from robustlab.runs.metrics import MetricsLog
+from robustlab.runs.model import build_model, model_spec
+from robustlab.runs.ranks import join, ranks_from_env, resolve_device
+from robustlab.rules import config_warnings
+from robustlab.train.distributed import barrier, per_rank_batch, wrap
 from robustlab.train.ema import ModelEma
-from robustlab.train.metrics import MetricsLog
 from robustlab.train.optim import build_optimizer, lr_factor, set_lr
 from robustlab.train.precision import attack_autocast
 
 FORMAT_VERSION = 1
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; an unavailable CUDA request is a UserError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"train.device {name!r} is not a device; use auto, cpu or cuda[:N]") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device asks for CUDA but none is available; use train.device=cpu or auto")
-    return device
-
-
-def model_spec(cfg: RunConfig, data: ImageDataset) -> dict[str, Any]:
-    """What is needed to rebuild the architecture (plug-in modules included) from a checkpoint alone."""
-    return {
-        "name": cfg.model.name,
-        "options": dict(cfg.model.options),
-        "num_classes": data.num_classes,
-        "in_channels": data.images.shape[1],
-        "method": {"name": cfg.method.name, "options": dict(cfg.method.options)},
-    }
-
-
-def build_model(spec: dict[str, Any]) -> nn.Module:
-    """The architecture of ``spec``, with the modules its training method adds (FSR, ANCRA, ...)."""
-    model = create_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"], **spec["options"])
-    method = spec.get("method")
-    if method is None:
-        return model
-    cfg = MethodConfig(name=method["name"], options=dict(method["options"]))
-    return create_method(cfg, torch.Generator()).prepare_model(model)
 
 
 def evaluate_clean_and_pgd(
@@ -109,11 +78,19 @@ class Trainer:
         self.log = log if self.ranks.main else (lambda _: None)
         self.run_dir = cfg.run_dir
         self.ckpt_dir = self.run_dir / "checkpoints"
+        self.lock = RunLock.for_run(self.run_dir)
+        for warning in config_warnings(cfg):
+            self.log(f"warning: {warning}")
         self.device = join(self.ranks, resolve_device(cfg.train.device))
         torch.manual_seed(cfg.seed)
         options = dict(cfg.data.options)
         train_set = load_dataset(cfg.data.name, "train", root=cfg.data.root, download=cfg.data.download, **options)
         eval_set = load_dataset(cfg.data.name, cfg.data.eval_split, root=cfg.data.root, download=False, **options)
+        if eval_set.classes != train_set.classes:
+            raise UserError(
+                f"data {cfg.data.name}: the {cfg.data.eval_split} split has classes {_short(eval_set.classes)} but train has "
+                f"{_short(train_set.classes)}; give both splits the same classes (e.g. data.options.num_classes)"
+            )
         wanted = cfg.data.eval_examples or len(eval_set)  # 0 = the whole split; capped at its size
         self.eval_set = fixed_subset(eval_set, min(wanted, len(eval_set)), seed=cfg.seed)
         self.loader = DeviceLoader(
@@ -157,6 +134,12 @@ class Trainer:
         """Create the run folder or check it holds this same run; True when a checkpoint was restored."""
         config_path = self.run_dir / "config.yaml"
         last = self.ckpt_dir / "last.safetensors"
+        if self.ranks.main:
+            stale = self.lock.acquire(f"run folder {self.run_dir}")
+            if stale is not None:
+                self.log(f"took over the lock of process {stale}, which is gone")
+            for folder in (self.run_dir, self.ckpt_dir):
+                remove_stale_temps(folder)
         if config_path.exists():
             saved = build_config(read_yaml(config_path))
             if _identity(saved) != _identity(self.cfg):
@@ -293,11 +276,22 @@ class Trainer:
             return True
         return False
 
-    def fit(self, *, after_epoch: Callable[[int], None] | None = None) -> dict[str, Any]:
-        """Run (or resume) training; returns the final epoch's evaluation record."""
-        resumed = self.prepare_run_dir()
-        self.metrics = MetricsLog(self.run_dir, enabled=self.ranks.main)
-        self.metrics.truncate_after(self.step)
+    def fit(self, *, after_epoch: Callable[[int], None] | None = None,
+            before_checkpoint: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """Run (or resume) training; returns the final epoch's evaluation record.
+
+        Each epoch's records (the ``epoch`` record, then whatever ``before_checkpoint(epoch)`` logs) are
+        written *before* the ``last`` checkpoint: a run killed in between redoes the epoch and drops
+        them on resume (records newer than the checkpoint), so the log never misses or repeats an epoch.
+        ``after_epoch(epoch)`` runs once the checkpoint is written.
+        """
+        try:
+            resumed = self.prepare_run_dir()
+            self.metrics = MetricsLog(self.run_dir, enabled=self.ranks.main)
+            self.metrics.truncate_after(self.step)
+        except BaseException:
+            self.lock.release()
+            raise
         if resumed:
             self.log(f"resumed {self.run_dir} at epoch {self.epoch}/{self.cfg.train.epochs}")
         if self.epoch >= self.cfg.train.epochs:
@@ -310,19 +304,22 @@ class Trainer:
                 self.epoch += 1
                 record: dict[str, Any] = {"epoch": self.epoch, "time_s": round(time.perf_counter() - started, 3)}
                 record.update({f"train_{k}": v for k, v in train_means.items()})
+                if self.ranks.main and (self.epoch % self.cfg.train.eval_every == 0 or self.epoch == self.cfg.train.epochs):
+                    record.update(self.evaluate())
+                    if self._is_better(record):
+                        self.save("best", resumable=False, metrics=record)
+                last = self.metrics.write("epoch", self.step, record)
+                if before_checkpoint is not None:
+                    before_checkpoint(self.epoch)
                 if self.ranks.main:
-                    if self.epoch % self.cfg.train.eval_every == 0 or self.epoch == self.cfg.train.epochs:
-                        record.update(self.evaluate())
-                        if self._is_better(record):
-                            self.save("best", resumable=False, metrics=record)
                     self.save("last", resumable=True, metrics=record)
                 barrier(self.ranks)
-                last = self.metrics.write("epoch", self.step, record)
                 self.log(_epoch_line(last))
                 if after_epoch is not None:
                     after_epoch(self.epoch)
         finally:
             self.metrics.close()
+            self.lock.release()
         return last
 
 
@@ -332,6 +329,10 @@ def _identity(cfg: RunConfig) -> dict[str, Any]:
     data.pop("out_dir")
     data["train"].pop("progress")
     return data
+
+
+def _short(classes: list[str]) -> str:
+    return f"{len(classes)} ({', '.join(classes[:3])}{', ...' if len(classes) > 3 else ''})"
 
 
 def _epoch_line(record: dict[str, Any]) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,45 +18,22 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from robustlab.errors import UserError
+from robustlab.runs.atomic import atomic_write_text, temp_beside
+from robustlab.runs.faults import fault_point
 
 META_KEY = "robustlab"
-
-
-def _temp_beside(path: Path) -> tuple[int, str]:
-    """A temp file in ``path``'s folder, with the permissions a plain ``open`` would give."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    return fd, tmp
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder and ``os.replace``."""
-    fd, tmp = _temp_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Save flat tensors plus JSON metadata atomically (temp file + rename), and a ``.json`` side file."""
     ready = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    fd, tmp = _temp_beside(path)
+    fd, tmp = temp_beside(path)
     os.close(fd)
     try:
         save_file(ready, tmp, metadata={META_KEY: json.dumps(meta)})
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        fault_point("checkpoint")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

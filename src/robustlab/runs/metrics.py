@@ -2,6 +2,10 @@
 
 Step metrics arrive as device tensors; they are converted to floats only when written (every
 ``log_every`` steps), so logging costs no host-device sync per step.
+
+A process killed while appending leaves a torn last line: readers skip lines that are not whole JSON
+records, and a resumed run rewrites the log (atomically) without them and without the records newer
+than its checkpoint.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from robustlab.runs.atomic import atomic_write_text
+from robustlab.runs.faults import fault_point
 
 
 class MetricsLog:
@@ -33,8 +40,11 @@ class MetricsLog:
             record[key] = value.item() if torch.is_tensor(value) else value
         if not self.enabled:
             return record
+        line = self._separator() + json.dumps(record) + "\n"
         with self.path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
+            fh.write(line[: len(line) // 2])
+            fault_point("metrics", fh)
+            fh.write(line[len(line) // 2:])
         if self._tb is not None:
             for key, value in record.items():
                 if key not in ("kind", "step") and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -42,12 +52,20 @@ class MetricsLog:
             self._tb.flush()
         return record
 
+    def _separator(self) -> str:
+        """A newline when the log ends in a torn line (a killed writer), so the next record stays whole."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return ""
+        with self.path.open("rb") as fh:
+            fh.seek(-1, 2)
+            return "" if fh.read(1) == b"\n" else "\n"
+
     def truncate_after(self, step: int) -> None:
         """Drop records newer than ``step`` (written after the checkpoint a resumed run restarts from)."""
         if not self.enabled or not self.path.exists():
             return
-        keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        keep = [r for r in _records(self.path) if isinstance(r.get("step"), int) and r["step"] <= step]
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
 
     def close(self) -> None:
         if self._tb is not None:
@@ -63,5 +81,17 @@ def read_metrics(run_dir: Path, kind: str | None = None) -> list[dict[str, Any]]
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if kind is None or r["kind"] == kind]
+    return [r for r in _records(path) if kind is None or r.get("kind") == kind]
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    """The whole JSON records of a metrics log; a torn or foreign line is skipped."""
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records

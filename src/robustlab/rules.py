@@ -1,0 +1,54 @@
+"""Values of the right type that make no sense: refused (UserError) or warned about, by rule.
+
+The config's type checks (:mod:`robustlab.config`) accept any float for ε; these rules catch what a
+type cannot: an L∞ budget above 1 in [0, 1] pixel space (``eps=8`` meant ``8/255``), a step larger
+than the budget, an adversarial method with no attack steps, SGD momentum of 1 or more (the update
+never decays), a negative gradient-clipping norm (it flips the gradient). Refusals name the key and
+the fix; warnings are returned as lines for the caller to log.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from robustlab.errors import UserError
+
+if TYPE_CHECKING:
+    from robustlab.config import RunConfig
+
+
+def check_budget(eps: float, norm: str, *, key: str) -> None:
+    """Refuse an L∞ ε above 1: inputs lie in [0, 1], so it would allow any image at all."""
+    if norm == "linf" and eps > 1:
+        raise UserError(f"{key}={eps:g} is above 1 for linf in [0, 1] pixel space; write 8/255, not 8")
+
+
+def budget_warnings(eps: float, step_size: float, *, key: str) -> list[str]:
+    """A step larger than the budget makes every step a jump to the boundary (allowed, rarely meant)."""
+    if eps > 0 and step_size > eps:
+        return [f"{key} step size {step_size:g} is larger than eps {eps:g}; every step lands on the boundary"]
+    return []
+
+
+def check_config(cfg: RunConfig) -> None:
+    """The refusals for a training config (called by :func:`robustlab.config.build_config`)."""
+    attack = cfg.method.attack
+    check_budget(attack.eps, attack.norm, key="method.attack.eps")
+    base = cfg.method.name.partition("+")[0]
+    if base != "natural" and attack.steps == 0:
+        raise UserError(
+            f"method.attack.steps=0 makes {cfg.method.name} train on clean inputs; set steps >= 1 or use method.name=natural"
+        )
+    if cfg.optim.momentum >= 1:
+        raise UserError(f"optim.momentum={cfg.optim.momentum:g} must be below 1 (0.9 is usual); at 1 or more updates never decay")
+    if cfg.optim.grad_clip is not None and cfg.optim.grad_clip < 0:
+        raise UserError(f"optim.grad_clip={cfg.optim.grad_clip:g} must be >= 0 or null; a negative norm flips the gradient")
+
+
+def config_warnings(cfg: RunConfig) -> list[str]:
+    """The warnings for a training config (logged when a run starts)."""
+    attack = cfg.method.attack
+    found = budget_warnings(attack.eps, attack.step_size, key="method.attack")
+    if cfg.method.name.partition("+")[0] != "natural" and attack.eps == 0:
+        found.append(f"method.attack.eps=0 makes {cfg.method.name} train on clean inputs; set eps > 0 or use method.name=natural")
+    return found

@@ -1,0 +1,77 @@
+"""Where a process runs: its device and its place in a ``torchrun`` job.
+
+``torchrun`` sets RANK / WORLD_SIZE / LOCAL_RANK; :func:`join` enters the process group (NCCL on
+GPUs, gloo on CPU) and :func:`leave` tears it down. Training and evaluation both use these; the
+DDP-only helpers of training stay in :mod:`robustlab.train.distributed`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from robustlab.errors import UserError
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in the job (a single process is rank 0 of 1)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def ranks_from_env() -> Ranks:
+    """Ranks as ``torchrun`` sets them in the environment."""
+    try:
+        return Ranks(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
+    except ValueError:
+        raise UserError("RANK, WORLD_SIZE and LOCAL_RANK must be integers; launch with torchrun") from None
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; an unavailable CUDA request is a UserError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"train.device {name!r} is not a device; use auto, cpu or cuda[:N]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device asks for CUDA but none is available; use train.device=cpu or auto")
+    return device
+
+
+def join(ranks: Ranks, device: torch.device) -> torch.device:
+    """Join the process group (once) and return this rank's device (``cuda:LOCAL_RANK`` on GPUs)."""
+    if not ranks.enabled:
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", ranks.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def leave() -> None:
+    """Leave the process group cleanly: wait for every rank, then tear down.
+
+    Without the barrier a rank that exits first can tear gloo's connections down under a peer still
+    finishing its last collective, which then aborts ("terminate called without an active exception").
+    """
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -1,0 +1,310 @@
+"""Fuzzed inputs (hypothesis): whatever a user passes, robustlab answers with a result or one UserError line.
+
+Properties: config overrides, YAML files, npz arrays, image folders and archives, checkpoints and CLI
+argument lists give a value or :class:`UserError` (CLI: exit 0 or 2, one line, no traceback); no file
+is written outside the run folder; an existing good checkpoint is never changed. The example counts
+are fixed and derandomised so CI time stays flat; ``ROBUSTLAB_FUZZ_SCALE=20`` runs 20× more
+(``benchmarks/fault_trials.py`` documents the long runs, docs/RELIABILITY.md their counts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import tarfile
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from robustlab.cli import main
+from robustlab.config import RunConfig, build_config, load_config, to_flat_dict
+from robustlab.data import load_dataset
+from robustlab.errors import UserError
+from robustlab.runs.checkpoint import META_KEY, read_metadata
+from robustlab.train import Trainer, train
+from tiny_runs import tiny_config
+
+SCALE = int(os.environ.get("ROBUSTLAB_FUZZ_SCALE", "1"))
+TRIED: dict[str, int] = {}  # inputs tried per fuzz target (printed by -s; RELIABILITY.md lists a long run's counts)
+
+
+def fuzz(examples: int):
+    return settings(max_examples=examples * SCALE, deadline=None, derandomize=True, database=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def _count(name: str) -> None:
+    TRIED[name] = TRIED.get(name, 0) + 1
+
+
+KEYS = sorted(to_flat_dict(RunConfig())) + ["model.options", "method.options", "data.options"]
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12), st.sampled_from(["8/255", "1/0", "0/0", "-1", "1e309", ".nan", "linf", "l2", "", "~", "[]", "{}", "..", "."]),
+)
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=6)
+keys = st.one_of(st.sampled_from(KEYS), st.text(max_size=15), st.sampled_from(KEYS).map(lambda k: k + ".x"),
+                 st.sampled_from(["name", "out_dir"]))
+
+
+def _as_text(value: object) -> str:
+    return value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+# ------------------------------------------------------------------------------------------ configs
+
+
+@fuzz(300)
+@given(st.lists(st.tuples(keys, values), max_size=4))
+def test_config_overrides_give_a_config_or_a_user_error(pairs: list[tuple[str, object]]) -> None:
+    _count("config overrides")
+    try:
+        cfg = build_config({}, [f"{k}={_as_text(v)}" for k, v in pairs])
+    except UserError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert cfg.run_dir.resolve().is_relative_to(Path(cfg.out_dir).resolve())
+
+
+@fuzz(100)
+@given(st.text(alphabet="./\\a\0~ ", min_size=0, max_size=6))
+def test_run_names_give_a_folder_inside_out_dir_or_a_user_error(tmp_path: Path, name: str) -> None:
+    _count("run names")
+    try:
+        cfg = build_config({}, [f"out_dir={tmp_path}", f"name={name}"])
+    except UserError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert cfg.run_dir.resolve().parent == tmp_path.resolve()
+
+
+yaml_docs = st.one_of(
+    st.dictionaries(st.sampled_from(["name", "seed", "data", "model", "method", "optim", "train", "finetune", "x"]), values, max_size=4),
+    values, st.text(max_size=40), st.just(""), st.just("---\n..."), st.just("a: [1, 2"),
+)
+
+
+@fuzz(150)
+@given(yaml_docs)
+def test_yaml_files_give_a_config_or_a_user_error(tmp_path: Path, doc: object) -> None:
+    _count("YAML files")
+    path = tmp_path / "c.yaml"
+    path.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc))
+    try:
+        load_config(str(path))
+    except UserError as exc:
+        assert "\n" not in str(exc)
+
+
+# ------------------------------------------------------------------------------------------ data files
+
+dtypes = st.sampled_from([np.uint8, np.int8, np.int64, np.float32, np.float64, np.bool_, np.complex64, "U3", object])
+shapes = st.lists(st.integers(0, 5), min_size=0, max_size=5).map(tuple)
+
+
+@st.composite
+def arrays(draw: st.DrawFn) -> np.ndarray:
+    dtype, shape = draw(dtypes), draw(shapes)
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    data = rng.integers(-3, 300, shape) if dtype != "U3" else rng.integers(0, 9, shape).astype(str)
+    out = np.asarray(data).astype(dtype)
+    if np.issubdtype(out.dtype, np.floating) and out.size and draw(st.booleans()):
+        out.flat[0] = np.nan
+    return out
+
+
+@fuzz(120)
+@given(st.dictionaries(st.sampled_from(["x", "y", "x_train", "y_train", "x_test", "y_test", "images", "labels", "classes"]),
+                       arrays(), max_size=5),
+       st.sampled_from(["train", "test"]), st.sampled_from([None, "nhwc", "nchw", "bad"]))
+def test_npz_files_load_or_give_a_user_error(tmp_path: Path, content: dict[str, np.ndarray], split: str, layout: str | None) -> None:
+    _count("npz files")
+    path = tmp_path / "set.npz"
+    np.savez(path, **content)
+    try:
+        data = load_dataset("npz", split, root=path, layout=layout)
+    except UserError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert data.images.dtype.is_floating_point is False and int(data.labels.max(initial=0)) < data.num_classes
+
+
+def _png(size: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), (size * 20, 0, 0)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+member = st.tuples(
+    st.sampled_from(["train/a/1.png", "train/b/2.png", "test/a/3.png", "/abs/train/a/4.png", "../train/a/5.png",
+                     "top/train/c/6.jpg", "train/a/x.txt", "train/a/link.png", "train/a/../../7.png"]),
+    st.one_of(st.integers(1, 4).map(_png), st.binary(max_size=40)),
+    st.sampled_from(["file", "symlink", "dir"]),
+)
+
+
+@fuzz(60)
+@given(st.lists(member, max_size=5), st.booleans())
+def test_image_folders_and_archives_load_or_give_a_user_error(tmp_path: Path, members: list[tuple[str, bytes, str]], as_archive: bool) -> None:
+    _count("image folders and archives")
+    root = tmp_path / ("set.tar.gz" if as_archive else "set")
+    outside = set(tmp_path.parent.iterdir())
+    if as_archive:
+        with tarfile.open(root, "w:gz") as tf:
+            for name, data, kind in members:
+                info = tarfile.TarInfo(name)
+                if kind == "symlink":
+                    info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+                elif kind == "dir":
+                    info.type = tarfile.DIRTYPE
+                info.size = len(data) if kind == "file" else 0
+                tf.addfile(info, io.BytesIO(data) if kind == "file" else None)
+    else:
+        for name, data, kind in members:
+            target = root / name.lstrip("/").replace("..", "up")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if kind == "symlink" and not target.exists():
+                target.symlink_to("/etc/passwd")
+            elif kind == "file" and not target.is_dir():
+                target.write_bytes(data)
+    try:
+        load_dataset("imagefolder", "train", root=root, cache_dir=tmp_path / "cache")
+    except UserError as exc:
+        assert "\n" not in str(exc)
+    assert set(tmp_path.parent.iterdir()) == outside  # nothing extracted or cached outside
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cfg = tiny_config(tmp_path_factory.mktemp("good"), "good", **{"train.epochs": 1})
+    train(cfg, log=lambda _: None)
+    return cfg.run_dir
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and "checkpoints" in p.parts}
+
+
+def _cli(argv: list[str]) -> tuple[int, str]:
+    err = io.StringIO()
+    with redirect_stdout(io.StringIO()), redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse --help
+            code = exc.code if isinstance(exc.code, int) else 2
+    return code, err.getvalue()
+
+
+def _variant(good: bytes, how: str, cut: int, noise: bytes) -> bytes:
+    header = 8 + int.from_bytes(good[:8], "little")
+    if how == "truncate":
+        return good[: cut % len(good)]
+    if how == "random":
+        return noise
+    if how == "flip":
+        pos = cut % len(good)
+        return good[:pos] + bytes([good[pos] ^ 0xFF]) + good[pos + 1:]
+    if how == "pickle":
+        return pickle.dumps({"model": "state", "eval": eval})  # never loaded: checkpoints are not pickles
+    meta = json.loads(good[8:header])
+    inner = json.loads(meta["__metadata__"][META_KEY])
+    inner["model"] = {**inner["model"], **({"name": "resnet18"} if how == "arch" else {"num_classes": 3})}
+    meta["__metadata__"][META_KEY] = json.dumps(inner)
+    blob = json.dumps(meta).encode()
+    blob += b" " * (-len(blob) % 8)
+    return len(blob).to_bytes(8, "little") + blob + good[header:]
+
+
+@fuzz(40)
+@given(st.sampled_from(["truncate", "random", "flip", "pickle", "arch", "classes"]), st.integers(0, 10**6), st.binary(max_size=64))
+def test_damaged_checkpoints_give_exit_2_and_leave_good_ones_alone(good_run: Path, tmp_path: Path, how: str, cut: int, noise: bytes) -> None:
+    _count("checkpoints")
+    before = _digest(good_run)
+    good = (good_run / "checkpoints" / "last.safetensors").read_bytes()
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(_variant(good, how, cut, noise))
+    code, err = _cli(["eval", str(bad), "--attacks", "fgsm", "--n-examples", "8", "--no-checks", "--out", str(tmp_path / "r.json")])
+    assert code in (0, 2) and (code == 0 or err.count("\n") == 1), err
+    assert _digest(good_run) == before
+
+
+# ------------------------------------------------------------------------------------------ CLI argument lists
+
+tokens = st.sampled_from([
+    "train", "finetune", "eval", "report", "list", "digits_pgd_at", "digits_natural", "digits_finetune_afd", "nope",
+    "--quiet", "--from", "--attacks", "fgsm", "pgd-0", "pgd-1", "cw-2", "fgsm,fgsm", "--eps", "2", "8/255", "-1", "nan",
+    "--n-examples", "0", "4", "--batch-size", "--norm", "l2", "--split", "train", "--checkpoint", "best", "--weights", "ema",
+    "--out", "--restarts", "--step-size", "--probe-examples", "--transfer-from", "name=..", "name=x", "name=a/b",
+    "out_dir=runs", "out_dir=..", "train.epochs=0", "method.attack.eps=2", "optim.momentum=1", "model.options={bogus: 1}",
+    "model.name=resnet18", "data.name=npz", "method.name=afd", "train.device=cuda", "train.device=tpu", "seed=x",
+    "methods", "models", "attacks", "configs", "*", "--help", "", "=", "a=b=c",
+])
+
+
+@fuzz(150)
+@given(st.lists(tokens, max_size=7))
+def test_cli_argument_lists_exit_0_or_2_and_write_only_inside_the_run_folder(
+    good_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str]
+) -> None:
+    _count("CLI argument lists")
+    work = tmp_path / f"work{TRIED['CLI argument lists']}"  # tmp_path is shared by the examples
+    cwd = work / "cwd"
+    cwd.mkdir(parents=True)
+    monkeypatch.chdir(cwd)
+    argv = [str(good_run) if t == "RUN" else t for t in argv]
+    if argv[:1] in (["eval"], ["finetune"]):
+        argv += (["--from", str(good_run)] if argv[0] == "finetune" else [str(good_run), "--n-examples", "4", "--no-checks"])
+    before = _digest(good_run)
+
+    def prepare_only(self: Trainer, **_: object) -> dict:  # the run folder is set up; the epochs are not run
+        self.prepare_run_dir()
+        self.lock.release()
+        return {}
+
+    with mock.patch.object(Trainer, "fit", prepare_only), mock.patch.dict(os.environ, {"HOME": str(tmp_path / "home")}):
+        code, err = _cli(argv)
+    assert code in (0, 2), (argv, err)
+    assert code == 0 or err.count("\n") == 1, (argv, err)
+    assert "Traceback" not in err
+    roots = [r.resolve() for r in _own_folders(argv)]
+    written = [p.resolve() for p in work.rglob("*") if p.is_file()]
+    assert all(any(p.is_relative_to(r) for r in roots) for p in written), (argv, written)
+    assert _digest(good_run) == before
+
+
+def _own_folders(argv: list[str]) -> list[Path]:
+    """Where a command may write: the run folder of train/finetune, the report folder, eval's --out folder."""
+    from robustlab.cli import build_parser
+
+    try:
+        with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+            args, extra = build_parser().parse_known_args(argv)
+        if args.command in ("train", "finetune"):
+            return [load_config(args.config, list(args.overrides) + [e for e in extra if "=" in e]).run_dir]
+    except (UserError, SystemExit):
+        return []
+    if args.command == "eval" and args.out:
+        return [Path(args.out).parent]
+    if args.command == "report":
+        return [Path(args.out or (Path(args.runs[0]) / "report" if len(args.runs) == 1 else Path("runs") / "report"))]
+    return []
+
+
+def test_print_counts() -> None:
+    """Runs last in this module: the inputs tried per target (pytest -s shows them)."""
+    print("\nfuzz inputs tried:", json.dumps(TRIED), "total", sum(TRIED.values()))
