@@ -134,21 +134,29 @@ def test_trajectory_equals_the_reference_from_the_same_start(
 
 
 class _Scripted(nn.Module):
-    """Two logits whose CE loss (label 0) at the t-th call is ``losses[t]`` and whose input gradient is a
-    fixed random direction per call: the loss sequence, not the geometry, decides every step-size rule."""
+    """Two logits whose CE loss (label 0) at the t-th call is ``scripts[i][t]`` for a sample whose first pixel
+    is near ``i / 10`` (eps < 0.05 keeps it there), and whose input gradient is a fixed random direction per
+    call: the loss sequences, not the geometry, decide every step-size rule. A loss above log 2 breaks."""
 
-    def __init__(self, losses: list[float], dim: int, skip: int) -> None:
+    def __init__(self, scripts: list[list[float]], dim: int, skip: int) -> None:
         super().__init__()
-        self.losses, self.calls, self.skip = losses, 0, skip  # skip: calls before the attack's own
-        self.directions = torch.randn(len(losses), dim, generator=_gen(5))
+        self.scripts, self.calls, self.skip = torch.tensor(scripts), 0, skip  # skip: calls before the attack's
+        self.directions = torch.randn(self.scripts.shape[1], dim, generator=_gen(5))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = max(self.calls - self.skip, 0)
         self.calls += 1
         flat = x.flatten(1)
-        level = torch.tensor(self.losses[t]).expm1().log()  # CE of logits (0, level) for label 0
+        ids = (flat[:, 0].detach() * 10).round().long()
+        level = self.scripts[ids, t].expm1().log()  # CE of logits (0, level) for label 0
         moving = (flat - flat.detach()) @ self.directions[t]  # value 0, gradient = the direction
         return torch.stack([torch.zeros_like(moving), level + moving], dim=1)
+
+
+def _scripted_inputs(ids: list[int]) -> torch.Tensor:
+    x = interior_inputs(len(ids), (1, 4, 4), seed=4)
+    x[:, 0, 0, 0] = torch.tensor(ids, dtype=x.dtype) / 10
+    return x
 
 
 # Loss at the start, then per iteration (37 iterations: checkpoints after 8, 15, 21, 26, 30, 33, 35).
@@ -158,21 +166,60 @@ class _Scripted(nn.Module):
 # condition 2 fires. Then the loss passes the start's and keeps rising.
 SCRIPT = [0.5, 0.01, 0.02, 0.03, 0.015, 0.04, 0.05, 0.06, 0.07, *(0.08 + 0.01 * i for i in range(13)),
           *(0.6 + 0.001 * i for i in range(16))]
+_noise = torch.rand(2, len(SCRIPT), generator=_gen(8)) * 0.6
+SCRIPTS = [
+    SCRIPT,
+    [0.3, 0.31, 0.32, 0.9, *([0.9] * 34)],  # broken at iteration 3
+    [0.1 + 0.01 * t for t in range(38)],  # rises throughout: never halves
+    [0.6 - 0.01 * t for t in range(38)],  # falls throughout: halves at every checkpoint
+    [0.3 + 0.05 * (t % 2) for t in range(19)] + [0.9] * 19,  # oscillates, broken at iteration 19
+    *(row.tolist() for row in _noise[:2]),  # no pattern
+    [*(0.1 + 0.005 * t for t in range(31)), *([0.95] * 7)],  # rises, never halves, broken at iteration 31
+]
 
 
 def test_step_size_rules_follow_the_reference_on_a_scripted_loss(monkeypatch: pytest.MonkeyPatch) -> None:
     reference = pytest.importorskip("pyautoattack.autopgd_base")
-    x = interior_inputs(3, (1, 4, 4), seed=4)
+    x = _scripted_inputs([0, 0, 0])
     y = torch.zeros(3, dtype=torch.long)
-    x0 = x + 0.05 * (2 * torch.rand(x.shape, generator=_gen(6)) - 1)
+    x0 = x + 0.015 * (2 * torch.rand(x.shape, generator=_gen(6)) - 1)
     steps = len(SCRIPT) - 1
-    attack = reference.APGDAttack(_Scripted(SCRIPT, 16, skip=0), n_iter=steps, eps=0.1, norm="Linf", device="cpu")
+    attack = reference.APGDAttack(_Scripted(SCRIPTS, 16, skip=0), n_iter=steps, eps=0.03, norm="Linf", device="cpu")
     attack.init_hyperparam(x)
     ref_best, ref_robust, ref_loss, _ = attack.attack_single_run(x, y, x_init=x0.clone())
     assert ref_robust.all() and torch.allclose(ref_loss, torch.tensor(SCRIPT[-1]))
     monkeypatch.setattr(APGD_MODULE, "random_start", lambda *_args, **_kw: x0.clone())
-    ours = apgd(_Scripted(SCRIPT, 16, skip=1), x, y, eps=0.1, steps=steps)  # skip apgd's clean forward
+    ours = apgd(_Scripted(SCRIPTS, 16, skip=1), x, y, eps=0.03, steps=steps)  # skip apgd's clean forward
     torch.testing.assert_close(ours, ref_best, atol=1e-6, rtol=0)
+
+
+def test_compacted_batch_gives_each_sample_its_own_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Broken samples leave the working batch with all their state (step size, momentum, best loss,
+    checkpoint counters); the survivors must not notice. The slow reference loop attacks one sample at a
+    time (nothing to compact). Samples that break come first, so every compaction shifts the others."""
+    monkeypatch.setattr(APGD_MODULE, "random_start", lambda x, eps, *_: (x + 0.5 * eps * torch.sin(997 * x)).clamp(0, 1))
+    ids = [1, 4, 7, 0, 2, 3, 5, 6]
+    x = _scripted_inputs(ids)
+    y = torch.zeros(len(ids), dtype=torch.long)
+    eps = torch.linspace(0.01, 0.04, len(ids))  # per-sample step sizes differ from the start
+    steps = len(SCRIPT) - 1
+    successes: list[torch.Tensor] = []
+    original = APGD_MODULE._apgd_attempt
+
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        out = original(*args, **kwargs)
+        successes.append(out[1])
+        return out
+
+    monkeypatch.setattr(APGD_MODULE, "_apgd_attempt", spy)
+    batched = apgd(_Scripted(SCRIPTS, 16, skip=1), x, y, eps=eps, steps=steps)
+    slow = torch.cat([
+        apgd(_Scripted(SCRIPTS, 16, skip=1), x[i : i + 1], y[i : i + 1], eps=eps[i : i + 1], steps=steps)
+        for i in range(len(ids))
+    ])
+    assert successes[0].tolist() == [True] * 3 + [False] * 5  # ids 1, 4, 7 break (at iterations 3, 19, 31)
+    assert torch.cat(successes[1:]).tolist() == successes[0].tolist()
+    assert torch.equal(batched, slow)
 
 
 @pytest.mark.parametrize("shape", SHAPES)

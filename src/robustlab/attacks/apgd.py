@@ -144,7 +144,7 @@ def _apgd_attempt(
     n = x.shape[0]
     x_out = x.clone()
     success = torch.zeros(n, dtype=torch.bool, device=x.device)
-    best_loss = torch.full((n,), -math.inf, device=x.device)
+    best_loss = torch.full((n,), -math.inf, device=x.device, dtype=torch.float64)  # any input dtype
 
     if norm == "linf":
         lower, upper = linf_bounds(x, eps)
@@ -182,7 +182,7 @@ def _apgd_attempt(
             idx = st.index[broken]
             x_out[idx] = x_now[broken]
             success[idx] = True
-            best_loss[idx] = st.loss_max[broken]
+            best_loss[idx] = st.loss_max[broken].double()
             st = st.keep(~broken)
         return st
 
@@ -221,7 +221,7 @@ def _apgd_attempt(
             last_mark = k + 1
 
     x_out[st.index] = st.x_max
-    best_loss[st.index] = st.loss_max
+    best_loss[st.index] = st.loss_max.double()
     return x_out, success, best_loss
 
 
@@ -259,7 +259,7 @@ def _run(
     x = x.detach()
     x_adv = x.clone()
     broken = (clean_logits.argmax(dim=1) != y) | (eps_t.flatten() <= 0)  # nothing to search when eps = 0
-    best = torch.full((x.shape[0],), -math.inf, device=x.device)
+    best = torch.full((x.shape[0],), -math.inf, device=x.device, dtype=torch.float64)
     for target in targets:
         for _ in range(restarts):
             idx = (~broken).nonzero().squeeze(1)
