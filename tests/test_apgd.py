@@ -386,6 +386,31 @@ def test_restarts_never_lower_success_and_each_draws_a_new_start(monkeypatch: py
     assert sum(broken) == int(thrice.sum())
 
 
+class _NoisyLinear(nn.Module):
+    """A randomized model (noise on the input) that counts its forward passes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear, self.calls = LinearClassifier((1, 4, 4), num_classes=5, seed=2), 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.linear(x + 0.05 * torch.randn(x.shape, generator=_gen(self.calls)))
+
+
+def test_eot_averages_each_gradient_over_that_many_passes() -> None:
+    model = _NoisyLinear()
+    x = interior_inputs(6, (1, 4, 4), seed=3)
+    y = model.linear(x).argmax(1).detach()
+    x_adv = apgd(model, x, y, eps=0.1, steps=3, eot=5, generator=_gen())
+    # clean forward, 5 at the start, 5 at each of the first two iterations, 1 at the last (no gradient);
+    # under EOT broken samples stay in the batch (one noisy verdict proves little)
+    assert model.calls == 1 + 5 + 5 * 2 + 1
+    assert ((x_adv - x).abs().amax(dim=(1, 2, 3)) <= 0.1 + 1e-6).all()
+    with pytest.raises(UserError):
+        apgd(model, x, y, eps=0.1, eot=0)
+
+
 def test_bad_arguments_raise_user_error() -> None:
     model, x, y = _setup(2, (1, 4, 4), num_classes=2)
     with pytest.raises(UserError):
