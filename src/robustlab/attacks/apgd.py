@@ -30,7 +30,8 @@ Deviations [ours]:
   counters), so broken samples cost no more compute; otherwise the best-loss point ``x_max``; restarts
   keep the higher loss. Under EOT one misclassified forward of a randomized model proves little, so
   every sample runs all iterations and ends at its best-loss point (the reference returns the last
-  misclassified iterate; ours is at least as deep: 0.74 vs 0.76 robust accuracy in the cross-check).
+  misclassified iterate). Measured on a noisy digits MLP (test_crosscheck's, eps 0.05, n = 100, three
+  seeds): 59-62% robust accuracy for ours against the reference's 74-79%.
 * Samples misclassified at the clean input count as broken and are returned unchanged; samples with
   eps = 0 are returned unchanged without spending passes on them.
 * The last iterate gets a forward pass only (no gradient is needed after it).
