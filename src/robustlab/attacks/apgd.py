@@ -64,10 +64,11 @@ _Objective = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 def checkpoints(steps: int) -> list[int]:
     """Checkpoint iterations ``w_1 < w_2 < ... <= steps`` (``w_0 = 0`` left out), in the reference's integer form."""
     window, shrink, shortest = (max(int(f * steps), 1) for f in (0.22, 0.03, 0.06))
-    marks = []
-    while (marks[-1] if marks else 0) + window <= steps:
-        marks.append((marks[-1] if marks else 0) + window)
+    marks, at = [], window
+    while at <= steps:
+        marks.append(at)
         window = max(window - shrink, shortest)
+        at += window
     return marks
 
 
