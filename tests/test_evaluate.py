@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from toy_models import LinearClassifier
 from torch import nn
 
 from robustlab.data import ImageDataset
 from robustlab.evaluate import evaluate_model
 from robustlab.evaluate.runner import eps_label, run_suite, summarise
 from robustlab.evaluate.state import EvalState
-from robustlab.evaluate.suite import AttackSpec, build_suite
+from robustlab.evaluate.suite import AttackSpec, autoattack_version, build_suite
 
 
 class ThresholdModel(nn.Module):
@@ -140,10 +142,130 @@ def test_eps_labels() -> None:
     assert eps_label(0.5) == "0.5"
 
 
-def test_square_based_suites_refuse_l2_up_front() -> None:
+# The reference AutoAttack's (pyautoattack 0.2.0) _set_version: attacks_to_run and their settings.
+REFERENCE_VERSIONS = {"autoattack": ["apgd-ce", "apgd-t", "fab-t", "square"], "autoattack-rand": ["apgd-ce", "apgd-dlr"]}
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_autoattack_versions_are_the_reference_s(norm: str) -> None:
+    standard, rand = build_suite(["autoattack", "autoattack-rand"], eps=0.5, norm=norm, step_size=0.1)
+    assert [m.name for m in standard.members] == REFERENCE_VERSIONS["autoattack"]
+    assert [m.name for m in rand.members] == REFERENCE_VERSIONS["autoattack-rand"]
+    assert all(m.params["norm"] == norm for m in (*standard.members, *rand.members))
+    assert [m.params.get("eot", 1) for m in standard.members] == [1, 1, 1, 1]
+    assert [(m.params["eot"], m.params["restarts"], m.params["steps"]) for m in rand.members] == [(20, 1, 100)] * 2
+    assert rand.members[1].params["loss"] == "dlr" and rand.members[1].min_classes == 3
+
+
+def test_autoattack_versions_match_the_installed_reference() -> None:
+    reference = pytest.importorskip("pyautoattack")
+    for ours, version in (("autoattack", "standard"), ("autoattack-rand", "rand")):
+        adversary = reference.AutoAttack(nn.Linear(2, 2), norm="L2", eps=0.5, version=version, device="cpu")
+        assert adversary.attacks_to_run == REFERENCE_VERSIONS[ours]
+        if version == "rand":
+            assert (adversary.apgd.eot_iter, adversary.apgd.n_restarts) == (20, 1)
+
+
+class Saturated(nn.Module):
+    """A 5-class linear model with logits scaled by 300: the softmax saturates, so the CE gradient is
+    exactly zero on confidently classified points and APGD-CE misses them, while the scale-free DLR
+    losses of APGD-T still see the way: the standard suite's members really hand samples on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = LinearClassifier((1, 4, 4), num_classes=5, seed=3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 300 * self.linear(x)
+
+
+def test_standard_autoattack_hands_only_survivors_to_each_next_member() -> None:
+    model = Saturated()
+    images = (torch.rand(32, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 255).round().to(torch.uint8)
+    with torch.no_grad():
+        labels = model(images.float() / 255).argmax(1)
+    data = ImageDataset(images=images, labels=labels, classes=[str(k) for k in range(5)], name="toy")
+    (group,) = build_suite(["autoattack"], eps=0.3, norm="linf", step_size=0.075)
+    received: dict[str, torch.Tensor] = {}
+
+    def recording(member: AttackSpec) -> AttackSpec:
+        attack = functools.partial(member.fn, queries=300) if member.name == "square" else member.fn  # test time
+
+        def fn(model_: nn.Module, x: torch.Tensor, y: torch.Tensor, **kwargs: object) -> torch.Tensor:
+            received[member.name] = x.clone()
+            return attack(model_, x, y, **kwargs)
+        return dataclasses.replace(member, fn=fn)
+
+    group = dataclasses.replace(group, members=tuple(recording(m) for m in group.members))
+    state = run_suite(model, data, [group], eps=0.3, norm="linf", batch_size=32, device=torch.device("cpu"), seed=0)
+    verdict = torch.tensor(state.broken_by["autoattack"])
+    assert (verdict == 0).sum() >= 2 and (verdict == 1).sum() >= 10 and (verdict == -1).sum() >= 1
+    x = images.float() / 255
+    for k, name in enumerate(REFERENCE_VERSIONS["autoattack"]):
+        still_robust = (verdict == -1) | (verdict >= k)
+        assert torch.equal(received[name], x[still_robust]), name
+    after = summarise(state, [group])["attacks"]["autoattack"]["robust_acc_after"]
+    assert list(after) == REFERENCE_VERSIONS["autoattack"]
+    assert after["apgd-ce"] == pytest.approx(1 - (verdict == 0).float().mean().item())
+    assert after["apgd-t"] == pytest.approx((verdict == -1).float().mean().item())
+
+
+class Noisy(nn.Module):
+    """A randomized model: Gaussian noise on the input before a linear map (4 classes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = LinearClassifier((1, 4, 4), num_classes=4, seed=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x + 0.05 * torch.randn_like(x))
+
+
+def test_randomized_model_gets_the_rand_version_with_a_flag() -> None:
+    x = torch.rand(8, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    assert autoattack_version(ThresholdModel(), x, ["pgd-5", "autoattack"]) == (["pgd-5", "autoattack"], None)
+    chosen, flag = autoattack_version(Noisy(), x, ["pgd-5", "AutoAttack"])
+    assert chosen == ["pgd-5", "autoattack-rand"] and flag is not None and flag.code == "autoattack_rand"
+    assert autoattack_version(Noisy(), x, ["autoattack-fast"]) == (["autoattack-fast"], None)
+
+
+def test_rand_version_runs_end_to_end_on_a_randomized_model() -> None:
+    model = Noisy()
+    images = (torch.rand(12, 1, 4, 4, generator=torch.Generator().manual_seed(1)) * 255).round().to(torch.uint8)
+    with torch.no_grad():
+        labels = model.linear(images.float() / 255).argmax(1)
+    data = ImageDataset(images=images, labels=labels, classes=[str(k) for k in range(4)], name="toy")
+    record = evaluate_model(model, data, attacks=["autoattack"], eps=0.1, batch_size=12, device="cpu", checks=False,
+                            log=lambda _: None)
+    assert list(record["attacks"]) == ["autoattack-rand"]
+    assert record["attack_params"]["autoattack-rand"]["apgd-dlr"]["eot"] == 20
+    assert "autoattack_rand" in [f["code"] for f in record["flags"]]
+    entry = record["attacks"]["autoattack-rand"]
+    assert entry["robust_acc"] < record["clean_acc"] and entry["backward_per_sample"] >= 20
+
+
+def square_supports_l2() -> bool:
+    """Square for L2 is being added separately; until then it raises UserError for norm='l2'."""
+    from robustlab.attacks.square import square
     from robustlab.errors import UserError
 
-    for name in ("square", "autoattack"):
-        with pytest.raises(UserError, match="linf only"):
-            build_suite([name], eps=0.5, norm="l2", step_size=0.1)
-    assert [s.name for s in build_suite(["autoattack-fast"], eps=0.5, norm="l2", step_size=0.1)] == ["autoattack-fast"]
+    try:
+        square(nn.Flatten(), torch.full((1, 2), 0.5), torch.zeros(1, dtype=torch.long), eps=0.1, norm="l2", queries=1)
+    except UserError:
+        return False
+    return True
+
+
+def test_l2_standard_autoattack_runs_end_to_end() -> None:
+    if not square_supports_l2():
+        pytest.skip("square has no L2 version yet")
+    model = Saturated()
+    images = (torch.rand(8, 1, 4, 4, generator=torch.Generator().manual_seed(2)) * 255).round().to(torch.uint8)
+    with torch.no_grad():
+        labels = model(images.float() / 255).argmax(1)
+    data = ImageDataset(images=images, labels=labels, classes=[str(k) for k in range(5)], name="toy")
+    record = evaluate_model(model, data, attacks=["autoattack"], eps=0.5, norm="l2", batch_size=8, device="cpu",
+                            checks=False, log=lambda _: None)
+    entry = record["attacks"]["autoattack"]
+    assert list(entry["robust_acc_after"]) == REFERENCE_VERSIONS["autoattack"] and entry["out_of_bounds"] == 0
+    assert entry["robust_acc"] < record["clean_acc"]

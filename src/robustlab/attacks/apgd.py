@@ -2,26 +2,42 @@
 
 Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
 parameter-free attacks", ICML 2020 (Algorithm 1 with its checkpoint rules; APGD-T). The L2 version uses the
-same schedule with a normalised-gradient step, as in the paper's L2 experiments.
+same schedule with a normalised-gradient step, as in the paper's L2 experiments. Where the paper and the
+reference code (``autoattack``/``pyautoattack`` 0.2.0, the de-facto definition) differ, we follow the
+reference [reference]:
 
-What follows the paper: initial step 2*eps; momentum alpha = 0.75 (no momentum on the first step);
-checkpoints ``w_j = ceil(p_j * steps)`` with ``p_0 = 0``, ``p_1 = 0.22``,
-``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``; at a checkpoint the step is halved and the
-iterate reset to the best point ``x_max`` when condition 1 (fewer than ``rho * (w_j - w_{j-1})``
-loss increases since the last checkpoint) or condition 2 (step and best loss both unchanged since
-the last checkpoint) holds; targeted runs use the top non-true classes of the clean logits.
+* Initial step 2*eps; momentum alpha = 0.75 (no momentum on the first step).
+* Checkpoints [reference]: the paper's ``w_j = ceil(p_j * N)`` with ``p_0 = 0``, ``p_1 = 0.22``,
+  ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)`` as the reference computes it, in whole iterations:
+  the first window is ``max(int(0.22 N), 1)``, each next one ``int(0.03 N)`` (at least 1) shorter, never
+  below ``max(int(0.06 N), 1)``. Equal to the paper's at N = 100 and 200, not at every budget.
+* Condition 1 [reference]: at most ``rho * window`` of the loss changes in the window were increases
+  (``<=``); the changes compare consecutive iterates, so the first one after a reset compares with the
+  iterate before the reset, and the very first one with 0 (the reference reads a not-yet-filled row).
+* Condition 2 [reference]: the step was not halved at the previous checkpoint and the best loss did not
+  improve since; it never fires at the first checkpoint. Either condition halves the step and resets
+  the iterate to the best point ``x_max``.
+* After a reset ``x^(k+1) <- x_max`` the next momentum term is ``x_max - x^(k)`` and the next step uses
+  the gradient stored at ``x_max`` (no extra backward pass), as the reference does.
+* Targeted runs use the top non-true classes of the clean logits, in order.
+* EOT (``eot`` > 1, the reference's ``eot_iter``): each gradient is the mean of ``eot`` gradients; the
+  loss and prediction are those of the last of them, as in the reference.
 
-Decisions where the paper leaves room, and deviations [ours]:
+Deviations [ours]:
 
-* After a reset ``x^(k+1) <- x_max`` the next momentum term is ``x_max - x^(k)``, read literally from
-  Algorithm 1, and the next step uses the gradient stored at ``x_max`` (no extra backward pass).
-* Per sample the output is the *first* successful iterate once the sample is broken (it then leaves
-  the batch, saving compute), otherwise the best-loss point ``x_max``; restarts keep the higher loss.
+* Per sample the output is the *first* successful iterate once the sample is broken; the sample then
+  leaves the working batch with all its per-sample state (step size, momentum, best loss, checkpoint
+  counters), so broken samples cost no more compute; otherwise the best-loss point ``x_max``; restarts
+  keep the higher loss. Under EOT one misclassified forward of a randomized model proves little, so
+  every sample runs all iterations and ends at its best-loss point (the reference returns the last
+  misclassified iterate). Measured on a noisy digits MLP (test_crosscheck's, eps 0.05, n = 100, three
+  seeds): 59-62% robust accuracy for ours against the reference's 74-79%.
 * Samples misclassified at the clean input count as broken and are returned unchanged; samples with
   eps = 0 are returned unchanged without spending passes on them.
 * The last iterate gets a forward pass only (no gradient is needed after it).
 * Non-finite gradient entries are treated as zero so that one bad sample cannot poison the step.
-* The starting point is uniform in the eps-ball (L2: uniform in the ball), clipped to [0, 1].
+* The starting point is uniform in the eps-ball (L2: uniform in the ball), clipped to [0, 1]; the
+  reference starts on the ball's surface.
 """
 
 from __future__ import annotations
@@ -46,12 +62,14 @@ _Objective = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def checkpoints(steps: int) -> list[int]:
-    """The paper's checkpoint iterations ``w_1 < w_2 < ... <= steps`` (``w_0 = 0`` left out)."""
-    p = [0.0, 0.22]
-    while p[-1] <= 1.0:
-        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-    marks = {math.ceil(round(q * steps, 6)) for q in p[1:]}
-    return sorted(w for w in marks if 0 < w <= steps)
+    """Checkpoint iterations ``w_1 < w_2 < ... <= steps`` (``w_0 = 0`` left out), in the reference's integer form."""
+    window, shrink, shortest = (max(int(f * steps), 1) for f in (0.22, 0.03, 0.06))
+    marks, at = [], window
+    while at <= steps:
+        marks.append(at)
+        window = max(window - shrink, shortest)
+        at += window
+    return marks
 
 
 @dataclasses.dataclass
@@ -68,13 +86,13 @@ class _State:
     x_cur: torch.Tensor
     x_prev: torch.Tensor
     grad: torch.Tensor
-    loss_cur: torch.Tensor
+    loss_last: torch.Tensor  # loss of the latest iterate (not reset at checkpoints), for condition 1
     x_max: torch.Tensor
     loss_max: torch.Tensor
     grad_max: torch.Tensor
     step: torch.Tensor
     increases: torch.Tensor
-    step_at_check: torch.Tensor
+    halved_at_check: torch.Tensor
     loss_max_at_check: torch.Tensor
 
     def keep(self, mask: torch.Tensor) -> "_State":
@@ -82,19 +100,24 @@ class _State:
 
 
 def _loss_and_grad(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor, objective: _Objective, need_grad: bool
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor, objective: _Objective, need_grad: bool,
+    eot: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Per-sample loss, the input gradient of its sum (if asked), and the logits; no parameter grads."""
+    """Per-sample loss, the input gradient of its sum averaged over ``eot`` passes (if asked), and the
+    logits (loss and logits of the last pass); no parameter grads."""
     if not need_grad:
         with torch.no_grad():
             logits = model(x)
             return objective(logits, y, target), None, logits
     x_in = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        logits = model(x_in)
-        losses = objective(logits, y, target)
-        (grad,) = torch.autograd.grad(losses.sum(), x_in)
-    grad = torch.nan_to_num(grad.detach(), nan=0.0, posinf=0.0, neginf=0.0)
+    total = torch.zeros_like(x)
+    for _ in range(eot):
+        with torch.enable_grad():
+            logits = model(x_in)
+            losses = objective(logits, y, target)
+            (grad,) = torch.autograd.grad(losses.sum(), x_in)
+        total += grad.detach()
+    grad = torch.nan_to_num(total / eot, nan=0.0, posinf=0.0, neginf=0.0)
     return losses.detach(), grad, logits.detach()
 
 
@@ -115,16 +138,17 @@ def _apgd_attempt(
     rho: float,
     objective: _Objective,
     generator: torch.Generator | None,
+    eot: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One APGD run from a random start on a subset of correctly classified samples.
 
-    Returns ``(x_out, success, best_loss)``: the first successful iterate for broken samples and
-    the best-loss point otherwise, a bool mask of broken samples, and the best loss per sample.
+    Returns ``(x_out, success, best_loss)``: the first successful iterate for broken samples (under
+    EOT: the best-loss point for all) and the best-loss point otherwise, a bool mask of broken samples, and the best loss per sample.
     """
     n = x.shape[0]
     x_out = x.clone()
     success = torch.zeros(n, dtype=torch.bool, device=x.device)
-    best_loss = torch.full((n,), -math.inf, device=x.device)
+    best_loss = torch.full((n,), -math.inf, device=x.device, dtype=torch.float64)  # any input dtype
 
     if norm == "linf":
         lower, upper = linf_bounds(x, eps)
@@ -145,24 +169,27 @@ def _apgd_attempt(
             return g / flat_norm(g).clamp_min(1e-12)
 
     x0 = random_start(x, eps, norm, generator)
-    loss0, grad0, logits0 = _loss_and_grad(model, x0, y, target, objective, need_grad=True)
+    loss0, grad0, logits0 = _loss_and_grad(model, x0, y, target, objective, need_grad=True, eot=eot)
     assert grad0 is not None
     st = _State(
         index=torch.arange(n, device=x.device), x=x, y=y, target=target, eps=eps, lower=lower, upper=upper,
-        x_cur=x0, x_prev=x0, grad=grad0, loss_cur=loss0,
+        x_cur=x0, x_prev=x0, grad=grad0, loss_last=torch.zeros_like(loss0),
         x_max=x0, loss_max=loss0, grad_max=grad0,
         step=2.0 * eps, increases=torch.zeros(n, device=x.device),
-        step_at_check=2.0 * eps, loss_max_at_check=loss0,
+        halved_at_check=torch.ones(n, dtype=torch.bool, device=x.device), loss_max_at_check=loss0,
     )  # fmt: skip
 
     def retire(st: _State, logits: torch.Tensor, x_now: torch.Tensor) -> _State:
-        """Record samples misclassified at ``x_now`` as broken and drop them from the state."""
+        """Record samples misclassified at ``x_now`` as broken and drop them from the state; under EOT
+        (a randomized model, one noisy verdict) they stay and end at their best-loss point instead."""
         broken = logits.argmax(dim=1) != st.y
-        if broken.any():
+        if eot > 1:
+            success[st.index[broken]] = True
+        elif broken.any():
             idx = st.index[broken]
             x_out[idx] = x_now[broken]
             success[idx] = True
-            best_loss[idx] = torch.maximum(st.loss_max[broken], st.loss_cur[broken])
+            best_loss[idx] = st.loss_max[broken].double()
             st = st.keep(~broken)
         return st
 
@@ -173,42 +200,41 @@ def _apgd_attempt(
         if st.index.numel() == 0:
             break
         z = project(st, st.x_cur + st.step * direction(st.grad))
-        if k == 0:
-            x_new = z
-        else:
-            momentum = MOMENTUM * (z - st.x_cur) + (1.0 - MOMENTUM) * (st.x_cur - st.x_prev)
-            x_new = project(st, st.x_cur + momentum)
+        alpha = MOMENTUM if k > 0 else 1.0  # written in the reference's order, so that both round alike
+        x_new = project(st, st.x_cur + (z - st.x_cur) * alpha + (st.x_cur - st.x_prev) * (1.0 - alpha))
         last = k == steps - 1
-        loss_new, grad_new, logits = _loss_and_grad(model, x_new, st.y, st.target, objective, need_grad=not last)
+        loss_new, grad_new, logits = _loss_and_grad(
+            model, x_new, st.y, st.target, objective, need_grad=not last, eot=eot
+        )
         if grad_new is None:
             grad_new = st.grad
-        st.increases = st.increases + (loss_new > st.loss_cur).float()
+        st.increases = st.increases + (loss_new > st.loss_last).float()
         better = loss_new > st.loss_max
         st.x_max = _select(better, x_new, st.x_max)
         st.grad_max = _select(better, grad_new, st.grad_max)
         st.loss_max = torch.where(better, loss_new, st.loss_max)
-        st.x_prev, st.x_cur, st.grad, st.loss_cur = st.x_cur, x_new, grad_new, loss_new
+        st.x_prev, st.x_cur, st.grad, st.loss_last = st.x_cur, x_new, grad_new, loss_new
         st = retire(st, logits, x_new)
 
         if k + 1 in marks and not last and st.index.numel() > 0:
-            window = k + 1 - last_mark
-            cond1 = st.increases < rho * window
-            cond2 = (st.step_at_check == st.step).flatten(1).all(dim=1) & (st.loss_max_at_check >= st.loss_max)
+            cond1 = st.increases <= rho * (k + 1 - last_mark)
+            cond2 = ~st.halved_at_check & (st.loss_max_at_check >= st.loss_max)
             halve = cond1 | cond2
-            st.step_at_check, st.loss_max_at_check = st.step, st.loss_max
+            st.halved_at_check, st.loss_max_at_check = halve, st.loss_max
             st.step = _select(halve, st.step / 2.0, st.step)
             st.x_cur = _select(halve, st.x_max, st.x_cur)
             st.grad = _select(halve, st.grad_max, st.grad)
-            st.loss_cur = torch.where(halve, st.loss_max, st.loss_cur)
             st.increases = torch.zeros_like(st.increases)
             last_mark = k + 1
 
     x_out[st.index] = st.x_max
-    best_loss[st.index] = st.loss_max
+    best_loss[st.index] = st.loss_max.double()
     return x_out, success, best_loss
 
 
-def _check_args(steps: int, restarts: int, rho: float = 0.75) -> None:
+def _check_args(steps: int, restarts: int, rho: float = 0.75, eot: int = 1) -> None:
+    if eot < 1:
+        raise UserError(f"eot must be >= 1, got {eot}")
     if steps < 1:
         raise UserError(f"steps must be >= 1, got {steps}")
     if restarts < 1:
@@ -231,6 +257,7 @@ def _run(
     objective: _Objective,
     generator: torch.Generator | None,
     clean_logits: torch.Tensor,
+    eot: int,
 ) -> torch.Tensor:
     """Run the attempts (each target, then each restart) on the samples not yet broken."""
     eps_t = per_sample(eps, x)
@@ -239,7 +266,7 @@ def _run(
     x = x.detach()
     x_adv = x.clone()
     broken = (clean_logits.argmax(dim=1) != y) | (eps_t.flatten() <= 0)  # nothing to search when eps = 0
-    best = torch.full((x.shape[0],), -math.inf, device=x.device)
+    best = torch.full((x.shape[0],), -math.inf, device=x.device, dtype=torch.float64)
     for target in targets:
         for _ in range(restarts):
             idx = (~broken).nonzero().squeeze(1)
@@ -247,7 +274,7 @@ def _run(
                 return x_adv
             x_sub, ok, loss_sub = _apgd_attempt(
                 model, x[idx], y[idx], target[idx], eps_t[idx],
-                norm=norm, steps=steps, rho=rho, objective=objective, generator=generator,
+                norm=norm, steps=steps, rho=rho, objective=objective, generator=generator, eot=eot,
             )  # fmt: skip
             take = ok | (loss_sub > best[idx])
             x_adv[idx[take]] = x_sub[take]
@@ -267,17 +294,19 @@ def apgd(
     restarts: int = 1,
     loss: str | LossFn = "ce",
     rho: float = 0.75,
+    eot: int = 1,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Untargeted Auto-PGD (Croce & Hein, ICML 2020) with the CE or DLR loss, L∞ or L2.
 
     ``eps`` is a float or an (N,) tensor. ``steps`` is the iteration budget ``N_iter`` per restart;
     ``restarts`` re-runs from a new random start only on samples not yet broken; ``rho`` is the
-    condition-1 threshold. Returns ``x_adv`` (detached, inside the eps-ball and [0, 1]): per sample
+    condition-1 threshold; ``eot`` averages each gradient over that many passes (randomized models, the
+    reference's ``rand`` version uses 20). Returns ``x_adv`` (detached, inside the eps-ball and [0, 1]): per sample
     the first misclassified iterate, else the highest-loss point found. Does not change the mode.
     """
     norm = check_norm(norm)
-    _check_args(steps, restarts, rho)
+    _check_args(steps, restarts, rho, eot)
     loss_fn = get_loss(loss)
     with torch.no_grad():
         clean_logits = model(x.detach())
@@ -289,7 +318,7 @@ def apgd(
 
     return _run(
         model, x, y, [y], eps, norm=norm, steps=steps, restarts=restarts, rho=rho,
-        objective=objective, generator=generator, clean_logits=clean_logits,
+        objective=objective, generator=generator, clean_logits=clean_logits, eot=eot,
     )  # fmt: skip
 
 
@@ -304,6 +333,7 @@ def apgd_targeted(
     n_target_classes: int = 9,
     restarts: int = 1,
     rho: float = 0.75,
+    eot: int = 1,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """APGD-T (Croce & Hein, ICML 2020, Sec. 4): APGD on the targeted DLR loss for each target.
@@ -312,10 +342,10 @@ def apgd_targeted(
     highest clean logits (all ``K - 1`` when ``n_target_classes >= K - 1``), tried in that order, each
     with ``steps`` iterations and ``restarts`` restarts, only on samples not yet broken. Success means
     misclassified (any class), not reaching the target. Needs at least 4 classes (the targeted DLR
-    denominator uses the 4th-largest logit).
+    denominator uses the 4th-largest logit). ``eot`` as in :func:`apgd`.
     """
     norm = check_norm(norm)
-    _check_args(steps, restarts, rho)
+    _check_args(steps, restarts, rho, eot)
     if n_target_classes < 1:
         raise UserError(f"n_target_classes must be >= 1, got {n_target_classes}")
     with torch.no_grad():
@@ -332,5 +362,5 @@ def apgd_targeted(
 
     return _run(
         model, x, y, targets, eps, norm=norm, steps=steps, restarts=restarts, rho=rho,
-        objective=objective, generator=generator, clean_logits=clean_logits,
+        objective=objective, generator=generator, clean_logits=clean_logits, eot=eot,
     )  # fmt: skip

@@ -19,7 +19,7 @@ from robustlab.evaluate.checks import run_checks
 from robustlab.evaluate.sharding import gather_states, shard_batches
 from robustlab.evaluate.runner import eps_label, format_table, make_record, run_suite, summarise, write_record
 from robustlab.evaluate.state import EvalState, labels_hash, model_hash
-from robustlab.evaluate.suite import build_suite, check_attack_names
+from robustlab.evaluate.suite import autoattack_version, build_suite, check_attack_names
 from robustlab.rules import budget_warnings, check_budget
 from robustlab.runs.atomic import remove_stale_temps
 from robustlab.runs.lock import RunLock
@@ -55,6 +55,7 @@ def evaluate_model(
     heads, fixed gates, EOT, transfer from ``transfer_source``) as one more entry, ``adaptive``.
     ``checks``: run the cheap gradient-masking checks of EVALUATION.md (1–6) on a probe of
     ``probe_size`` samples; their flags join the record's and their measurements go under ``checks``.
+    ``autoattack`` on a randomized model runs as ``autoattack-rand``, flagged ``autoattack_rand``.
     """
     check_attack_names(attacks)
     ranks = ranks_from_env()
@@ -65,9 +66,10 @@ def evaluate_model(
     check_budget(eps, norm, key="eps")
     for warning in budget_warnings(eps, step_size, key="evaluation"):
         log(f"warning: {warning}")
+    probe = data.images[: min(len(data.labels), 16)].to(dev).float() / 255
+    attacks, version_flag = autoattack_version(model, probe, attacks)  # randomized model: the rand version
     specs = build_suite(attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts)
     if adaptive or transfer_source is not None:
-        probe = data.images[: min(len(data.labels), 16)].to(dev).float() / 255
         group = build_adaptive(
             model, probe, eps=eps, norm=norm, step_size=step_size, num_classes=data.num_classes,
             transfer_source=None if transfer_source is None else transfer_source.to(dev),
@@ -94,6 +96,8 @@ def evaluate_model(
         state = run_suite(model, shard, specs, eps=eps, norm=norm, batch_size=batch_size, device=dev, seed=seed,
                           state=state, state_path=path, batch_offset=first)
     result = summarise(gather_states(state, ranks), specs)
+    if version_flag is not None:
+        result["flags"].append(version_flag.to_dict())
     if checks and ranks.main:
         probe = fixed_subset(data, min(probe_size, len(data.labels)), seed=seed)
         x_probe, y_probe = probe.images.to(dev).float() / 255, probe.labels.to(dev)
