@@ -188,8 +188,10 @@ def test_square_probe_standalone_fires_on_quantised_model_only(digits) -> None:
     assert _codes(flags) == {"black_box"} and values["square_broke"] >= 3
     flags, values = check_square_probe(digits["model"], x, y, eps=EPS, norm="linf", queries=300, generator=_gen())
     assert flags == [] and values["source"] == "probe"
-    flags, values = check_square_probe(digits["model"], x, y, eps=0.5, norm="l2", generator=_gen())
-    assert flags == [] and values["source"] == "skipped"
+    flags, values = check_square_probe(quantised, x, y, eps=1.0, norm="l2", queries=300, generator=_gen())
+    assert _codes(flags) == {"black_box"} and values["source"] == "probe" and values["square_broke"] >= 3
+    flags, values = check_square_probe(digits["model"], x, y, eps=1.0, norm="l2", queries=300, generator=_gen())
+    assert flags == [] and values["source"] == "probe"
 
 
 # --- (b) randomness ---------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from robustlab.config import build_config  # noqa: E402
 from robustlab.data import fixed_subset, load_dataset  # noqa: E402
 from robustlab.evaluate import evaluate_model, load_model  # noqa: E402
 from robustlab.train import train  # noqa: E402
-from test_evaluate import square_supports_l2  # noqa: E402
 
 EPS = {"linf": 0.1, "l2": 0.5}
 N = 100
@@ -74,8 +73,6 @@ ON_BOTH_MODELS = ("apgd-ce", "apgd-t", "autoattack")  # FAB-T and Square alone: 
     (m, a) for a in CASES for m in (("natural", "pgd_at") if a in ON_BOTH_MODELS else ("pgd_at",))
 ])
 def test_ours_is_as_strong_as_the_reference(models, samples, model_name: str, ours: str, norm: str) -> None:
-    if norm == "l2" and ours in ("square", "autoattack") and not square_supports_l2():
-        pytest.skip("square has no L2 version yet")
     model = models[model_name].eval()
     record = evaluate_model(model, samples, attacks=[ours], eps=EPS[norm], norm=norm, batch_size=N, device="cpu",
                             checks=False, log=lambda _: None)

@@ -244,21 +244,7 @@ def test_rand_version_runs_end_to_end_on_a_randomized_model() -> None:
     assert entry["robust_acc"] < record["clean_acc"] and entry["backward_per_sample"] >= 20
 
 
-def square_supports_l2() -> bool:
-    """Square for L2 is being added separately; until then it raises UserError for norm='l2'."""
-    from robustlab.attacks.square import square
-    from robustlab.errors import UserError
-
-    try:
-        square(nn.Flatten(), torch.full((1, 2), 0.5), torch.zeros(1, dtype=torch.long), eps=0.1, norm="l2", queries=1)
-    except UserError:
-        return False
-    return True
-
-
 def test_l2_standard_autoattack_runs_end_to_end() -> None:
-    if not square_supports_l2():
-        pytest.skip("square has no L2 version yet")
     model = Saturated()
     images = (torch.rand(8, 1, 4, 4, generator=torch.Generator().manual_seed(2)) * 255).round().to(torch.uint8)
     with torch.no_grad():

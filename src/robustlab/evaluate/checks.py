@@ -520,6 +520,7 @@ def _square_on_survivors(
     survivors: torch.Tensor,
     *,
     eps: float,
+    norm: str,
     queries: int,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
@@ -528,7 +529,7 @@ def _square_on_survivors(
     todo = survivors.nonzero().squeeze(1)
     if todo.numel() == 0:
         return broke
-    x_adv = square(model, x[todo], y[todo], eps=eps, norm="linf", queries=queries, generator=generator)
+    x_adv = square(model, x[todo], y[todo], eps=eps, norm=norm, queries=queries, generator=generator)
     with torch.no_grad():
         broke[todo] = model(x_adv).argmax(1) != y[todo]
     return broke
@@ -563,13 +564,10 @@ def check_square_probe(
     Square with ``queries`` queries on the samples PGD left accurate. Flagged when Square broke more
     than ``threshold`` of the probe and at least ``min_samples`` samples (defaults 0.02 and 3: a probe
     has ~64-128 samples, so one sample is ~1%; this asks for 3 of 128, and a 1,000-query Square is
-    far weaker than PGD-20 on a model with useful gradients). L∞ only (the repo's Square); for L2
-    nothing runs and ``values`` says so.
+    far weaker than PGD-20 on a model with useful gradients). L∞ and L2.
     Returns ``(flags, values)``.
     """
     norm = check_norm(norm)
-    if norm != "linf":
-        return [], {"source": "skipped", "reason": "square supports linf only"}
     if x.shape[0] == 0:
         return [], {"source": "skipped", "reason": "empty probe"}
     with eval_mode(model):
@@ -578,7 +576,7 @@ def check_square_probe(
             model, x, y, correct, eps=eps, norm=norm, steps=steps,
             step_size=eps / 4 if step_size is None else step_size, generator=generator,
         )
-        broke = _square_on_survivors(model, x, y, survivors, eps=eps, queries=queries, generator=generator)
+        broke = _square_on_survivors(model, x, y, survivors, eps=eps, norm=norm, queries=queries, generator=generator)
     values = _probe_values(survivors, broke, queries, f"pgd-{steps}")
     flag = _black_box_flag(values["fraction"], x.shape[0], threshold, min_samples, f"pgd-{steps}")
     return ([flag] if flag else []), values
@@ -760,14 +758,12 @@ def run_checks(
         )
         if bb_values is not None:
             add(bb_flag)
-        elif norm != "linf":
-            bb_values = {"source": "skipped", "reason": "square supports linf only"}
         elif not n:
             bb_values = {"source": "skipped", "reason": "empty probe"}
         else:
             gradient = _names(["pgd-10", "pgd-50", "pgd-10x3", "pgd-20"])
             broke = _square_on_survivors(
-                model, x, y, gradient_robust, eps=eps, queries=square_queries, generator=generator
+                model, x, y, gradient_robust, eps=eps, norm=norm, queries=square_queries, generator=generator
             )
             bb_values = _probe_values(gradient_robust, broke, square_queries, gradient)
             add(_black_box_flag(bb_values["fraction"], n, SQUARE_PROBE_THRESHOLD, BLACK_BOX_MIN_SAMPLES, gradient))
