@@ -686,7 +686,7 @@ def run_checks(
     those logits), zero gradients (1 backward), PGD-10 / PGD-50 / PGD-10x3 (check 3), a PGD-20 eps
     sweep at 1, 2, 4, 8 x ``eps`` with steps ``step_size * m`` (check 4), and Square with
     ``square_queries`` queries on the samples that all four PGD runs at ``eps`` left accurate (check
-    5, L∞ only; their worst case is a stronger gradient baseline than one run, so PGD's own
+    5, L∞ and L2; their worst case is a stronger gradient baseline than one run, so PGD's own
     random-start noise is not mistaken for masking, and Square has fewer samples to attack).
     With ``suite_result`` (the runner's result or record: ``clean_acc``, ``attacks`` {name:
     {"robust_acc", optional "robust_acc_after" {member: accuracy}}}, optional ``per_sample`` in the
