@@ -55,6 +55,7 @@ def step_fn(model_name: str, method_name: str, *, batch_size: int, channels: int
             loss, _ = method.loss(model, x, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        method.after_backward()
         optimizer.step()
 
     return step

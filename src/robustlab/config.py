@@ -82,7 +82,8 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    """Learning-rate schedule per step: ``piecewise`` (milestones as fractions of training), ``cosine``, ``constant``.
+    """Learning-rate schedule per step: ``piecewise`` (milestones as fractions of training), ``cosine``, ``constant``,
+    ``cyclic`` (one triangle: 0 up to the base rate at mid-training and back to 0, for fast AT).
 
     ``piecewise`` multiplies the base rate by ``gamma`` at each milestone, or, when ``factors`` is
     given (one per milestone), sets it to ``lr × factors[i]`` after milestone i (AFD's halving steps).
@@ -97,7 +98,11 @@ class ScheduleConfig:
 
 @dataclass
 class TrainConfig:
-    """The loop: epochs, device, precision, EMA, per-epoch evaluation and checkpoint rule."""
+    """The loop: epochs, device, precision, EMA, per-epoch evaluation and checkpoint rule.
+
+    ``stop_on_overfit``: stop at an epoch flagged as catastrophic overfitting (robustlab.train.overfit)
+    without saving it, so the checkpoints stay those of the last good epoch.
+    """
 
     epochs: int = 10
     device: str = "auto"
@@ -109,6 +114,7 @@ class TrainConfig:
     eval_every: int = 1
     eval_pgd_steps: int = 10
     checkpoint_rule: str = "robust_acc"
+    stop_on_overfit: bool = False
     log_every: int = 50
     progress: bool = True
 
@@ -136,7 +142,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method.attack.norm": ("linf", "l2"),
     "method.attack.bn_mode": ("eval", "train"),
     "optim.name": ("sgd", "adamw"),
-    "schedule.name": ("piecewise", "cosine", "constant"),
+    "schedule.name": ("piecewise", "cosine", "constant", "cyclic"),
     "train.amp": ("none", "bf16", "fp16"),
     "train.checkpoint_rule": ("robust_acc", "clean_acc", "last"),
     "data.eval_split": ("train", "test"),
