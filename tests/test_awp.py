@@ -13,7 +13,7 @@ from robustlab.attacks._common import eval_mode
 from robustlab.attacks.pgd import pgd
 from robustlab.config import AttackConfig, MethodConfig
 from robustlab.errors import UserError
-from robustlab.methods import create_method
+from robustlab.methods import create_method, method_names
 from robustlab.models import create_model
 
 ATTACK = AttackConfig(eps=0.1, steps=2, step_size=0.05)
@@ -153,3 +153,18 @@ def test_warmup_epochs_skip_the_perturbation() -> None:
 def test_unsupported_compositions_are_user_errors(name: str) -> None:
     with pytest.raises(UserError):
         _method(name)
+
+
+@pytest.mark.parametrize("name", [n for n in method_names() if n.endswith("+awp")])
+def test_every_listed_awp_composition_trains_a_step_and_restores(name: str) -> None:
+    method = create_method(MethodConfig(name=name, attack=AttackConfig(eps=0.1, steps=1, step_size=0.1)),
+                           torch.Generator().manual_seed(0))
+    model = method.prepare_model(create_model("small_cnn", num_classes=3, in_channels=1, width=4)).train()
+    before = [p.detach().clone() for p in model.parameters()]
+    x, y = torch.rand(6, 1, 8, 8), torch.arange(6) % 3
+    loss, _ = method.loss(model, x, y)
+    assert any(not torch.equal(p, b) for p, b in zip(model.parameters(), before))  # perturbed meanwhile
+    loss.backward()
+    method.after_backward()
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    assert all(p.grad is not None for p in model.parameters() if p.ndim > 1)

@@ -183,6 +183,10 @@ class PlugIn(Method):
         self.base = base
         self.tape = base.tape
 
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """The base's modules (plug-ins that add their own call this first)."""
+        return self.base.prepare_model(model)
+
     def start_epoch(self, epoch: int) -> None:
         self.base.start_epoch(epoch)
 
