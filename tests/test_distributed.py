@@ -23,7 +23,7 @@ def torchrun(script: str, *args: str) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
-@pytest.mark.parametrize("method", ["pgd_at", "trades+fsr"])  # one train forward; two, with a plug-in hook
+@pytest.mark.parametrize("method", ["pgd_at", "trades+fsr", "pgd_at+awp"])  # plug-in hook; AWP step hooks
 def test_two_process_training_keeps_ranks_in_sync(tmp_path: Path, method: str) -> None:
     torchrun("ddp_job.py", str(tmp_path), method)
     result = json.loads((tmp_path / "result.json").read_text())
