@@ -168,3 +168,14 @@ def test_every_listed_awp_composition_trains_a_step_and_restores(name: str) -> N
     method.after_backward()
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
     assert all(p.grad is not None for p in model.parameters() if p.ndim > 1)
+
+
+def test_trades_records_its_attack_as_one_tape_entry_and_replays_it() -> None:
+    model, (x, y) = _net(), _batch()
+    base, stacked = _method("trades"), _method("trades+awp", gamma=1e-12)
+    base_loss, _ = base.loss(model, x, y)
+    awp_loss, _ = stacked.loss(model, x, y)
+    stacked.after_backward()
+    assert len(stacked.tape.items) == 1  # reference forward + craft: one recorded call, not two
+    assert awp_loss.item() == pytest.approx(base_loss.item(), rel=1e-5)
+    assert torch.equal(stacked.generator.get_state(), base.generator.get_state())

@@ -31,8 +31,6 @@ Deviations and choices [ours]:
   update's gradient is all-reduced as usual, so the replicas stay equal.
 - Weights are restored *before* the optimiser step (the official code subtracts v after it), so
   weight decay and momentum see w, not w + v; restoring copies w back exactly.
-- TRADES' clean reference forward for its attack runs again (no grad) on the second pass; the attack
-  itself does not.
 - Cost over the base: one more forward and backward per step (≈ 1.1× a PGD-10 step).
 
 Test-time path: AWP changes only training; the model and its prediction are the base's.

@@ -55,7 +55,8 @@ class CraftTape:
     with the state of ``generator`` after it; in a "replay" session a call returns the kept result
     and sets the generator to the kept state, so the draws that follow (mask noise, negatives, the
     next random start) repeat those of the recorded pass. AWP records on its first pass (at the
-    unperturbed weights) and replays on its second.
+    unperturbed weights) and replays on its second. Calls nested in a recorded call (TRADES wraps
+    its reference forward and its ``craft`` in one) are part of it: they run, unrecorded.
     """
 
     def __init__(self, generator: torch.Generator) -> None:
@@ -63,8 +64,11 @@ class CraftTape:
         self.mode: str | None = None
         self.items: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.position = 0
+        self.depth = 0
 
     def __call__(self, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if self.depth:
+            return make()
         if self.mode == "replay":
             if self.position >= len(self.items):
                 raise RuntimeError("the replayed loss crafted more inputs than the recorded one")
@@ -72,7 +76,11 @@ class CraftTape:
             self.position += 1
             self.generator.set_state(state)
             return out
-        out = make()
+        self.depth += 1
+        try:
+            out = make()
+        finally:
+            self.depth -= 1
         if self.mode == "record":
             self.items.append((out, self.generator.get_state()))
         return out
