@@ -3,10 +3,10 @@
 Trains (or resumes) each bundled digits config into ``--out-dir`` and evaluates its last checkpoint on
 all 360 test images at the training ε (L∞ 0.1): clean, PGD-20, standard AutoAttack, and for models
 with auxiliary heads or gates the adaptive suite (with transfer from the PGD-AT run). Prints one
-markdown table per group and the feature-gap end values of the fine-tuning runs. Takes ~30 min on
+markdown table per group and the feature-gap end values of the fine-tuning runs. Takes ~40 min on
 2 CPU cores.
 
-    python benchmarks/digits_study.py --out-dir runs/study [--groups plugins finetune uad]
+    python benchmarks/digits_study.py --out-dir runs/study [--groups plugins finetune uad field]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from robustlab.runs.metrics import read_metrics
 
 PLUGINS = [f"digits_{b}{p}" for b in ("pgd_at", "trades", "mart") for p in ("", "_fsr", "_ancra")]
 UAD = ["digits_pgd_at", "digits_pgd_at_uad", "digits_trades", "digits_trades_uad"]
+FIELD = ["digits_pgd_at", "digits_pgd_at_awp", "digits_trades", "digits_trades_awp", "digits_fgsm_rs", "digits_n_fgsm"]
 UAD_ABLATIONS = {
     "uad: dsu only": ["method.options.refined_reference=false", "method.options.iga=false"],
     "uad: reference only": ["method.options.dsu=false", "method.options.iga=false"],
@@ -65,7 +66,7 @@ HEADER = "| run | clean | PGD-20 | AutoAttack | adaptive | worst case | flags |\
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out-dir", default="runs/study")
-    parser.add_argument("--groups", nargs="*", default=["plugins", "finetune", "uad"])
+    parser.add_argument("--groups", nargs="*", default=["plugins", "finetune", "uad", "field"])
     args = parser.parse_args()
     out = Path(args.out_dir)
     pgd_at = run("digits_pgd_at", out)
@@ -91,6 +92,10 @@ def main() -> None:
         for label, overrides in UAD_ABLATIONS.items():
             name = "digits_pgd_at_uad_" + label.split(": ")[1].replace(" ", "_").replace("=", "")
             print(row(label, evaluate(run("digits_pgd_at_uad", out, overrides, name=name), pgd_at, False)), flush=True)
+    if "field" in args.groups:
+        print("\n## AWP and fast AT (20 epochs; fast AT with the cyclic lr)\n" + HEADER, flush=True)
+        for config in FIELD:
+            print(row(config, evaluate(run(config, out), pgd_at, False)), flush=True)
 
 
 if __name__ == "__main__":

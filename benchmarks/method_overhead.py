@@ -1,10 +1,12 @@
 """Step time of each plug-in relative to its base method, same model and batch, measured in one run.
 
 Targets (DESIGN.md): FSR ≤ 1.15, AFD ≤ 1.25, ANCRA ≤ 2.2 (a second 10-step attack for negatives),
-UAD as low as its design allows. Example:
+UAD as low as its design allows; issue 9: AWP ≤ 1.2 × the method it wraps, FGSM-RS and N-FGSM ≤ 0.25 ×
+a PGD-AT step with a 10-step attack (``--steps 10``). Example:
 
     python benchmarks/method_overhead.py --model resnet18 --batch-size 32 --size 32 --repeats 3
     python benchmarks/method_overhead.py --model small_cnn --batch-size 128
+    python benchmarks/method_overhead.py --methods pgd_at+awp trades+awp fgsm_rs n_fgsm
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from _timing import median_seconds, step_fn  # noqa: E402
 
 from robustlab.methods import PLUGINS, method_names  # noqa: E402
 
-EXTRA = {"afd": "pgd_at"}  # methods that are not plug-ins, compared with the base they replace
+# methods that are not plug-ins, compared with the base they replace (fast AT: with PGD-AT's K-step attack)
+EXTRA = {"afd": "pgd_at", "fgsm_rs": "pgd_at", "n_fgsm": "pgd_at"}
 
 
 def pairs(selected: list[str] | None) -> list[tuple[str, str]]:
-    """(candidate, baseline) pairs: every base+plugin against its base, and AFD against PGD-AT."""
-    found = [(n, n.split("+")[0]) for n in method_names() if "+" in n and n.split("+")[1] in PLUGINS]
+    """(candidate, baseline) pairs: every ...+plugin against the method it wraps, and EXTRA."""
+    found = [(n, n.rsplit("+", 1)[0]) for n in method_names() if "+" in n and n.rsplit("+", 1)[1] in PLUGINS]
     found += [(m, b) for m, b in EXTRA.items() if m in method_names()]
     return [p for p in found if selected is None or p[0] in selected]
 
@@ -56,10 +59,10 @@ def main() -> None:
 
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, model {args.model}, "
           f"batch {args.batch_size}, input {channels}x{size}x{size}, attack steps {args.steps}")
-    print(f"{'method':<16} {'base':<8} {'step ms':>9} {'base ms':>9} {'ratio':>6}")
+    print(f"{'method':<18} {'base':<12} {'step ms':>9} {'base ms':>9} {'ratio':>6}")
     for method, base in pairs(args.methods):
         t, b = timed(method), timed(base)
-        print(f"{method:<16} {base:<8} {1000 * t:>9.2f} {1000 * b:>9.2f} {t / b:>6.2f}")
+        print(f"{method:<18} {base:<12} {1000 * t:>9.2f} {1000 * b:>9.2f} {t / b:>6.2f}")
 
 
 if __name__ == "__main__":

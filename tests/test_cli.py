@@ -50,7 +50,8 @@ def test_train_then_eval_writes_a_complete_record(trained_run: Path, capsys: pyt
 def test_list_shows_every_registry(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(["list"], capsys)
     assert code == 0
-    for name in ("pgd_at", "trades", "mart", "small_cnn", "wrn34_10", "digits", "cifar10", "pgd-K", "digits_pgd_at"):
+    for name in ("pgd_at", "trades", "mart", "small_cnn", "wrn34_10", "digits", "cifar10", "pgd-K", "digits_pgd_at",
+                 "fgsm_rs", "n_fgsm", "pgd_at+fsr+awp", "tinyimagenet", "cifar100_resnet18_afd"):
         assert name in out
     code, out, _ = run_cli(["list", "models", "wrn*"], capsys)
     assert out.split() == ["models:", "wrn28_10", "wrn34_10"]

@@ -10,6 +10,7 @@ from robustlab.methods import create_method
 from robustlab.models import MODELS
 
 NAMES = bundled_config_names()
+PAPER_SETS = ("cifar10", "cifar100", "tinyimagenet", "svhn")
 
 
 def test_the_issue_configs_are_bundled() -> None:
@@ -28,25 +29,44 @@ def test_bundled_config_is_valid(name: str) -> None:
     assert method.attack.eps > 0
     if name.startswith("cifar10_"):
         assert cfg.method.attack.eps == pytest.approx(8 / 255) and cfg.data.crop_padding == 4 and cfg.data.flip
+    if name.startswith(PAPER_SETS):
+        assert cfg.data.name == name.split("_")[0] and cfg.method.attack.eps == pytest.approx(8 / 255)
+
+
+def test_the_other_paper_sets_are_bundled() -> None:
+    """Issue 9: CIFAR-100 and Tiny-ImageNet for the seed papers, SVHN for FSR, with the papers' facts."""
+    for data in ("cifar100", "tinyimagenet"):
+        assert {f"{data}_resnet18_afd", f"{data}_wrn34_10_afd", f"{data}_resnet18_natural"} <= set(NAMES)
+    assert {"tinyimagenet_preact_resnet18_trades_ancra", "svhn_resnet18_pgd_at_fsr", "cifar100_wrn34_10_trades_ancra"} <= set(NAMES)
+    ancra = load_config("tinyimagenet_preact_resnet18_trades_ancra")
+    assert (ancra.optim.lr, ancra.optim.weight_decay, ancra.data.crop_padding, ancra.data.flip) == (0.1, 5e-4, 0, False)
+    assert load_config("cifar100_resnet18_trades_ancra").optim.lr == 0.01
+    fsr = load_config("svhn_resnet18_pgd_at_fsr")
+    assert (fsr.optim.lr, fsr.method.attack.step_size, fsr.data.flip) == (0.01, pytest.approx(1 / 255), False)
+    assert load_config("cifar100_wrn34_10_afd").method.options == {"alpha_dis": 0.1, "beta_excl": 1.0, "gamma_teacher": 50.0}
 
 
 @pytest.fixture(scope="module")
-def tiny_cifar(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """16 random 32×32 RGB images per split, as a .npz the paper configs can read instead of CIFAR-10."""
+def tiny_cifar(tmp_path_factory: pytest.TempPathFactory) -> dict[int, str]:
+    """16 random RGB images per split, as a .npz the paper configs can read instead of their data set:
+    32×32 for the CIFAR/SVHN configs, 16×16 for the 64×64 Tiny-ImageNet ones (shrunk to stay fast)."""
     import numpy as np
 
     rng = np.random.default_rng(0)
-    path = tmp_path_factory.mktemp("npz") / "tiny.npz"
-    arrays = {}
-    for split in ("train", "test"):
-        arrays[f"x_{split}"] = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
-        arrays[f"y_{split}"] = np.arange(16) % 10
-    np.savez(path, **arrays)
-    return str(path)
+    paths = {}
+    for size in (32, 16):
+        path = tmp_path_factory.mktemp("npz") / f"tiny{size}.npz"
+        arrays = {}
+        for split in ("train", "test"):
+            arrays[f"x_{split}"] = rng.integers(0, 256, (16, size, size, 3), dtype=np.uint8)
+            arrays[f"y_{split}"] = np.arange(16) % 10
+        np.savez(path, **arrays)
+        paths[size] = str(path)
+    return paths
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if n.startswith("cifar10_") and "afd" not in n and "finetune" not in n])
-def test_paper_config_trains_a_few_steps_on_tiny_inputs(name: str, tiny_cifar: str, tmp_path) -> None:
+@pytest.mark.parametrize("name", [n for n in NAMES if n.startswith(PAPER_SETS) and "afd" not in n and "finetune" not in n])
+def test_paper_config_trains_a_few_steps_on_tiny_inputs(name: str, tiny_cifar: dict[int, str], tmp_path) -> None:
     """The paper settings end to end (augmentation, schedule, bf16 autocast, channels_last, the method),
     on a narrow version of the architecture and 16 random images, so it runs on a CPU in seconds."""
     from robustlab.train import train
@@ -58,7 +78,7 @@ def test_paper_config_trains_a_few_steps_on_tiny_inputs(name: str, tiny_cifar: s
         "wrn34_10": ["model.name=wide_resnet", "model.options={depth: 10, widen_factor: 1}"],
     }[cfg.model.name]
     cfg = load_config(name, [
-        f"out_dir={tmp_path}", "data.name=npz", f"data.root={tiny_cifar}", "data.batch_size=8", "data.eval_examples=8",
+        f"out_dir={tmp_path}", "data.name=npz", f"data.root={tiny_cifar[16 if cfg.data.name == 'tinyimagenet' else 32]}", "data.batch_size=8", "data.eval_examples=8",
         "train.epochs=1", "train.eval_pgd_steps=1", "train.progress=false", "method.attack.steps=1", *shrink,
     ])
     record = train(cfg, log=lambda _: None)
@@ -110,3 +130,9 @@ def test_learning_rate_decays_at_the_configured_epoch_boundaries(name: str) -> N
         assert decays == OFFICIAL_DECAYS[_family(name)], name
         first = rates[decays[0] - 1]
         assert rates[0] == first == 1.0 and decays[0] == rates.count(1.0)  # e.g. 75 epochs at the base rate
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fine_tuning_configs_say_so(name: str) -> None:
+    """`robustlab train` refuses a config marked ``finetune: true``; every AFD or fine-tuning config carries the mark."""
+    assert load_config(name).finetune == ("afd" in name or "finetune" in name), name

@@ -84,7 +84,8 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    """Learning-rate schedule per step: ``piecewise`` (milestones as fractions of training), ``cosine``, ``constant``.
+    """Learning-rate schedule per step: ``piecewise`` (milestones as fractions of training), ``cosine``, ``constant``,
+    ``cyclic`` (one triangle: 0 up to the base rate at mid-training and back to 0, for fast AT).
 
     ``piecewise`` multiplies the base rate by ``gamma`` at each milestone, or, when ``factors`` is
     given (one per milestone), sets it to ``lr × factors[i]`` after milestone i (AFD's halving steps).
@@ -103,6 +104,8 @@ class TrainConfig:
 
     ``amp`` is the update's precision; ``attack_amp`` the training attack's (fp32 by default, as the
     official codes craft x'; see :mod:`robustlab.train.precision`).
+    ``stop_on_overfit``: stop at an epoch flagged as catastrophic overfitting (robustlab.train.overfit)
+    without saving it, so the checkpoints stay those of the last good epoch.
     """
 
     epochs: int = 10
@@ -116,6 +119,7 @@ class TrainConfig:
     eval_every: int = 1
     eval_pgd_steps: int = 10
     checkpoint_rule: str = "robust_acc"
+    stop_on_overfit: bool = False
     log_every: int = 50
     progress: bool = True
 
@@ -144,7 +148,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method.attack.norm": ("linf", "l2"),
     "method.attack.bn_mode": ("eval", "train"),
     "optim.name": ("sgd", "adamw"),
-    "schedule.name": ("piecewise", "cosine", "constant"),
+    "schedule.name": ("piecewise", "cosine", "constant", "cyclic"),
     "train.amp": ("none", "bf16", "fp16"),
     "train.attack_amp": ("fp32", "bf16", "fp16"),
     "train.checkpoint_rule": ("robust_acc", "clean_acc", "last"),

@@ -2,12 +2,11 @@
 
 Registered names (the config's ``data.name``): ``digits`` (scikit-learn's bundled 8×8 digits, no
 download), ``cifar10``, ``cifar100``, ``svhn`` (official releases, read locally or downloaded with
-MD5 checks), ``imagefolder`` (``root/split/class/*.png|jpg``, folder or tar archive) and ``npz``.
+MD5 checks), ``tinyimagenet`` (the official release layout, folder, .zip or tar), ``imagefolder`` (``root/split/class/*.png|jpg``, folder or tar archive) and ``npz``.
 Every factory takes ``(split, *, root=None, download=False, **options)`` and returns an
 :class:`ImageDataset`; bad input raises :class:`~robustlab.errors.UserError`.
 
-Deviations from DESIGN.md: Tiny-ImageNet is not registered yet (its validation folder is not in the
-image-folder layout). The CIFAR python-pickle releases are read, but only through an unpickler that
+The CIFAR python-pickle releases are read, but only through an unpickler that
 can rebuild nothing but numpy arrays (see :func:`robustlab.data.formats.restricted_unpickle`).
 """
 
@@ -25,6 +24,7 @@ import torch
 from robustlab.data import formats
 from robustlab.data.download import ensure_file, not_found
 from robustlab.data.imagefolder import DEFAULT_CACHE_DIR, FolderOptions, load_imagefolder
+from robustlab.data.tinyimagenet import load_tinyimagenet
 from robustlab.errors import UserError
 from robustlab.registry import Registry
 
@@ -373,9 +373,37 @@ def imagefolder(
     if channels not in (1, 3):
         raise UserError(f"imagefolder channels={channels!r} is not supported; use channels=3 (RGB) or 1 (grayscale)")
     options = FolderOptions(split, channels, _size(size), _cap(max_per_class))
-    where = Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).expanduser() if cache else None
-    images, labels, classes = load_imagefolder(Path(root).expanduser(), options, where)
+    images, labels, classes = load_imagefolder(Path(root).expanduser(), options, _cache_dir(cache_dir, cache))
     return _dataset(images, labels, classes, "imagefolder")
+
+
+@DATASETS.register
+def tinyimagenet(
+    split: str,
+    *,
+    root: str | Path | None = None,
+    download: bool = False,
+    max_per_class: int | None = None,
+    cache_dir: str | Path | None = None,
+    cache: bool = True,
+) -> ImageDataset:
+    """Tiny-ImageNet-200: 100,000 train / 10,000 val 64×64 RGB images, 200 classes (sorted wnids).
+
+    ``root``: the extracted ``tiny-imagenet-200/`` folder, a folder holding it or
+    ``tiny-imagenet-200.zip``, or the .zip/tar archive itself. ``test`` reads the labelled ``val``
+    split. ``download=True`` fetches the .zip from http://cs231n.stanford.edu/ and checks its MD5.
+    ``max_per_class``, ``cache_dir`` and ``cache`` as for :func:`imagefolder`. Layout and choices:
+    :mod:`robustlab.data.tinyimagenet`.
+    """
+    _check_split("tinyimagenet", split, ("train", "val", "test"))
+    images, labels, classes = load_tinyimagenet(
+        _root(root), split, download=download, max_per_class=_cap(max_per_class), cache_dir=_cache_dir(cache_dir, cache)
+    )
+    return _dataset(images, labels, classes, "tinyimagenet")
+
+
+def _cache_dir(cache_dir: str | Path | None, cache: bool) -> Path | None:
+    return Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).expanduser() if cache else None
 
 
 def _size(size: int | Sequence[int] | None) -> tuple[int, int] | None:

@@ -43,7 +43,7 @@ class FolderOptions:
 
 
 @dataclass
-class _Item:
+class Item:
     """One image to decode: its label, a name for messages, and how to get its bytes."""
 
     label: int
@@ -55,18 +55,28 @@ def load_imagefolder(
     root: Path, options: FolderOptions, cache_dir: Path | None
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Decoded ``(images uint8 NCHW, labels int64, classes)``, through the cache when ``cache_dir`` is set."""
-    listing: tuple[list[str], list[_Item]] | None = None
+    listing: tuple[list[str], list[Item]] | None = None
     if formats.is_archive(root):
-        fingerprint = _fingerprint(root, options, _stat_digest(root))
+        fingerprint = cache_fingerprint(root, options, stat_digest(root))
     elif root.is_dir():
         listing = scan_directory(root, options)  # cheap, and the fingerprint needs it
-        fingerprint = _fingerprint(root, options, _listing_digest(*listing))
+        fingerprint = cache_fingerprint(root, options, listing_digest(*listing))
     else:
         raise UserError(f"imagefolder root {root} is neither a folder nor a .tar/.tar.gz archive; point root at one")
+    return load_decoded(
+        fingerprint, options, cache_dir, lambda: listing if listing is not None else scan_archive(root, options)
+    )
+
+
+def load_decoded(
+    fingerprint: dict[str, Any], options: FolderOptions, cache_dir: Path | None,
+    scan: Callable[[], tuple[list[str], list[Item]]],
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The cached arrays for ``fingerprint``, else ``scan()``'s items decoded (and cached)."""
     cached = read_cache(cache_dir, fingerprint) if cache_dir is not None else None
     if cached is not None:
         return cached
-    classes, items = listing if listing is not None else scan_archive(root, options)
+    classes, items = scan()
     images = decode_all(items, options)
     labels = np.array([it.label for it in items], dtype=np.int64)
     if cache_dir is not None:
@@ -83,7 +93,7 @@ def _is_image(parts: list[str]) -> bool:
     return not hidden and parts[-1].lower().endswith(IMAGE_SUFFIXES)
 
 
-def scan_directory(root: Path, options: FolderOptions) -> tuple[list[str], list[_Item]]:
+def scan_directory(root: Path, options: FolderOptions) -> tuple[list[str], list[Item]]:
     """Classes (union of class folders over the split folders) and the images of ``options.split``."""
     split_dir = root / options.split
     if not split_dir.is_dir():
@@ -91,17 +101,17 @@ def scan_directory(root: Path, options: FolderOptions) -> tuple[list[str], list[
     splits = {s for s in (*SPLIT_FOLDERS, options.split) if (root / s).is_dir()}
     folders = (d for s in splits for d in (root / s).iterdir() if d.is_dir())
     classes = sorted({d.name for d in folders if not d.name.startswith(".")})
-    items: list[_Item] = []
+    items: list[Item] = []
     for label, cls in enumerate(classes):
         folder = split_dir / cls
         names = sorted(p.name for p in folder.iterdir() if _is_image([p.name])) if folder.is_dir() else []
         for name in names[: options.max_per_class]:
             path = folder / name
-            items.append(_Item(label, str(path), path.read_bytes))
+            items.append(Item(label, str(path), path.read_bytes))
     return classes, items
 
 
-def scan_archive(archive: Path, options: FolderOptions) -> tuple[list[str], list[_Item]]:
+def scan_archive(archive: Path, options: FolderOptions) -> tuple[list[str], list[Item]]:
     """Like :func:`scan_directory` for a tar archive, in one pass; a leading top folder is allowed.
 
     Member paths are read as ``[prefix/]split/class/file``; with ``max_per_class`` only the first
@@ -127,7 +137,7 @@ def scan_archive(archive: Path, options: FolderOptions) -> tuple[list[str], list
     classes = sorted(class_names[prefixes[0]])
     top = "/".join((*prefixes[0], options.split))
     items = [
-        _Item(label, f"{archive}:{top}/{cls}/{file}", lambda data=data: data)
+        Item(label, f"{archive}:{top}/{cls}/{file}", lambda data=data: data)
         for label, cls in enumerate(classes)
         for file, data in kept.get((prefixes[0], cls), [])
     ]
@@ -146,7 +156,7 @@ def _keep(entries: list[tuple[str, bytes]], file: str, read: Callable[[], bytes]
 # --------------------------------------------------------------------------- decoding
 
 
-def decode_all(items: list[_Item], options: FolderOptions) -> np.ndarray:
+def decode_all(items: list[Item], options: FolderOptions) -> np.ndarray:
     """Decode every item to one uint8 (N, C, H, W) array; sizes must agree unless ``size`` is set."""
     arrays = [decode(it.read(), it.name, options) for it in items]
     if not arrays:
@@ -177,16 +187,18 @@ def decode(data: bytes, name: str, options: FolderOptions) -> np.ndarray:
 # --------------------------------------------------------------------------- cache
 
 
-def _fingerprint(root: Path, options: FolderOptions, content: str) -> dict[str, Any]:
-    return {"version": CACHE_VERSION, "source": str(root.resolve()), "content": content, **asdict(options)}
+def cache_fingerprint(root: Path, options: FolderOptions, content: str, layout: str = "imagefolder") -> dict[str, Any]:
+    """What identifies a decoded cache entry; ``layout`` keeps other readers of the same root apart."""
+    ident = {"version": CACHE_VERSION, "source": str(root.resolve()), "content": content, **asdict(options)}
+    return ident if layout == "imagefolder" else {**ident, "layout": layout}
 
 
-def _stat_digest(path: Path) -> str:
+def stat_digest(path: Path) -> str:
     st = path.stat()
     return f"size={st.st_size},mtime_ns={st.st_mtime_ns}"
 
 
-def _listing_digest(classes: list[str], items: list[_Item]) -> str:
+def listing_digest(classes: list[str], items: list[Item]) -> str:
     """SHA-256 over the class list and each chosen file's path, size and modification time."""
     digest = hashlib.sha256(json.dumps(classes).encode())
     for it in items:

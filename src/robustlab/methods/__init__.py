@@ -1,7 +1,9 @@
 """Training objectives: base methods (METHODS.md §1) and plug-ins, by registry name.
 
-``method.name`` is a base name (``pgd_at``) or ``base+plugin`` (``trades+fsr``). ``method.options``
-go to whichever of the two accepts them (by keyword name; base first).
+``method.name`` is a base name (``pgd_at``) or ``base+plugin[+plugin...]`` (``trades+fsr``,
+``pgd_at+fsr+awp``): each plug-in wraps the method on its left and checks what it accepts there.
+``method.options`` go to the first of them (base first, then the plug-ins in order) that accepts
+the keyword.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 
 from robustlab.config import MethodConfig
 from robustlab.errors import UserError
-from robustlab.methods import afd, ancra, fsr, objectives, uad  # noqa: F401  (importing registers them)
+from robustlab.methods import afd, ancra, awp, fast, fsr, objectives, uad  # noqa: F401  (importing registers them)
 from robustlab.methods.base import METHODS, PLUGINS, Method, Parts, PlugIn, Terms
 
 __all__ = ["METHODS", "PLUGINS", "Method", "Parts", "PlugIn", "Terms", "create_method", "method_help", "method_names"]
@@ -25,20 +27,22 @@ def _keyword_options(factory: Callable[..., Any]) -> list[str]:
 
 
 def create_method(cfg: MethodConfig, generator: torch.Generator) -> Method:
-    """Instantiate ``cfg.name`` (``base`` or ``base+plugin``) with ``cfg.options`` routed by name."""
-    base_name, _, plugin_name = cfg.name.partition("+")
-    base_factory = METHODS.get(base_name)
-    plugin_factory = PLUGINS.get(plugin_name) if plugin_name else None
-    base_keys = _keyword_options(base_factory)
-    plugin_keys = _keyword_options(plugin_factory) if plugin_factory else []
-    unknown = [k for k in cfg.options if k not in base_keys and k not in plugin_keys]
+    """Instantiate ``cfg.name`` (``base`` or ``base+plugin[+plugin...]``) with ``cfg.options`` routed by name."""
+    base_name, *plugin_names = cfg.name.split("+")
+    if len(set(plugin_names)) != len(plugin_names):
+        raise UserError(f"method {cfg.name} names a plug-in twice; use each plug-in once")
+    factories = [METHODS.get(base_name), *(PLUGINS.get(p) for p in plugin_names)]
+    keys = [_keyword_options(f) for f in factories]
+    unknown = [k for k in cfg.options if not any(k in ks for ks in keys)]
     if unknown:
-        allowed = ", ".join(base_keys + plugin_keys) or "none"
+        allowed = ", ".join(k for ks in keys for k in ks) or "none"
         raise UserError(f"method {cfg.name} has no option {unknown[0]!r}; accepted options: {allowed}")
-    base_opts = {k: v for k, v in cfg.options.items() if k in base_keys}
-    plugin_opts = {k: v for k, v in cfg.options.items() if k not in base_keys}
-    method = base_factory(cfg.attack, generator, **base_opts)
-    return plugin_factory(method, **plugin_opts) if plugin_factory else method
+    owner = {k: next(i for i, ks in enumerate(keys) if k in ks) for k in cfg.options}
+    opts = [{k: v for k, v in cfg.options.items() if owner[k] == i} for i in range(len(factories))]
+    method = factories[0](cfg.attack, generator, **opts[0])
+    for factory, options in zip(factories[1:], opts[1:]):
+        method = factory(method, **options)
+    return method
 
 
 def method_names(pattern: str = "*") -> list[str]:
@@ -49,6 +53,12 @@ def method_names(pattern: str = "*") -> list[str]:
     for plugin in PLUGINS.names():
         bases = getattr(PLUGINS.get(plugin), "supported_bases", METHODS.names())
         names += [f"{b}+{plugin}" for b in bases]
+    for plugin in PLUGINS.names():  # plug-ins that wrap whole methods also stack on the others
+        factory = PLUGINS.get(plugin)
+        if getattr(factory, "stacks", False):
+            bases = getattr(factory, "supported_bases", METHODS.names())
+            names += [f"{n}+{plugin}" for n in names if n.count("+") == 1 and n.split("+")[0] in bases
+                      and n.split("+")[1] != plugin]
     return sorted(n for n in names if fnmatch.fnmatchcase(n, pattern))
 
 

@@ -286,11 +286,11 @@ class ancra(PlugIn):
         wrapped = AuxStack(model, keys, labels=y_neg)
         start = trades_start(x_neg, self.generator)
         with eval_mode(wrapped, a.bn_mode == "eval"), self.attack_precision():
-            return pgd(
+            return self.tape(lambda: pgd(
                 wrapped, x_neg, target, eps=a.eps, norm=a.norm, steps=steps, step_size=step_size,
                 loss=_AnchorCE(self.lambda_cr), random_start=False, x_init=start, targeted=True,
                 early_stop=False, generator=self.generator,
-            )
+            ))
 
     # ------------------------------------------------------------------- loss
     def _base_terms(self, clean: torch.Tensor | None, adv: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Parts]:

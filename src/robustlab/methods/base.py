@@ -9,10 +9,17 @@ Composition (``method: trades+fsr``): a base objective (§1) computes :class:`Te
 (``"clean"`` or ``"adv"``); a :class:`PlugIn` wraps the base, may add modules to the model
 (:meth:`prepare_model`), may observe or change each forward through its own ``forward`` hook, and
 adds its terms to the base's. The loop sees one Method either way.
+
+Step hooks: the loop calls :meth:`Method.start_epoch` before each epoch and
+:meth:`Method.after_backward` between the loss's backward and the optimiser step (AWP restores the
+weights it perturbed there). Every adversarial input a method crafts goes through its
+:class:`CraftTape` (shared along a plug-in chain), so a wrapper can recompute the loss on the same x'.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 import contextlib
 from typing import Any, Callable, ContextManager
@@ -42,6 +49,55 @@ class Terms:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class CraftTape:
+    """Records the adversarial inputs crafted during one loss and replays them, in call order.
+
+    Outside :meth:`session` a call just runs ``make``. In a "record" session each result is kept
+    with the state of ``generator`` after it; in a "replay" session a call returns the kept result
+    and sets the generator to the kept state, so the draws that follow (mask noise, negatives, the
+    next random start) repeat those of the recorded pass. AWP records on its first pass (at the
+    unperturbed weights) and replays on its second. Calls nested in a recorded call (TRADES wraps
+    its reference forward and its ``craft`` in one) are part of it: they run, unrecorded.
+    """
+
+    def __init__(self, generator: torch.Generator) -> None:
+        self.generator = generator
+        self.mode: str | None = None
+        self.items: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.position = 0
+        self.depth = 0
+
+    def __call__(self, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if self.depth:
+            return make()
+        if self.mode == "replay":
+            if self.position >= len(self.items):
+                raise RuntimeError("the replayed loss crafted more inputs than the recorded one")
+            out, state = self.items[self.position]
+            self.position += 1
+            self.generator.set_state(state)
+            return out
+        self.depth += 1
+        try:
+            out = make()
+        finally:
+            self.depth -= 1
+        if self.mode == "record":
+            self.items.append((out, self.generator.get_state()))
+        return out
+
+    @contextlib.contextmanager
+    def session(self, mode: str) -> Iterator[None]:
+        """``mode`` "record" (start a new tape) or "replay" (from its first item) for the block."""
+        if mode == "record":
+            self.items = []
+        self.mode, self.position = mode, 0
+        try:
+            yield
+        finally:
+            self.mode = None
+
+
 class Method:
     """Base class of training objectives. Subclasses implement :meth:`terms`.
 
@@ -54,6 +110,7 @@ class Method:
         self.generator = generator
         self.forward_hook: Callable[[nn.Module, torch.Tensor, torch.Tensor, str], torch.Tensor] | None = None
         self.attack_precision: Callable[[], ContextManager[Any]] = contextlib.nullcontext
+        self.tape = CraftTape(generator)
 
     def set_attack_precision(self, precision: Callable[[], ContextManager[Any]]) -> None:
         """The context (e.g. ``torch.autocast``) the training attack runs in, whatever wraps the update.
@@ -114,12 +171,22 @@ class Method:
         a = self.attack
         if a.steps == 0 or a.eps == 0:
             return x.detach()
-        with eval_mode(model, a.bn_mode == "eval"), self.attack_precision():
-            return pgd(
-                model, x, y, eps=a.eps, norm=a.norm, steps=a.steps, step_size=a.step_size,
-                loss=loss, random_start=a.random_start and x_init is None, x_init=x_init,
-                targeted=targeted, early_stop=False, generator=self.generator,
-            )
+
+        def make() -> torch.Tensor:
+            with eval_mode(model, a.bn_mode == "eval"), self.attack_precision():
+                return pgd(
+                    model, x, y, eps=a.eps, norm=a.norm, steps=a.steps, step_size=a.step_size,
+                    loss=loss, random_start=a.random_start and x_init is None, x_init=x_init,
+                    targeted=targeted, early_stop=False, generator=self.generator,
+                )
+
+        return self.tape(make)
+
+    def start_epoch(self, epoch: int) -> None:
+        """Called by the loop before epoch ``epoch`` (0-based) starts; nothing by default."""
+
+    def after_backward(self) -> None:
+        """Called by the loop after the loss's backward, before the optimiser step; nothing by default."""
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Tensors to checkpoint (the attack generator's state)."""
@@ -130,7 +197,7 @@ class Method:
 
 
 class PlugIn(Method):
-    """A plug-in wrapping a base objective: shares its attack and generator, adds modules and terms.
+    """A plug-in wrapping a base objective: shares its attack, generator and craft tape, adds modules and terms.
 
     Subclasses implement :meth:`terms` (usually: call ``self.base.terms`` then add their own) and,
     when they add modules, :meth:`prepare_model`. They may set ``self.base.forward_hook``.
@@ -139,6 +206,17 @@ class PlugIn(Method):
     def __init__(self, base: Method) -> None:
         super().__init__(base.attack, base.generator)
         self.base = base
+        self.tape = base.tape
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """The base's modules (plug-ins that add their own call this first)."""
+        return self.base.prepare_model(model)
+
+    def start_epoch(self, epoch: int) -> None:
+        self.base.start_epoch(epoch)
+
+    def after_backward(self) -> None:
+        self.base.after_backward()
 
     def set_attack_precision(self, precision: Callable[[], ContextManager[Any]]) -> None:
         super().set_attack_precision(precision)

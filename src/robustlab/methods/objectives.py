@@ -115,10 +115,14 @@ class trades(_CleanAndAdversarial):
         self.beta = parse_number(beta, "method.options.beta")
 
     def adversarial(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """x' of the TRADES attack (eval-mode clean logits as the fixed reference)."""
-        with eval_mode(model, self.attack.bn_mode == "eval"), torch.no_grad(), self.attack_precision():
-            reference = model(x)
-        return self.craft(model, x, y, loss=TradesAttackLoss(reference), x_init=trades_start(x, self.generator))
+        """x' of the TRADES attack (eval-mode clean logits as the fixed reference); one tape entry."""
+
+        def make() -> torch.Tensor:
+            with eval_mode(model, self.attack.bn_mode == "eval"), torch.no_grad(), self.attack_precision():
+                reference = model(x)
+            return self.craft(model, x, y, loss=TradesAttackLoss(reference), x_init=trades_start(x, self.generator))
+
+        return self.tape(make)
 
     def terms(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, step: int) -> Terms:
         x_adv = self.adversarial(model, x, y)

@@ -22,7 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from robustlab.attacks._common import eval_mode
-from robustlab.attacks.pgd import pgd
+from robustlab.attacks.pgd import fgsm, pgd
 from robustlab.config import RunConfig, build_config, dump_yaml, read_yaml, to_dict
 from robustlab.data import DeviceLoader, ImageDataset, fixed_subset, load_dataset
 from robustlab.errors import UserError
@@ -42,6 +42,7 @@ from robustlab.runs.model import build_model, model_spec
 from robustlab.runs.ranks import join, ranks_from_env, resolve_device
 from robustlab.rules import config_warnings
 from robustlab.train.distributed import barrier, per_rank_batch, wrap
+from robustlab.train.overfit import OverfitWatch, agree, describe
 from robustlab.train.ema import ModelEma
 from robustlab.train.optim import build_optimizer, lr_factor, set_lr
 from robustlab.train.precision import attack_autocast
@@ -53,20 +54,27 @@ def evaluate_clean_and_pgd(
     model: nn.Module, data: ImageDataset, *, eps: float, steps: int, step_size: float, norm: str,
     batch_size: int, device: torch.device, seed: int,
 ) -> dict[str, float]:
-    """Clean and PGD-``steps`` accuracy of ``model`` (in eval mode) on ``data``; the per-epoch monitor."""
+    """Clean, FGSM and PGD-``steps`` accuracy of ``model`` (in eval mode) on ``data``; the per-epoch monitor.
+
+    FGSM accuracy feeds the catastrophic-overfitting watch (:mod:`robustlab.train.overfit`).
+    """
     generator = torch.Generator(device=device).manual_seed(seed)
     loader = DeviceLoader(data, batch_size, shuffle=False, device=device)
-    clean = robust = 0
+    clean = robust = single = 0
     with eval_mode(model):
         for x, y in loader:
             with torch.no_grad():
                 clean += (model(x).argmax(1) == y).sum().item()
             if steps > 0 and eps > 0:
                 x_adv = pgd(model, x, y, eps=eps, norm=norm, steps=steps, step_size=step_size, generator=generator)
+                x_one = fgsm(model, x, y, eps=eps, norm=norm)
                 with torch.no_grad():
                     robust += (model(x_adv).argmax(1) == y).sum().item()
+                    single += (model(x_one).argmax(1) == y).sum().item()
     n = len(data.labels)
-    return {"clean_acc": clean / n, "robust_acc": robust / n if steps > 0 and eps > 0 else float("nan")}
+    attacked = steps > 0 and eps > 0
+    return {"clean_acc": clean / n, "robust_acc": robust / n if attacked else float("nan"),
+            "fgsm_acc": single / n if attacked else float("nan")}
 
 
 class Trainer:
@@ -114,6 +122,7 @@ class Trainer:
         self.epoch = 0
         self.step = 0
         self.best: dict[str, Any] = {"metric": None, "epoch": None}
+        self.overfit = OverfitWatch()
 
     def _attack_seed(self, step: int = 0) -> int:
         """Each rank draws its own attack noise (rank 0 of a single process: ``seed + 1``)."""
@@ -177,6 +186,7 @@ class Trainer:
         if self.scaler is not None and meta.get("scaler"):
             self.scaler.load_state_dict(meta["scaler"])
         self.epoch, self.step, self.best = meta["epoch"], meta["step"], meta["best"]
+        self.overfit = OverfitWatch(meta.get("overfit"))
 
     def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
         tensors = prefixed("model", self.model.state_dict())
@@ -188,6 +198,7 @@ class Trainer:
         tensors = self.checkpoint_tensors()
         meta: dict[str, Any] = {
             "format": FORMAT_VERSION, "epoch": self.epoch, "step": self.step, "best": self.best,
+            "overfit": self.overfit.state_dict(),
             "model": self.spec, "config": to_dict(self.cfg), "metrics": metrics,
             "weights": "ema" if self.ema is not None else "model",
         }
@@ -207,6 +218,7 @@ class Trainer:
     def train_epoch(self) -> dict[str, float]:
         cfg = self.cfg
         self.model.train()
+        self.method.start_epoch(self.epoch)
         sums: dict[str, torch.Tensor] = {}
         batches = tqdm(self.loader, desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}", leave=False,
                        disable=not cfg.train.progress or not sys.stderr.isatty(), dynamic_ncols=True)
@@ -236,6 +248,7 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
+            self.method.after_backward()
             if clip:
                 nn.utils.clip_grad_norm_(self.model.parameters(), clip)
             self.method.before_step(self.optimizer)
@@ -243,6 +256,7 @@ class Trainer:
             self.scaler.update()
             return
         loss.backward()
+        self.method.after_backward()
         if clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         self.method.before_step(self.optimizer)
@@ -263,6 +277,14 @@ class Trainer:
             model, self.eval_set, eps=attack.eps, steps=cfg.train.eval_pgd_steps, step_size=attack.step_size,
             norm=attack.norm, batch_size=max(cfg.data.batch_size, 256), device=self.device, seed=cfg.seed,
         )
+
+    def _watch_overfit(self, record: dict[str, Any]) -> bool:
+        """Flag catastrophic overfitting in ``record``; True when training should stop here."""
+        if not self.overfit.update(record):
+            return False
+        record["overfit"] = True
+        self.log(describe(record, self.overfit))
+        return self.cfg.train.stop_on_overfit
 
     def _is_better(self, metrics: dict[str, float]) -> bool:
         rule = self.cfg.train.checkpoint_rule
@@ -304,19 +326,24 @@ class Trainer:
                 self.epoch += 1
                 record: dict[str, Any] = {"epoch": self.epoch, "time_s": round(time.perf_counter() - started, 3)}
                 record.update({f"train_{k}": v for k, v in train_means.items()})
+                stop = False
                 if self.ranks.main and (self.epoch % self.cfg.train.eval_every == 0 or self.epoch == self.cfg.train.epochs):
                     record.update(self.evaluate())
-                    if self._is_better(record):
+                    stop = self._watch_overfit(record)
+                    if not stop and self._is_better(record):
                         self.save("best", resumable=False, metrics=record)
                 last = self.metrics.write("epoch", self.step, record)
                 if before_checkpoint is not None:
                     before_checkpoint(self.epoch)
-                if self.ranks.main:
+                if self.ranks.main and not stop:  # a flagged epoch is logged but never checkpointed
                     self.save("last", resumable=True, metrics=record)
                 barrier(self.ranks)
                 self.log(_epoch_line(last))
                 if after_epoch is not None:
                     after_epoch(self.epoch)
+                if agree(self.ranks, stop, self.device):
+                    self.log(f"stopped (train.stop_on_overfit=true); the checkpoints in {self.ckpt_dir} predate epoch {self.epoch}")
+                    break
         finally:
             self.metrics.close()
             self.lock.release()

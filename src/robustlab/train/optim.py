@@ -30,13 +30,19 @@ def lr_factor(step: int, total_steps: int, steps_per_epoch: int, cfg: ScheduleCo
 
     Linear warm-up over ``warmup_epochs``, then ``piecewise`` (× gamma at each milestone, given as a
     fraction of training, at the epoch boundaries of :func:`decay_epochs`), ``cosine`` (to 0 at the
-    end) or ``constant``.
+    end), ``constant`` or ``cyclic``.
+
+    ``cyclic``: one triangle over training, t = (step + 1)/total: 2t up to the middle, 2(1 − t) after
+    (N-FGSM's code; Wong et al.'s FGSM-RS code puts the peak at 2/5 of training [ours: the middle]).
     """
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     if step < warmup:
         return (step + 1) / warmup
     if cfg.name == "constant":
         return 1.0
+    if cfg.name == "cyclic":
+        t = (step + 1) / max(total_steps, 1)
+        return 2 * t if t <= 0.5 else 2 * (1.0 - t)
     if cfg.name == "cosine":
         span = max(total_steps - warmup, 1)
         return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / span))
