@@ -15,7 +15,7 @@ from robustlab.config import AttackConfig, MethodConfig, ScheduleConfig
 from robustlab.errors import UserError
 from robustlab.methods import create_method
 from robustlab.train import loop
-from robustlab.train.checkpoint import load_checkpoint
+from robustlab.runs.checkpoint import load_checkpoint
 from robustlab.train.optim import lr_factor
 from robustlab.train.overfit import OverfitWatch
 
