@@ -27,7 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-IGNORED = shutil.ignore_patterns(".git", ".venv", "runs", "__pycache__", ".pytest_cache", "*.egg-info", ".ci")
+_IGNORED_ANYWHERE = shutil.ignore_patterns(".git", ".venv", "__pycache__", ".pytest_cache", "*.egg-info", ".ci")
+
+
+def _ignored(folder: str, names: list[str]) -> set[str]:
+    """What the copy leaves out; ``runs/`` (run outputs) only at the top, not the ``robustlab.runs`` package."""
+    skipped = set(_IGNORED_ANYWHERE(folder, names))
+    return skipped | ({"runs"} & set(names) if Path(folder) == ROOT else set())
 
 
 @dataclass(frozen=True)
@@ -56,8 +62,9 @@ MUTANTS = (
     Mutant("square_50_queries", "src/robustlab/evaluate/suite.py", '"square": (square, {"queries": 5000,',
            '"square": (square, {"queries": 50,', ("tests/test_square.py", "tests/test_evaluate.py")),
     Mutant("square_per_pixel_init", "src/robustlab/attacks/square.py",
-           "stripes = _signs((n, channels, 1, width), device, generator)",
-           "stripes = _signs((n, channels, height, width), device, generator)", ("tests/test_square.py",)),
+           "u = torch.rand((n, channels, 1, width), generator=draws.generator, device=x.device)",
+           "u = torch.rand((n, channels, x.shape[2], width), generator=draws.generator, device=x.device)",
+           ("tests/test_square.py",)),
     # ------------------------------------------------------------------ methods (issue 11)
     Mutant("trades_ce_attack", "src/robustlab/methods/objectives.py",
            "loss=TradesAttackLoss(reference), x_init=trades_start(x, self.generator)",
@@ -98,7 +105,7 @@ def run_mutant(mutant: Mutant, python: str) -> tuple[str, float]:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"mutant-{mutant.name}-") as tmp:
         copy = Path(tmp) / "repo"
-        shutil.copytree(ROOT, copy, ignore=IGNORED)
+        shutil.copytree(ROOT, copy, ignore=_ignored)
         target = copy / mutant.path
         text = target.read_text() if target.is_file() else ""
         if mutant.old not in text:
