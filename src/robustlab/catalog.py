@@ -14,7 +14,7 @@ def catalog(what: str = "all", pattern: str = "*") -> dict[str, list[str]]:
     from robustlab.models import MODELS
 
     sections = {
-        "methods": [f"{n:<13} {method_help(n)}".rstrip() for n in method_names(pattern)],
+        "methods": [f"{n:<16} {method_help(n)}".rstrip() for n in method_names(pattern)],
         "models": MODELS.names(pattern),
         "datasets": DATASETS.names(pattern),
         "attacks": [f"{k:<8} {v}" for k, v in ATTACK_FORMS.items() if fnmatch.fnmatchcase(k, pattern)],

@@ -63,10 +63,11 @@ def method_names(pattern: str = "*") -> list[str]:
 
 
 def method_help(name: str) -> str:
-    """The one-line label of ``base`` or ``base+plugin`` (the plug-in's, else the base's ``help``; may be empty).
+    """The one-line label of ``base`` or ``base+plugin[+plugin]`` (the plug-ins' labels joined, else the
+    base's ``help``; may be empty).
 
-    Labels carry provenance a user must see, e.g. UAD-AT's "built from the abstract".
+    Labels carry provenance a user must see, e.g. UAD-AT's "built from the abstract", also when stacked.
     """
-    base_name, _, plugin_name = name.partition("+")
-    factory = PLUGINS.get(plugin_name) if plugin_name else METHODS.get(base_name)
-    return str(getattr(factory, "help", ""))
+    base_name, *plugin_names = name.split("+")
+    factories = [PLUGINS.get(p) for p in plugin_names] if plugin_names else [METHODS.get(base_name)]
+    return "; ".join(label for f in factories if (label := str(getattr(f, "help", ""))))
