@@ -5,7 +5,6 @@ Trains (or reuses) a natural and a PGD-AT small CNN on digits, then, on the same
 AutoAttack our robust accuracy and time next to the reference's, and the time ratio ours / reference.
 Targets (issue 8): the full suite at most 0.6x the reference's time with robust accuracy at most the
 reference's; no single attack slower than the reference. Then PGD-20 against a plain textbook PGD loop.
-Attacks that need our Square under L2 are listed as n/a while Square has no L2 version.
 
     python benchmarks/eval_speed.py --n 200 --out-dir runs/bench
 """
@@ -19,10 +18,8 @@ from pathlib import Path
 import torch
 
 from robustlab.attacks import pgd
-from robustlab.attacks.square import square
 from robustlab.config import build_config
 from robustlab.data import fixed_subset, load_dataset
-from robustlab.errors import UserError
 from robustlab.evaluate import evaluate_model, load_model
 from robustlab.train import train
 
@@ -74,15 +71,6 @@ def ours(model, data, attack, norm):
     return record["attacks"][attack]["robust_acc"], time.perf_counter() - start
 
 
-def square_has_l2() -> bool:
-    try:
-        square(torch.nn.Flatten(), torch.full((1, 2), 0.5), torch.zeros(1, dtype=torch.long), eps=0.1, norm="l2",
-               queries=1)
-    except UserError:
-        return False
-    return True
-
-
 def plain_pgd(model, x, y, steps=20, step=0.025):
     """A textbook PGD-20 loop (random start, sign steps, clamp), the speed baseline."""
     eps = EPS["linf"]
@@ -125,7 +113,6 @@ def main() -> None:
     norms, attacks = args.norms.split(","), args.attacks.split(",")
     data = fixed_subset(load_dataset("digits", "test"), args.n, seed=0)
     x, y = data.images.float() / 255, data.labels
-    l2_square = square_has_l2()
     print(f"digits test subset n={args.n}, eps {EPS}, CPU threads {torch.get_num_threads()}")
     print(f"{'model':<8} {'norm':<5} {'attack':<11} {'ours acc':>8} {'ref acc':>8} {'ours s':>8} {'ref s':>8} {'ratio':>6}")
     misses = []
@@ -133,9 +120,6 @@ def main() -> None:
         model = trained_model(Path(args.out_dir), method, epochs).eval()
         for norm in norms:
             for attack in attacks:
-                if norm == "l2" and attack in ("square", "autoattack") and not l2_square:
-                    print(f"{method:<8} {norm:<5} {attack:<11} n/a: our Square has no L2 version yet")
-                    continue
                 acc, seconds = ours(model, data, attack, norm)
                 ref_acc, ref_seconds = reference(model, x, y, *ATTACKS[attack], norm)
                 ratio = seconds / ref_seconds
