@@ -67,7 +67,7 @@ def make_step(model_name: str, method_name: str, *, batch_size: int, channels: i
             loss, _ = method.loss(forward, x, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        method.after_backward()
+        method.before_step(optimizer)
         optimizer.step()
 
     return step, model

@@ -30,6 +30,11 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.rand(8, 1, 6, 6, generator=g), torch.randint(0, 3, (8,), generator=g)
 
 
+def _optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+    """What the trainer hands ``before_step``; AWP only restores its weights there and never steps it."""
+    return torch.optim.SGD(model.parameters(), lr=0.0)
+
+
 def _method(name: str, **options: object) -> object:
     return create_method(MethodConfig(name=name, attack=ATTACK, options=dict(options)), torch.Generator().manual_seed(5))
 
@@ -46,7 +51,7 @@ def test_perturbation_has_relative_size_gamma_per_layer_and_is_undone() -> None:
         else:  # biases are not perturbed
             assert ratio == 0.0, name
     loss.backward()
-    method.after_backward()
+    method.before_step(_optimizer(model))
     for name, p in model.named_parameters():
         assert torch.equal(p.detach(), before[name]), name
 
@@ -71,7 +76,7 @@ def test_step_equals_an_optimiser_step_with_the_gradient_at_the_perturbed_weight
         loss, _ = method.loss(model, x, y)
         opt.zero_grad()
         loss.backward()
-        method.after_backward()
+        method.before_step(opt)
         opt.step()
 
     # The same two steps by hand: x' from the same seeded PGD at w, gradient at w + v, step from w.
@@ -117,7 +122,7 @@ def test_second_pass_replays_x_adv_and_random_draws(eps: float) -> None:
     for b, saved in zip(model.buffers(), buffers):
         b.copy_(saved)
     awp_loss, _ = stacked.loss(model, x, y)
-    stacked.after_backward()
+    stacked.before_step(_optimizer(model))
     assert awp_loss.item() == pytest.approx(base_loss.item(), rel=1e-5)
     assert torch.equal(stacked.generator.get_state(), base.generator.get_state())
 
@@ -130,7 +135,7 @@ def test_ascent_pass_leaves_batch_norm_statistics_alone() -> None:
     _method("pgd_at").loss(plain, x, y)
     method = _method("pgd_at+awp")
     method.loss(model, x, y)
-    method.after_backward()
+    method.before_step(_optimizer(model))
     counts = [(n, b) for n, b in model.named_buffers() if n.endswith("num_batches_tracked")]
     assert counts and all(b.item() == 1 for _, b in counts)
     assert all(b.item() == 1 for n, b in plain.named_buffers() if n.endswith("num_batches_tracked"))
@@ -146,7 +151,7 @@ def test_warmup_epochs_skip_the_perturbation() -> None:
     method.start_epoch(1)
     method.loss(model, x, y)
     assert not all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
-    method.after_backward()
+    method.before_step(_optimizer(model))
 
 
 @pytest.mark.parametrize("name", ["pgd_at+awp+fsr", "natural+awp", "pgd_at+awp+awp"])
@@ -165,7 +170,7 @@ def test_every_listed_awp_composition_trains_a_step_and_restores(name: str) -> N
     loss, _ = method.loss(model, x, y)
     assert any(not torch.equal(p, b) for p, b in zip(model.parameters(), before))  # perturbed meanwhile
     loss.backward()
-    method.after_backward()
+    method.before_step(_optimizer(model))
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
     assert all(p.grad is not None for p in model.parameters() if p.ndim > 1)
 
@@ -175,7 +180,7 @@ def test_trades_records_its_attack_as_one_tape_entry_and_replays_it() -> None:
     base, stacked = _method("trades"), _method("trades+awp", gamma=1e-12)
     base_loss, _ = base.loss(model, x, y)
     awp_loss, _ = stacked.loss(model, x, y)
-    stacked.after_backward()
+    stacked.before_step(_optimizer(model))
     assert len(stacked.tape.items) == 1  # reference forward + craft: one recorded call, not two
     assert awp_loss.item() == pytest.approx(base_loss.item(), rel=1e-5)
     assert torch.equal(stacked.generator.get_state(), base.generator.get_state())

@@ -13,7 +13,7 @@ One training step with the base objective ℓ (the per-batch mean of the base's 
    parameters are not perturbed. For TRADES ℓ is the TRADES loss (the paper's AWP-TRADES proxy:
    CE(f(x), y) + β·KL(P(x) ‖ P(x'))), for MART the MART loss, for PGD-AT CE(f(x'), y).
 3. The loss is recomputed at w + v on the same x' (and the same random draws) and returned; the loop
-   backpropagates it, and :meth:`awp.after_backward` puts w back before the optimiser step, so the
+   backpropagates it, and :meth:`awp.before_step` puts w back before the optimiser step, so the
    update is a plain optimiser step from w with the gradient taken at w + v.
 4. Warm-up: no perturbation during the first ``awp_warmup`` epochs (default 0).
 
@@ -127,7 +127,7 @@ class awp(PlugIn):
         if self.epoch < self.warmup or self.gamma == 0:
             return self.base.terms(model, x, y, step=step)
         if self._saved:
-            raise RuntimeError("AWP's previous perturbation is still applied: call after_backward() after each backward")
+            raise RuntimeError("AWP's previous perturbation is still applied: call before_step() after each backward")
         inner = unwrapped(model)
         params = perturbed_parameters(inner)
         state = self.generator.get_state()
@@ -157,6 +157,6 @@ class awp(PlugIn):
                 p.copy_(w)
         self._saved = []
 
-    def after_backward(self) -> None:
+    def before_step(self, optimizer: torch.optim.Optimizer) -> None:
         self.restore()
-        self.base.after_backward()
+        self.base.before_step(optimizer)

@@ -11,8 +11,8 @@ Composition (``method: trades+fsr``): a base objective (§1) computes :class:`Te
 adds its terms to the base's. The loop sees one Method either way.
 
 Step hooks: the loop calls :meth:`Method.start_epoch` before each epoch and
-:meth:`Method.after_backward` between the loss's backward and the optimiser step (AWP restores the
-weights it perturbed there). Every adversarial input a method crafts goes through its
+:meth:`Method.before_step` between the loss's backward and the optimiser step (AWP restores the
+weights it perturbed there; AFD's ``update: released`` takes its extra step). Every adversarial input a method crafts goes through its
 :class:`CraftTape` (shared along a plug-in chain), so a wrapper can recompute the loss on the same x'.
 """
 
@@ -185,9 +185,6 @@ class Method:
     def start_epoch(self, epoch: int) -> None:
         """Called by the loop before epoch ``epoch`` (0-based) starts; nothing by default."""
 
-    def after_backward(self) -> None:
-        """Called by the loop after the loss's backward, before the optimiser step; nothing by default."""
-
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Tensors to checkpoint (the attack generator's state)."""
         return {"generator": self.generator.get_state()}
@@ -215,8 +212,8 @@ class PlugIn(Method):
     def start_epoch(self, epoch: int) -> None:
         self.base.start_epoch(epoch)
 
-    def after_backward(self) -> None:
-        self.base.after_backward()
+    def before_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.base.before_step(optimizer)
 
     def set_attack_precision(self, precision: Callable[[], ContextManager[Any]]) -> None:
         super().set_attack_precision(precision)

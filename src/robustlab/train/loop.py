@@ -248,7 +248,6 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
-            self.method.after_backward()
             if clip:
                 nn.utils.clip_grad_norm_(self.model.parameters(), clip)
             self.method.before_step(self.optimizer)
@@ -256,7 +255,6 @@ class Trainer:
             self.scaler.update()
             return
         loss.backward()
-        self.method.after_backward()
         if clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         self.method.before_step(self.optimizer)
