@@ -7,7 +7,8 @@ three components; vanilla adversarial fine-tuning and AFD from the natural run. 
 seeds 1 and 2 the four main pairs (pgd_at vs +fsr, trades vs +ancra, pgd_at vs +uad, vanilla fine-tuning
 vs AFD). Each model is evaluated on the same fixed test images (1,000, subset seed 0): clean, PGD-20 and
 standard AutoAttack, plug-ins also ``--adaptive`` with transfer from the same seed's base; checks on;
-per-sample worst case. Records are copied to ``--results`` as they finish, then ``docs/results.md`` is
+per-sample worst case; models run channels-last (faster convolutions on CPU). Records are copied to ``--results``
+as they finish (the four main pairs over all seeds first), then ``docs/results.md`` is
 written from them (tables, paired bootstrap intervals from :mod:`robustlab.report.compare`, verdicts).
 
 Resumable: a finished evaluation (its record in ``--results``) is skipped, and a run is trained only when
@@ -131,7 +132,7 @@ class Study:
 
     def eval_command(self, job: Job) -> list[str]:
         cmd = ["eval", str(self.out / job.name), "--attacks", ATTACKS, "--n-examples", str(self.args.n_examples),
-               "--batch-size", str(self.args.batch_size), "--out", str(self.out / job.name / "eval" / "study.json")]
+               "--batch-size", str(self.args.batch_size), "--channels-last", "--out", str(self.out / job.name / "eval" / "study.json")]
         if job.row.adaptive:
             cmd += ["--adaptive", "--transfer-from", str(self.out / self.by_key[(job.row.base, job.seed)].name)]
         return cmd
@@ -155,7 +156,9 @@ class Study:
                 needed += [d for d in deps if d not in needed] + ([job] if job not in needed else [])
         steps = [("train", j) for j in self.jobs if j in needed and not self.trained(j)]
         evals = [("eval", j) for j in self.jobs if not self.record_path(j).is_file()]
-        order = {j: i for i, j in enumerate(self.jobs)}
+        # the four main pairs over all seeds first, so a study cut short still has its three-seed claims
+        first = [j for j in self.jobs if j.row.label in MAIN]
+        order = {j: i for i, j in enumerate(first + [j for j in self.jobs if j not in first])}
         return sorted(steps + evals, key=lambda s: (order[s[1]], s[0] == "eval"))
 
     def cost(self, step: tuple[str, Job]) -> tuple[str, float]:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from robustlab.cli import main
 
@@ -123,3 +124,27 @@ def test_finetune_command_from_a_natural_run(tmp_path: Path, capsys: pytest.Capt
     assert (tmp_path / "digits_finetune_afd" / "checkpoints" / "last.safetensors").is_file()
     code, _, err = run_cli(["finetune", "digits_finetune_afd", "--from", str(tmp_path / "nowhere"), *tiny], capsys)
     assert code == 2 and "not found" in err
+
+
+def test_eval_channels_last_runs_the_model_channels_last_with_the_same_verdicts(
+        trained_run: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import robustlab.evaluate.api as api
+
+    formats: list[bool] = []
+    original = api.run_suite
+
+    def spy(model: torch.nn.Module, *args: object, **kwargs: object) -> object:
+        weights = [p for p in model.parameters() if p.dim() == 4]
+        formats.append(any(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in weights))
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(api, "run_suite", spy)
+    records = {}
+    for flag in ([], ["--channels-last"]):
+        path = tmp_path / f"record{len(flag)}.json"
+        code, _, _ = run_cli(["eval", str(trained_run), "--attacks", "fgsm,pgd-5", "--n-examples", "40", "--out", str(path), *flag], capsys)
+        assert code == 0
+        records[bool(flag)] = json.loads(path.read_text())
+    assert formats == [False, True]
+    assert records[False]["channels_last"] is False and records[True]["channels_last"] is True
+    assert records[True]["per_sample"] == records[False]["per_sample"]

@@ -27,6 +27,12 @@ from robustlab.runs.model import load_model
 from robustlab.runs.ranks import join, ranks_from_env, resolve_device
 
 
+def _placed(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    """``model`` on ``device`` in eval mode, its 4-d weights channels-last when asked."""
+    model = model.to(device).eval()
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
 def evaluate_model(
     model: nn.Module,
     data: ImageDataset,
@@ -45,6 +51,7 @@ def evaluate_model(
     transfer_source: nn.Module | None = None,
     checks: bool = True,
     probe_size: int = 64,
+    channels_last: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Evaluate any classifier (inputs in [0, 1], logits out) on ``data``; returns the record.
@@ -56,12 +63,15 @@ def evaluate_model(
     ``checks``: run the cheap gradient-masking checks of EVALUATION.md (1–6) on a probe of
     ``probe_size`` samples; their flags join the record's and their measurements go under ``checks``.
     ``autoattack`` on a randomized model runs as ``autoattack-rand``, flagged ``autoattack_rand``.
+    ``channels_last``: convert ``model`` (in place) and the transfer source to the channels-last memory
+    format, which makes convolutions much faster on CPU (1.5-1.75x per forward for the study's ResNet);
+    the logits agree to float rounding. Recorded under ``channels_last``.
     """
     check_attack_names(attacks)
     ranks = ranks_from_env()
     dev = join(ranks, resolve_device(device) if isinstance(device, str) else device)
     log = log if ranks.main else (lambda _: None)
-    model = model.to(dev).eval()
+    model = _placed(model, dev, channels_last)
     step_size = eps / 4 if step_size is None else step_size
     check_budget(eps, norm, key="eps")
     for warning in budget_warnings(eps, step_size, key="evaluation"):
@@ -72,7 +82,7 @@ def evaluate_model(
     if adaptive or transfer_source is not None:
         group = build_adaptive(
             model, probe, eps=eps, norm=norm, step_size=step_size, num_classes=data.num_classes,
-            transfer_source=None if transfer_source is None else transfer_source.to(dev),
+            transfer_source=None if transfer_source is None else _placed(transfer_source, dev, channels_last),
         )
         if group is None:
             log("adaptive: no auxiliary heads, gates, randomness or transfer source; nothing model-specific to add")
@@ -110,6 +120,7 @@ def evaluate_model(
         "dataset": data.name, "n_examples": len(data.labels), "data_hash": fingerprint["data"], "seed": seed, "eps": eps, "norm": norm,
         "step_size": step_size, "batch_size": batch_size, "model_mode": "eval",
         "wall_time_s": round(time.perf_counter() - started, 3), "device": str(dev), "processes": ranks.world,
+        "channels_last": channels_last,
     }
     return make_record(result, settings=settings, specs=specs, model_info=dict(model_info or {}))
 
@@ -133,6 +144,7 @@ def evaluate_checkpoint(
     adaptive: bool = False,
     transfer_from: str | Path | None = None,
     checks: bool = True,
+    channels_last: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Evaluate a trained run; ε, norm and step size default to the run's training attack.
@@ -175,7 +187,8 @@ def evaluate_checkpoint(
         record = evaluate_model(
             model, data, attacks=attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts,
             batch_size=batch_size, seed=seed, device=dev, state_path=out.with_suffix(".state.json"),
-            model_info=model_info, adaptive=adaptive, transfer_source=source, checks=checks, log=log,
+            model_info=model_info, adaptive=adaptive, transfer_source=source, checks=checks,
+            channels_last=channels_last, log=log,
         )
         if ranks_from_env().main:
             write_record(out, record)
