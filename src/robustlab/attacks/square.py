@@ -106,11 +106,21 @@ class _Draws:
         """(m, 1, 1, 1) fair coin (the reference transposes ``eta`` when its draw exceeds 1/2)."""
         return self._rows(active, 1, 1, 1) > 0.5
 
-    def flips(self, active: torch.Tensor, channels: int) -> torch.Tensor:
-        """(m, C, 1, 1) uniform non-empty subset of channels as a 0/1 mask (strong mode only)."""
-        pick = torch.randint(1, 2**channels, (self.n, 1, 1, 1), generator=self.generator, device=self.device)[active]
-        bits = 2 ** torch.arange(channels, device=self.device).view(1, -1, 1, 1)
-        return ((pick & bits) > 0).float()
+    def linf_square(
+        self, active: torch.Tensor, channels: int, rows: int, cols: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(top, left, signs, flips)`` of one L∞ candidate: corners in ``[0, rows]``/``[0, cols]`` (the
+        reference's ranges in reference mode), (m, C, 1, 1) signs in {-1, +1}, and (strong mode only) a
+        uniform non-empty set of channels as a 0/1 mask. Strong mode takes all of them from one draw."""
+        if self.shared:
+            return self.position(active, rows), self.position(active, cols), self.signs(active, channels), None
+        u = self._uniform(self.n, channels + 3)[active]
+        top = (u[:, :1] * (rows + 1)).long()
+        left = (u[:, 1:2] * (cols + 1)).long()
+        signs = torch.where(u[:, 2:2 + channels] < 0.5, -1.0, 1.0).view(-1, channels, 1, 1)
+        pick = (u[:, -1:] * (2**channels - 1)).long() + 1  # uniform in 1 .. 2^C - 1
+        bits = 2 ** torch.arange(channels, device=self.device)
+        return top, left, signs, ((pick & bits) > 0).float().view(-1, channels, 1, 1)
 
 
 def _window(top: torch.Tensor, left: torch.Tensor, side: int, height: int, width: int) -> torch.Tensor:
@@ -196,24 +206,25 @@ def _init_l2(x: torch.Tensor, eps: torch.Tensor, draws: _Draws, active: torch.Te
 
 
 def _step_linf(
-    x: torch.Tensor, x_best: torch.Tensor, eps: torch.Tensor, draws: _Draws, active: torch.Tensor, p: float
+    x: torch.Tensor, x_best: torch.Tensor, eps: torch.Tensor, draws: _Draws, active: torch.Tensor, p: float,
+    bounds: tuple[torch.Tensor, torch.Tensor],
 ) -> torch.Tensor:
-    """One L∞ candidate per row: a square set to a vertex value per channel."""
+    """One L∞ candidate per row: a square set to a vertex value per channel (``bounds``: the rows' box)."""
     _, channels, height, width = x.shape
     side = min(max(round(math.sqrt(p * height * width)), 1), height, width)
-    window = _window(draws.position(active, height - side), draws.position(active, width - side), side, height, width)
-    values = draws.signs(active, channels).to(x.dtype)
-    lower, upper = linf_bounds(x, eps)
-    vertex = torch.clamp(x + eps * values, lower, upper)
-    if not draws.shared:  # where the square already holds these values, flip a non-empty set of channels
-        flips = draws.flips(active, channels).to(x.dtype)  # drawn every iteration: draws stay aligned per sample
+    top, left, signs, flips = draws.linf_square(active, channels, height - side, width - side)
+    window = _window(top, left, side, height, width)
+    lower, upper = bounds
+    vertex = torch.where(signs > 0, upper, lower)
+    if flips is not None:  # where the square already holds these values, flip a non-empty set of channels
         same = torch.where(window, vertex == x_best, True).flatten(1).all(dim=1).view(-1, 1, 1, 1)
-        vertex = torch.where(same, torch.clamp(x + eps * values * (1 - 2 * flips), lower, upper), vertex)
+        vertex = torch.where(same & (flips > 0), torch.where(signs > 0, lower, upper), vertex)
     return torch.where(window, vertex, x_best)
 
 
 def _step_l2(
-    x: torch.Tensor, x_best: torch.Tensor, eps: torch.Tensor, draws: _Draws, active: torch.Tensor, p: float
+    x: torch.Tensor, x_best: torch.Tensor, eps: torch.Tensor, draws: _Draws, active: torch.Tensor, p: float,
+    bounds: None = None,
 ) -> torch.Tensor:
     """One L2 candidate per row (Algorithm 3 as in the reference): refill one window, empty another."""
     _, channels, height, width = x.shape
@@ -234,7 +245,7 @@ def _step_l2(
 
 
 _Init = Callable[[torch.Tensor, torch.Tensor, _Draws, torch.Tensor], torch.Tensor]
-_Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, _Draws, torch.Tensor, float], torch.Tensor]
+_Step = Callable[..., torch.Tensor]
 _SAMPLERS: dict[str, tuple[_Init, _Step]] = {"linf": (_init_linf, _step_linf), "l2": (_init_l2, _step_l2)}
 
 
@@ -261,24 +272,33 @@ def _square_attempt(
     best_margin = margin(logits, y)
     success = logits.argmax(dim=1) != y
     active = active[~success]
+    # the active rows' working copies, gathered again only when rows leave (a break): most iterations
+    # of a robust sample then touch no index
+    xa, ba, ea, ya, ma = x[active], x_best[active], eps[active], y[active], best_margin[active]
+    bounds = linf_bounds(xa, ea) if norm == "linf" else None
     for iteration in range(1, queries):
         if active.numel() == 0:
             break
         p = square_fraction(p_init, iteration, queries if rescale_schedule else None)
-        x_new = step(x[active], x_best[active], eps[active], draws, active, p)
+        x_new = step(xa, ba, ea, draws, active, p, bounds)
         if compact:
             logits = model(x_new)
         else:  # the whole batch, as without compaction; only the active rows are read
             everything = x_best.clone()
             everything[active] = x_new
             logits = model(everything)[active]
-        margin_new = margin(logits, y[active])
-        broke = logits.argmax(dim=1) != y[active]
-        take = broke | (margin_new > best_margin[active])
-        x_best[active[take]] = x_new[take]
-        best_margin[active[take]] = margin_new[take]
-        success[active[broke]] = True
-        active = active[~broke]
+        margin_new = margin(logits, ya)
+        broke = logits.argmax(dim=1) != ya
+        take = broke | (margin_new > ma)
+        ba = torch.where(take.view(-1, 1, 1, 1), x_new, ba)
+        ma = torch.where(take, margin_new, ma)
+        if broke.any():
+            x_best[active], best_margin[active] = ba, ma
+            success[active[broke]] = True
+            keep = ~broke
+            active, xa, ba, ea, ya, ma = active[keep], xa[keep], ba[keep], ea[keep], ya[keep], ma[keep]
+            bounds = None if bounds is None else (bounds[0][keep], bounds[1][keep])
+    x_best[active], best_margin[active] = ba, ma
     return x_best, success, best_margin
 
 
