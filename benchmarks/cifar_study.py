@@ -18,6 +18,7 @@ kill). When everything is done a rerun only prints the table.
     python benchmarks/cifar_study.py --data-root ../shared/data/cifar10-jpeg.tar.gz
     python benchmarks/cifar_study.py --data-root DATA --quick       # one seed, 200 images, one epoch; temp output
     python benchmarks/cifar_study.py --data-root DATA --plan        # print the commands, run nothing
+    python benchmarks/cifar_study.py --data-root DATA --report      # the page from the records so far, run nothing
 """
 
 from __future__ import annotations
@@ -225,6 +226,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=250, help="evaluation batch (verdicts are saved per batch)")
     parser.add_argument("--override", nargs="*", default=[], help="key=value added to every training run, e.g. method.attack.eps=4/255")
     parser.add_argument("--plan", action="store_true", help="print the remaining commands and exit")
+    parser.add_argument("--report", action="store_true", help="write the page from the records present and exit (a partial study)")
     args = parser.parse_args(argv)
     args.preset = []  # overrides implied by --quick
     if args.quick:
@@ -247,7 +249,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{len(steps)} steps, estimated {eta(study.cost, steps, {'epoch': [0.0, 0.0], 'eval': [0.0, 0.0]})} "
               f"on 2 idle cores (prior: {PRIOR_S['epoch']:.0f} s per PGD-AT epoch, {PRIOR_S['eval']:.0f} s per evaluation)")
         return
-    study.run()
+    if not args.report:
+        study.run()
     table = write_results(study)
     print(table)
 

@@ -116,3 +116,23 @@ def test_results_page_from_constructed_records(tmp_path: Path) -> None:
     assert "status: partial: 6 of 33 evaluations finished" in page
     assert "**FSR: robust accuracy over its base" in page and "**held** at this scale — pgd_at+fsr − pgd_at (worst, 3 seeds × 400 images)" in page
     assert "**ANCRA: its gain survives adaptive attacks (worst case incl. adaptive decides)**: not evaluated yet" in page
+
+
+def test_report_writes_the_page_from_present_records_and_runs_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--report on a study with one record: the page says partial, the table holds the row, nothing trains."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import cifar_study
+
+    argv = ["--data-root", "/nonexistent", "--out-dir", str(tmp_path / "runs"), "--results", str(tmp_path / "res"),
+            "--doc", str(tmp_path / "r.md")]
+    study = cifar_study.Study(cifar_study.parse_args(argv))
+    record = {"run": "natural", "dataset": "imagefolder", "n_examples": 4, "seed": 0, "eps": 8 / 255, "norm": "linf",
+              "clean_acc": 0.75, "robust_acc": 0.25, "flags": [], "attacks": {"pgd-20": {"robust_acc": 0.25}},
+              "per_sample": {"clean": [1, 1, 1, 0], "broken_by": {"pgd-20": [-1, 0, 0, -1]}}}
+    path = study.record_path(study.by_key[("natural", 0)])
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(record))
+    cifar_study.main([*argv, "--report"])
+    assert capsys.readouterr().out.splitlines()[-1].startswith("| natural | 1 | 75.0 |")
+    assert "status: partial: 1 of 33 evaluations finished" in (tmp_path / "r.md").read_text()
+    assert not (tmp_path / "runs").exists()
