@@ -29,6 +29,8 @@ COLUMNS = (("clean", "clean"), ("pgd-20", "PGD-20"), ("autoattack", "AutoAttack"
 TRAINING_PLOT = ("natural", "pgd_at", "pgd_at+fsr", "trades", "trades+ancra", "pgd_at+uad")
 FINETUNE_PLOT = ("finetune: vanilla", "finetune: afd")
 ATTACKS_TEXT = "PGD-20, standard AutoAttack (APGD-CE → APGD-T → FAB-T → Square)"
+README_START = "<!-- CIFAR-10 study table: written by benchmarks/cifar_study.py from docs/results/ -->"
+README_END = "<!-- end of the CIFAR-10 study table -->"
 FLAT = 0.10  # ours: a feature gap "stays flat" when its last value is within ±10% of its first
 
 
@@ -145,10 +147,19 @@ class Page:
             f"- Evaluation: the same {args.n_examples} test images (fixed subset, seed 0) for every model: clean, "
             f"{ATTACKS_TEXT}; plug-ins also `--adaptive` with transfer from the same seed's base; gradient-masking checks "
             "on; the worst case is per sample over all attacks of the record.",
+            "- Memory format: channels-last for training (`train.channels_last`) and evaluation (`--channels-last`), "
+            "1.3-1.75x faster convolutions on this CPU, the same function up to float rounding"
+            + self.contiguous_note() + ".",
             "- Statistics: mean ± sample standard deviation over seeds; paired differences (method − base, same seed, "
             "same images) with 95% percentile bootstrap intervals over seeds and test images "
             "(`robustlab report --compare`, 10,000 replicates, seed 0).",
         ])
+
+    def contiguous_note(self) -> str:
+        """The records made before channels-last was switched on (they carry no ``channels_last`` key)."""
+        old = [f"{label} seed {seed}" for (label, seed), r in sorted(self.records.items()) if not r.get("channels_last")]
+        return "" if not old else (f"; {', '.join(old)} ran before it was switched on and were trained and "
+                                   "evaluated in the default format")
 
     def commands(self) -> str:
         steps = [shlex.join(["robustlab", *self.study.train_command(j)]) + "\n" + shlex.join(["robustlab", *self.study.eval_command(j)])
@@ -173,6 +184,19 @@ class Page:
             if all((r / "metrics.jsonl").is_file() for r in runs) and runs:
                 out.append((title, runs, path))
         return "\n".join(f"![{t}]({os.path.relpath(p, doc.parent)})" for t, _, p in out), out
+
+
+def update_readme(path: Path, block: str) -> None:
+    """Replace the text between the README's study markers by ``block`` (nothing when the markers are absent)."""
+    text = path.read_text()
+    if README_START not in text or README_END not in text:
+        return
+    head, rest = text.split(README_START, 1)
+    tail = rest.split(README_END, 1)[1]
+    new = f"{head}{README_START}\n{block}\n{README_END}{tail}"
+    if new != text:
+        atomic_write_text(path, new)
+        print(f"table written to {path}")
 
 
 def write_results(study: "Study") -> str:
@@ -200,4 +224,7 @@ def write_results(study: "Study") -> str:
         doc.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(doc, text)
         print(f"results page written to {doc}")
+    if study.args.readme and Path(study.args.readme).is_file():
+        update_readme(Path(study.args.readme), f"Status: {status}. Accuracy in %, mean ± std over seeds; the last column "
+                      "is the paired difference to the base with its 95% bootstrap interval.\n\n" + table)
     return table

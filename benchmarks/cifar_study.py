@@ -221,6 +221,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out-dir", default=None, help="run folders (default runs/cifar_study; --quick: a temp folder)")
     parser.add_argument("--results", default=None, help="record copies (default docs/results; --quick: OUT/results)")
     parser.add_argument("--doc", default=None, help="the results page (default docs/results.md; --quick: OUT/results.md)")
+    parser.add_argument("--readme", default=None, help="a file whose marked table block gets the study's table (default README.md; --quick: none)")
     parser.add_argument("--quick", action="store_true", help="one seed, a subset of configurations, one epoch, 200 images")
     parser.add_argument("--n-examples", type=int, default=None, help="test images evaluated (default 1000; --quick 200)")
     parser.add_argument("--batch-size", type=int, default=250, help="evaluation batch (verdicts are saved per batch)")
@@ -235,6 +236,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.out_dir = args.out_dir or "runs/cifar_study"
     args.results = args.results or (str(Path(args.out_dir) / "results") if args.quick else "docs/results")
     args.doc = args.doc or (str(Path(args.out_dir) / "results.md") if args.quick else "docs/results.md")
+    args.readme = args.readme or (None if args.quick else "README.md")
     args.n_examples = args.n_examples or (200 if args.quick else 1000)
     return args
 

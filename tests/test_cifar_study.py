@@ -94,7 +94,8 @@ def test_results_page_from_constructed_records(tmp_path: Path) -> None:
     from _study_report import write_results
 
     study = cifar_study.Study(cifar_study.parse_args(["--data-root", "/data", "--out-dir", str(tmp_path / "runs"),
-                                                      "--results", str(tmp_path / "res"), "--doc", str(tmp_path / "r.md")]))
+                                                      "--results", str(tmp_path / "res"), "--doc", str(tmp_path / "r.md"),
+                                                      "--readme", str(tmp_path / "none.md")]))
     rng = np.random.default_rng(0)
     for seed in range(3):
         base = rng.random(400) < 0.3
@@ -123,8 +124,11 @@ def test_report_writes_the_page_from_present_records_and_runs_nothing(tmp_path: 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import cifar_study
 
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- CIFAR-10 study table: written by benchmarks/cifar_study.py from docs/results/ -->\nold\n"
+                      "<!-- end of the CIFAR-10 study table -->\nafter\n")
     argv = ["--data-root", "/nonexistent", "--out-dir", str(tmp_path / "runs"), "--results", str(tmp_path / "res"),
-            "--doc", str(tmp_path / "r.md")]
+            "--doc", str(tmp_path / "r.md"), "--readme", str(readme)]
     study = cifar_study.Study(cifar_study.parse_args(argv))
     record = {"run": "natural", "dataset": "imagefolder", "n_examples": 4, "seed": 0, "eps": 8 / 255, "norm": "linf",
               "clean_acc": 0.75, "robust_acc": 0.25, "flags": [], "attacks": {"pgd-20": {"robust_acc": 0.25}},
@@ -136,3 +140,6 @@ def test_report_writes_the_page_from_present_records_and_runs_nothing(tmp_path: 
     assert capsys.readouterr().out.splitlines()[-1].startswith("| natural | 1 | 75.0 |")
     assert "status: partial: 1 of 33 evaluations finished" in (tmp_path / "r.md").read_text()
     assert not (tmp_path / "runs").exists()
+    block = readme.read_text()
+    assert "old" not in block and "\n| natural | 1 | 75.0 |" in block and "Status: partial: 1 of 33" in block
+    assert block.startswith("# x\n") and block.endswith("<!-- end of the CIFAR-10 study table -->\nafter\n")
