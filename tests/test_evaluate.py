@@ -255,3 +255,26 @@ def test_l2_standard_autoattack_runs_end_to_end() -> None:
     entry = record["attacks"]["autoattack"]
     assert list(entry["robust_acc_after"]) == REFERENCE_VERSIONS["autoattack"] and entry["out_of_bounds"] == 0
     assert entry["robust_acc"] < record["clean_acc"]
+
+
+class ViewsItsFeatureMap(nn.Module):
+    """A model that ``.view()``s a convolution's output: fine in the default format, fails channels-last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.head = nn.Linear(4 * 16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.conv(x)
+        return self.head(z.view(z.shape[0], -1))
+
+
+def test_channels_last_failure_is_one_line_and_default_format_works() -> None:
+    from robustlab.errors import UserError
+
+    data = dataset([0.2, 0.8, 0.3, 0.7])
+    kwargs = dict(attacks=["fgsm"], eps=0.05, batch_size=4, device="cpu", checks=False, log=lambda _: None)
+    assert evaluate_model(ViewsItsFeatureMap(), data, **kwargs)["channels_last"] is False
+    with pytest.raises(UserError, match="fails in channels-last memory format .*without --channels-last"):
+        evaluate_model(ViewsItsFeatureMap(), data, **kwargs, channels_last=True)

@@ -33,6 +33,16 @@ def _placed(model: nn.Module, device: torch.device, channels_last: bool) -> nn.M
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
+def _check_channels_last(model: nn.Module, probe: torch.Tensor) -> None:
+    """One line instead of a traceback when the model cannot run channels-last (e.g. ``.view`` on a feature map)."""
+    try:
+        with torch.no_grad():
+            model(probe)
+    except RuntimeError as err:
+        raise UserError(f"the model fails in channels-last memory format ({str(err).splitlines()[0]}); "
+                        "evaluate without --channels-last") from None
+
+
 def evaluate_model(
     model: nn.Module,
     data: ImageDataset,
@@ -77,6 +87,8 @@ def evaluate_model(
     for warning in budget_warnings(eps, step_size, key="evaluation"):
         log(f"warning: {warning}")
     probe = data.images[: min(len(data.labels), 16)].to(dev).float() / 255
+    if channels_last:
+        _check_channels_last(model, probe)
     attacks, version_flag = autoattack_version(model, probe, attacks)  # randomized model: the rand version
     specs = build_suite(attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts)
     if adaptive or transfer_source is not None:
