@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -127,13 +128,15 @@ def test_resumed_evaluation_gives_the_same_record(tmp_path: Path) -> None:
     assert {k: v["robust_acc"] for k, v in resumed["attacks"].items()} == {k: v["robust_acc"] for k, v in straight["attacks"].items()}
 
 
-def test_changed_setting_starts_fresh_with_a_message(tmp_path: Path) -> None:
+@pytest.mark.parametrize("changed", [{"eps": 0.2}, {"channels_last": True}])
+def test_changed_setting_starts_fresh_with_a_message(tmp_path: Path, changed: dict[str, object]) -> None:
     data = dataset([0.1, 0.45, 0.9])
     state_path = tmp_path / "s.state.json"
-    evaluate_model(ThresholdModel(), data, attacks=["pgd-3"], eps=0.1, device="cpu", state_path=state_path, log=lambda _: None)
+    kwargs: dict[str, Any] = dict(attacks=["pgd-3"], eps=0.1, device="cpu", state_path=state_path)
+    evaluate_model(ThresholdModel(), data, **kwargs, log=lambda _: None)
     messages: list[str] = []
-    evaluate_model(ThresholdModel(), data, attacks=["pgd-3"], eps=0.2, device="cpu", state_path=state_path, log=messages.append)
-    assert any("settings changed" in m and "eps" in m for m in messages)
+    evaluate_model(ThresholdModel(), data, **{**kwargs, **changed}, log=messages.append)
+    assert any("settings changed" in m and next(iter(changed)) in m for m in messages)
 
 
 def test_eps_labels() -> None:

@@ -103,7 +103,7 @@ def evaluate_model(
     fingerprint = {
         "model": model_hash(model), "data": labels_hash(data.images, data.labels),
         "attacks": {s.name: s.describe() for s in specs}, "eps": eps, "norm": norm, "seed": seed,
-        "batch_size": batch_size, "version": robustlab.__version__,
+        "batch_size": batch_size, "channels_last": channels_last, "version": robustlab.__version__,
     }
     first, end = shard_batches(len(data.labels), batch_size, ranks)
     shard = data.select(torch.arange(first * batch_size, min(end * batch_size, len(data.labels)))) if end > first else None

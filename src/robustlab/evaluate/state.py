@@ -2,7 +2,7 @@
 
 Gaps closed relative to AutoAttack's ``state.py`` (STYLE.md §f): the identity is a fingerprint of
 everything that determines the verdicts (model weights hash, resolved attack parameters, ε, norm,
-sample indices, seed, batch size, version); per sample we keep *which* member of an attack broke it;
+sample indices, seed, batch size, memory format, version); per sample we keep *which* member of an attack broke it;
 writes are atomic. A rerun with the same fingerprint continues at the saved batch cursor; a changed
 fingerprint starts fresh with a message.
 """
