@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -86,29 +87,39 @@ def test_quick_study_end_to_end_then_rerun_only_prints(tmp_path: Path) -> None:
     assert last.stdout.startswith("| configuration | seeds |")
 
 
+def _study(tmp_path: Path) -> Any:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import cifar_study
+
+    return cifar_study.Study(cifar_study.parse_args(["--data-root", "/data", "--out-dir", str(tmp_path / "runs"),
+                                                     "--results", str(tmp_path / "res"), "--doc", str(tmp_path / "r.md"),
+                                                     "--readme", str(tmp_path / "none.md")]))
+
+
+def _write_record(study: Any, label: str, seed: int, correct: np.ndarray) -> None:
+    """A PGD-20-only evaluation record whose per-sample verdicts are ``correct`` (robust) or broken."""
+    verdicts = np.where(correct, -1, 0).tolist()
+    record = {"run": label, "dataset": "imagefolder", "n_examples": len(correct), "seed": 0, "eps": 8 / 255, "norm": "linf",
+              "clean_acc": 1.0, "robust_acc": float(correct.mean()), "flags": [],
+              "attacks": {"pgd-20": {"robust_acc": float(correct.mean())}},
+              "per_sample": {"clean": [1] * len(correct), "broken_by": {"pgd-20": verdicts}}}
+    path = study.record_path(study.by_key[(label, seed)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+
+
 def test_results_page_from_constructed_records(tmp_path: Path) -> None:
     """Three seeds of PGD-AT and PGD-AT+FSR with a large constructed gain: the table shows mean ± std over
     seeds and the paired interval, and the FSR claim is held; claims without records say so."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import cifar_study
+    study = _study(tmp_path)
     from _study_report import write_results
 
-    study = cifar_study.Study(cifar_study.parse_args(["--data-root", "/data", "--out-dir", str(tmp_path / "runs"),
-                                                      "--results", str(tmp_path / "res"), "--doc", str(tmp_path / "r.md"),
-                                                      "--readme", str(tmp_path / "none.md")]))
     rng = np.random.default_rng(0)
     for seed in range(3):
         base = rng.random(400) < 0.3
         gained = base | (rng.random(400) < 0.2 + 0.05 * seed)
         for label, correct in (("pgd_at", base), ("pgd_at+fsr", gained)):
-            verdicts = np.where(correct, -1, 0).tolist()
-            record = {"run": label, "dataset": "imagefolder", "n_examples": 400, "seed": 0, "eps": 8 / 255, "norm": "linf",
-                      "clean_acc": 1.0, "robust_acc": float(correct.mean()), "flags": [],
-                      "attacks": {"pgd-20": {"robust_acc": float(correct.mean())}},
-                      "per_sample": {"clean": [1] * 400, "broken_by": {"pgd-20": verdicts}}}
-            path = study.record_path(study.by_key[(label, seed)])
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(record))
+            _write_record(study, label, seed, correct)
     table = write_results(study)
     fsr = [line for line in table.splitlines() if line.startswith("| pgd_at+fsr |")][0]
     accs = [json.loads(study.record_path(study.by_key[("pgd_at+fsr", s)]).read_text())["robust_acc"] for s in range(3)]
@@ -117,6 +128,32 @@ def test_results_page_from_constructed_records(tmp_path: Path) -> None:
     assert "status: partial: 6 of 33 evaluations finished" in page
     assert "**FSR: robust accuracy over its base" in page and "**held** at this scale — pgd_at+fsr − pgd_at (worst, 3 seeds × 400 images)" in page
     assert "**ANCRA: its gain survives adaptive attacks (worst case incl. adaptive decides)**: not evaluated yet" in page
+
+
+@pytest.mark.parametrize("gain", [0.0, 0.3])
+def test_uad_claim_names_the_component_that_carries_the_gain(tmp_path: Path, gain: float) -> None:
+    """One-component UAD-AT runs against PGD-AT: the one with a clear gain is named; with none, the page says
+    none carries it and names the best one, and is "not evaluated yet" until all three exist."""
+    study = _study(tmp_path)
+    from _study_report import write_results
+
+    rng = np.random.default_rng(1)
+    base = rng.random(400) < 0.3
+    _write_record(study, "pgd_at", 0, base)
+    ablations = {"pgd_at+uad: dsu only": base & (rng.random(400) < 0.8), "pgd_at+uad: iga only": base & (rng.random(400) < 0.95),
+                 "pgd_at+uad: reference only": base | (rng.random(400) < gain)}
+    _write_record(study, "pgd_at+uad: dsu only", 0, ablations["pgd_at+uad: dsu only"])
+    write_results(study)
+    assert "which component carries it: not every one-component run is evaluated yet" in (tmp_path / "r.md").read_text()
+    for label in ("pgd_at+uad: iga only", "pgd_at+uad: reference only"):
+        _write_record(study, label, 0, ablations[label])
+    write_results(study)
+    page = (tmp_path / "r.md").read_text()
+    if gain:
+        assert "which component carries it: reference only (alone above PGD-AT, interval above 0)" in page
+    else:
+        assert "which component carries it: none; no component alone lifts PGD-AT (no interval above 0), " \
+               "the best alone is reference only (+0.0 [+0.0, +0.0] points)" in page
 
 
 def test_report_writes_the_page_from_present_records_and_runs_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
