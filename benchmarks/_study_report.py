@@ -128,7 +128,7 @@ class Page:
                        + [f"seed 0; \"flat\" = within ±{100 * FLAT:.0f}% of the first value, our threshold"]),
             self.claim("UAD-AT: robust accuracy over its base", ("pgd_at", "pgd_at+uad", "worst"),
                        [d("trades", "trades+uad", "worst")] + [d("pgd_at", a, "worst") for a in ablations]
-                       + [self.uad_component(ablations)] * bool(ablations)),
+                       + ([self.uad_component(ablations)] if ablations else [])),
         ]
 
     def uad_component(self, ablations: list[str]) -> str:
