@@ -103,7 +103,8 @@ def _prepare(cfg: RunConfig, source: str | Path, *, which: str, weights: str,
             "source_method": meta["model"].get("method", {}).get("name"), "source_epoch": meta.get("epoch"),
             "source_dataset": meta.get("config", {}).get("data", {}).get("name"), "student_only_entries": added,
         }
-        atomic_write_text(record_path, json.dumps(record, indent=2) + "\n")
+        if trainer.ranks.main:  # one writer: rank 0's fit() clears other ranks' in-flight temp files
+            atomic_write_text(record_path, json.dumps(record, indent=2) + "\n")
         log(f"fine-tuning from {label} ({record['source_method']}, epoch {record['source_epoch']}, "
             f"{meta['weights']} weights)")
     set_teacher = getattr(trainer.method, "set_teacher", None)
