@@ -168,3 +168,23 @@ def test_bundled_configs_load(name: str) -> None:
         lrs = [cfg.optim.lr * f for f in cfg.schedule.factors]
         assert lrs == pytest.approx([0.02, 0.01, 0.005, 0.0025, 0.00125])
         assert cfg.schedule.milestones == pytest.approx([0.5, 0.6, 0.7, 0.8, 0.9])
+
+
+def test_only_rank_zero_writes_the_finetune_record(tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under torchrun every rank prepares the fine-tune, but rank 0's ``fit()`` clears stale temp files in the
+    run folder: a second writer's in-flight temp file vanished under it. Rank 1 (simulated in this process,
+    the run folder made as rank 0 would) must write nothing; rank 0 writes the record."""
+    from robustlab.runs.ranks import Ranks
+    from robustlab.train import loop
+
+    cfg = _cfg(tmp_path, "afd_ranks", "afd", "train.epochs=1")
+    cfg.run_dir.mkdir(parents=True)
+    monkeypatch.setattr(loop, "ranks_from_env", lambda: Ranks(rank=1, world=2))
+    monkeypatch.setattr(loop, "join", lambda ranks, device: device)
+    monkeypatch.setattr(loop, "barrier", lambda ranks: None)
+    monkeypatch.setattr(loop, "wrap", lambda model, ranks, device: model)
+    prepare_finetune(cfg, source, log=_quiet)
+    assert not (cfg.run_dir / "finetune.json").exists()
+    monkeypatch.setattr(loop, "ranks_from_env", lambda: Ranks())
+    prepare_finetune(cfg, source, log=_quiet)
+    assert (cfg.run_dir / "finetune.json").is_file()
