@@ -3,7 +3,7 @@
 Every number comes from a JSON record in the study's results folder: accuracies from the evaluation
 records (mean ± sample std over seeds), paired differences and 95% intervals from their per-sample
 verdicts (:func:`robustlab.report.compare.compare_records`), feature gaps and training curves from the
-copied ``metrics.jsonl`` files, wall times from ``timings.json``. A claim is *held* when its interval lies
+copied ``metrics.jsonl`` files, wall times from ``timings.json`` and the records. A claim is *held* when its interval lies
 above 0, *not held* below 0, *inconclusive* when it covers 0. The page is rewritten only when its text
 changes, so a finished study's rerun writes nothing.
 """
@@ -179,12 +179,31 @@ class Page:
         return ("```\n" + shlex.join(self.study.command_line()) + "\n```\n\n<details><summary>the commands it runs</summary>\n\n```\n"
                 + "\n".join(steps) + "\n```\n</details>")
 
+    def step_seconds(self, name: str) -> tuple[float, float]:
+        """(training s, evaluation s) of run ``name``: the study's own timer of each finished step, or what the
+        copied records kept when that is more. A step cut short by a session's end loses its timer, but its
+        finished epochs keep their ``time_s`` in ``metrics.jsonl`` and its attacked batches keep theirs in the
+        evaluation record's per-attack ``time_s``; a resumed step's timer counts only its last part."""
+        timer = self.study.timings.get(name, {})
+        metrics, record = self.study.results / f"{name}.metrics.jsonl", self.study.results / f"{name}.json"
+        epochs = 0.0
+        if metrics.is_file():
+            lines = (json.loads(line) for line in metrics.read_text().splitlines() if line.strip())
+            epochs = sum(entry.get("time_s", 0.0) for entry in lines if entry.get("kind") == "epoch")
+        attacks = 0.0
+        if record.is_file():
+            attacks = sum(a.get("time_s", 0.0) for a in json.loads(record.read_text())["attacks"].values())
+        return max(timer.get("train_s", 0.0), epochs), max(timer.get("eval_s", 0.0), attacks)
+
     def wall_times(self) -> str:
-        timings = self.study.timings
+        seconds = {name: self.step_seconds(name) for name in sorted(self.study.timings)}
         lines = ["| run | training s | evaluation s |", "|---|---|---|"]
-        lines += [f"| {name} | {t.get('train_s', 0):.0f} | {t.get('eval_s', 0):.0f} |" for name, t in sorted(timings.items())]
-        total = sum(v for t in timings.values() for v in t.values())
-        return "\n".join(lines) + f"\n\nTotal: {total / 3600:.2f} h of this machine."
+        lines += [f"| {name} | {train:.0f} | {evaluation:.0f} |" for name, (train, evaluation) in seconds.items()]
+        total = sum(train + evaluation for train, evaluation in seconds.values())
+        return ("\n".join(lines) + f"\n\nTotal: {total / 3600:.2f} h of this machine. Each step counts the study's timer, or "
+                "the seconds its records kept when that is more (a step cut short by a session's end loses its timer "
+                "but keeps its finished epochs' and attacked batches' times); work lost inside a cut epoch or batch is "
+                "not counted.")
 
     def plots(self, doc: Path) -> tuple[str, list[tuple[str, list[Path], Path]]]:
         """Markdown image links and (title, run folders, image path) of the plots whose runs are present."""

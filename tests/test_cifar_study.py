@@ -180,3 +180,27 @@ def test_report_writes_the_page_from_present_records_and_runs_nothing(tmp_path: 
     block = readme.read_text()
     assert "old" not in block and "\n| natural | 1 | 75.0 |" in block and "Status: partial: 1 of 33" in block
     assert block.startswith("# x\n") and block.endswith("<!-- end of the CIFAR-10 study table -->\nafter\n")
+
+
+def test_wall_times_keep_the_seconds_of_steps_cut_short(tmp_path: Path) -> None:
+    """A step killed at a session's end loses the study's timer, and its resumed rest is timed alone; the page
+    then counts the finished epochs' and attacked batches' seconds that the records kept, whichever is more."""
+    study = _study(tmp_path)
+    from _study_report import Page
+
+    _write_record(study, "pgd_at", 0, np.ones(4, dtype=bool))
+    record_path = study.record_path(study.by_key[("pgd_at", 0)])
+    record = json.loads(record_path.read_text())
+    record["attacks"] = {"pgd-20": {"robust_acc": 1.0, "time_s": 300.0}, "autoattack": {"robust_acc": 1.0, "time_s": 200.0}}
+    record_path.write_text(json.dumps(record))
+    epochs = [{"kind": "step", "step": 1, "loss": 1.0}, {"kind": "epoch", "epoch": 1, "time_s": 100.0},
+              {"kind": "feature_gap", "epoch": 1, "feature_gap": 1.0}, {"kind": "epoch", "epoch": 2, "time_s": 150.0}]
+    (study.results / f"{study.by_key[('pgd_at', 0)].name}.metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in epochs))
+    name = study.by_key[("pgd_at", 0)].name
+    study.timings = {name: {"train_s": 120.0, "eval_s": 450.0}, "cifar10s_trades_s0": {"train_s": 360.0, "eval_s": 90.0}}
+    page = Page(study)
+    assert page.step_seconds(name) == (250.0, 500.0)  # both records kept more than the timer
+    assert page.step_seconds("cifar10s_trades_s0") == (360.0, 90.0)  # no records: the timer alone
+    text = page.wall_times()
+    assert f"| {name} | 250 | 500 |" in text and "| cifar10s_trades_s0 | 360 | 90 |" in text
+    assert "Total: 0.33 h of this machine." in text  # (250 + 500 + 360 + 90) / 3600
