@@ -179,6 +179,14 @@ class Page:
         return ("```\n" + shlex.join(self.study.command_line()) + "\n```\n\n<details><summary>the commands it runs</summary>\n\n```\n"
                 + "\n".join(steps) + "\n```\n</details>")
 
+    def flag_notes(self) -> str:
+        """Every flag of the automatic checks, per record, with the check's own message (its measurement)."""
+        notes = [f"- {label} seed {seed}: `{f['code']}`: {f['message']}"
+                 for (label, seed), record in sorted(self.records.items()) for f in record["flags"]]
+        intro = ("A flag is a warning of the automatic gradient-masking checks (EVALUATION.md), raised on a probe of "
+                 "the test images; it asks for a look, it is not a verdict.")
+        return intro + "\n\n" + ("\n".join(notes) if notes else "No record has a flag.")
+
     def step_seconds(self, name: str) -> tuple[float, float]:
         """(training s, evaluation s) of run ``name``: the study's own timer of each finished step, or what the
         copied records kept when that is more. A step cut short by a session's end loses its timer, but its
@@ -246,6 +254,7 @@ def write_results(study: "Study") -> str:
         "## Commands\n\n" + page.commands(),
         "## Results (accuracy %, mean ± std over seeds)\n\n" + table,
         "## Claims\n\n" + "\n".join(f"- {c}" for c in page.claims()),
+        "## Flags\n\n" + page.flag_notes(),
         "## Plots\n\n" + (plot_text or "(none yet)"),
         "## Wall times\n\n" + page.wall_times(),
     ]) + "\n"

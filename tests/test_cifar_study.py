@@ -204,3 +204,24 @@ def test_wall_times_keep_the_seconds_of_steps_cut_short(tmp_path: Path) -> None:
     text = page.wall_times()
     assert f"| {name} | 250 | 500 |" in text and "| cifar10s_trades_s0 | 360 | 90 |" in text
     assert "Total: 0.33 h of this machine." in text  # (250 + 500 + 360 + 90) / 3600
+
+
+def test_flags_section_lists_each_flag_with_its_record(tmp_path: Path) -> None:
+    """The table's flag column only names codes; the page's Flags section gives run, seed and the message."""
+    study = _study(tmp_path)
+    from _study_report import write_results
+
+    for seed in (0, 1):
+        _write_record(study, "pgd_at", seed, np.ones(4, dtype=bool))
+    write_results(study)
+    assert "## Flags\n\nA flag is a warning" in (tmp_path / "r.md").read_text()
+    assert "No record has a flag." in (tmp_path / "r.md").read_text()
+    path = study.record_path(study.by_key[("pgd_at", 1)])
+    record = json.loads(path.read_text())
+    record["flags"] = [{"code": "monotonicity", "message": "pgd-50 left 2 more of 64 probe samples accurate", "value": 0.03}]
+    path.write_text(json.dumps(record))
+    table = write_results(study)
+    page = (tmp_path / "r.md").read_text()
+    assert "- pgd_at seed 1: `monotonicity`: pgd-50 left 2 more of 64 probe samples accurate" in page
+    assert "No record has a flag." not in page and "pgd_at seed 0:" not in page
+    assert [line for line in table.splitlines() if line.startswith("| pgd_at |")][0].endswith("| monotonicity |")
