@@ -23,20 +23,24 @@ from robustlab.runs.ranks import leave  # noqa: E402
 from robustlab.train.finetune import prepare_finetune  # noqa: E402
 from tiny_runs import tiny_config  # noqa: E402
 
-out, methods = Path(sys.argv[1]), sys.argv[2].split(",")
-extra = dict(arg.split("=", 1) for arg in sys.argv[3:])
-results = {}
-for entry in methods:  # METHOD or METHOD:KEY=VALUE (one method option)
-    method, _, option = entry.partition(":")
-    options = {"method.options": "{%s}" % option.replace("=", ": ")} if option else {}
-    cfg = tiny_config(out, entry.replace("+", "_").replace(":", "_").replace("=", "_"), method, **extra, **options)
-    trainer = prepare_finetune(cfg, out / "natural", log=print) if method == "afd" else Trainer(cfg, log=print)
-    last = trainer.fit()
-    hashes = [None] * dist.get_world_size()
-    # parameters only: BN running statistics are per rank between DDP's buffer broadcasts
-    digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in trainer.model.parameters())).hexdigest()
-    dist.all_gather_object(hashes, digest)
-    results[entry] = {"parameter_hashes": hashes, "last": last, "per_rank_batch": trainer.loader.batch_size, "steps": trainer.step}
-if dist.get_rank() == 0:
-    (out / "result.json").write_text(json.dumps(results))
+
+def run_jobs(out: Path, methods: list[str], extra: dict[str, str]) -> None:
+    """Train each method; rank 0 writes the result. Locals, so the DDP wrappers die before ``leave()``."""
+    results = {}
+    for entry in methods:  # METHOD or METHOD:KEY=VALUE (one method option)
+        method, _, option = entry.partition(":")
+        options = {"method.options": "{%s}" % option.replace("=", ": ")} if option else {}
+        cfg = tiny_config(out, entry.replace("+", "_").replace(":", "_").replace("=", "_"), method, **extra, **options)
+        trainer = prepare_finetune(cfg, out / "natural", log=print) if method == "afd" else Trainer(cfg, log=print)
+        last = trainer.fit()
+        hashes = [None] * dist.get_world_size()
+        # parameters only: BN running statistics are per rank between DDP's buffer broadcasts
+        digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in trainer.model.parameters())).hexdigest()
+        dist.all_gather_object(hashes, digest)
+        results[entry] = {"parameter_hashes": hashes, "last": last, "per_rank_batch": trainer.loader.batch_size, "steps": trainer.step}
+    if dist.get_rank() == 0:
+        (out / "result.json").write_text(json.dumps(results))
+
+
+run_jobs(Path(sys.argv[1]), sys.argv[2].split(","), dict(arg.split("=", 1) for arg in sys.argv[3:]))
 leave()

@@ -61,3 +61,35 @@ def test_sharded_evaluation_gives_the_single_process_verdicts(tmp_path: Path) ->
     assert sharded["per_sample"] == single["per_sample"]
     assert {k: v["robust_acc"] for k, v in sharded["attacks"].items()} == {k: v["robust_acc"] for k, v in single["attacks"].items()}
     assert sorted(p.name for p in tmp_path.glob("eval.state.rank*.json")) == ["eval.state.rank0.json", "eval.state.rank1.json"]
+
+
+def test_leave_frees_ddp_wrappers_in_cycles_before_the_group_is_destroyed(tmp_path: Path) -> None:
+    """A one-rank gloo group: a DDP wrapper kept only by a reference cycle must be freed by ``leave()``
+    while the group is still up (else it holds the group until interpreter finalization, where gloo's
+    teardown can abort the process after all its work)."""
+    import gc
+    import weakref
+
+    import torch
+    import torch.distributed as dist
+
+    from robustlab.runs.ranks import leave
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    was_enabled = gc.isenabled()
+    gc.disable()  # only leave() may collect
+    try:
+        ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 2))
+        freed_while_up: list[bool] = []
+        holder: dict[str, object] = {"ddp": ddp}
+        holder["self"] = holder  # the cycle
+        weakref.finalize(ddp, lambda: freed_while_up.append(dist.is_initialized()))
+        del ddp, holder
+        assert freed_while_up == []  # the cycle keeps it alive
+        leave()
+        assert freed_while_up == [True] and not dist.is_initialized()
+    finally:
+        if was_enabled:
+            gc.enable()
+        if dist.is_initialized():
+            dist.destroy_process_group()
