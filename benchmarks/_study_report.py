@@ -20,6 +20,7 @@ from robustlab.config import load_config
 from robustlab.report import write_report
 from robustlab.report.compare import PairedDifference, compare_records, format_mean_std
 from robustlab.runs.atomic import atomic_write_text
+from robustlab.runs.metrics import read_metrics_file
 
 if TYPE_CHECKING:
     from cifar_study import Study
@@ -49,11 +50,12 @@ class Page:
     def __init__(self, study: "Study") -> None:
         self.study = study
         self.records: dict[tuple[str, int], dict[str, Any]] = {}
+        self.by_name: dict[str, dict[str, Any]] = {}  # the same records by run name
         self.memo: dict[tuple[str, str, str], PairedDifference | None] = {}
         for job in study.jobs:
             path = study.record_path(job)
             if path.is_file():
-                self.records[(job.row.label, job.seed)] = json.loads(path.read_text())
+                self.records[(job.row.label, job.seed)] = self.by_name[job.name] = json.loads(path.read_text())
 
     def seeds(self, label: str) -> list[dict[str, Any]]:
         return [r for (lab, _), r in sorted(self.records.items()) if lab == label]
@@ -103,8 +105,7 @@ class Page:
         path = self.study.results / f"{self.study.by_key[(label, 0)].name}.metrics.jsonl"
         if not path.is_file():
             return f"{label}: no feature-gap record yet"
-        gaps = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        gaps = [g for g in gaps if g.get("kind") == "feature_gap"]
+        gaps = read_metrics_file(path, "feature_gap")
         if len(gaps) < 2:
             return f"{label}: fewer than two feature-gap records"
         first, last = gaps[0]["feature_gap"], gaps[-1]["feature_gap"]
@@ -193,14 +194,9 @@ class Page:
         finished epochs keep their ``time_s`` in ``metrics.jsonl`` and its attacked batches keep theirs in the
         evaluation record's per-attack ``time_s``; a resumed step's timer counts only its last part."""
         timer = self.study.timings.get(name, {})
-        metrics, record = self.study.results / f"{name}.metrics.jsonl", self.study.results / f"{name}.json"
-        epochs = 0.0
-        if metrics.is_file():
-            lines = (json.loads(line) for line in metrics.read_text().splitlines() if line.strip())
-            epochs = sum(entry.get("time_s", 0.0) for entry in lines if entry.get("kind") == "epoch")
-        attacks = 0.0
-        if record.is_file():
-            attacks = sum(a.get("time_s", 0.0) for a in json.loads(record.read_text())["attacks"].values())
+        epochs = sum(e.get("time_s", 0.0) for e in read_metrics_file(self.study.results / f"{name}.metrics.jsonl", "epoch"))
+        record = self.by_name.get(name, {"attacks": {}})
+        attacks = sum(a.get("time_s", 0.0) for a in record["attacks"].values())
         return max(timer.get("train_s", 0.0), epochs), max(timer.get("eval_s", 0.0), attacks)
 
     def wall_times(self) -> str:

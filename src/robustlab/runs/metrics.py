@@ -78,7 +78,11 @@ def all_finite(values: dict[str, float]) -> bool:
 
 def read_metrics(run_dir: Path, kind: str | None = None) -> list[dict[str, Any]]:
     """The records of a run's ``metrics.jsonl`` (optionally only one kind)."""
-    path = Path(run_dir) / "metrics.jsonl"
+    return read_metrics_file(Path(run_dir) / "metrics.jsonl", kind)
+
+
+def read_metrics_file(path: Path, kind: str | None = None) -> list[dict[str, Any]]:
+    """The records of a metrics log at ``path`` under any name (e.g. a copied one); [] when it is missing."""
     if not path.exists():
         return []
     return [r for r in _records(path) if kind is None or r.get("kind") == kind]
