@@ -246,6 +246,7 @@ def test_monotonicity_quiet_on_realistic_numbers() -> None:
         ({"pgd-10": 0.65}, ("pgd-10", "fgsm")),
         ({"pgd-50": 0.55}, ("pgd-50", "pgd-10")),
         ({"autoattack": 0.53}, ("autoattack", "pgd-10")),
+        ({"autoattack+": 0.475}, ("autoattack+", "autoattack")),  # the stronger variant may not be weaker
         ({"fgsm": 0.90}, ("fgsm", "clean")),
         ({"cw-20": 0.70}, ("cw-20", "fgsm")),
     ],

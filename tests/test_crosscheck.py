@@ -1,9 +1,10 @@
 """Cross-check against the reference AutoAttack (``pyautoattack``, a dev extra) on small digits models.
 
-Our robust accuracy must be within one percentage point of the reference's, or lower, for APGD-CE,
-APGD-T, FAB-T and Square alone and standard AutoAttack, under L∞ and L2, and for the ``rand`` version
-on a randomized model. Skipped only when ``pyautoattack`` cannot be imported; the L2 Square cases are
-skipped while our Square has no L2 version.
+Single members (APGD-CE, APGD-T): our robust accuracy at most the reference's plus one point, L∞ and
+L2. Groups: ``autoattack`` equals the reference's ``standard`` version (L∞ and L2) and
+``autoattack-rand`` its ``rand`` version, within one sample per 100, both ways; the stronger
+``autoattack+`` / ``autoattack-rand+`` are at most the reference's plus one sample per 100. Skipped only
+when ``pyautoattack`` cannot be imported. FAB-T and Square alone: tests/test_crosscheck_square_fab.py.
 """
 
 from __future__ import annotations
@@ -45,40 +46,48 @@ def samples():
     return fixed_subset(load_dataset("digits", "test"), N, seed=0)
 
 
-def reference_accuracy(model: nn.Module, data, attacks: list[str] | None, version: str, norm: str, eps: float) -> float:
-    """Robust accuracy under the reference; ``custom`` runs use the standard version's restarts (1)."""
+def reference_accuracy(model: nn.Module, data, attacks: list[str] | None, version: str, norm: str, eps: float,
+                       seed: int = 0) -> float:
+    """Robust accuracy by the reference's own verdicts (``y_adv``: each member's fresh forward, as our
+    runner judges); ``custom`` runs use the standard version's restarts (1)."""
     x = data.images.float() / 255
     y = data.labels
     adversary = pyautoattack.AutoAttack(model, attacks=attacks, eps=eps, norm={"linf": "Linf", "l2": "L2"}[norm],
-                                        version=version, device="cpu", seed=0)
+                                        version=version, device="cpu", seed=seed)
     if version == "custom":
         adversary.apgd.n_restarts = 1  # custom defaults to 5
-    x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=len(y))
-    with torch.no_grad():
-        return (model(x_adv).argmax(1) == y).float().mean().item()
+    _, y_adv = adversary.run_standard_evaluation(x, y, batch_size=len(y))
+    return (y_adv == y).float().mean().item()
 
 
 CASES = {
     "apgd-ce": (["apgd-ce"], "custom"),
     "apgd-t": (["apgd-t"], "custom"),
-    "autoattack": (None, "standard"),
 }
-# FAB-T and Square alone: tests/test_crosscheck_square_fab.py (both models, both norms). The full standard
-# suite costs about a minute a case (5,000 Square queries per survivor on both sides), so it runs on one
-# model per norm (the natural one under L-inf, the adversarially trained one under L2), on N // 2 samples.
-COMBINATIONS = [(m, a, n) for a in ("apgd-ce", "apgd-t") for m in ("natural", "pgd_at") for n in ("linf", "l2")]
-COMBINATIONS += [("natural", "autoattack", "linf"), ("pgd_at", "autoattack", "l2")]
+COMBINATIONS = [(m, a, n) for a in CASES for m in ("natural", "pgd_at") for n in ("linf", "l2")]
 
 
 @pytest.mark.parametrize("model_name,ours,norm", COMBINATIONS)
 def test_ours_is_as_strong_as_the_reference(models, samples, model_name: str, ours: str, norm: str) -> None:
     model = models[model_name].eval()
-    if ours == "autoattack":  # the full suite on half the samples (time); one sample is then 2 points
-        samples = samples.select(torch.arange(N // 2))
     record = evaluate_model(model, samples, attacks=[ours], eps=EPS[norm], norm=norm, batch_size=len(samples.labels),
                             device="cpu", checks=False, log=lambda _: None)
     ref = reference_accuracy(model, samples, *CASES[ours], norm, EPS[norm])
     assert record["attacks"][ours]["robust_acc"] <= ref + 0.01, (ours, norm, record["attacks"][ours]["robust_acc"], ref)
+
+
+# The full standard suite costs about a minute a case (5,000 Square queries per survivor on both sides), so
+# it runs on one model per norm: the natural one under L-inf, the adversarially trained one under L2.
+@pytest.mark.parametrize("model_name,norm", [("natural", "linf"), ("pgd_at", "l2")])
+def test_autoattack_equals_the_reference_standard_version(models, samples, model_name: str, norm: str) -> None:
+    model = models[model_name].eval()
+    record = evaluate_model(model, samples, attacks=["autoattack", "autoattack+"], eps=EPS[norm], norm=norm,
+                            batch_size=N, device="cpu", checks=False, log=lambda _: None)
+    ref = reference_accuracy(model, samples, None, "standard", norm, EPS[norm])
+    ours, strong = (record["attacks"][g]["robust_acc"] for g in ("autoattack", "autoattack+"))
+    assert 0 < ref < 1, "the setting must leave something to compare"
+    assert abs(ours - ref) <= 0.01 + 1e-9, (norm, ours, ref)  # one sample of 100
+    assert strong <= ref + 0.01 + 1e-9, (norm, strong, ref)
 
 
 class Noisy(nn.Module):
@@ -106,14 +115,26 @@ def small_mlp() -> nn.Module:
     return mlp.eval()
 
 
-def test_rand_version_is_as_strong_as_the_reference() -> None:
-    data = fixed_subset(load_dataset("digits", "test"), N, seed=1)
-    model = Noisy(small_mlp(), std=0.1)
-    torch.manual_seed(0)
-    record = evaluate_model(model, data, attacks=["autoattack"], eps=0.05, batch_size=N, device="cpu",
-                            checks=False, log=lambda _: None)
-    assert "autoattack_rand" in [f["code"] for f in record["flags"]]  # chosen automatically
-    ours = record["attacks"]["autoattack-rand"]["robust_acc"]
-    torch.manual_seed(0)
-    ref = reference_accuracy(model, data, None, "rand", "linf", 0.05)
-    assert ours <= ref + 0.01, (ours, ref)
+RAND_SEEDS = (0, 1, 2)
+
+
+def test_rand_version_equals_the_reference_rand_version() -> None:
+    """On a noisy MLP, pooled over seeds (the verdicts of a randomized model are themselves random: on the
+    whole digits test set one run's robust accuracy moves by about a point between seeds, so one run
+    cannot resolve one sample per 100; three pooled runs' sampling noise is about 0.4 points)."""
+    data = load_dataset("digits", "test")
+    model = Noisy(small_mlp(), std=0.02)
+    ours = {"autoattack-rand": 0.0, "autoattack-rand+": 0.0}
+    ref = 0.0
+    for seed in RAND_SEEDS:
+        torch.manual_seed(seed)
+        record = evaluate_model(model, data, attacks=["autoattack", "autoattack-rand+"], eps=0.05, batch_size=len(data.labels),
+                                device="cpu", checks=False, seed=seed, log=lambda _: None)
+        assert "autoattack_rand" in [f["code"] for f in record["flags"]]  # chosen automatically
+        for name in ours:
+            ours[name] += record["attacks"][name]["robust_acc"] / len(RAND_SEEDS)
+        torch.manual_seed(seed)
+        ref += reference_accuracy(model, data, None, "rand", "linf", 0.05, seed=seed) / len(RAND_SEEDS)
+    assert 0 < ref < 1, "the setting must leave something to compare"
+    assert abs(ours["autoattack-rand"] - ref) <= 0.01, (ours, ref)
+    assert ours["autoattack-rand+"] <= ref + 0.01, (ours, ref)

@@ -67,13 +67,13 @@ def test_worst_case_is_per_sample_and_out_of_ball_points_are_not_breaks() -> Non
 
 def test_autoattack_group_runs_members_on_survivors_and_reports_each_step() -> None:
     data = dataset([0.1, 0.3, 0.45, 0.55, 0.7, 0.9])
-    specs = build_suite(["autoattack-fast"], eps=0.12, norm="linf", step_size=0.03)
+    specs = build_suite(["apgd-ce-t"], eps=0.12, norm="linf", step_size=0.03)
     state = run_suite(ThresholdModel(), data, specs, eps=0.12, norm="linf", batch_size=6, device=torch.device("cpu"), seed=0)
     result = summarise(state, specs)
-    entry = result["attacks"]["autoattack-fast"]
+    entry = result["attacks"]["apgd-ce-t"]
     assert entry["robust_acc"] == pytest.approx(4 / 6)
     assert list(entry["robust_acc_after"]) == ["apgd-ce", "apgd-t"]
-    assert state.broken_by["autoattack-fast"][2:4] == [0, 0]  # APGD-CE broke them
+    assert state.broken_by["apgd-ce-t"][2:4] == [0, 0]  # APGD-CE broke them
     # two classes: APGD-T (targeted DLR needs 4 logits) is skipped, and the record says so
     assert state.skipped == ["apgd-t"] and [f["code"] for f in result["flags"]] == ["too_few_classes"]
 
@@ -229,7 +229,7 @@ def test_randomized_model_gets_the_rand_version_with_a_flag() -> None:
     assert autoattack_version(ThresholdModel(), x, ["pgd-5", "autoattack"]) == (["pgd-5", "autoattack"], None)
     chosen, flag = autoattack_version(Noisy(), x, ["pgd-5", "AutoAttack"])
     assert chosen == ["pgd-5", "autoattack-rand"] and flag is not None and flag.code == "autoattack_rand"
-    assert autoattack_version(Noisy(), x, ["autoattack-fast"]) == (["autoattack-fast"], None)
+    assert autoattack_version(Noisy(), x, ["apgd-ce-t"]) == (["apgd-ce-t"], None)
 
 
 def test_rand_version_runs_end_to_end_on_a_randomized_model() -> None:

@@ -86,7 +86,7 @@ def test_evaluation_on_cuda_agrees_with_cpu(tmp_path: Path) -> None:
     """A CPU-trained run evaluated on CUDA and on the CPU: same clean verdicts, FGSM (no randomness) nearly the same."""
     cfg = tiny_config(tmp_path, **{"train.device": "cpu"})
     train(cfg, log=lambda _: None)
-    common = dict(attacks=["fgsm", "pgd-5", "autoattack-fast"], n_examples=64, log=lambda _: None)
+    common = dict(attacks=["fgsm", "pgd-5", "apgd-ce-t"], n_examples=64, log=lambda _: None)
     gpu = evaluate_checkpoint(cfg.run_dir, device="cuda", out=tmp_path / "gpu.json", **common)
     cpu = evaluate_checkpoint(cfg.run_dir, device="cpu", out=tmp_path / "cpu.json", **common, checks=False)
     assert gpu["device"].startswith("cuda") and gpu["checks_run"]

@@ -28,10 +28,15 @@ Deviations [ours]:
 * Per sample the output is the *first* successful iterate once the sample is broken; the sample then
   leaves the working batch with all its per-sample state (step size, momentum, best loss, checkpoint
   counters), so broken samples cost no more compute; otherwise the best-loss point ``x_max``; restarts
-  keep the higher loss. Under EOT one misclassified forward of a randomized model proves little, so
-  every sample runs all iterations and ends at its best-loss point (the reference returns the last
-  misclassified iterate). Measured on a noisy digits MLP (test_crosscheck's, eps 0.05, n = 100, three
-  seeds): 59-62% robust accuracy for ours against the reference's 74-79%.
+  keep the higher loss. (The reference keeps broken samples running and returns their *last*
+  misclassified iterate: on a deterministic model the same verdicts.)
+* Output under EOT (``eot`` > 1), where one misclassified forward of a randomized model proves little,
+  so every sample runs all iterations: ``output="best"`` [ours] ends every sample at its best-loss
+  point; ``output="reference"`` returns what the reference's ``APGDAttack.perturb`` returns
+  (``x_best_adv``): the last iterate whose (last) noisy forward was misclassified, and the clean input
+  for samples no forward misclassified. Without EOT both give the first-successful rule above.
+  Measured on a noisy digits MLP (test_crosscheck's, eps 0.05, n = 100, three seeds): 59-62% robust
+  accuracy with ``best`` against the reference's 74-79%.
 * Samples misclassified at the clean input count as broken and are returned unchanged; samples with
   eps = 0 are returned unchanged without spending passes on them.
 * The last iterate gets a forward pass only (no gradient is needed after it).
@@ -53,9 +58,10 @@ from robustlab.attacks._common import check_norm, flat_norm, linf_bounds, per_sa
 from robustlab.attacks.losses import LossFn, dlr, dlr_targeted, get_loss
 from robustlab.errors import UserError
 
-__all__ = ["apgd", "apgd_targeted", "checkpoints"]
+__all__ = ["apgd", "apgd_targeted", "checkpoints", "OUTPUTS"]
 
 MOMENTUM = 0.75
+OUTPUTS = ("best", "reference")  # the output rule under EOT (module docstring)
 
 # (logits, y, target) -> per-sample loss to maximise
 _Objective = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -139,11 +145,13 @@ def _apgd_attempt(
     objective: _Objective,
     generator: torch.Generator | None,
     eot: int = 1,
+    output: str = "best",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One APGD run from a random start on a subset of correctly classified samples.
 
-    Returns ``(x_out, success, best_loss)``: the first successful iterate for broken samples (under
-    EOT: the best-loss point for all) and the best-loss point otherwise, a bool mask of broken samples, and the best loss per sample.
+    Returns ``(x_out, success, best_loss)``: the first successful iterate for broken samples and the
+    best-loss point otherwise (under EOT: per ``output``, module docstring), a bool mask of broken
+    samples, and the best loss per sample.
     """
     n = x.shape[0]
     x_out = x.clone()
@@ -185,6 +193,8 @@ def _apgd_attempt(
         broken = logits.argmax(dim=1) != st.y
         if eot > 1:
             success[st.index[broken]] = True
+            if output == "reference":  # the reference's x_best_adv: the latest misclassified iterate
+                x_out[st.index[broken]] = x_now[broken]
         elif broken.any():
             idx = st.index[broken]
             x_out[idx] = x_now[broken]
@@ -227,12 +237,16 @@ def _apgd_attempt(
             st.increases = torch.zeros_like(st.increases)
             last_mark = k + 1
 
-    x_out[st.index] = st.x_max
     best_loss[st.index] = st.loss_max.double()
+    if eot > 1 and output == "reference":
+        return x_out, success, best_loss  # never misclassified: the clean input, as the reference
+    x_out[st.index] = st.x_max
     return x_out, success, best_loss
 
 
-def _check_args(steps: int, restarts: int, rho: float = 0.75, eot: int = 1) -> None:
+def _check_args(steps: int, restarts: int, rho: float = 0.75, eot: int = 1, output: str = "best") -> None:
+    if output not in OUTPUTS:
+        raise UserError(f"apgd output must be one of {', '.join(OUTPUTS)}, got {output!r}")
     if eot < 1:
         raise UserError(f"eot must be >= 1, got {eot}")
     if steps < 1:
@@ -258,6 +272,7 @@ def _run(
     generator: torch.Generator | None,
     clean_logits: torch.Tensor,
     eot: int,
+    output: str,
 ) -> torch.Tensor:
     """Run the attempts (each target, then each restart) on the samples not yet broken."""
     eps_t = per_sample(eps, x)
@@ -274,7 +289,7 @@ def _run(
                 return x_adv
             x_sub, ok, loss_sub = _apgd_attempt(
                 model, x[idx], y[idx], target[idx], eps_t[idx],
-                norm=norm, steps=steps, rho=rho, objective=objective, generator=generator, eot=eot,
+                norm=norm, steps=steps, rho=rho, objective=objective, generator=generator, eot=eot, output=output,
             )  # fmt: skip
             take = ok | (loss_sub > best[idx])
             x_adv[idx[take]] = x_sub[take]
@@ -295,6 +310,7 @@ def apgd(
     loss: str | LossFn = "ce",
     rho: float = 0.75,
     eot: int = 1,
+    output: str = "best",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Untargeted Auto-PGD (Croce & Hein, ICML 2020) with the CE or DLR loss, L∞ or L2.
@@ -302,11 +318,12 @@ def apgd(
     ``eps`` is a float or an (N,) tensor. ``steps`` is the iteration budget ``N_iter`` per restart;
     ``restarts`` re-runs from a new random start only on samples not yet broken; ``rho`` is the
     condition-1 threshold; ``eot`` averages each gradient over that many passes (randomized models, the
-    reference's ``rand`` version uses 20). Returns ``x_adv`` (detached, inside the eps-ball and [0, 1]): per sample
+    reference's ``rand`` version uses 20) and ``output`` picks the output rule under EOT (``"best"`` or
+    ``"reference"``, module docstring). Returns ``x_adv`` (detached, inside the eps-ball and [0, 1]): per sample
     the first misclassified iterate, else the highest-loss point found. Does not change the mode.
     """
     norm = check_norm(norm)
-    _check_args(steps, restarts, rho, eot)
+    _check_args(steps, restarts, rho, eot, output)
     loss_fn = get_loss(loss)
     with torch.no_grad():
         clean_logits = model(x.detach())
@@ -318,7 +335,7 @@ def apgd(
 
     return _run(
         model, x, y, [y], eps, norm=norm, steps=steps, restarts=restarts, rho=rho,
-        objective=objective, generator=generator, clean_logits=clean_logits, eot=eot,
+        objective=objective, generator=generator, clean_logits=clean_logits, eot=eot, output=output,
     )  # fmt: skip
 
 
@@ -334,6 +351,7 @@ def apgd_targeted(
     restarts: int = 1,
     rho: float = 0.75,
     eot: int = 1,
+    output: str = "best",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """APGD-T (Croce & Hein, ICML 2020, Sec. 4): APGD on the targeted DLR loss for each target.
@@ -342,10 +360,10 @@ def apgd_targeted(
     highest clean logits (all ``K - 1`` when ``n_target_classes >= K - 1``), tried in that order, each
     with ``steps`` iterations and ``restarts`` restarts, only on samples not yet broken. Success means
     misclassified (any class), not reaching the target. Needs at least 4 classes (the targeted DLR
-    denominator uses the 4th-largest logit). ``eot`` as in :func:`apgd`.
+    denominator uses the 4th-largest logit). ``eot`` and ``output`` as in :func:`apgd`.
     """
     norm = check_norm(norm)
-    _check_args(steps, restarts, rho, eot)
+    _check_args(steps, restarts, rho, eot, output)
     if n_target_classes < 1:
         raise UserError(f"n_target_classes must be >= 1, got {n_target_classes}")
     with torch.no_grad():
@@ -362,5 +380,5 @@ def apgd_targeted(
 
     return _run(
         model, x, y, targets, eps, norm=norm, steps=steps, restarts=restarts, rho=rho,
-        objective=objective, generator=generator, clean_logits=clean_logits, eot=eot,
+        objective=objective, generator=generator, clean_logits=clean_logits, eot=eot, output=output,
     )  # fmt: skip

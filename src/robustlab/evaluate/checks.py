@@ -167,7 +167,10 @@ def check_gradients(
 # --- 3. Monotonicity -------------------------------------------------------------------------------
 
 _STEPPED = re.compile(r"^(pgd|cw)(?:-(\d+))?$")
-_AA_MEMBERS = ("apgd-ce", "apgd-t")  # members of both autoattack and autoattack-fast
+_AA_MEMBERS = ("apgd-ce", "apgd-t")  # members of autoattack, autoattack+ and apgd-ce-t
+# (weaker-or-equal, stronger) groups: a subset of members, or the same members in a stronger variant
+_GROUP_ORDER = (("apgd-ce-t", "autoattack"), ("apgd-ce-t", "autoattack+"), ("autoattack", "autoattack+"),
+                ("autoattack-rand", "autoattack-rand+"))
 
 
 def _family(name: str) -> tuple[str, int | None]:
@@ -182,7 +185,7 @@ def _family(name: str) -> tuple[str, int | None]:
 def _is_gradient(name: str) -> bool:
     """Attacks driven by input gradients (``autoattack`` proper contains Square, so it is not one)."""
     fam, _ = _family(name)
-    return fam in ("fgsm", "pgd", "cw", "autoattack-fast") or fam.startswith(("apgd", "fab"))
+    return fam in ("fgsm", "pgd", "cw", "apgd-ce-t") or fam.startswith(("apgd", "fab"))
 
 
 def _is_iterative_gradient(name: str) -> bool:
@@ -201,7 +204,8 @@ def check_monotonicity(
     Pairs compared (``weaker`` must not be more accurate than ``stronger`` by more than the tolerance):
     clean vs every attack; fgsm vs every iterative gradient attack (pgd-K, cw-K, apgd-*, fab-*) and
     the autoattack groups; pgd-K vs pgd-K' and cw-K vs cw-K' for K < K'; every pgd-K, cw-K, apgd-ce,
-    apgd-t vs ``autoattack`` and ``autoattack-fast``; autoattack-fast vs autoattack. Square is only
+    apgd-t vs ``autoattack``, ``autoattack+`` and ``apgd-ce-t``; apgd-ce-t vs both autoattack groups and
+    autoattack vs autoattack+ (autoattack-rand vs autoattack-rand+), per ``_GROUP_ORDER``. Square is only
     compared with clean (a black-box attack may legitimately be weaker than FGSM).
 
     ``tolerance`` (default 0.005, half a point) absorbs the noise of random starts on a large test
@@ -221,11 +225,10 @@ def check_monotonicity(
     for runs in stepped.values():
         runs.sort()
         pairs += [(a, b) for (sa, a), (sb, b) in zip(runs, runs[1:]) if sb > sa]
-    for group in ("autoattack", "autoattack-fast"):
+    for group in ("autoattack", "autoattack+", "apgd-ce-t"):
         if group in acc:
             pairs += [(k, group) for k in acc if _family(k)[1] is not None or k in _AA_MEMBERS]
-    if "autoattack" in acc and "autoattack-fast" in acc:
-        pairs.append(("autoattack-fast", "autoattack"))
+    pairs += [pair for pair in _GROUP_ORDER if pair[0] in acc and pair[1] in acc]
     flags: list[Flag] = []
     seen: set[tuple[str, str]] = set()
     numbers = {"clean": float(clean_acc), **acc}

@@ -1,14 +1,32 @@
 """Attack names on the command line -> configured attack callables (a table, never mutated).
 
 Names follow EVALUATION.md: ``fgsm``, ``pgd-K``, ``cw-K`` (K steps; ``pgd``/``cw`` alone mean 20),
-``apgd-ce``, ``apgd-dlr``, ``apgd-t``, ``fab-t``, ``square``, and the groups ``autoattack``
-(standard: apgd-ce → apgd-t → fab-t → square, for L∞ and L2), ``autoattack-rand`` (apgd-ce →
-apgd-dlr, each gradient averaged over 20 passes: the reference's ``rand`` version for randomized
-models) and ``autoattack-fast`` (apgd-ce → apgd-t). The groups' members and settings are those of the
-reference AutoAttack's ``version='standard'`` / ``'rand'`` (Croce & Hein 2020; ``pyautoattack`` 0.2.0).
-Each entry is a ``functools.partial`` of a pure attack function with every parameter bound, so the
-record can list exactly what ran. A group's members run in order, each only on the samples still robust.
-:func:`autoattack_version` swaps ``autoattack`` for ``autoattack-rand`` when the model is randomized.
+``apgd-ce``, ``apgd-dlr``, ``apgd-t``, ``fab-t``, ``square``, and the groups below. Each entry is a
+``functools.partial`` of a pure attack function with every parameter bound (the settings that tell a
+reference-faithful run from a stronger one, Square's ``mode``, FAB's ``final_search`` and APGD's
+``output``, always explicitly), so the record lists exactly what ran. A group's members run in
+order, each only on the samples still robust.
+
+Groups (names mean what they say, EVALUATION.md):
+
+* ``autoattack``: the reference AutoAttack's ``version='standard'`` (Croce & Hein 2020; fra31/auto-attack,
+  packaged as ``pyautoattack`` 0.2.0, ``AutoAttack._set_version``): apgd-ce -> apgd-t -> fab-t -> square,
+  L∞ and L2, with the reference's algorithms: Square's reference draws (``mode="reference"``) and the
+  reference's 5,000 candidates after the initial point (``queries=5001`` in our counting), FAB-T with
+  no final search (the reference's ``FABAttack.attack_single_run`` returns its best iterate as is).
+* ``autoattack-rand``: the reference's ``version='rand'``: apgd-ce -> apgd-dlr, each gradient averaged
+  over 20 passes (``eot_iter=20``), and the reference's output rule under EOT (``output="reference"``:
+  the last iterate one noisy forward misclassified, else the clean input).
+* ``autoattack+`` / ``autoattack-rand+``: robustlab's stronger variants of the same members: per-sample
+  Square draws (``mode="strong"``), FAB's 3-step final search, and under EOT every sample's best-loss
+  point (``output="best"``). Each only ever makes the attack stronger; their numbers are not
+  comparable with published AutoAttack numbers.
+* ``apgd-ce-t``: apgd-ce -> apgd-t on survivors, a cheaper gradient-only pair. Not a version of the
+  reference (whose versions are standard, plus, rand and custom), hence not called autoattack-anything;
+  ``autoattack-fast``, its old name, is refused with the new one.
+
+:func:`autoattack_version` swaps ``autoattack`` (``autoattack+``) for ``autoattack-rand``
+(``autoattack-rand+``) when the model is randomized.
 """
 
 from __future__ import annotations
@@ -50,7 +68,7 @@ class AttackSpec:
         return dict(self.params)
 
 
-# name -> (function, fixed parameters, whether it takes step_size/restarts from the command line)
+# name -> (function, fixed parameters): the reference's budgets (pyautoattack 0.2.0 ``_set_version('standard')``)
 AUTOATTACK_PARTS: dict[str, tuple[AttackFn, dict[str, Any]]] = {
     "apgd-ce": (apgd, {"loss": "ce", "steps": 100, "restarts": 1}),
     "apgd-dlr": (apgd, {"loss": "dlr", "steps": 100, "restarts": 1}),
@@ -58,12 +76,27 @@ AUTOATTACK_PARTS: dict[str, tuple[AttackFn, dict[str, Any]]] = {
     "fab-t": (fab_targeted, {"steps": 100, "n_target_classes": 9, "restarts": 1}),
     "square": (square, {"queries": 5000, "p_init": 0.8, "restarts": 1}),
 }
-GROUPS: dict[str, tuple[str, ...]] = {
-    "autoattack": ("apgd-ce", "apgd-t", "fab-t", "square"),
-    "autoattack-rand": ("apgd-ce", "apgd-dlr"),
-    "autoattack-fast": ("apgd-ce", "apgd-t"),
+_STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
+_RAND = ("apgd-ce", "apgd-dlr")
+# Reference-faithful settings: Square's reference draws and its 5,000 candidates after the initial point
+# (pyautoattack square.py, n_queries=5000; our ``queries`` counts the initial point too); FAB with no final
+# search (pyautoattack fab_base.py has none); under EOT the last misclassified iterate (autopgd_base.py
+# ``x_best_adv``), eot_iter=20 (``_set_version('rand')``). The stronger variants state their settings too.
+_REFERENCE = {"apgd-ce": {"output": "reference"}, "apgd-t": {"output": "reference"},
+              "fab-t": {"final_search": 0}, "square": {"mode": "reference", "queries": 5001}}
+_STRONG = {"apgd-ce": {"output": "best"}, "apgd-t": {"output": "best"},
+           "fab-t": {"final_search": 3}, "square": {"mode": "strong"}}
+_EOT = {"eot": 20}
+# group -> (members in cascade order, per-member settings on top of each member's fixed parameters)
+GROUPS: dict[str, tuple[tuple[str, ...], dict[str, dict[str, Any]]]] = {
+    "autoattack": (_STANDARD, _REFERENCE),
+    "autoattack+": (_STANDARD, _STRONG),
+    "autoattack-rand": (_RAND, {m: {**_EOT, "output": "reference"} for m in _RAND}),
+    "autoattack-rand+": (_RAND, {m: {**_EOT, "output": "best"} for m in _RAND}),
+    "apgd-ce-t": (("apgd-ce", "apgd-t"), {}),
 }
-GROUP_SETTINGS: dict[str, dict[str, Any]] = {"autoattack-rand": {"eot": 20}}  # on top of each member's own
+RANDOMIZED_VERSION = {"autoattack": "autoattack-rand", "autoattack+": "autoattack-rand+"}
+RENAMED = {"autoattack-fast": "apgd-ce-t"}  # retired names -> the new one, said in the error
 MIN_CLASSES = {"apgd-dlr": 3, "apgd-t": 4}  # the DLR losses read the 3rd / 4th largest logit
 ATTACK_FORMS = {
     "fgsm": "one step of size eps on sign of the CE gradient",
@@ -74,9 +107,11 @@ ATTACK_FORMS = {
     "apgd-t": "targeted Auto-PGD on DLR-targeted, 9 target classes x 100 iterations",
     "fab-t": "targeted FAB, 9 target classes x 100 iterations (Croce & Hein 2020)",
     "square": "Square Attack, 5000 queries, p_init 0.8, margin loss (Andriushchenko et al. 2020)",
-    "autoattack": "standard AutoAttack: apgd-ce -> apgd-t -> fab-t -> square on survivors",
-    "autoattack-rand": "AutoAttack for randomized models: apgd-ce -> apgd-dlr, gradients averaged over 20 passes (EOT)",
-    "autoattack-fast": "apgd-ce -> apgd-t on survivors",
+    "autoattack": "the reference's standard AutoAttack: apgd-ce -> apgd-t -> fab-t -> square on survivors",
+    "autoattack+": "robustlab's stronger standard AutoAttack: per-sample Square, FAB final search",
+    "autoattack-rand": "the reference's rand AutoAttack: apgd-ce -> apgd-dlr, gradients averaged over 20 passes (EOT)",
+    "autoattack-rand+": "autoattack-rand ending at each sample's best-loss point (stronger)",
+    "apgd-ce-t": "apgd-ce -> apgd-t on survivors (not a version of the reference AutoAttack)",
 }
 
 
@@ -91,9 +126,11 @@ def parse_attack_name(name: str) -> tuple[str, int | None]:
         if steps == 0:
             raise UserError(f"attack {name!r} runs no steps; use {match.group(1)}-K with K >= 1, e.g. {match.group(1)}-20")
         return match.group(1), steps
+    if key in RENAMED:
+        raise UserError(f"attack {name!r} is now called {RENAMED[key]} (it is not a version of the reference AutoAttack); use {RENAMED[key]}")
     raise UserError(
         f"unknown attack {name!r}; use fgsm, pgd-K, cw-K, apgd-ce, apgd-dlr, apgd-t, fab-t, square, "
-        "autoattack, autoattack-rand or autoattack-fast; see robustlab list attacks"
+        f"{', '.join(GROUPS)}; see robustlab list attacks"
     )
 
 
@@ -106,8 +143,8 @@ def build_attack(
         params: dict[str, Any] = {"eps": eps, "norm": norm}
         return AttackSpec(family, functools.partial(fgsm, **params), params, uses_generator=False)
     if family in GROUPS:
-        extra = GROUP_SETTINGS.get(family)
-        members = tuple(build_attack(m, eps=eps, norm=norm, step_size=step_size, settings=extra) for m in GROUPS[family])
+        names, per_member = GROUPS[family]
+        members = tuple(build_attack(m, eps=eps, norm=norm, step_size=step_size, settings=per_member.get(m)) for m in names)
         return AttackSpec(family, None, {"eps": eps, "norm": norm}, members=members)
     if family in AUTOATTACK_PARTS:
         fn, fixed = AUTOATTACK_PARTS[family]
@@ -118,20 +155,24 @@ def build_attack(
 
 
 def autoattack_version(model: nn.Module, probe: torch.Tensor, attacks: list[str]) -> tuple[list[str], Flag | None]:
-    """``attacks`` with standard ``autoattack`` replaced by ``autoattack-rand`` if the model is randomized.
+    """``attacks`` with ``autoattack`` (``autoattack+``) replaced by ``autoattack-rand`` (``autoattack-rand+``)
+    if the model is randomized.
 
     Randomized means: two eval-mode forwards of ``probe`` differ (:func:`check_randomness`). The
     reference leaves this choice to the user and only warns; we make it, and the returned flag
-    (``autoattack_rand``) says so in the record. Other names are kept.
+    (``autoattack_rand``) says so in the record. Other names are kept, and so is a group whose rand
+    version is listed too.
     """
     keys = [a.strip().lower() for a in attacks]
-    if "autoattack" not in keys or "autoattack-rand" in keys or check_randomness(model, probe) is None:
+    swap = {k: RANDOMIZED_VERSION[k] for k in keys if k in RANDOMIZED_VERSION and RANDOMIZED_VERSION[k] not in keys}
+    if not swap or check_randomness(model, probe) is None:
         return list(attacks), None
-    chosen = ["autoattack-rand" if k == "autoattack" else a for k, a in zip(keys, attacks)]
+    chosen = [swap.get(k, a) for k, a in zip(keys, attacks)]
+    said = " and ".join(f"{v} instead of {k}" for k, v in swap.items())
     return chosen, Flag(
         "autoattack_rand",
-        "the model is randomized (two forwards of the same input differ), so autoattack-rand (APGD-CE and "
-        "APGD-DLR with 20-pass EOT, the reference's rand version) ran instead of standard autoattack",
+        f"the model is randomized (two forwards of the same input differ), so {said} ran (APGD-CE and "
+        "APGD-DLR with 20-pass EOT, as the reference's rand version)",
     )
 
 
