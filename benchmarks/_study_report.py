@@ -29,7 +29,7 @@ COLUMNS = (("clean", "clean"), ("pgd-20", "PGD-20"), ("autoattack", "AutoAttack"
            ("worst", "worst case"))
 TRAINING_PLOT = ("natural", "pgd_at", "pgd_at+fsr", "trades", "trades+ancra", "pgd_at+uad")
 FINETUNE_PLOT = ("finetune: vanilla", "finetune: afd")
-ATTACKS_TEXT = "PGD-20, standard AutoAttack (APGD-CE → APGD-T → FAB-T → Square)"
+ATTACKS_TEXT = "PGD-20, AutoAttack's members APGD-CE → APGD-T → FAB-T → Square as the group `{group}`"
 README_START = "<!-- CIFAR-10 study table: written by benchmarks/cifar_study.py from docs/results/ -->"
 README_END = "<!-- end of the CIFAR-10 study table -->"
 FLAT = 0.10  # ours: a feature gap "stays flat" when its last value is within ±10% of its first
@@ -42,6 +42,18 @@ def accuracy(record: dict[str, Any], metric: str) -> float | None:
     if metric == "worst":
         return record["robust_acc"]
     return record["attacks"].get(metric, {}).get("robust_acc")
+
+
+def autoattack_group(record: dict[str, Any]) -> str:
+    """The group that produced a record's ``autoattack`` entry, read from its members' parameters.
+
+    ``autoattack`` runs the reference's algorithms and says so (Square ``mode: reference``, FAB-T
+    ``final_search: 0``); records made before that split list neither setting and ran the then-defaults
+    (Square ``strong``, FAB final search 3 steps), which are now ``autoattack+``. The records are not rewritten.
+    """
+    members = record.get("attack_params", {}).get("autoattack", {})
+    faithful = members.get("square", {}).get("mode") == "reference" and members.get("fab-t", {}).get("final_search") == 0
+    return "autoattack" if faithful else "autoattack+"
 
 
 class Page:
@@ -57,11 +69,18 @@ class Page:
             if path.is_file():
                 self.records[(job.row.label, job.seed)] = self.by_name[job.name] = json.loads(path.read_text())
 
+    def label(self, metric: str) -> str:
+        """``metric`` as the page names it: the ``autoattack`` column by the group(s) that produced it."""
+        if metric != "autoattack":
+            return metric
+        return " / ".join(sorted({autoattack_group(r) for r in self.records.values() if metric in r["attacks"]})) or metric
+
     def seeds(self, label: str) -> list[dict[str, Any]]:
         return [r for (lab, _), r in sorted(self.records.items()) if lab == label]
 
     def table(self) -> str:
-        head = "| configuration | seeds | " + " | ".join(t for _, t in COLUMNS) + " | worst case − base [95% CI] | flags |"
+        titles = [f"{t} (`{self.label(m)}`)" if m == "autoattack" else t for m, t in COLUMNS]
+        head = "| configuration | seeds | " + " | ".join(titles) + " | worst case − base [95% CI] | flags |"
         lines = [head, "|" + "---|" * (len(COLUMNS) + 4)]
         for row in dict.fromkeys(j.row for j in self.study.jobs):
             records = self.seeds(row.label)
@@ -92,7 +111,7 @@ class Page:
         if result is None:
             return f"{method} − {base} ({metric}): not evaluated"
         seeds = len(result.per_seed)
-        return (f"{method} − {base} ({metric}, {seeds} seed{'s' * (seeds > 1)} × {result.n_examples} images): "
+        return (f"{method} − {base} ({self.label(metric)}, {seeds} seed{'s' * (seeds > 1)} × {result.n_examples} images): "
                 f"{result.points()} points, {result.verdict}")
 
     def claim(self, title: str, decisive: tuple[str, str, str], details: list[str]) -> str:
@@ -158,7 +177,7 @@ class Page:
             f"natural run), SGD lr {cfg.optim.lr}, {cfg.schedule.name} schedule; PGD-{a.steps} ε {a.eps * 255:g}/255, "
             f"step {a.step_size * 255:g}/255, {a.bn_mode} mode; the last epoch is evaluated.",
             f"- Evaluation: the same {args.n_examples} test images (fixed subset, seed 0) for every model: clean, "
-            f"{ATTACKS_TEXT}; plug-ins also `--adaptive` with transfer from the same seed's base; gradient-masking checks "
+            f"{ATTACKS_TEXT.format(group=self.label('autoattack'))}; plug-ins also `--adaptive` with transfer from the same seed's base; gradient-masking checks "
             "on; the worst case is per sample over all attacks of the record.",
             "- Memory format: channels-last for training (`train.channels_last`) and evaluation (`--channels-last`), "
             "1.3-1.75x faster convolutions on this CPU, the same function up to float rounding"

@@ -225,3 +225,30 @@ def test_flags_section_lists_each_flag_with_its_record(tmp_path: Path) -> None:
     assert "- pgd_at seed 1: `monotonicity`: pgd-50 left 2 more of 64 probe samples accurate" in page
     assert "No record has a flag." not in page and "pgd_at seed 0:" not in page
     assert [line for line in table.splitlines() if line.startswith("| pgd_at |")][0].endswith("| monotonicity |")
+
+
+OLD_PARAMS = {"square": {"queries": 5000, "p_init": 0.8}, "fab-t": {"steps": 100}}  # before the split: no mode, no final_search
+REFERENCE_PARAMS = {"square": {"queries": 5001, "mode": "reference"}, "fab-t": {"steps": 100, "final_search": 0}}
+
+
+@pytest.mark.parametrize("params,group", [(OLD_PARAMS, "autoattack+"), (REFERENCE_PARAMS, "autoattack")])
+def test_autoattack_column_is_labelled_with_the_group_its_params_show(tmp_path: Path, params: dict, group: str) -> None:
+    """Old records (no Square mode, no FAB final_search: the stronger then-defaults) are labelled autoattack+,
+    records with the reference's settings autoattack, on the table and in the claims; records are not rewritten."""
+    study = _study(tmp_path)
+    from _study_report import write_results
+
+    for label in ("natural", "pgd_at"):
+        _write_record(study, label, 0, np.arange(40) % (2 if label == "pgd_at" else 5) == 0)
+        path = study.record_path(study.by_key[(label, 0)])
+        record = json.loads(path.read_text())
+        record["attacks"]["autoattack"] = record["attacks"]["pgd-20"]
+        record["per_sample"]["broken_by"]["autoattack"] = record["per_sample"]["broken_by"]["pgd-20"]
+        record["attack_params"] = {"autoattack": params}
+        path.write_text(json.dumps(record))
+    before = path.read_text()
+    table = write_results(study)
+    assert f"| AutoAttack (`{group}`) |" in table.splitlines()[0]
+    page = (tmp_path / "r.md").read_text()
+    assert f"pgd_at − natural ({group}, 1 seed × 40 images)" in page and f"as the group `{group}`" in page
+    assert path.read_text() == before

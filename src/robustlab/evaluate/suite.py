@@ -20,7 +20,11 @@ Groups (names mean what they say, EVALUATION.md):
 * ``autoattack+`` / ``autoattack-rand+``: robustlab's stronger variants of the same members: per-sample
   Square draws (``mode="strong"``), FAB's 3-step final search, and under EOT every sample's best-loss
   point (``output="best"``). Each only ever makes the attack stronger; their numbers are not
-  comparable with published AutoAttack numbers.
+  comparable with published AutoAttack numbers. They are what a worst case should include: our
+  choice of "the worst case uses them by default" is that robustlab never adds an attack on its own
+  (cost stays what the user listed), ``robustlab export`` reads RobustBench's ``external`` from the
+  worst case and ``autoattack_acc`` only from ``autoattack``, and the CIFAR-10 study's records ran
+  ``autoattack+`` (their page says so).
 * ``apgd-ce-t``: apgd-ce -> apgd-t on survivors, a cheaper gradient-only pair. Not a version of the
   reference (whose versions are standard, plus, rand and custom), hence not called autoattack-anything;
   ``autoattack-fast``, its old name, is refused with the new one.
