@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from robustlab.config import load_config
+from robustlab.evaluate.suite import group_that_ran
 from robustlab.report import write_report
 from robustlab.report.compare import PairedDifference, compare_records, format_mean_std
 from robustlab.runs.atomic import atomic_write_text
@@ -45,15 +46,9 @@ def accuracy(record: dict[str, Any], metric: str) -> float | None:
 
 
 def autoattack_group(record: dict[str, Any]) -> str:
-    """The group that produced a record's ``autoattack`` entry, read from its members' parameters.
-
-    ``autoattack`` runs the reference's algorithms and says so (Square ``mode: reference``, FAB-T
-    ``final_search: 0``); records made before that split list neither setting and ran the then-defaults
-    (Square ``strong``, FAB final search 3 steps), which are now ``autoattack+``. The records are not rewritten.
-    """
-    members = record.get("attack_params", {}).get("autoattack", {})
-    faithful = members.get("square", {}).get("mode") == "reference" and members.get("fab-t", {}).get("final_search") == 0
-    return "autoattack" if faithful else "autoattack+"
+    """The group that produced a record's ``autoattack`` entry, read from its members' parameters: records made
+    before the reference-faithful ``autoattack`` existed ran what is now ``autoattack+`` (not rewritten)."""
+    return group_that_ran("autoattack", record.get("attack_params", {}).get("autoattack", {}))
 
 
 class Page:

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from robustlab.config import bundled_config_names, load_config
+from robustlab.evaluate.suite import build_suite
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = ROOT / "benchmarks" / "cifar_study.py"
@@ -228,7 +229,7 @@ def test_flags_section_lists_each_flag_with_its_record(tmp_path: Path) -> None:
 
 
 OLD_PARAMS = {"square": {"queries": 5000, "p_init": 0.8}, "fab-t": {"steps": 100}}  # before the split: no mode, no final_search
-REFERENCE_PARAMS = {"square": {"queries": 5001, "mode": "reference"}, "fab-t": {"steps": 100, "final_search": 0}}
+REFERENCE_PARAMS = build_suite(["autoattack"], eps=8 / 255, norm="linf", step_size=2 / 255)[0].describe()  # what a record lists now
 
 
 @pytest.mark.parametrize("params,group", [(OLD_PARAMS, "autoattack+"), (REFERENCE_PARAMS, "autoattack")])

@@ -17,7 +17,7 @@ from robustlab.data import ImageDataset
 from robustlab.evaluate import evaluate_model
 from robustlab.evaluate.runner import eps_label, run_suite, summarise
 from robustlab.evaluate.state import EvalState
-from robustlab.evaluate.suite import AttackSpec, autoattack_version, build_suite
+from robustlab.evaluate.suite import AttackSpec, autoattack_version, build_suite, group_that_ran
 
 
 class ThresholdModel(nn.Module):
@@ -281,3 +281,20 @@ def test_channels_last_failure_is_one_line_and_default_format_works() -> None:
     assert evaluate_model(ViewsItsFeatureMap(), data, **kwargs)["channels_last"] is False
     with pytest.raises(UserError, match="fails in channels-last memory format .*without --channels-last"):
         evaluate_model(ViewsItsFeatureMap(), data, **kwargs, channels_last=True)
+
+
+@pytest.mark.parametrize("group", ["autoattack", "autoattack-rand"])
+def test_group_that_ran_reads_the_members_params(group: str) -> None:
+    """A record's group is the reference one only if every member lists the reference's settings; the old
+    records (no mode / final_search / output listed) and any stronger setting read as the + group."""
+    (spec,) = build_suite([group], eps=8 / 255, norm="linf", step_size=2 / 255)
+    params = spec.describe()
+    assert group_that_ran(group, params) == group
+    old = {m: {k: v for k, v in p.items() if k not in ("mode", "final_search", "output")} for m, p in params.items()}
+    assert group_that_ran(group, old) == f"{group}+"
+    member = next(iter(params))
+    stronger = {**params, member: {**params[member], "output": "best"}}
+    assert group_that_ran(group, stronger) == f"{group}+"
+    (plus,) = build_suite([f"{group}+"], eps=8 / 255, norm="linf", step_size=2 / 255)
+    assert group_that_ran(group, plus.describe()) == f"{group}+"
+    assert group_that_ran("pgd-20", {}) == "pgd-20"

@@ -93,7 +93,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="BASE METHOD...: each an eval record, a run folder with one record, or a comma-separated list of them "
                         "(one per seed, paired by position); prints the paired difference with a 95%% bootstrap CI")
     p.add_argument("--metric", default="worst", help="with --compare: worst (default), clean, or an attack name such as autoattack")
-    p.add_argument("--out", default=None, help="output folder (default: RUN/report for one run, else runs/report)")
+    p.add_argument("--leaderboard", nargs="+", metavar="RECORDS", default=None,
+                   help="evaluation records ranked as RobustBench ranks them: OUT/leaderboard.md and a sortable OUT/leaderboard.html")
+    p.add_argument("--out", default=None, help="output folder (default: RUN/report for one run, runs/leaderboard with --leaderboard, else runs/report)")
+
+    p = sub.add_parser("export", help="an evaluation record in another format (--robustbench: a RobustBench model-info JSON)")
+    p.add_argument("record", help="evaluation record (.json) or a run folder with one record")
+    p.add_argument("--robustbench", action="store_true", required=True, help="write RobustBench's model_info entry")
+    p.add_argument("--out", default=None, help="output file (default: beside the record, NAME.robustbench.json)")
+    p.add_argument("--name", default=None, help="the entry's name, e.g. the paper's title (default: the run name)")
+    p.add_argument("--paper", default="", help="link to the paper")
+    p.add_argument("--authors", default="")
+    p.add_argument("--venue", default="N/A")
+    p.add_argument("--reported", default="", help="robust accuracy the paper reports, in %%")
+    p.add_argument("--additional-data", action="store_true", help="the model was trained with extra data")
+    p.add_argument("--forward-passes", type=int, default=1, help="forward passes per prediction (RobustBench's number_forward_passes)")
+    p.add_argument("--dataset", default=None, help="dataset name as RobustBench writes it (default: the record's)")
+    p.add_argument("--architecture", default=None, help="architecture as RobustBench writes it, e.g. WideResNet-28-10")
+    p.add_argument("--footnote", default="", help="text added to the footnote")
 
     p = sub.add_parser("list", help="list methods, models, datasets, attacks or bundled configs")
     p.add_argument("what", nargs="?", choices=["methods", "models", "datasets", "attacks", "configs", "all"], default="all")
@@ -196,12 +213,28 @@ def cmd_report(args: argparse.Namespace) -> None:
         from robustlab.report.compare import compare_table
 
         print(compare_table(args.compare, args.metric))
+    if args.leaderboard:
+        from robustlab.report.leaderboard import write_leaderboard
+
+        md, page = write_leaderboard(args.leaderboard, args.out or Path("runs") / "leaderboard")
+        print(f"leaderboard written to {md} and {page}")
     if not args.runs:
-        if not args.compare:
-            raise UserError("report needs run folders or --compare BASE METHOD ...; see robustlab report --help")
+        if not (args.compare or args.leaderboard):
+            raise UserError("report needs run folders, --compare BASE METHOD ... or --leaderboard RECORDS ...; see robustlab report --help")
         return
     out = args.out or (Path(args.runs[0]) / "report" if len(args.runs) == 1 else Path("runs") / "report")
     print(f"report written to {write_report(args.runs, out)}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from robustlab.report.robustbench import export_robustbench
+
+    out = export_robustbench(
+        args.record, args.out, name=args.name, paper=args.paper, authors=args.authors, venue=args.venue,
+        reported=args.reported, additional_data=args.additional_data, forward_passes=args.forward_passes,
+        dataset=args.dataset, architecture=args.architecture, footnote=args.footnote,
+    )
+    print(f"RobustBench entry written to {out}")
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -213,7 +246,7 @@ def cmd_list(args: argparse.Namespace) -> None:
             print(f"  {name}")
 
 
-COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "eval": cmd_eval, "demo": cmd_demo, "report": cmd_report, "list": cmd_list}
+COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "eval": cmd_eval, "demo": cmd_demo, "report": cmd_report, "export": cmd_export, "list": cmd_list}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

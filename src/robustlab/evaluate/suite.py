@@ -180,6 +180,21 @@ def autoattack_version(model: nn.Module, probe: torch.Tensor, attacks: list[str]
     )
 
 
+def group_that_ran(name: str, members: dict[str, dict[str, Any]]) -> str:
+    """The group a record's entry ``name`` really ran, read from its members' parameters (``attack_params``).
+
+    ``autoattack`` / ``autoattack-rand`` count as such only when every member lists the reference's
+    settings of :data:`GROUPS`; records made before the ``+`` groups existed list none of them and ran the
+    then-defaults (Square ``strong``, FAB's 3-step final search, the best-loss point under EOT), i.e. the
+    ``+`` group. Any other name is returned as is.
+    """
+    if name not in RANDOMIZED_VERSION and name not in RANDOMIZED_VERSION.values():
+        return name
+    names, settings = GROUPS[name]
+    faithful = all(members.get(m, {}).get(k) == v for m in names for k, v in settings.get(m, {}).items())
+    return name if faithful else f"{name}+"
+
+
 def _canonical(name: str) -> str:
     family, steps = parse_attack_name(name)
     return family if steps is None else f"{family}-{steps}"

@@ -1,0 +1,122 @@
+"""An evaluation record as a RobustBench model-info entry (``robustlab export RECORD.json --robustbench``).
+
+RobustBench keeps one JSON file per model (``model_info/<dataset>/<threat_model>/<Name>.json`` in
+RobustBench/robustbench, e.g. ``cifar10/Linf/Standard.json``, ``Xiao2020Enhancing.json``) with the keys
+``link``, ``name``, ``authors``, ``additional_data`` (bool), ``number_forward_passes`` (int), ``dataset``,
+``venue``, ``architecture``, ``eps`` (``"8/255"``), ``clean_acc``, ``reported``, ``autoattack_acc``, an
+optional ``external`` and ``footnote``; accuracies are percent strings with two decimals (``"94.78"``),
+and the leaderboard ranks by ``external`` where present, else ``autoattack_acc``.
+
+Choices [ours]:
+
+* ``autoattack_acc`` comes only from a reference-faithful group (``autoattack``, or ``autoattack-rand`` for
+  a randomized model), as its member parameters show (:func:`robustlab.evaluate.suite.group_that_ran`);
+  a record without one gets ``null`` and a footnote saying so (RobustBench would need an AutoAttack run).
+* ``external`` is the record's per-sample worst case when other attacks ran beside that group and broke
+  more (``autoattack+``, adaptive attacks, PGD...); it is left out when the worst case equals ``autoattack_acc``.
+* The footnote names the attacks, the sample count and robustlab's flags, so a subset evaluation or a
+  flagged record is visible in the entry; ``unreliable`` is never set by us (RobustBench's own judgement).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from robustlab.errors import UserError
+from robustlab.evaluate.suite import group_that_ran
+from robustlab.report.compare import load_record
+from robustlab.runs.atomic import atomic_write_text
+
+FIELDS = ("link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue", "architecture",
+          "eps", "clean_acc", "reported", "autoattack_acc", "external", "footnote")
+REFERENCE_GROUPS = ("autoattack", "autoattack-rand")
+THREAT_MODELS = {"linf": "Linf", "l2": "L2"}
+
+
+def percent(value: float) -> str:
+    """A fraction as RobustBench writes accuracies: ``0.9478`` -> ``"94.78"``."""
+    return f"{100 * value:.2f}"
+
+
+def reference_autoattack(record: dict[str, Any]) -> tuple[str, float] | None:
+    """``(group, robust accuracy)`` of the record's reference-faithful AutoAttack run, or None."""
+    for name in REFERENCE_GROUPS:
+        entry = record.get("attacks", {}).get(name)
+        if entry is not None and group_that_ran(name, record.get("attack_params", {}).get(name, {})) == name:
+            return name, float(entry["robust_acc"])
+    return None
+
+
+def attacks_that_ran(record: dict[str, Any]) -> list[str]:
+    """The record's attacks, each group by the name of what it really ran (old ``autoattack`` -> ``autoattack+``)."""
+    return [group_that_ran(a, record.get("attack_params", {}).get(a, {})) for a in record.get("attacks", {})]
+
+
+def _footnote(record: dict[str, Any], reference: tuple[str, float] | None, external: bool, extra: str) -> str:
+    names = attacks_that_ran(record)
+    parts = [f"robustlab {record.get('robustlab_version', '?')} on {record['n_examples']} {record.get('split', 'test')} images: "
+             + ", ".join(names) + "."]
+    if reference is None:
+        parts.append("No reference AutoAttack ran (autoattack_acc is null); evaluate with --attacks autoattack.")
+    elif reference[0] == "autoattack-rand":
+        parts.append("Randomized model: AutoAttack's rand version (APGD-CE, APGD-DLR with 20-pass EOT).")
+    if external:
+        parts.append("external: the per-sample worst case over all of these attacks.")
+    flags = sorted({f["code"] for f in record.get("flags", [])})
+    if flags:
+        parts.append("robustlab flags: " + ", ".join(flags) + ".")
+    if extra:
+        parts.append(extra)
+    return " ".join(parts)
+
+
+def robustbench_entry(
+    record: dict[str, Any], *, name: str | None = None, paper: str = "", authors: str = "", venue: str = "N/A",
+    reported: str = "", additional_data: bool = False, forward_passes: int = 1, dataset: str | None = None,
+    architecture: str | None = None, footnote: str = "",
+) -> dict[str, Any]:
+    """The RobustBench model-info entry of an evaluation record (see the module docstring for each field)."""
+    for key in ("clean_acc", "robust_acc", "eps_label", "n_examples", "attacks"):
+        if key not in record:
+            raise UserError(f"the record has no {key!r}; pass an evaluation record written by robustlab eval")
+    if forward_passes < 1:
+        raise UserError(f"--forward-passes must be >= 1, got {forward_passes}")
+    reference = reference_autoattack(record)
+    worst = float(record["robust_acc"])
+    external = reference is None or worst < reference[1]
+    entry: dict[str, Any] = {
+        "link": paper,
+        "name": name or record.get("run") or record.get("architecture") or "unnamed model",
+        "authors": authors,
+        "additional_data": additional_data,
+        "number_forward_passes": forward_passes,
+        "dataset": dataset or record.get("dataset", ""),
+        "venue": venue,
+        "architecture": architecture or record.get("architecture", ""),
+        "eps": record["eps_label"],
+        "clean_acc": percent(record["clean_acc"]),
+        "reported": reported,
+        "autoattack_acc": None if reference is None else percent(reference[1]),
+    }
+    if external:
+        entry["external"] = percent(worst)
+    entry["footnote"] = _footnote(record, reference, external, footnote)
+    return entry
+
+
+def leaderboard_value(entry: dict[str, Any]) -> float | None:
+    """What RobustBench ranks by: ``external`` where present, else ``autoattack_acc`` (percent), or None."""
+    value = entry.get("external") or entry.get("autoattack_acc")
+    return None if value is None else float(value)
+
+
+def export_robustbench(record_path: str | Path, out: str | Path | None = None, **fields: Any) -> Path:
+    """Write the entry of the record at ``record_path`` to ``out`` (default: beside it, ``NAME.robustbench.json``)."""
+    record = load_record(record_path)
+    entry = robustbench_entry(record, **fields)
+    source = Path(record_path)
+    target = Path(out) if out is not None else (source if source.is_file() else source / "eval" / "record").with_suffix(".robustbench.json")
+    atomic_write_text(target, json.dumps(entry, indent=2) + "\n")
+    return target
