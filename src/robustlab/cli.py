@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mean", type=_number, nargs="+", default=None, help="--model: per-channel mean the model expects (with --std)")
     p.add_argument("--std", type=_number, nargs="+", default=None, help="--model: per-channel std the model expects")
     p.add_argument("--normalize", default=None, help="--model: named statistics instead of --mean/--std: cifar10, cifar100, svhn, imagenet")
+    p.add_argument("--robustbench", default=None, metavar="NAME", help="a RobustBench model-zoo entry by name, from MODEL_DIR/DATASET/THREAT_MODEL/NAME.pt (never downloaded)")
+    p.add_argument("--dataset", default="cifar10", help="--robustbench: the zoo's data set (its images: --data/--data-root)")
+    p.add_argument("--threat-model", default="Linf", choices=["Linf", "L2"], help="--robustbench: the zoo's threat model")
+    p.add_argument("--model-dir", default="models", help="--robustbench: RobustBench's model_dir")
 
     p = sub.add_parser("demo", help="train natural and PGD-AT models on digits and compare them (< 3 min on 2 CPU cores)")
     p.add_argument("--out-dir", default="runs/demo")
@@ -161,6 +165,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     for name, value in (("--restarts", args.restarts), ("--batch-size", args.batch_size), ("--n-examples", args.n_examples)):
         if value is not None and value < 1:
             raise UserError(f"{name} must be >= 1, got {value}")
+    if args.robustbench is not None:
+        return _eval_robustbench(args)
     if args.model is not None or args.path is None:
         return _eval_external(args)
     given = [f for f, v in (("--data", args.data), ("--data-root", args.data_root), ("--mean", args.mean), ("--std", args.std), ("--normalize", args.normalize)) if v is not None]
@@ -195,6 +201,25 @@ def _eval_external(args: argparse.Namespace) -> None:
         n_examples=args.n_examples, batch_size=args.batch_size, seed=args.seed, device=args.device, out=args.out,
         stats=resolve_normalization(args.mean, args.std, args.normalize), adaptive=args.adaptive,
         transfer_from=args.transfer_from, checks=not args.no_checks, channels_last=args.channels_last,
+    )
+
+
+def _eval_robustbench(args: argparse.Namespace) -> None:
+    """``robustlab eval --robustbench NAME --dataset cifar10 --threat-model Linf [--model-dir models]``."""
+    from robustlab.evaluate.zoo import THREAT_MODELS, evaluate_zoo
+
+    given = [f for f, v in (("a run folder", args.path), ("--model", args.model), ("--weights", args.weights), ("--mean", args.mean),
+                            ("--std", args.std), ("--normalize", args.normalize)) if v is not None]
+    if given:
+        raise UserError(f"--robustbench brings its own architecture, weights and normalisation; drop {given[0]}")
+    if args.norm is not None and args.norm != THREAT_MODELS[args.threat_model]:
+        raise UserError(f"--norm {args.norm} contradicts --threat-model {args.threat_model}; drop --norm")
+    evaluate_zoo(
+        args.robustbench, dataset=args.dataset, threat_model=args.threat_model, model_dir=args.model_dir, attacks=args.attacks,
+        data=args.data, data_root=args.data_root, split=args.split, eps=args.eps, step_size=args.step_size,
+        restarts=args.restarts, n_examples=args.n_examples, batch_size=args.batch_size, seed=args.seed, device=args.device,
+        out=args.out, adaptive=args.adaptive, transfer_from=args.transfer_from, checks=not args.no_checks,
+        channels_last=args.channels_last,
     )
 
 

@@ -34,7 +34,7 @@ from robustlab.errors import UserError
 from robustlab.evaluate.api import evaluate_model
 from robustlab.runs.model import load_model
 from robustlab.evaluate.runner import eps_label, format_table, write_record
-from robustlab.evaluate.suite import check_attack_names
+from robustlab.evaluate.suite import check_attack_names, group_that_ran
 from robustlab.models import Normalize
 from robustlab.runs.ranks import ranks_from_env, resolve_device
 
@@ -249,12 +249,14 @@ def load_external(
 def model_info_block(record: dict[str, Any], attacks: list[str]) -> dict[str, Any]:
     """A RobustBench-style model-info entry of a record (accuracies in percent, as RobustBench writes them).
 
-    ``autoattack_acc`` is the robust accuracy under the standard ``autoattack`` group when it ran, else
-    None; ``robust_acc`` is always the per-sample worst case over all of ``attacks`` (named in
+    ``autoattack_acc`` is the robust accuracy under the reference-faithful ``autoattack`` group when it
+    ran (its member parameters say so, :func:`~robustlab.evaluate.suite.group_that_ran`), else None; ``robust_acc`` is always the per-sample worst case over all of ``attacks`` (named in
     ``robust_acc_attacks``). ``attack_version`` names robustlab's version and the attacks.
     """
     names = [a.strip().lower() for a in attacks]
     autoattack = record["attacks"].get("autoattack")
+    if group_that_ran("autoattack", record["attack_params"].get("autoattack", {})) != "autoattack":
+        autoattack = None
     return {
         "dataset": record["dataset"], "threat_model": {"linf": "Linf", "l2": "L2"}[record["norm"]],
         "eps": record["eps"], "eps_label": record["eps_label"], "norm": record["norm"], "n_examples": record["n_examples"],
@@ -269,8 +271,13 @@ def default_out(spec: str, data: str, split: str, attacks: list[str], eps: float
     """``runs/eval/<file stem or module>_<factory>/<data>_<split>_<attacks>_<eps>_<norm>.json`` (relative to the working directory)."""
     source, _, factory = spec.rpartition(":")
     stem = Path(source).stem if source.endswith(".py") else source
+    return DEFAULT_OUT / f"{stem}_{factory}" / record_file_name(data, split, attacks, eps, norm)
+
+
+def record_file_name(data: str, split: str, attacks: list[str], eps: float, norm: str) -> str:
+    """``<data>_<split>_<attacks>_<eps>_<norm>.json``, the file name of an outside model's default record."""
     tag = "_".join(a.strip().lower() for a in attacks)
-    return DEFAULT_OUT / f"{stem}_{factory}" / f"{data}_{split}_{tag}_{eps_label(eps).replace('/', 'over')}_{norm}.json"
+    return f"{data}_{split}_{tag}_{eps_label(eps).replace('/', 'over')}_{norm}.json"
 
 
 def evaluate_external(
@@ -308,15 +315,33 @@ def evaluate_external(
     check_attack_names(attacks)
     dev = resolve_device(device)
     eps = DEFAULT_EPS[norm] if eps is None else eps
-    dataset = load_dataset(data, split, root=data_root)
-    if n_examples is not None:
-        dataset = fixed_subset(dataset, n_examples, seed=seed)
+    dataset = load_data(data, data_root, split, n_examples, seed)
     model, source = load_external(spec, weights, dataset, stats=stats, device=dev, log=log)
     out = Path(out) if out is not None else default_out(spec, data, split, attacks, eps, norm)
-    transfer = load_model(transfer_from, device=dev)[0] if transfer_from is not None else None
+    return evaluate_outside_model(
+        model, source, dataset, out, attacks=attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts,
+        batch_size=batch_size, seed=seed, device=dev, split=split, adaptive=adaptive, transfer_from=transfer_from,
+        checks=checks, channels_last=channels_last, log=log,
+    )
+
+
+def load_data(name: str, root: str | Path | None, split: str, n_examples: int | None, seed: int) -> ImageDataset:
+    """The evaluation images: data set ``name`` (files under ``root``), its fixed seeded subset when asked."""
+    dataset = load_dataset(name, split, root=root)
+    return dataset if n_examples is None else fixed_subset(dataset, n_examples, seed=seed)
+
+
+def evaluate_outside_model(
+    model: nn.Module, source: dict[str, Any], dataset: ImageDataset, out: Path, *, attacks: list[str], eps: float,
+    norm: str, step_size: float | None, restarts: int, batch_size: int, seed: int, device: torch.device, split: str,
+    adaptive: bool, transfer_from: str | Path | None, checks: bool, channels_last: bool, log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Evaluate a loaded outside model (any source: a factory, RobustBench's zoo) into a record at ``out``:
+    the run record plus ``model_source`` and ``model_info`` (:func:`model_info_block`); resumable beside ``out``."""
+    transfer = load_model(transfer_from, device=device)[0] if transfer_from is not None else None
     record = evaluate_model(
         model, dataset, attacks=attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts,
-        batch_size=batch_size, seed=seed, device=dev, state_path=out.with_suffix(".state.json"),
+        batch_size=batch_size, seed=seed, device=device, state_path=out.with_suffix(".state.json"),
         model_info={"model_source": source, "architecture": source["architecture"], "split": split},
         adaptive=adaptive, transfer_source=transfer, checks=checks, channels_last=channels_last, log=log,
     )
