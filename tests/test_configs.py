@@ -89,9 +89,9 @@ def test_paper_config_trains_a_few_steps_on_tiny_inputs(name: str, tiny_cifar: d
 # counting from 0): FSR x0.1 at 75, 90 of 100; ANCRA x0.1 at 75, 90, 100 of 120; AFD (and vanilla
 # fine-tuning, same schedule) a new rate at 10, 12, 14, 16, 18 of 20; the standard recipe of
 # PGD-AT/TRADES/MART (and UAD-AT, natural, built on it) x0.1 at 50 and 75 of 100; AWP (Wu et al. 2020)
-# x0.1 at 100 and 150 of 200 on PGD-AT; TRADES+AWP keeps TRADES' x0.1 at 75 of 100 (the config says so).
+# x0.1 at 100 and 150 of 200 on PGD-AT; TRADES-AWP at 99 and 149 of 200 (its code tests 1-based epochs, the config says so).
 OFFICIAL_DECAYS = {"ancra": [75, 90, 100], "fsr": [75, 90], "finetune": [10, 12, 14, 16, 18], "awp": [100, 150],
-                   "trades_awp": [75],
+                   "trades_awp": [99, 149],
                    "standard": [50, 75]}
 
 

@@ -8,14 +8,16 @@ One training step with the base objective ℓ (the per-batch mean of the base's 
 
 1. x' is crafted at the current weights w by the base itself (its own attack, unchanged).
 2. Ascent: g = ∇_w ℓ(w; x'), one step per layer l, scaled relative to the layer's weights:
-   v_l = γ·‖w_l‖·g_l/‖g_l‖ (γ = 5e-3, the paper's value for PGD-AT and TRADES). Layers are the
+   v_l = γ·‖w_l‖·g_l/‖g_l‖ (default γ = 5e-3, the released TRADES-AWP code's ``--awp-gamma``; the released
+   AT-AWP code and its CIFAR-10 logs use 0.01, which the bundled PGD-AT+AWP configs set). Layers are the
    parameters with two or more dimensions (conv and linear weights); biases and BN affine
    parameters are not perturbed. For TRADES ℓ is the TRADES loss (the paper's AWP-TRADES proxy:
    CE(f(x), y) + β·KL(P(x) ‖ P(x'))), for MART the MART loss, for PGD-AT CE(f(x'), y).
 3. The loss is recomputed at w + v on the same x' (and the same random draws) and returned; the loop
    backpropagates it, and :meth:`awp.before_step` puts w back before the optimiser step, so the
    update is a plain optimiser step from w with the gradient taken at w + v.
-4. Warm-up: no perturbation during the first ``awp_warmup`` epochs (default 0).
+4. Warm-up: no perturbation during the first ``awp_warmup`` epochs (default 0, as AT-AWP's code; the
+   TRADES-AWP code's ``--awp-warmup 10``, tested on 1-based epochs, is ``awp_warmup: 9`` here).
 
 Composition: AWP wraps a whole Method, base or plug-in, so it stacks last (``pgd_at+awp``,
 ``trades+awp``, ``pgd_at+fsr+awp``); the other plug-ins check the base they wrap and refuse AWP below

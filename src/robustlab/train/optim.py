@@ -32,8 +32,9 @@ def lr_factor(step: int, total_steps: int, steps_per_epoch: int, cfg: ScheduleCo
     fraction of training, at the epoch boundaries of :func:`decay_epochs`), ``cosine`` (to 0 at the
     end), ``constant`` or ``cyclic``.
 
-    ``cyclic``: one triangle over training, t = (step + 1)/total: 2t up to the middle, 2(1 − t) after
-    (N-FGSM's code; Wong et al.'s FGSM-RS code puts the peak at 2/5 of training [ours: the middle]).
+    ``cyclic``: one triangle over training, t = (step + 1)/total: 2t up to the middle, 2(1 − t) after,
+    the peak mid-training as the current FGSM-RS code (locuslab/fast_adversarial CIFAR10/train_fgsm.py,
+    CyclicLR with equal halves) and N-FGSM's code have it.
     """
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     if step < warmup:
