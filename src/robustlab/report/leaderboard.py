@@ -76,8 +76,7 @@ def leaderboard_rows(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
         record = load_record(path)
         entry = robustbench_entry(record)
         rows.append({**entry, "robust": leaderboard_value(entry), "n_examples": record["n_examples"],
-                     "flags": sorted({f["code"] for f in record.get("flags", [])}), "attacks": attacks_that_ran(record),
-                     "source": str(path)})
+                     "flags": sorted({f["code"] for f in record.get("flags", [])}), "attacks": attacks_that_ran(record)})
     rows.sort(key=lambda r: -(r["robust"] if r["robust"] is not None else -1.0))
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
