@@ -68,6 +68,9 @@ def test_eval_robustbench_loads_the_local_checkpoint_offline(tmp_path: Path) -> 
         expected = model.eval()((x - mean) / std)
         torch.testing.assert_close(loaded(x), expected)
     assert record["clean_acc"] == pytest.approx((expected.argmax(1) == data.labels).float().mean().item())
+    assert main(["export", str(out), "--robustbench", "--dataset", "cifar10", "--out", str(tmp_path / "rb.json")]) == 0
+    entry = json.loads((tmp_path / "rb.json").read_text())  # a zoo model's record exports like any other
+    assert entry["architecture"] == "PreActResNet-18" and entry["dataset"] == "cifar10" and entry["eps"] == "8/255"
 
 
 def test_missing_checkpoint_is_one_line_naming_the_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
