@@ -75,7 +75,7 @@ def test_eval_robustbench_loads_the_local_checkpoint_offline(tmp_path: Path) -> 
 
 def test_missing_checkpoint_is_one_line_naming_the_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["eval", "--robustbench", "Carmon2019Unlabeled", "--dataset", "cifar10", "--threat-model", "Linf",
-                 "--model-dir", str(tmp_path / "models"), "--data", "npz", "--data-root", str(_images(tmp_path)), "--attacks", "fgsm"])
+                 "--model-dir", str(tmp_path / "models"), "--data-root", str(tmp_path / "no-data"), "--attacks", "fgsm"])  # checked first
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert str(tmp_path / "models" / "cifar10" / "Linf" / "Carmon2019Unlabeled.pt") in err

@@ -97,10 +97,8 @@ def checkpoint_path(model_dir: str | Path, dataset: str, threat_model: str, name
     return Path(model_dir) / dataset / threat_model / f"{name}.pt"
 
 
-def load_zoo_model(
-    name: str, dataset: str, threat_model: str, model_dir: str | Path, data: Any, device: Any, log: Callable[[str], None] = print,
-) -> tuple[nn.Module, dict[str, Any]]:
-    """The entry's model with its local checkpoint, normalised and checked on ``data``; plus its source record."""
+def require_checkpoint(name: str, dataset: str, threat_model: str, model_dir: str | Path) -> Path:
+    """The entry's local checkpoint path, or a one-line UserError naming where to put it and where it comes from."""
     entry = zoo_entry(name, dataset, threat_model)
     path = checkpoint_path(model_dir, dataset, threat_model, name)
     if not path.is_file():
@@ -109,6 +107,15 @@ def load_zoo_model(
             f"model_dir='{model_dir}', dataset='{dataset}', threat_model='{threat_model}') downloads them, Google Drive id "
             f"{entry.gdrive_id}); robustlab never downloads"
         )
+    return path
+
+
+def load_zoo_model(
+    name: str, dataset: str, threat_model: str, model_dir: str | Path, data: Any, device: Any, log: Callable[[str], None] = print,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The entry's model with its local checkpoint, normalised and checked on ``data``; plus its source record."""
+    entry = zoo_entry(name, dataset, threat_model)
+    path = require_checkpoint(name, dataset, threat_model, model_dir)
     model = entry.build()
     load_weights(model, unwrap_state_dict(read_weights(path), str(path), log), str(path))
     stats = None if entry.normalization is None else (list(entry.normalization[0]), list(entry.normalization[1]))
@@ -132,7 +139,7 @@ def evaluate_zoo(
     """Evaluate RobustBench entry ``name`` from its local checkpoint on ``data`` (default: ``dataset``, files under
     ``data_root``). ε defaults to RobustBench's budget of the threat model (8/255, 0.5). The record goes to ``out``
     (default ``runs/eval/robustbench_<name>/<data>_<split>_<attacks>_<eps>_<norm>.json``)."""
-    zoo_entry(name, dataset, threat_model)  # a bad name fails before any data is read
+    require_checkpoint(name, dataset, threat_model, model_dir)  # a bad name or a missing file fails before any data is read
     check_attack_names(attacks)
     norm = THREAT_MODELS[threat_model]
     eps = DEFAULT_EPS[norm] if eps is None else eps
