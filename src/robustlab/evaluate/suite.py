@@ -19,12 +19,13 @@ Groups (names mean what they say, EVALUATION.md):
   the last iterate one noisy forward misclassified, else the clean input).
 * ``autoattack+`` / ``autoattack-rand+``: robustlab's stronger variants of the same members: per-sample
   Square draws (``mode="strong"``), FAB's 3-step final search, and under EOT every sample's best-loss
-  point (``output="best"``). Each only ever makes the attack stronger; their numbers are not
-  comparable with published AutoAttack numbers. They are what a worst case should include: our
-  choice of "the worst case uses them by default" is that robustlab never adds an attack on its own
-  (cost stays what the user listed), ``robustlab export`` reads RobustBench's ``external`` from the
-  worst case and ``autoattack_acc`` only from ``autoattack``, and the CIFAR-10 study's records ran
-  ``autoattack+`` (their page says so).
+  point (``output="best"``). Each choice is meant never to weaken the attack (on the digits models of
+  tests/test_crosscheck*.py they give the reference's numbers or lower); their numbers are not
+  comparable with published AutoAttack numbers. "What the worst case uses by default", our reading:
+  ``eval`` runs exactly the attacks listed (no hidden cost), so the worst case holds ``autoattack+``
+  when it is listed, and the places that report a worst case as *the* robustness number take it from
+  there: ``robustlab export`` writes RobustBench's ``external`` from the worst case and
+  ``autoattack_acc`` only from ``autoattack``; the CIFAR-10 study's records ran ``autoattack+``.
 * ``apgd-ce-t``: apgd-ce -> apgd-t on survivors, a cheaper gradient-only pair. Not a version of the
   reference (whose versions are standard, plus, rand and custom), hence not called autoattack-anything;
   ``autoattack-fast``, its old name, is refused with the new one.
