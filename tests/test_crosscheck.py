@@ -3,7 +3,8 @@
 Single members (APGD-CE, APGD-T): our robust accuracy at most the reference's plus one point, L∞ and
 L2. Groups: ``autoattack`` equals the reference's ``standard`` version (L∞ and L2) and
 ``autoattack-rand`` its ``rand`` version, within one sample per 100, both ways; the stronger
-``autoattack+`` / ``autoattack-rand+`` are at most the reference's plus one sample per 100. Skipped only
+``autoattack-rand+`` is at most the reference's plus one sample per 100 (``autoattack+``'s members:
+tests/test_crosscheck_square_fab.py, the full group costs a minute a case). Skipped only
 when ``pyautoattack`` cannot be imported. FAB-T and Square alone: tests/test_crosscheck_square_fab.py.
 """
 
@@ -81,13 +82,12 @@ def test_ours_is_as_strong_as_the_reference(models, samples, model_name: str, ou
 @pytest.mark.parametrize("model_name,norm", [("natural", "linf"), ("pgd_at", "l2")])
 def test_autoattack_equals_the_reference_standard_version(models, samples, model_name: str, norm: str) -> None:
     model = models[model_name].eval()
-    record = evaluate_model(model, samples, attacks=["autoattack", "autoattack+"], eps=EPS[norm], norm=norm,
+    record = evaluate_model(model, samples, attacks=["autoattack"], eps=EPS[norm], norm=norm,
                             batch_size=N, device="cpu", checks=False, log=lambda _: None)
     ref = reference_accuracy(model, samples, None, "standard", norm, EPS[norm])
-    ours, strong = (record["attacks"][g]["robust_acc"] for g in ("autoattack", "autoattack+"))
+    ours = record["attacks"]["autoattack"]["robust_acc"]
     assert 0 < ref < 1, "the setting must leave something to compare"
     assert abs(ours - ref) <= 0.01 + 1e-9, (norm, ours, ref)  # one sample of 100
-    assert strong <= ref + 0.01 + 1e-9, (norm, strong, ref)
 
 
 class Noisy(nn.Module):
