@@ -28,8 +28,8 @@ def _bad(change: Any) -> dict[str, Any]:
 CASES = {
     "unknown row": (lambda d: d["rows"][1].update(base="natral"), "base 'natral' is not a row of the study; did you mean 'natural'?"),
     "unknown source row": (lambda d: d["rows"][1].update(finetune_from="nope"), "finetune_from 'nope' is not a row of the study"),
-    "cycle": (lambda d: d["rows"][0].update(base="pgd_at"), "rows form a cycle through base/finetune_from: natural -> pgd_at -> natural"),
-    "self cycle": (lambda d: d["rows"][0].update(base="natural"), "cycle through base/finetune_from: natural -> natural"),
+    "cycle": (lambda d: d["rows"][0].update(base="pgd_at"), "rows form a cycle through base/finetune_from: natural -> pgd_at -> natural; break it"),
+    "self cycle": (lambda d: d["rows"][0].update(base="natural"), "cycle through base/finetune_from: natural -> natural; break it"),
     "missing config": (lambda d: d["rows"][1].update(config="digits_pgd_att"), "row 'pgd_at': config 'digits_pgd_att' is neither a file nor a bundled config; did you mean digits_pgd_at"),
     "seeds empty": (lambda d: d.update(seeds=[]), "seeds must be a non-empty list of integers"),
     "seeds missing": (lambda d: d.pop("seeds"), "needs seeds, e.g. seeds: [0, 1, 2]"),
