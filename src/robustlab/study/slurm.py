@@ -6,7 +6,8 @@ local executor does (:mod:`robustlab.study.slurm_job`); a step waits for the ste
 CPUs per job. Logs and submitit's pickles go to ``RUNS/slurm/``; the job id of every step goes to
 ``RUNS/slurm_jobs.json``. On the next ``study run`` a step that is still pending is left alone while its
 job is queued or running (``sacct``), and resubmitted when its job failed, was preempted, timed out, was
-cancelled or is unknown; a step whose record exists is never submitted again.
+cancelled or is unknown; a queued job that waits on a resubmitted step is cancelled (``scancel``) and
+resubmitted after it; a step whose record exists is never submitted again.
 
 ``cluster="local"`` uses submitit's LocalExecutor for the same code path (no SLURM, no afterok: a step's
 job starts once the jobs it depends on have returned); the tests use it. submitit is imported only here,
@@ -15,12 +16,14 @@ when this executor is used (``pip install 'robustlab[slurm]'``).
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from robustlab.errors import UserError
 from robustlab.study.plan import Step, Study, _read_json, update_json
+from robustlab.study.steps import StepFailed
 
 JOBS_FILE = "slurm_jobs.json"
 # sacct states of a job that may still finish by itself (https://slurm.schedmd.com/sacct.html#SECTION_JOB-STATE-CODES)
@@ -37,7 +40,7 @@ class SlurmOptions:
     time_limit_min: int = 240
     account: str | None = None
     cpus_per_job: int | None = None
-    cluster: str = "slurm"  # "local": submitit's LocalExecutor
+    cluster: str = "slurm"  # "local": submitit's LocalExecutor (submitit >= 1.5.4: older ones need pkg_resources)
 
 
 def _submitit() -> Any:
@@ -54,22 +57,26 @@ def job_states(folder: Path, job_ids: list[str]) -> dict[str, str]:
         return {}
     submitit = _submitit()
     watcher = submitit.SlurmJob.watcher
+    watcher.clear()  # no state cached from an earlier study in this process
     for job_id in job_ids:
         watcher.register_job(job_id)
     watcher.update()
     return {job_id: watcher.get_state(job_id, mode="cache").split(" ")[0] for job_id in job_ids}
 
 
-def _parameters(step: Step, options: SlurmOptions, after: list[str]) -> dict[str, Any]:
-    params: dict[str, Any] = {"name": f"robustlab-{step.kind}-{step.job.name}", "timeout_min": options.time_limit_min,
-                              "gpus_per_node": options.gpus_per_job, "tasks_per_node": 1, "nodes": 1}
-    if options.cpus_per_job is not None:
-        params["cpus_per_task"] = options.cpus_per_job
-    if options.cluster == "slurm":
-        params.update({f"slurm_{k}": v for k, v in (("partition", options.partition), ("account", options.account)) if v})
-        if after:
-            params["slurm_dependency"] = "afterok:" + ":".join(after)
-    return params
+def _executor(submitit: Any, folder: Path, step: Step, options: SlurmOptions, after: list[str]) -> Any:
+    """A submitit executor set up for ``step``: SlurmExecutor's sbatch flags, or the LocalExecutor's few."""
+    if options.cluster != "slurm":
+        executor = submitit.LocalExecutor(folder=folder)
+        executor.update_parameters(timeout_min=options.time_limit_min, gpus_per_node=options.gpus_per_job, tasks_per_node=1, nodes=1)
+        return executor
+    executor = submitit.SlurmExecutor(folder=folder)
+    params: dict[str, Any] = {"job_name": f"robustlab-{step.kind}-{step.job.name}", "time": options.time_limit_min,
+                              "gpus_per_node": options.gpus_per_job, "ntasks_per_node": 1, "nodes": 1}
+    extra = {"partition": options.partition, "account": options.account, "cpus_per_task": options.cpus_per_job,
+             "dependency": "afterok:" + ":".join(after) if after else None}
+    executor.update_parameters(**params, **{k: v for k, v in extra.items() if v is not None})
+    return executor
 
 
 def submit_slurm(study: Study, steps: list[Step], options: SlurmOptions, log: Callable[[str], None] = print) -> None:
@@ -82,29 +89,41 @@ def submit_slurm(study: Study, steps: list[Step], options: SlurmOptions, log: Ca
     known = _read_json(jobs_path)
     states = job_states(folder, [known[s.key]["job_id"] for s in steps if s.key in known]) if options.cluster == "slurm" else {}
     current: dict[str, Any] = {}  # step key -> job id (slurm) or submitit job (local) of this run
+    fresh: set[str] = set()  # steps (re)submitted by this run
     for step in steps:
         before = known.get(step.key)
         state = states.get(before["job_id"], "UNKNOWN") if before else None
-        if state in ACTIVE:
+        deps = [d.key for d in study.dependencies(step) if d.key in current]
+        if state in ACTIVE and not fresh.intersection(deps):
             current[step.key] = before["job_id"]
             log(f"{step.key}: job {before['job_id']} is {state}; left alone")
             continue
-        deps = [d.key for d in study.dependencies(step) if d.key in current]
+        if state in ACTIVE:  # it waits on a job this run replaced: it would never start
+            subprocess.run(["scancel", before["job_id"]], check=False)
+            state = f"{state}, cancelled: it waited on a resubmitted step"
         if options.cluster != "slurm":
             for key in deps:  # no afterok without SLURM: wait for the jobs this step needs
-                current[key].result()
-        executor = submitit.AutoExecutor(folder=folder, cluster=options.cluster)
-        executor.update_parameters(**_parameters(step, options, [str(current[k]) for k in deps]))
+                _result(current[key], key)
+        executor = _executor(submitit, folder, step, options, [str(current[k]) for k in deps])
         job = executor.submit(StepJob(), study, step)
         current[step.key] = job if options.cluster != "slurm" else job.job_id
+        fresh.add(step.key)
         entry = {"job_id": str(job.job_id), "submissions": (before or {}).get("submissions", 0) + 1,
                  "previous": None if before is None else {"job_id": before["job_id"], "state": state}}
         update_json(jobs_path, lambda data, e=entry, k=step.key: data.update({k: e}))
         why = "" if before is None else f" (job {before['job_id']} was {state}; resubmitted)"
         log(f"{step.key}: submitted job {job.job_id}{why}")
     if options.cluster != "slurm":
-        for value in current.values():
-            value.result()
+        for key, job in current.items():
+            _result(job, key)
     elif steps:
         log(f"{len(steps)} steps queued or running; logs in {folder}. Rerun `robustlab study run` to resubmit "
             "failed or preempted steps, `robustlab study report` to write the page from the records so far.")
+
+
+def _result(job: Any, key: str) -> None:
+    """Wait for a local submitit job; its failure is one line naming its log."""
+    try:
+        job.result()
+    except Exception:  # submitit re-raises the job's own exception, whatever it is
+        raise StepFailed(f"{key} failed in job {job.job_id} (log: {job.paths.stderr}); fix it and rerun the study") from None
