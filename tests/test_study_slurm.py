@@ -170,3 +170,14 @@ def test_fake_slurm_scripts_dependencies_and_resubmission(tmp_path: Path, fake_s
 def test_slurm_options_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["study", "run", str(_study_file(tmp_path)), "--executor", "slurm", "--time-limit", "0"]) == 2
     assert "--time-limit must be a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_submitit_is_imported_only_by_the_slurm_executor(tmp_path: Path) -> None:
+    """The CLI, the study package and a local study run never import submitit."""
+    import subprocess
+
+    code = ("import sys; from robustlab.cli import main; import robustlab.study.api; "
+            f"assert main(['study', 'plan', {str(_study_file(tmp_path))!r}]) == 0; "
+            "assert 'submitit' not in sys.modules, 'submitit imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
