@@ -114,15 +114,9 @@ def bundled_study_names() -> list[str]:
 
 def resolve_study_path(name_or_path: str) -> Path:
     """A study file as given, or a bundled study by name (``cifar10s``)."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    bundled = BUNDLED_STUDIES / f"{name_or_path}.yaml"
-    if bundled.is_file():
-        return bundled
-    close = difflib.get_close_matches(name_or_path, bundled_study_names(), n=3)
-    hint = f"did you mean {', '.join(close)}?" if close else f"bundled studies: {', '.join(bundled_study_names())}"
-    raise UserError(f"study {name_or_path!r} is neither a file nor a bundled study; {hint}")
+    from robustlab.config import resolve_named_file
+
+    return resolve_named_file(name_or_path, BUNDLED_STUDIES, "study", f"bundled studies: {', '.join(bundled_study_names())}")
 
 
 def _keys(data: Any, allowed: tuple[str, ...], where: str) -> dict[str, Any]:
