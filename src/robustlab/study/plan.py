@@ -16,6 +16,7 @@ number of images, attacks, adaptive).
 from __future__ import annotations
 
 import fcntl
+import os
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,14 +247,18 @@ class Study:
 
 
 def update_json(path: Path, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    """Read, change and atomically rewrite a JSON object under an exclusive ``flock`` (SLURM jobs of one study
-    finish concurrently); returns the new content."""
+    """Read, change and atomically rewrite a JSON object under an exclusive ``flock`` of its folder (SLURM jobs of
+    one study finish concurrently); returns the new content. Deviation: ``flock`` is advisory and, on some
+    network file systems, local to a node."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    folder = os.open(path.parent, os.O_RDONLY)  # the folder's lock: no lock file left among the records
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
         data = _read_json(path)
         change(data)
         atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+    finally:
+        os.close(folder)  # closing the descriptor drops the lock
     return data
 
 
