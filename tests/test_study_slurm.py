@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from robustlab.cli import main
+from robustlab.runs.metrics import read_metrics
 from robustlab.study import Options, Study, load_study, run_study
 from robustlab.study.slurm import JOBS_FILE, SlurmOptions
 
@@ -22,7 +23,7 @@ pytest.importorskip("submitit")
 STEPS = ("train:digits_natural_s0", "eval:digits_natural_s0", "train:digits_finetune_pgd_at_s0", "eval:digits_finetune_pgd_at_s0")
 
 
-def _study_file(folder: Path) -> Path:
+def _study_file(folder: Path, finetune: bool = True) -> Path:
     """Natural training, then vanilla fine-tuning from it (adaptive, transfer from the natural run): every kind of
     dependency (source training, own training, transfer source). One seed, one epoch, 20 images."""
     data = {"seeds": [0], "overrides": ["train.epochs=1", "data.eval_examples=20", "train.eval_pgd_steps=2"],
@@ -30,7 +31,7 @@ def _study_file(folder: Path) -> Path:
             "evaluation": {"attacks": ["fgsm"], "n_examples": 20, "batch_size": 20, "checks": False},
             "rows": [{"label": "natural", "config": "digits_natural"},
                      {"label": "vanilla", "config": "digits_finetune_pgd_at", "finetune_from": "natural", "base": "natural",
-                      "adaptive": True}]}
+                      "adaptive": True}][: 2 if finetune else 1]}
     path = folder / "study.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -55,6 +56,20 @@ def test_submitit_local_executor_runs_every_step_then_nothing(tmp_path: Path, mo
     run_study(Study(load_study(str(tmp_path / "study.yaml")), Options(readme="none")), "slurm",
               SlurmOptions(cluster="local", gpus_per_job=0), log=again.append)
     assert not any("submitted" in line for line in again)
+
+
+def test_a_job_with_two_tasks_runs_its_step_as_two_ranks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two tasks per job (as two GPUs would give): each step runs as a 2-rank DDP job (gloo on CPU here); rank 0
+    alone files the record, which says 2 processes."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    study = Study(load_study(str(_study_file(tmp_path, finetune=False))), Options(readme="none"))
+    run_study(study, "slurm", SlurmOptions(cluster="local", gpus_per_job=0, processes_per_job=2), log=lambda _: None)
+    record = json.loads((tmp_path / "results" / "digits_natural_s0.json").read_text())
+    assert record["processes"] == 2 and record["n_examples"] == 20
+    epochs = [r["epoch"] for r in read_metrics(tmp_path / "runs" / "digits_natural_s0", "epoch")]
+    assert epochs == [1]  # written once, by rank 0
+    timings = json.loads((tmp_path / "results" / "timings.json").read_text())
+    assert sorted(timings["digits_natural_s0"]) == ["eval_s", "train_s"]  # filed once per step, by rank 0
 
 
 FAKE_SBATCH = """#!{python}
@@ -125,6 +140,7 @@ def test_fake_slurm_scripts_dependencies_and_resubmission(tmp_path: Path, fake_s
         flags = script["flags"]
         assert (flags["partition"], flags["gpus-per-node"], flags["time"], flags["account"]) == ("gpu", "2", "30", "proj")
         assert flags["output"].startswith(str(tmp_path / "runs" / "slurm") + "/") and flags["nodes"] == "1"
+        assert flags["ntasks-per-node"] == "2"  # one DDP rank per GPU
         assert "-m submitit.core._submit" in script["text"] and "srun" in script["text"]
     deps = {k: v["flags"].get("dependency") for k, v in scripts.items()}
     assert deps == {

@@ -2,8 +2,8 @@
 
 Each step becomes one job (``sbatch`` through submitit) that runs the step's command exactly as the
 local executor does (:mod:`robustlab.study.slurm_job`); a step waits for the steps it needs with
-``--dependency=afterok:ID[:ID]``. Options: partition, GPUs per job, time limit (minutes), account,
-CPUs per job. Logs and submitit's pickles go to ``RUNS/slurm/``; the job id of every step goes to
+``--dependency=afterok:ID[:ID]``. Options: partition, GPUs per job (one task, i.e. one DDP rank, per GPU:
+:mod:`robustlab.study.slurm_job`), time limit (minutes), account, CPUs per job (split among its tasks). Logs and submitit's pickles go to ``RUNS/slurm/``; the job id of every step goes to
 ``RUNS/slurm_jobs.json``. On the next ``study run`` a step that is still pending is left alone while its
 job is queued or running (``sacct``), and resubmitted when its job failed, was preempted, timed out, was
 cancelled or is unknown; a queued job that waits on a resubmitted step is cancelled (``scancel``) and
@@ -40,6 +40,7 @@ class SlurmOptions:
     time_limit_min: int = 240
     account: str | None = None
     cpus_per_job: int | None = None
+    processes_per_job: int | None = None  # DDP ranks per step (default: one per GPU, at least one)
     cluster: str = "slurm"  # "local": submitit's LocalExecutor (submitit >= 1.5.4: older ones need pkg_resources)
 
 
@@ -66,14 +67,16 @@ def job_states(folder: Path, job_ids: list[str]) -> dict[str, str]:
 
 def _executor(submitit: Any, folder: Path, step: Step, options: SlurmOptions, after: list[str]) -> Any:
     """A submitit executor set up for ``step``: SlurmExecutor's sbatch flags, or the LocalExecutor's few."""
+    tasks = options.processes_per_job or max(1, options.gpus_per_job)
     if options.cluster != "slurm":
         executor = submitit.LocalExecutor(folder=folder)
-        executor.update_parameters(timeout_min=options.time_limit_min, gpus_per_node=options.gpus_per_job, tasks_per_node=1, nodes=1)
+        executor.update_parameters(timeout_min=options.time_limit_min, gpus_per_node=options.gpus_per_job, tasks_per_node=tasks, nodes=1)
         return executor
     executor = submitit.SlurmExecutor(folder=folder)
     params: dict[str, Any] = {"job_name": f"robustlab-{step.kind}-{step.job.name}", "time": options.time_limit_min,
-                              "gpus_per_node": options.gpus_per_job, "ntasks_per_node": 1, "nodes": 1}
-    extra = {"partition": options.partition, "account": options.account, "cpus_per_task": options.cpus_per_job,
+                              "gpus_per_node": options.gpus_per_job, "ntasks_per_node": tasks, "nodes": 1}
+    cpus = None if options.cpus_per_job is None else max(1, options.cpus_per_job // tasks)
+    extra = {"partition": options.partition, "account": options.account, "cpus_per_task": cpus,
              "dependency": "afterok:" + ":".join(after) if after else None}
     executor.update_parameters(**params, **{k: v for k, v in extra.items() if v is not None})
     return executor
@@ -124,6 +127,6 @@ def submit_slurm(study: Study, steps: list[Step], options: SlurmOptions, log: Ca
 def _result(job: Any, key: str) -> None:
     """Wait for a local submitit job; its failure is one line naming its log."""
     try:
-        job.result()
+        job.results()  # every task's
     except Exception:  # submitit re-raises the job's own exception, whatever it is
         raise StepFailed(f"{key} failed in job {job.job_id} (log: {job.paths.stderr}); fix it and rerun the study") from None

@@ -19,8 +19,9 @@ class StepFailed(UserError):
     """A step's command exited non-zero (its own one-line error was printed above)."""
 
 
-def execute(study: Study, step: Step) -> float:
-    """Run ``step`` through the CLI in this process and file its outcome; returns its wall seconds."""
+def execute(study: Study, step: Step, main: bool = True) -> float:
+    """Run ``step`` through the CLI in this process and file its outcome (``main``: this process is rank 0 of
+    the step, the one that files); returns its wall seconds."""
     from robustlab.cli import main as robustlab
 
     missing = [d for d in study.dependencies(step) if not study.done(d)]
@@ -31,6 +32,8 @@ def execute(study: Study, step: Step) -> float:
     if robustlab(command) != 0:
         raise StepFailed(f"step failed: robustlab {shlex.join(command)}; fix it and rerun the study to resume")
     seconds = time.perf_counter() - started
+    if not main:
+        return seconds
     study.record_time(step.job, step.kind, seconds)
     if step.kind == "eval":
         job = step.job
