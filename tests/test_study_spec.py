@@ -88,3 +88,21 @@ def test_invalid_yaml_names_its_line(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["study", "run", str(tmp_path / "s.yaml")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is not valid YAML at line" in err
+
+
+@pytest.mark.parametrize("text,message", [
+    ("{nope.x}", "page text names {nope.x} but 'nope' is unknown; use one of"),
+    ("{digits_pgd_at.train.epoch}", "page text names {digits_pgd_at.train.epoch} but 'epoch' is not a key there"),
+    ("{mean.pgd_at.clean", "has a bad placeholder"),
+])
+def test_bad_page_text_fails_before_anything_runs(text: str, message: str, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A claim's text is filled when the page is built, which ``run`` does before its first step."""
+    data = _bad(lambda d: d.update(page={"claims": [{"decisive": ["natural", "pgd_at", "worst"], "details": [{"text": text}]}]}))
+    data["outputs"] = {k: v.replace("RUNS", str(tmp_path / "runs")) for k, v in data["outputs"].items()}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
+    for action in ("run", "report"):
+        assert main(["study", action, str(tmp_path / "s.yaml")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "runs").exists()
