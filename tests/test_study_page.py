@@ -181,3 +181,16 @@ def test_protocol_placeholders_follow_the_configs(tmp_path: Path) -> None:
     text = Page(study).protocol()
     assert "- Training: 7 epochs (natural 7, fine-tuning 7 from the natural run)" in text
     assert "PGD-10 ε 8/255, step 2/255, eval mode" in text
+
+
+def test_a_torn_record_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A record cut short (a copy interrupted outside the study, a bad merge) stops the page with one line."""
+    study = _study(tmp_path)
+    path = study.record_path(study.by_key[("pgd_at", 0)])
+    path.parent.mkdir(parents=True)
+    path.write_text('{"run": "pgd_at", "per_sa')
+    assert main(["study", "report", "cifar10s", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "res"),
+                 "--page", str(tmp_path / "r.md"), "--readme", "none"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cifar10s_pgd_at_s0.json is not a JSON evaluation record" in err
+    assert not (tmp_path / "r.md").exists()

@@ -13,14 +13,13 @@ section (:mod:`robustlab.study.page_spec`).
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 from pathlib import Path
 from typing import Any, Callable
 
 from robustlab.report import write_report
-from robustlab.report.compare import PairedDifference, compare_records, format_mean_std
+from robustlab.report.compare import PairedDifference, compare_records, format_mean_std, load_record
 from robustlab.runs.atomic import atomic_write_text
 from robustlab.runs.metrics import read_metrics_file
 from robustlab.study.plan import Study
@@ -49,7 +48,7 @@ class Page:
         for job in study.jobs:
             path = study.record_path(job)
             if path.is_file():
-                self.records[(job.row.label, job.seed)] = self.by_name[job.name] = json.loads(path.read_text())
+                self.records[(job.row.label, job.seed)] = self.by_name[job.name] = load_record(path)
 
     def seeds(self, label: str) -> list[dict[str, Any]]:
         return [r for (lab, _), r in sorted(self.records.items()) if lab == label]

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 from robustlab.config import RunConfig, load_config, to_flat_dict
 from robustlab.errors import UserError
+from robustlab.report.compare import load_record
 from robustlab.runs.atomic import atomic_write_text
 from robustlab.runs.metrics import read_metrics
 from robustlab.study.spec import Row, StudySpec
@@ -206,7 +207,7 @@ class Study:
             now = self.settings(job)
             before = kept.get(job.name)
             if before is None:
-                self._check_carried(job, json.loads(path.read_text()))
+                self._check_carried(job, load_record(path))
                 if adopt:
                     kept[job.name], changed = now, True
                 continue
