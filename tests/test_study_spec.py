@@ -48,6 +48,8 @@ CASES = {
                                    "page names metric 'autoattack'; use one of clean, worst, adaptive, pgd-20"),
     "plot names unknown row": (lambda d: d.update(page={"plots": [{"title": "t", "rows": ["x"], "file": "p/accuracy.png"}]}),
                                "page names row 'x', which is not a row of the study"),
+    "fine-tuning config without a source": (lambda d: d["rows"][1].update(config="digits_finetune_pgd_at"),
+                                            "row 'pgd_at': digits_finetune_pgd_at is a fine-tuning config; give the row finetune_from: ROW"),
     "not a mapping": (lambda d: d["rows"].append("digits_trades"), "rows[2] must be a mapping"),
 }
 

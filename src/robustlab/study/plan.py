@@ -103,11 +103,15 @@ class Study:
         return common + list(job.row.overrides) + list(self.spec.overrides) + list(self.options.overrides)
 
     def config(self, job: Job) -> RunConfig:
+        """The job's resolved config; a fine-tuning config (``finetune: true``) needs ``finetune_from``."""
         if job not in self._configs:
             try:
-                self._configs[job] = load_config(job.row.config, self.overrides(job))
+                cfg = load_config(job.row.config, self.overrides(job))
             except UserError as exc:
                 raise UserError(f"row {job.row.label!r} seed {job.seed}: {exc}") from None
+            if cfg.finetune and job.row.finetune_from is None:
+                raise UserError(f"row {job.row.label!r}: {job.row.config} is a fine-tuning config; give the row finetune_from: ROW")
+            self._configs[job] = cfg
         return self._configs[job]
 
     def source(self, job: Job, label: str | None) -> Job | None:
