@@ -101,3 +101,18 @@ def test_changed_setting_for_an_existing_record_is_refused(study: Path, tmp_path
     assert main(["study", "report", str(tmp_path / "s.yaml"), *_where(copy)]) == 2
     assert "was made with n_examples=100, the study now gives 50" in capsys.readouterr().err
     assert not (copy / "runs").exists() and not (copy / "results.md").exists()
+
+
+def test_an_interrupted_step_stops_the_study_as_interrupted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C inside a step's command (the inner CLI returns 130) ends the study with 130 and the resume hint,
+    not as a failed step; a failing step is one line naming its command, exit 2."""
+    import robustlab.cli as cli
+
+    monkeypatch.setattr(cli, "main", lambda argv: 130)
+    assert main(["study", "run", "digits_small", *_where(tmp_path)]) == 130
+    assert "interrupted; rerun the same command to resume" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "main", lambda argv: 2)
+    assert main(["study", "run", "digits_small", *_where(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "step failed: robustlab train digits_natural " in err and "rerun the study to resume" in err

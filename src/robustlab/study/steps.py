@@ -29,7 +29,10 @@ def execute(study: Study, step: Step, main: bool = True) -> float:
         raise StepFailed(f"{step.key} needs {missing[0].key} finished first; run the study again to schedule it")
     command = study.command(step)
     started = time.perf_counter()
-    if robustlab(command) != 0:
+    code = robustlab(command)
+    if code == 130:  # interrupted (Ctrl-C): the study stops as interrupted, resumable
+        raise KeyboardInterrupt
+    if code != 0:
         raise StepFailed(f"step failed: robustlab {shlex.join(command)}; fix it and rerun the study to resume")
     seconds = time.perf_counter() - started
     if not main:
