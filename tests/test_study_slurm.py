@@ -198,3 +198,12 @@ def test_submitit_is_imported_only_by_the_slurm_executor(tmp_path: Path) -> None
             "assert 'submitit' not in sys.modules, 'submitit imported'")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_no_slurm_here_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """--executor slurm where there is no srun/sbatch: one line suggesting --executor local, exit 2."""
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    assert main(["study", "run", str(_study_file(tmp_path)), "--executor", "slurm", "--readme", "none"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "could not submit train:digits_natural_s0" in err and "--executor local" in err

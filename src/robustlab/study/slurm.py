@@ -107,8 +107,13 @@ def submit_slurm(study: Study, steps: list[Step], options: SlurmOptions, log: Ca
         if options.cluster != "slurm":
             for key in deps:  # no afterok without SLURM: wait for the jobs this step needs
                 _result(current[key], key)
-        executor = _executor(submitit, folder, step, options, [str(current[k]) for k in deps])
-        job = executor.submit(StepJob(), study, step)
+        try:
+            executor = _executor(submitit, folder, step, options, [str(current[k]) for k in deps])
+            job = executor.submit(StepJob(), study, step)
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:  # no SLURM here, or sbatch refused
+            detail = " ".join(str(exc).split())[:300]
+            raise UserError(f"could not submit {step.key} ({detail}); run on a SLURM login node, fix the sbatch "
+                            "options, or use --executor local") from None
         current[step.key] = job if options.cluster != "slurm" else job.job_id
         fresh.add(step.key)
         entry = {"job_id": str(job.job_id), "submissions": (before or {}).get("submissions", 0) + 1,
