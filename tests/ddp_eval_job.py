@@ -25,6 +25,18 @@ def setup() -> tuple[torch.nn.Module, object]:
     return model, fixed_subset(load_dataset("digits", "test"), 50, seed=0)
 
 
+def check_against_single_process(out: Path, processes: int) -> None:
+    """The sharded record in ``out`` (written by this script under torchrun) equals a single-process evaluation."""
+    sharded = json.loads((out / "record.json").read_text())
+    model, data = setup()
+    single = evaluate_model(model, data, **EVAL, log=lambda _: None)
+    assert sharded["processes"] == processes and single["processes"] == 1
+    assert sharded["per_sample"] == single["per_sample"]
+    assert {k: v["robust_acc"] for k, v in sharded["attacks"].items()} == {k: v["robust_acc"] for k, v in single["attacks"].items()}
+    assert (sharded["clean_acc"], sharded["robust_acc"]) == (single["clean_acc"], single["robust_acc"])
+    assert sorted(p.name for p in out.glob("eval.state.rank*.json")) == [f"eval.state.rank{r}.json" for r in range(processes)]
+
+
 if __name__ == "__main__":
     out = Path(sys.argv[1])
     model, data = setup()

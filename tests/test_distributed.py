@@ -49,18 +49,10 @@ def test_every_method_keeps_ranks_in_sync(tmp_path: Path) -> None:
 
 
 def test_sharded_evaluation_gives_the_single_process_verdicts(tmp_path: Path) -> None:
-    from ddp_eval_job import EVAL, setup
-
-    from robustlab.evaluate import evaluate_model
+    from ddp_eval_job import check_against_single_process
 
     torchrun("ddp_eval_job.py", str(tmp_path))
-    sharded = json.loads((tmp_path / "record.json").read_text())
-    model, data = setup()
-    single = evaluate_model(model, data, **EVAL, log=lambda _: None)
-    assert sharded["processes"] == 2 and single["processes"] == 1
-    assert sharded["per_sample"] == single["per_sample"]
-    assert {k: v["robust_acc"] for k, v in sharded["attacks"].items()} == {k: v["robust_acc"] for k, v in single["attacks"].items()}
-    assert sorted(p.name for p in tmp_path.glob("eval.state.rank*.json")) == ["eval.state.rank0.json", "eval.state.rank1.json"]
+    check_against_single_process(tmp_path, processes=2)
 
 
 def test_leave_frees_ddp_wrappers_in_cycles_before_the_group_is_destroyed(tmp_path: Path) -> None:

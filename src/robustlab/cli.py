@@ -116,6 +116,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--architecture", default=None, help="architecture as RobustBench writes it, e.g. WideResNet-28-10")
     p.add_argument("--footnote", default="", help="text added to the footnote")
 
+    p = sub.add_parser("study", help="run a study file (rows × seeds, one evaluation protocol) and write its page")
+    p.add_argument("action", choices=["run", "report", "plan"], help="run: the pending steps, then the page; report: the page only; plan: print the pending commands")
+    p.add_argument("study", help="study YAML file or bundled study name (cifar10s, digits_small)")
+    p.add_argument("--data-root", default=None, help="data.root for every run (replaces the study file's data_root)")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="added to every training run (repeatable)")
+    p.add_argument("--runs", default=None, help="run folders (default: the study file's outputs.runs)")
+    p.add_argument("--results", default=None, help="record copies (default: outputs.results)")
+    p.add_argument("--page", default=None, help="the results page (default: outputs.page)")
+    p.add_argument("--readme", default=None, help="a file whose marked block gets the table (default: outputs.readme; none: no file)")
+    p.add_argument("--executor", choices=["local", "slurm"], default="local", help="local: sequential in this process; slurm: one job per step through submitit")
+    p.add_argument("--partition", default=None, help="slurm: partition")
+    p.add_argument("--account", default=None, help="slurm: account")
+    p.add_argument("--gpus-per-job", type=int, default=1, help="slurm: GPUs per job")
+    p.add_argument("--cpus-per-job", type=int, default=None, help="slurm: CPUs per job")
+    p.add_argument("--time-limit", type=int, default=240, help="slurm: minutes per job")
+
     p = sub.add_parser("list", help="list methods, models, datasets, attacks or bundled configs")
     p.add_argument("what", nargs="?", choices=["methods", "models", "datasets", "attacks", "configs", "all"], default="all")
     p.add_argument("pattern", nargs="?", default="*", help="shell wildcard, e.g. 'wrn*'")
@@ -262,6 +278,12 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"RobustBench entry written to {out}")
 
 
+def cmd_study(args: argparse.Namespace) -> None:
+    from robustlab.study.api import study_from_args
+
+    study_from_args(args)
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     from robustlab.catalog import catalog
 
@@ -271,7 +293,8 @@ def cmd_list(args: argparse.Namespace) -> None:
             print(f"  {name}")
 
 
-COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "eval": cmd_eval, "demo": cmd_demo, "report": cmd_report, "export": cmd_export, "list": cmd_list}
+COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "eval": cmd_eval, "demo": cmd_demo, "report": cmd_report, "export": cmd_export,
+            "study": cmd_study, "list": cmd_list}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -341,18 +341,22 @@ def build_config(data: dict[str, Any], overrides: list[str] | None = None) -> Ru
 BUNDLED = Path(__file__).resolve().parent / "configs"
 
 
-def resolve_config_path(name_or_path: str) -> Path:
-    """A YAML path as given, or a bundled config by name (``digits_pgd_at``)."""
+def resolve_named_file(name_or_path: str, folder: Path, what: str, hint: str) -> Path:
+    """A YAML path as given, or ``folder/NAME.yaml`` by name; else one line with close matches (or ``hint``)."""
     p = Path(name_or_path)
     if p.is_file():
         return p
-    bundled = BUNDLED / f"{name_or_path}.yaml"
+    bundled = folder / f"{name_or_path}.yaml"
     if bundled.is_file():
         return bundled
-    names = bundled_config_names()
-    close = difflib.get_close_matches(name_or_path, names, n=3)
-    hint = f"did you mean {', '.join(close)}?" if close else "see robustlab list configs"
-    raise UserError(f"config {name_or_path!r} is neither a file nor a bundled config; {hint}")
+    close = difflib.get_close_matches(name_or_path, sorted(q.stem for q in folder.glob("*.yaml")), n=3)
+    raise UserError(f"{what} {name_or_path!r} is neither a file nor a bundled {what}; "
+                    + (f"did you mean {', '.join(close)}?" if close else hint))
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A YAML path as given, or a bundled config by name (``digits_pgd_at``)."""
+    return resolve_named_file(name_or_path, BUNDLED, "config", "see robustlab list configs")
 
 
 def bundled_config_names() -> list[str]:

@@ -1,4 +1,4 @@
-"""The results page of the CIFAR-10 study (``docs/results.md``), written only from the copied records.
+"""The results page of a study (``outputs.page``), written only from the copied records.
 
 Every number comes from a JSON record in the study's results folder: accuracies from the evaluation
 records (mean ± sample std over seeds), paired differences and 95% intervals from their per-sample
@@ -6,33 +6,26 @@ verdicts (:func:`robustlab.report.compare.compare_records`), feature gaps and tr
 copied ``metrics.jsonl`` files, wall times from ``timings.json`` and the records. A claim is *held* when its interval lies
 above 0, *not held* below 0, *inconclusive* when it covers 0. The page is rewritten only when its text
 changes, so a finished study's rerun writes nothing.
+
+What the page argues (columns, protocol lines, claims, plots) comes from the study file's ``page``
+section (:mod:`robustlab.study.page_spec`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
-from robustlab.config import load_config
 from robustlab.evaluate.suite import group_that_ran
 from robustlab.report import write_report
-from robustlab.report.compare import PairedDifference, compare_records, format_mean_std
+from robustlab.report.compare import PairedDifference, compare_records, format_mean_std, load_record
 from robustlab.runs.atomic import atomic_write_text
 from robustlab.runs.metrics import read_metrics_file
+from robustlab.study.plan import Study
+from robustlab.study.text import fill
 
-if TYPE_CHECKING:
-    from cifar_study import Study
-
-COLUMNS = (("clean", "clean"), ("pgd-20", "PGD-20"), ("autoattack", "AutoAttack"), ("adaptive", "adaptive"),
-           ("worst", "worst case"))
-TRAINING_PLOT = ("natural", "pgd_at", "pgd_at+fsr", "trades", "trades+ancra", "pgd_at+uad")
-FINETUNE_PLOT = ("finetune: vanilla", "finetune: afd")
-ATTACKS_TEXT = "PGD-20, AutoAttack's members APGD-CE → APGD-T → FAB-T → Square as the group `{group}`"
-README_START = "<!-- CIFAR-10 study table: written by benchmarks/cifar_study.py from docs/results/ -->"
-README_END = "<!-- end of the CIFAR-10 study table -->"
 FLAT = 0.10  # ours: a feature gap "stays flat" when its last value is within ±10% of its first
 
 
@@ -54,7 +47,7 @@ def autoattack_group(record: dict[str, Any]) -> str:
 class Page:
     """Records of a study by (row label, seed) and the sections built from them."""
 
-    def __init__(self, study: "Study") -> None:
+    def __init__(self, study: Study) -> None:
         self.study = study
         self.records: dict[tuple[str, int], dict[str, Any]] = {}
         self.by_name: dict[str, dict[str, Any]] = {}  # the same records by run name
@@ -62,7 +55,7 @@ class Page:
         for job in study.jobs:
             path = study.record_path(job)
             if path.is_file():
-                self.records[(job.row.label, job.seed)] = self.by_name[job.name] = json.loads(path.read_text())
+                self.records[(job.row.label, job.seed)] = self.by_name[job.name] = load_record(path)
 
     def label(self, metric: str) -> str:
         """``metric`` as the page names it: the ``autoattack`` column by the group(s) that produced it."""
@@ -74,14 +67,15 @@ class Page:
         return [r for (lab, _), r in sorted(self.records.items()) if lab == label]
 
     def table(self) -> str:
-        titles = [f"{t} (`{self.label(m)}`)" if m == "autoattack" else t for m, t in COLUMNS]
+        columns = self.study.spec.page.columns
+        titles = [f"{t} (`{self.label(m)}`)" if m == "autoattack" else t for m, t in columns]
         head = "| configuration | seeds | " + " | ".join(titles) + " | worst case − base [95% CI] | flags |"
-        lines = [head, "|" + "---|" * (len(COLUMNS) + 4)]
+        lines = [head, "|" + "---|" * (len(columns) + 4)]
         for row in dict.fromkeys(j.row for j in self.study.jobs):
             records = self.seeds(row.label)
             if not records:
                 continue
-            cells = [self.mean(row.label, metric) for metric, _ in COLUMNS]
+            cells = [self.mean(row.label, metric) for metric, _ in columns]
             result = self.paired(row.base, row.label, "worst") if row.base else None
             cells.append("–" if result is None else f"{result.points()} vs {row.base}")
             flags = ", ".join(sorted({f["code"] for r in records for f in r["flags"]})) or "none"
@@ -116,7 +110,8 @@ class Page:
         return f"**{title}**: {verdict} — " + "; ".join([self.difference(*decisive), *details]) + "."
 
     def feature_gap(self, label: str) -> str:
-        path = self.study.results / f"{self.study.by_key[(label, 0)].name}.metrics.jsonl"
+        """The first seed's feature gap at its first and last probe (``metrics.jsonl`` copied with the record)."""
+        path = self.study.results / f"{self.study.by_key[(label, self.study.spec.row(label).seeds[0])].name}.metrics.jsonl"
         if not path.is_file():
             return f"{label}: no feature-gap record yet"
         gaps = read_metrics_file(path, "feature_gap")
@@ -126,61 +121,53 @@ class Page:
         trend = "stays flat" if abs(last - first) <= FLAT * abs(first) else ("grows" if last > first else "shrinks")
         return f"{label}: feature gap {first:.3f} (epoch {gaps[0]['epoch']}) → {last:.3f} (epoch {gaps[-1]['epoch']}), {trend}"
 
-    def claims(self) -> list[str]:
-        d = self.difference
-        ablations = [r.label for r in dict.fromkeys(j.row for j in self.study.jobs) if r.suffix]
-        return [
-            self.claim("Adversarial training works here (protocol check)", ("natural", "pgd_at", "autoattack"),
-                       [f"PGD-AT clean accuracy {self.mean('pgd_at', 'clean')}% (chance: 10% on CIFAR-10)"]),
-            self.claim("FSR: robust accuracy over its base (paper: gains of the \"+8.57%\" kind)", ("pgd_at", "pgd_at+fsr", "worst"),
-                       [d(b, f"{b}+fsr", "worst") for b in ("trades", "mart")]),
-            self.claim("ANCRA: its gain survives adaptive attacks (worst case incl. adaptive decides)", ("trades", "trades+ancra", "worst"),
-                       [d("trades", "trades+ancra", m) for m in ("pgd-20", "autoattack")]
-                       + [d(b, f"{b}+ancra", "worst") for b in ("pgd_at", "mart")]),
-            self.claim("AFD: AutoAttack accuracy over vanilla adversarial fine-tuning from the same natural model",
-                       ("finetune: vanilla", "finetune: afd", "autoattack"),
-                       [self.feature_gap(lab) for lab in FINETUNE_PLOT]
-                       + [f"seed 0; \"flat\" = within ±{100 * FLAT:.0f}% of the first value, our threshold"]),
-            self.claim("UAD-AT: robust accuracy over its base", ("pgd_at", "pgd_at+uad", "worst"),
-                       [d("trades", "trades+uad", "worst")] + [d("pgd_at", a, "worst") for a in ablations]
-                       + ([self.uad_component(ablations)] if ablations else [])),
-        ]
+    def detail(self, kind: str, value: Any) -> str:
+        """One checked detail of a claim (:class:`robustlab.study.page_spec.Claim`)."""
+        if kind == "difference":
+            return self.difference(*value)
+        if kind == "feature_gap":
+            return self.feature_gap(value)
+        if kind == "components":
+            return self.component(*value)
+        return fill(value, self.names())
 
-    def uad_component(self, ablations: list[str]) -> str:
-        """Which of UAD-AT's components carries a gain: each one-component run (one seed) against PGD-AT."""
-        results = {a.split(": ", 1)[-1]: self.paired("pgd_at", a, "worst") for a in ablations}
+    def claims(self) -> list[str]:
+        return [self.claim(c.title, c.decisive, [self.detail(*d) for d in c.details]) for c in self.study.spec.page.claims]
+
+    def component(self, base: str, base_text: str, rows: list[str], metric: str) -> str:
+        """Which component carries a gain: each one-component row against ``base`` (``LABEL: NAME`` names it NAME)."""
+        results = {a.split(": ", 1)[-1]: self.paired(base, a, metric) for a in rows}
         done = {a: r for a, r in results.items() if r is not None}
         if len(done) < len(results):
             return "which component carries it: not every one-component run is evaluated yet"
         held = [a for a, r in done.items() if r.verdict == "held"]
         if held:
-            return f"which component carries it: {', '.join(held)} (alone above PGD-AT, interval above 0)"
+            return f"which component carries it: {', '.join(held)} (alone above {base_text}, interval above 0)"
         best = max(done, key=lambda a: done[a].diff)
-        return (f"which component carries it: none; no component alone lifts PGD-AT (no interval above 0), "
+        return (f"which component carries it: none; no component alone lifts {base_text} (no interval above 0), "
                 f"the best alone is {best} ({done[best].points()} points)")
 
+    def names(self) -> dict[str, Any]:
+        """What page text may name: each row config's fields (by config stem, the row's first seed), ``ref`` (the
+        first row with a base), ``mean.LABEL.METRIC``, ``n_examples``, ``attacks``, ``checks``, ``flat_percent``, ``format_note``, ``autoattack_group`` (the group(s) the
+        records' ``autoattack`` entries ran, :meth:`label`)."""
+        study = self.study
+        configs: dict[str, Any] = {}
+        for job in study.jobs:
+            configs.setdefault(Path(job.row.config).stem, study.config(job))
+        rows = study.spec.rows
+        ref = next((r for r in rows if r.base), rows[0])
+        columns = {m for m, _ in self.study.spec.page.columns} | {"clean", "worst"}
+        means = {r.label: {m: self.mean(r.label, m) for m in columns} for r in rows}
+        return {**configs, "ref": study.config(study.by_key[(ref.label, ref.seeds[0])]), "mean": means,
+                "n_examples": study.spec.evaluation.n_examples,
+                "checks": "on" if study.spec.evaluation.checks else "off", "attacks": ", ".join(study.spec.evaluation.attacks),
+                "flat_percent": f"{100 * FLAT:.0f}", "format_note": self.contiguous_note(),
+                "autoattack_group": self.label("autoattack")}
+
     def protocol(self) -> str:
-        args = self.study.args
-        cfg, natural, tune = (load_config(f"cifar10s_{n}", [f"data.root={args.data_root}", *args.preset, *args.override])
-                              for n in ("pgd_at", "natural", "finetune_afd"))
-        a = cfg.method.attack
-        return "\n".join([
-            f"- Data: CIFAR-10 JPEG copy through the `imagefolder` loader, the first {cfg.data.options.get('max_per_class')} "
-            f"images per class of each split; crop({cfg.data.crop_padding}) + flip; batch {cfg.data.batch_size}.",
-            f"- Model: `{cfg.model.name}` {json.dumps(cfg.model.options)}.",
-            f"- Training: {cfg.train.epochs} epochs (natural {natural.train.epochs}, fine-tuning {tune.train.epochs} from the "
-            f"natural run), SGD lr {cfg.optim.lr}, {cfg.schedule.name} schedule; PGD-{a.steps} ε {a.eps * 255:g}/255, "
-            f"step {a.step_size * 255:g}/255, {a.bn_mode} mode; the last epoch is evaluated.",
-            f"- Evaluation: the same {args.n_examples} test images (fixed subset, seed 0) for every model: clean, "
-            f"{ATTACKS_TEXT.format(group=self.label('autoattack'))}; plug-ins also `--adaptive` with transfer from the same seed's base; gradient-masking checks "
-            "on; the worst case is per sample over all attacks of the record.",
-            "- Memory format: channels-last for training (`train.channels_last`) and evaluation (`--channels-last`), "
-            "1.3-1.75x faster convolutions on this CPU, the same function up to float rounding"
-            + self.contiguous_note() + ".",
-            "- Statistics: mean ± sample standard deviation over seeds; paired differences (method − base, same seed, "
-            "same images) with 95% percentile bootstrap intervals over seeds and test images "
-            "(`robustlab report --compare`, 10,000 replicates, seed 0).",
-        ])
+        names = self.names()
+        return "\n".join(fill(line, names) for line in self.study.spec.page.protocol)
 
     def contiguous_note(self) -> str:
         """The records made before channels-last was switched on (they carry no ``channels_last`` key)."""
@@ -224,42 +211,47 @@ class Page:
                 "not counted.")
 
     def plots(self, doc: Path) -> tuple[str, list[tuple[str, list[Path], Path]]]:
-        """Markdown image links and (title, run folders, image path) of the plots whose runs are present."""
-        out = []
-        for title, labels, folder, image in (("Training curves (seed 0)", TRAINING_PLOT, "plots_training", "accuracy.png"),
-                                              ("Feature gap during fine-tuning (seed 0)", FINETUNE_PLOT, "plots_finetune", "feature_gap.png")):
-            runs = [self.study.out / self.study.by_key[(lab, 0)].name for lab in labels if (lab, 0) in self.study.by_key]
-            path = self.study.results / folder / image
-            if all((r / "metrics.jsonl").is_file() for r in runs) and runs:
-                out.append((title, runs, path))
-        return "\n".join(f"![{t}]({os.path.relpath(p, doc.parent)})" for t, _, p in out), out
+        """Markdown image links, and (title, run folders, image path) of the plots to draw: a plot is shown when
+        its image is in the results folder or all its runs are present (then it is drawn from them)."""
+        shown, draw = [], []
+        for plot in self.study.spec.page.plots:
+            runs = [self.study.run_dir(self.study.by_key[(lab, self.study.spec.row(lab).seeds[0])]) for lab in plot.rows]
+            path = self.study.results / plot.file
+            if runs and all((r / "metrics.jsonl").is_file() for r in runs):
+                draw.append((plot.title, runs, path))
+            elif not path.is_file():
+                continue
+            shown.append((plot.title, path))
+        return "\n".join(f"![{t}]({os.path.relpath(p, doc.parent)})" for t, p in shown), draw
 
 
-def update_readme(path: Path, block: str) -> None:
+def update_readme(path: Path, markers: tuple[str, str], block: str, log: Callable[[str], None] = print) -> None:
     """Replace the text between the README's study markers by ``block`` (nothing when the markers are absent)."""
+    start, end = markers
     text = path.read_text()
-    if README_START not in text or README_END not in text:
+    if start not in text or end not in text:
         return
-    head, rest = text.split(README_START, 1)
-    tail = rest.split(README_END, 1)[1]
-    new = f"{head}{README_START}\n{block}\n{README_END}{tail}"
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    new = f"{head}{start}\n{block}\n{end}{tail}"
     if new != text:
         atomic_write_text(path, new)
-        print(f"table written to {path}")
+        log(f"table written to {path}")
 
 
-def write_results(study: "Study") -> str:
-    """Write the results page (and its plots) when its text changed; return the main table."""
+def page_text(study: Study) -> tuple[str, str, list[tuple[str, list[Path], Path]], str]:
+    """(page text, main table, plots to draw, status) from the records present; writes nothing."""
     page = Page(study)
-    doc = Path(study.args.doc)
+    doc = study.doc
     done, total = len(page.records), len(study.jobs)
     status = "complete" if done == total else f"partial: {done} of {total} evaluations finished"
     plot_text, plots = page.plots(doc)
     table = page.table()
+    source = study.spec.source
     text = "\n\n".join([
-        "# CIFAR-10 study: every method at CPU scale, with seeds and confidence intervals",
-        f"Generated by `benchmarks/cifar_study.py` from the records in `{os.path.relpath(study.results, doc.parent)}/` "
-        f"(status: {status}). Do not edit by hand; rerun the script.",
+        f"# {study.spec.title}",
+        f"Generated by `robustlab study run {source}` from the records in `{os.path.relpath(study.results, doc.parent)}/` "
+        f"(status: {status}). Do not edit by hand; rerun `robustlab study report {source}`.",
         "## Protocol\n\n" + page.protocol(),
         "## Commands\n\n" + page.commands(),
         "## Results (accuracy %, mean ± std over seeds)\n\n" + table,
@@ -268,13 +260,20 @@ def write_results(study: "Study") -> str:
         "## Plots\n\n" + (plot_text or "(none yet)"),
         "## Wall times\n\n" + page.wall_times(),
     ]) + "\n"
+    return text, table, plots, status
+
+
+def write_results(study: Study, log: Callable[[str], None] = print) -> str:
+    """Write the results page (and its plots) when its text changed; return the main table."""
+    text, table, plots, status = page_text(study)
+    doc = study.doc
     if not doc.is_file() or doc.read_text() != text or not all(p.is_file() for _, _, p in plots):
         for _, runs, path in plots:
             write_report(runs, path.parent)
         doc.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(doc, text)
-        print(f"results page written to {doc}")
-    if study.args.readme and Path(study.args.readme).is_file():
-        update_readme(Path(study.args.readme), f"Status: {status}. Accuracy in %, mean ± std over seeds; the last column "
-                      "is the paired difference to the base with its 95% bootstrap interval.\n\n" + table)
+        log(f"results page written to {doc}")
+    if study.readme is not None and study.readme.is_file():
+        update_readme(study.readme, study.spec.page.readme_markers, f"Status: {status}. Accuracy in %, mean ± std over seeds; the "
+                      "last column is the paired difference to the base with its 95% bootstrap interval.\n\n" + table, log)
     return table
