@@ -426,3 +426,29 @@ def test_bad_arguments_raise_user_error() -> None:
     model3, x3, y3 = _setup(2, (1, 4, 4), num_classes=3)
     with pytest.raises(UserError):
         apgd_targeted(model3, x3, y3, eps=0.1)  # targeted DLR needs 4 classes
+
+
+class _Flat(nn.Module):
+    """Constant logits (class 0 wins everywhere): zero gradient, so APGD's output is its starting point."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([1.0, 0.0, 0.0, 0.0]).expand(x.shape[0], 4) + 0 * x.flatten(1).sum(1, keepdim=True)
+
+
+@pytest.mark.parametrize("attack", [apgd, functools.partial(apgd_targeted, n_target_classes=3)])
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_surface_start_is_the_reference_s_and_ball_start_lies_inside(attack, norm: str) -> None:
+    """``start="surface"`` (the reference's, for ``autoattack``) puts every start on the ε-ball's face (L∞: one
+    coordinate at ε) or sphere (L2); the default ``"ball"`` start lies strictly inside for nearly all samples."""
+    x, y, eps = torch.full((64, 1, 4, 4), 0.5), torch.zeros(64, dtype=torch.long), 0.1
+    size = {"linf": lambda d: d.flatten(1).abs().amax(1), "l2": lambda d: d.flatten(1).norm(dim=1)}[norm]
+    surface = size(attack(_Flat(), x, y, eps=eps, norm=norm, steps=2, start="surface", generator=_gen()) - x)
+    ball = size(attack(_Flat(), x, y, eps=eps, norm=norm, steps=2, generator=_gen()) - x)
+    assert torch.allclose(surface, torch.full_like(surface, eps), atol=1e-6)
+    assert (ball < eps - 1e-4).float().mean() > 0.9
+
+
+def test_unknown_start_is_a_user_error() -> None:
+    model, x, y = _setup(4, (16,), 3)
+    with pytest.raises(UserError, match="apgd start must be one of ball, surface"):
+        apgd(model, x, y, eps=0.1, start="edge")

@@ -298,3 +298,13 @@ def test_group_that_ran_reads_the_members_params(group: str) -> None:
     (plus,) = build_suite([f"{group}+"], eps=8 / 255, norm="linf", step_size=2 / 255)
     assert group_that_ran(group, plus.describe()) == f"{group}+"
     assert group_that_ran("pgd-20", {}) == "pgd-20"
+
+
+@pytest.mark.parametrize("group,start", [("autoattack", "surface"), ("autoattack-rand", "surface"),
+                                         ("autoattack+", "ball"), ("autoattack-rand+", "ball")])
+def test_apgd_members_start_where_their_group_says(group: str, start: str) -> None:
+    """The reference-faithful groups' APGD members start on the ε-ball's surface as the reference's APGD does
+    (autopgd_base.py); the + groups keep robustlab's uniform start in the ball. The record lists the choice."""
+    (spec,) = build_suite([group], eps=8 / 255, norm="linf", step_size=2 / 255)
+    apgds = [m for m in spec.members if m.name.startswith("apgd")]
+    assert apgds and all(m.params["start"] == start and m.fn.keywords["start"] == start for m in apgds)

@@ -60,6 +60,18 @@ def random_start(x: torch.Tensor, eps: torch.Tensor, norm: str, generator: torch
     return (x + direction * r.view_as(eps) * eps).clamp(0.0, 1.0)
 
 
+def surface_start(x: torch.Tensor, eps: torch.Tensor, norm: str, generator: torch.Generator | None) -> torch.Tensor:
+    """The reference AutoAttack's APGD start (``autopgd_base.py``, ``attack_single_run``), clipped to [0,1]:
+    L∞ ``x + eps * t / max|t|`` with ``t`` uniform in [-1, 1]^d (one coordinate on the ball's face);
+    L2 ``x + eps * g / ||g||`` with ``g`` Gaussian (on the sphere)."""
+    if norm == "linf":
+        t = 2 * torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) - 1
+        scale = t.flatten(1).abs().amax(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+        return (x + eps * t / scale).clamp(0.0, 1.0)
+    g = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return (x + eps * g / (flat_norm(g) + 1e-12)).clamp(0.0, 1.0)
+
+
 @contextlib.contextmanager
 def eval_mode(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
     """Put ``model`` in eval mode for the block (if ``enabled``) and restore its previous mode after."""

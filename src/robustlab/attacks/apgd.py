@@ -43,8 +43,9 @@ Deviations [ours]:
   eps = 0 are returned unchanged without spending passes on them.
 * The last iterate gets a forward pass only (no gradient is needed after it).
 * Non-finite gradient entries are treated as zero so that one bad sample cannot poison the step.
-* The starting point is uniform in the eps-ball (L2: uniform in the ball), clipped to [0, 1]; the
-  reference starts on the ball's surface.
+* The starting point: ``start="ball"`` [ours, the default] is uniform in the eps-ball (L2: uniform in
+  the ball), clipped to [0, 1]; ``start="surface"`` is the reference's (L∞: ``eps * t / max|t|`` with ``t``
+  uniform in [-1, 1]^d; L2: on the sphere), which the reference-faithful ``autoattack`` groups use.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from robustlab.attacks._common import check_norm, flat_norm, linf_bounds, per_sample, project_l2, random_start
+from robustlab.attacks._common import check_norm, flat_norm, linf_bounds, per_sample, project_l2, random_start, surface_start
 from robustlab.attacks.losses import LossFn, dlr, dlr_targeted, get_loss
 from robustlab.errors import UserError
 
@@ -64,6 +65,7 @@ __all__ = ["apgd", "apgd_targeted", "checkpoints", "OUTPUTS"]
 
 MOMENTUM = 0.75
 OUTPUTS = ("best", "reference")  # the output rule under EOT (module docstring)
+STARTS = ("ball", "surface")  # the random start (module docstring)
 
 # (logits, y, target) -> per-sample loss to maximise
 _Objective = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -148,6 +150,7 @@ def _apgd_attempt(
     generator: torch.Generator | None,
     eot: int = 1,
     output: str = "best",
+    start: str = "ball",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One APGD run from a random start on a subset of correctly classified samples.
 
@@ -178,7 +181,7 @@ def _apgd_attempt(
         def direction(g: torch.Tensor) -> torch.Tensor:
             return g / flat_norm(g).clamp_min(1e-12)
 
-    x0 = random_start(x, eps, norm, generator)
+    x0 = (surface_start if start == "surface" else random_start)(x, eps, norm, generator)
     loss0, grad0, logits0 = _loss_and_grad(model, x0, y, target, objective, need_grad=True, eot=eot)
     assert grad0 is not None
     st = _State(
@@ -246,7 +249,9 @@ def _apgd_attempt(
     return x_out, success, best_loss
 
 
-def _check_args(steps: int, restarts: int, rho: float = 0.75, eot: int = 1, output: str = "best") -> None:
+def _check_args(steps: int, restarts: int, rho: float = 0.75, eot: int = 1, output: str = "best", start: str = "ball") -> None:
+    if start not in STARTS:
+        raise UserError(f"apgd start must be one of {', '.join(STARTS)}, got {start!r}")
     if output not in OUTPUTS:
         raise UserError(f"apgd output must be one of {', '.join(OUTPUTS)}, got {output!r}")
     if eot < 1:
@@ -275,6 +280,7 @@ def _run(
     clean_logits: torch.Tensor,
     eot: int,
     output: str,
+    start: str,
 ) -> torch.Tensor:
     """Run the attempts (each target, then each restart) on the samples not yet broken."""
     eps_t = per_sample(eps, x)
@@ -292,6 +298,7 @@ def _run(
             x_sub, ok, loss_sub = _apgd_attempt(
                 model, x[idx], y[idx], target[idx], eps_t[idx],
                 norm=norm, steps=steps, rho=rho, objective=objective, generator=generator, eot=eot, output=output,
+                start=start,
             )  # fmt: skip
             take = ok | (loss_sub > best[idx])
             x_adv[idx[take]] = x_sub[take]
@@ -313,6 +320,7 @@ def apgd(
     rho: float = 0.75,
     eot: int = 1,
     output: str = "best",
+    start: str = "ball",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Untargeted Auto-PGD (Croce & Hein, ICML 2020) with the CE or DLR loss, L∞ or L2.
@@ -320,12 +328,12 @@ def apgd(
     ``eps`` is a float or an (N,) tensor. ``steps`` is the iteration budget ``N_iter`` per restart;
     ``restarts`` re-runs from a new random start only on samples not yet broken; ``rho`` is the
     condition-1 threshold; ``eot`` averages each gradient over that many passes (randomized models, the
-    reference's ``rand`` version uses 20) and ``output`` picks the output rule under EOT (``"best"`` or
-    ``"reference"``, module docstring). Returns ``x_adv`` (detached, inside the eps-ball and [0, 1]): per sample
+    reference's ``rand`` version uses 20), ``output`` picks the output rule under EOT (``"best"`` or
+    ``"reference"``) and ``start`` the random start (``"ball"`` or the reference's ``"surface"``), module docstring. Returns ``x_adv`` (detached, inside the eps-ball and [0, 1]): per sample
     the first misclassified iterate, else the highest-loss point found. Does not change the mode.
     """
     norm = check_norm(norm)
-    _check_args(steps, restarts, rho, eot, output)
+    _check_args(steps, restarts, rho, eot, output, start)
     loss_fn = get_loss(loss)
     with torch.no_grad():
         clean_logits = model(x.detach())
@@ -338,6 +346,7 @@ def apgd(
     return _run(
         model, x, y, [y], eps, norm=norm, steps=steps, restarts=restarts, rho=rho,
         objective=objective, generator=generator, clean_logits=clean_logits, eot=eot, output=output,
+        start=start,
     )  # fmt: skip
 
 
@@ -354,6 +363,7 @@ def apgd_targeted(
     rho: float = 0.75,
     eot: int = 1,
     output: str = "best",
+    start: str = "ball",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """APGD-T (Croce & Hein, ICML 2020, Sec. 4): APGD on the targeted DLR loss for each target.
@@ -362,10 +372,10 @@ def apgd_targeted(
     highest clean logits (all ``K - 1`` when ``n_target_classes >= K - 1``), tried in that order, each
     with ``steps`` iterations and ``restarts`` restarts, only on samples not yet broken. Success means
     misclassified (any class), not reaching the target. Needs at least 4 classes (the targeted DLR
-    denominator uses the 4th-largest logit). ``eot`` and ``output`` as in :func:`apgd`.
+    denominator uses the 4th-largest logit). ``eot``, ``output`` and ``start`` as in :func:`apgd`.
     """
     norm = check_norm(norm)
-    _check_args(steps, restarts, rho, eot, output)
+    _check_args(steps, restarts, rho, eot, output, start)
     if n_target_classes < 1:
         raise UserError(f"n_target_classes must be >= 1, got {n_target_classes}")
     with torch.no_grad():
@@ -383,4 +393,5 @@ def apgd_targeted(
     return _run(
         model, x, y, targets, eps, norm=norm, steps=steps, restarts=restarts, rho=rho,
         objective=objective, generator=generator, clean_logits=clean_logits, eot=eot, output=output,
+        start=start,
     )  # fmt: skip

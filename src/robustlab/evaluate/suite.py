@@ -87,17 +87,18 @@ _RAND = ("apgd-ce", "apgd-dlr")
 # (pyautoattack square.py, n_queries=5000; our ``queries`` counts the initial point too); FAB with no final
 # search (pyautoattack fab_base.py has none); under EOT the last misclassified iterate (autopgd_base.py
 # ``x_best_adv``), eot_iter=20 (``_set_version('rand')``). The stronger variants state their settings too.
-_REFERENCE = {"apgd-ce": {"output": "reference"}, "apgd-t": {"output": "reference"},
+# APGD starts as the reference's does (``autopgd_base.py``: on the ball's face/sphere, ``start="surface"``).
+_REFERENCE = {"apgd-ce": {"output": "reference", "start": "surface"}, "apgd-t": {"output": "reference", "start": "surface"},
               "fab-t": {"final_search": 0}, "square": {"mode": "reference", "queries": 5001}}
-_STRONG = {"apgd-ce": {"output": "best"}, "apgd-t": {"output": "best"},
+_STRONG = {"apgd-ce": {"output": "best", "start": "ball"}, "apgd-t": {"output": "best", "start": "ball"},
            "fab-t": {"final_search": 3}, "square": {"mode": "strong"}}
 _EOT = {"eot": 20}
 # group -> (members in cascade order, per-member settings on top of each member's fixed parameters)
 GROUPS: dict[str, tuple[tuple[str, ...], dict[str, dict[str, Any]]]] = {
     "autoattack": (_STANDARD, _REFERENCE),
     "autoattack+": (_STANDARD, _STRONG),
-    "autoattack-rand": (_RAND, {m: {**_EOT, "output": "reference"} for m in _RAND}),
-    "autoattack-rand+": (_RAND, {m: {**_EOT, "output": "best"} for m in _RAND}),
+    "autoattack-rand": (_RAND, {m: {**_EOT, "output": "reference", "start": "surface"} for m in _RAND}),
+    "autoattack-rand+": (_RAND, {m: {**_EOT, "output": "best", "start": "ball"} for m in _RAND}),
     "apgd-ce-t": (("apgd-ce", "apgd-t"), {}),
 }
 RANDOMIZED_VERSION = {"autoattack": "autoattack-rand", "autoattack+": "autoattack-rand+"}
