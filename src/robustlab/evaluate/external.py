@@ -32,6 +32,8 @@ from torch import nn
 from robustlab.data import ImageDataset, fixed_subset, load_dataset
 from robustlab.errors import UserError
 from robustlab.evaluate.api import evaluate_model
+from robustlab.evaluate.output import check_output, claim_output
+from robustlab.evaluate.probe import one_line
 from robustlab.runs.model import load_model
 from robustlab.evaluate.runner import eps_label, format_table, write_record
 from robustlab.evaluate.suite import check_attack_names
@@ -62,11 +64,6 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:120]}" if text else type(exc).__name__
-
-
 def _import_source(source: str) -> tuple[Any, dict[str, str]]:
     """The module named by ``source`` (a .py path or a dotted module name) and its description."""
     if source.endswith(".py") or "/" in source or "\\" in source:
@@ -84,14 +81,14 @@ def _import_source(source: str) -> tuple[Any, dict[str, str]]:
             spec.loader.exec_module(module)
         except Exception as exc:
             del sys.modules[name]
-            raise UserError(f"importing model file {path} failed ({_one_line(exc)}); fix the file") from None
+            raise UserError(f"importing model file {path} failed ({one_line(exc)}); fix the file") from None
         finally:
             sys.path.remove(str(path.resolve().parent))
         return module, {"file": str(path), "model_sha256": sha256_file(path)}
     try:
         module = importlib.import_module(source)
     except Exception as exc:
-        raise UserError(f"cannot import module {source!r} ({_one_line(exc)}); check the name or PYTHONPATH") from None
+        raise UserError(f"cannot import module {source!r} ({one_line(exc)}); check the name or PYTHONPATH") from None
     where = getattr(module, "__file__", None)
     return module, {"module": source, "model_sha256": sha256_file(where) if where else None}
 
@@ -117,7 +114,7 @@ def build_model(factory: Callable[[], Any], spec: str) -> nn.Module:
     try:
         model = factory()
     except Exception as exc:
-        raise UserError(f"model factory {spec} raised {_one_line(exc)}; fix the factory") from None
+        raise UserError(f"model factory {spec} raised {one_line(exc)}; fix the factory") from None
     if not isinstance(model, nn.Module):
         raise UserError(f"model factory {spec} returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -135,7 +132,7 @@ def read_weights(path: str | Path) -> Any:
         try:
             return load_file(str(p), device="cpu")
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise UserError(f"weights file {p} is corrupt or not safetensors ({_one_line(exc)}); re-save it") from None
+            raise UserError(f"weights file {p} is corrupt or not safetensors ({one_line(exc)}); re-save it") from None
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -147,7 +144,7 @@ def read_weights(path: str | Path) -> Any:
             f"save model.state_dict() instead"
         ) from None
     except Exception as exc:
-        raise UserError(f"weights file {p} is corrupt or not a torch.save file ({_one_line(exc)}); re-save it") from None
+        raise UserError(f"weights file {p} is corrupt or not a torch.save file ({one_line(exc)}); re-save it") from None
 
 
 def unwrap_state_dict(obj: Any, source: str, log: Callable[[str], None] = print) -> dict[str, torch.Tensor]:
@@ -219,7 +216,7 @@ def check_outputs(model: nn.Module, data: ImageDataset, device: torch.device, pr
         with torch.no_grad():
             out = model(x)
     except Exception as exc:
-        raise UserError(f"the model fails on {data.name} inputs ({shape}, values in [0, 1]): {_one_line(exc)}; check the data set or the model") from None
+        raise UserError(f"the model fails on {data.name} inputs ({shape}, values in [0, 1]): {one_line(exc)}; check the data set or the model") from None
     finally:
         model.train(was_training)
     if not torch.is_tensor(out) or out.ndim != 2 or out.shape[0] != x.shape[0]:
@@ -265,12 +262,21 @@ def model_info_block(record: dict[str, Any], attacks: list[str]) -> dict[str, An
     }
 
 
-def default_out(spec: str, data: str, split: str, attacks: list[str], eps: float, norm: str) -> Path:
-    """``runs/eval/<file stem or module>_<factory>/<data>_<split>_<attacks>_<eps>_<norm>.json`` (relative to the working directory)."""
+def model_identity(source: dict[str, Any]) -> str:
+    """Eight hex digits of sha256 over the model file's and the weights' sha256: two models differing in either never share a record."""
+    both = f"{source.get('model_sha256') or source.get('module')}:{source['weights_sha256']}"
+    return hashlib.sha256(both.encode()).hexdigest()[:8]
+
+
+def default_out(spec: str, identity: str, data: str, split: str, attacks: list[str], eps: float, norm: str) -> Path:
+    """``runs/eval/<file stem or module>_<factory>_<identity>/<data>_<split>_<attacks>_<eps>_<norm>.json`` (relative to the working directory).
+
+    ``identity`` is :func:`model_identity`, so ``teamA/net.py:build`` and ``teamB/net.py:build`` keep two records.
+    """
     source, _, factory = spec.rpartition(":")
     stem = Path(source).stem if source.endswith(".py") else source
     tag = "_".join(a.strip().lower() for a in attacks)
-    return DEFAULT_OUT / f"{stem}_{factory}" / f"{data}_{split}_{tag}_{eps_label(eps).replace('/', 'over')}_{norm}.json"
+    return DEFAULT_OUT / f"{stem}_{factory}_{identity}" / f"{data}_{split}_{tag}_{eps_label(eps).replace('/', 'over')}_{norm}.json"
 
 
 def evaluate_external(
@@ -302,27 +308,33 @@ def evaluate_external(
     ε defaults to RobustBench's standard budget (8/255 for L∞, 0.5 for L2), the step size to ε/4.
     The record is a run record (:func:`~robustlab.evaluate.api.evaluate_model`) plus ``model_source``
     (file or module, factory, sha256 of the model file and of the weights) and ``model_info``
-    (:func:`model_info_block`). It is written to ``out`` (default :func:`default_out`), and the
-    per-sample state beside it makes a rerun resume.
+    (:func:`model_info_block`). It is written to ``out`` (default :func:`default_out`, named with the
+    model's identity) under the record's lock (:func:`~robustlab.evaluate.output.claim_output`: an
+    existing ``out`` that is not a robustlab record is refused before any work), and the per-sample
+    state beside it makes a rerun resume.
     """
     check_attack_names(attacks)
-    dev = resolve_device(device)
+    dev = resolve_device(device, key="--device")
+    if out is not None:
+        check_output(Path(out))  # before the user's code runs or any data loads
     eps = DEFAULT_EPS[norm] if eps is None else eps
     dataset = load_dataset(data, split, root=data_root)
     if n_examples is not None:
         dataset = fixed_subset(dataset, n_examples, seed=seed)
     model, source = load_external(spec, weights, dataset, stats=stats, device=dev, log=log)
-    out = Path(out) if out is not None else default_out(spec, data, split, attacks, eps, norm)
+    out = Path(out) if out is not None else default_out(spec, model_identity(source), data, split, attacks, eps, norm)
     transfer = load_model(transfer_from, device=dev)[0] if transfer_from is not None else None
-    record = evaluate_model(
-        model, dataset, attacks=attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts,
-        batch_size=batch_size, seed=seed, device=dev, state_path=out.with_suffix(".state.json"),
-        model_info={"model_source": source, "architecture": source["architecture"], "split": split},
-        adaptive=adaptive, transfer_source=transfer, checks=checks, channels_last=channels_last, log=log,
-    )
-    record["model_info"] = model_info_block(record, attacks)
-    if ranks_from_env().main:
-        write_record(out, record)
-        log(format_table(record))
-        log(f"record written to {out}")
+    main = ranks_from_env().main
+    with claim_output(out, main=main, log=log) as state:
+        record = evaluate_model(
+            model, dataset, attacks=attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts,
+            batch_size=batch_size, seed=seed, device=dev, state_path=state,
+            model_info={"model_source": source, "architecture": source["architecture"], "split": split},
+            adaptive=adaptive, transfer_source=transfer, checks=checks, channels_last=channels_last, log=log,
+        )
+        record["model_info"] = model_info_block(record, attacks)
+        if main:
+            write_record(out, record)
+            log(format_table(record))
+            log(f"record written to {out}")
     return record
