@@ -134,6 +134,9 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     if args.probe_examples < 0:
         raise UserError(f"--probe-examples must be >= 0, got {args.probe_examples}")
     cfg = _run_config(args)
+    if not cfg.finetune:
+        raise UserError(f"{args.config} is not a fine-tuning config (it lacks finetune: true); train it with robustlab train "
+                        f"{args.config}, or pass a config with finetune: true (e.g. digits_finetune_pgd_at)")
     _say(f"run folder: {cfg.run_dir}")
     finetune(cfg, args.source, which=args.checkpoint, weights=args.weights, probe_examples=args.probe_examples)
 

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from robustlab.config import RunConfig
 
 
+STANDARD_EPS = {"linf": 8 / 255, "l2": 0.5}  # RobustBench's standard CIFAR-10 budgets (Croce et al. 2021)
+
+
 def check_budget(eps: float, norm: str, *, key: str) -> None:
     """Refuse a negative ε, and an L∞ ε above 1: inputs lie in [0, 1], so it would allow any image at all."""
     if eps < 0:

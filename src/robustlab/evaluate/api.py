@@ -25,7 +25,7 @@ from robustlab.evaluate.sharding import gather_states, shard_batches
 from robustlab.evaluate.runner import eps_label, format_table, make_record, run_suite, summarise, write_record
 from robustlab.evaluate.state import EvalState, finished_work, labels_hash, model_hash
 from robustlab.evaluate.suite import autoattack_version, build_suite, check_attack_names
-from robustlab.rules import budget_warnings, check_budget, check_step_size, eval_budget_warnings
+from robustlab.rules import STANDARD_EPS, budget_warnings, check_budget, check_step_size, eval_budget_warnings
 from robustlab.runs.model import load_model
 from robustlab.runs.ranks import join, ranks_from_env, resolve_device
 
@@ -179,6 +179,10 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Evaluate a trained run; ε, norm and step size default to the run's training attack.
 
+    With a ``norm`` other than the training attack's and no ``eps``, ε is the standard budget of that
+    norm (:data:`~robustlab.rules.STANDARD_EPS`: 0.5 for L2, 8/255 for L∞), said in a log line, never the
+    training ε read in the other norm's units.
+
     ``transfer_from``: a run folder or checkpoint whose model crafts transfer attacks (implies adaptive).
     """
     check_attack_names(attacks)
@@ -186,8 +190,12 @@ def evaluate_checkpoint(
     model, meta = load_model(path, which=which, weights=weights, device=dev)
     cfg: RunConfig = from_dict(RunConfig, meta["config"])
     attack_cfg = cfg.method.attack
-    eps = attack_cfg.eps if eps is None else eps
     norm = attack_cfg.norm if norm is None else norm
+    if eps is None and norm != attack_cfg.norm:  # the training ε is in the other norm's units
+        eps = STANDARD_EPS[norm]
+        log(f"--norm {norm} differs from the run's training norm {attack_cfg.norm}, so eps is the standard "
+            f"{eps_label(eps)} for {norm}, not the training eps {eps_label(attack_cfg.eps)}; pass --eps to choose")
+    eps = attack_cfg.eps if eps is None else eps
     if step_size is None:
         step_size = attack_cfg.step_size if eps == attack_cfg.eps else eps / 4
     check_budget(eps, norm, key="eps")

@@ -38,12 +38,12 @@ from robustlab.runs.model import load_model
 from robustlab.evaluate.runner import eps_label, format_table, write_record
 from robustlab.evaluate.suite import check_attack_names
 from robustlab.models import Normalize
+from robustlab.rules import STANDARD_EPS
 from robustlab.runs.ranks import ranks_from_env, resolve_device
 
 WRAPPER_KEYS = ("state_dict", "model", "net")
 PREFIX = "module."
 SHOWN = 3  # names listed in a key mismatch message
-DEFAULT_EPS = {"linf": 8 / 255, "l2": 0.5}  # RobustBench's standard budgets
 DEFAULT_OUT = Path("runs") / "eval"
 
 # Per-channel statistics of the usual training sets (RGB order), for --normalize NAME.
@@ -317,7 +317,7 @@ def evaluate_external(
     dev = resolve_device(device, key="--device")
     if out is not None:
         check_output(Path(out))  # before the user's code runs or any data loads
-    eps = DEFAULT_EPS[norm] if eps is None else eps
+    eps = STANDARD_EPS[norm] if eps is None else eps
     dataset = load_dataset(data, split, root=data_root)
     if n_examples is not None:
         dataset = fixed_subset(dataset, n_examples, seed=seed)

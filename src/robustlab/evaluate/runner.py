@@ -34,9 +34,11 @@ TOLERANCE = 1e-5
 
 
 def eps_label(eps: float) -> str:
-    """``8/255`` for values that are k/255, else the float."""
+    """``8/255`` for non-integer values in (0, 1) that are k/255, else the float (``0`` for either zero, ``100`` not ``25500/255``)."""
+    if eps == 0:
+        return "0"
     frac = Fraction(eps).limit_denominator(255)
-    if eps and 255 % frac.denominator == 0 and abs(float(frac) - eps) < 1e-9:
+    if 0 < eps < 1 and 255 % frac.denominator == 0 and abs(float(frac) - eps) < 1e-9:
         return f"{frac.numerator * (255 // frac.denominator)}/255"
     return f"{eps:g}"
 

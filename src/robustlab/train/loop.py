@@ -356,6 +356,9 @@ def _identity(cfg: RunConfig) -> dict[str, Any]:
     return data
 
 
+FINETUNE_RECORD = "finetune.json"  # written by robustlab.train.finetune into a fine-tuning run folder
+
+
 def _short(classes: list[str]) -> str:
     return f"{len(classes)} ({', '.join(classes[:3])}{', ...' if len(classes) > 3 else ''})"
 
@@ -370,5 +373,12 @@ def _epoch_line(record: dict[str, Any]) -> str:
 
 def train(cfg: RunConfig, *, log: Callable[[str], None] = print,
           after_epoch: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Train (or resume) the run described by ``cfg``; returns the last epoch's record."""
+    """Train (or resume) the run described by ``cfg``; returns the last epoch's record.
+
+    A run folder that holds a fine-tuning run (its ``finetune.json``) is refused: resuming it here would
+    continue another run's weights as if they were this config's own.
+    """
+    if (cfg.run_dir / FINETUNE_RECORD).exists():
+        raise UserError(f"run folder {cfg.run_dir} holds a fine-tuning run ({FINETUNE_RECORD}); resume it with "
+                        "robustlab finetune CONFIG --from SOURCE, or choose another name=...")
     return Trainer(cfg, log=log).fit(after_epoch=after_epoch)
