@@ -7,7 +7,8 @@ pixel units). Weights load without running code: safetensors, or ``torch.load(we
 Common wrappers are unwrapped with a message, as RobustBench's loader does for its model zoo: a
 ``state_dict``/``model``/``net`` key and a DataParallel ``module.`` prefix.
 
-Every failure (missing file, no such factory, factory raising, unreadable or pickled weights, wrong keys or
+Every failure (missing file, no such factory, a file or factory raising, calling ``sys.exit`` or
+raising KeyboardInterrupt, unreadable or pickled weights, wrong keys or
 shapes, wrong output shape or class count, inputs of the wrong size) is a one-line
 :class:`~robustlab.errors.UserError`.
 
@@ -41,9 +42,12 @@ from robustlab.models import Normalize
 from robustlab.rules import STANDARD_EPS
 from robustlab.runs.ranks import ranks_from_env, resolve_device
 
+# What a user's file, factory or forward may raise: exiting or interrupting is that code's failure too.
+USER_CODE_FAILURES = (Exception, SystemExit, KeyboardInterrupt)
 WRAPPER_KEYS = ("state_dict", "model", "net")
 PREFIX = "module."
 SHOWN = 3  # names listed in a key mismatch message
+LISTED = 8  # callables listed when the factory is missing
 DEFAULT_OUT = Path("runs") / "eval"
 
 # Per-channel statistics of the usual training sets (RGB order), for --normalize NAME.
@@ -79,7 +83,7 @@ def _import_source(source: str) -> tuple[Any, dict[str, str]]:
         sys.path.insert(0, str(path.resolve().parent))  # so the file can import its neighbours
         try:
             spec.loader.exec_module(module)
-        except Exception as exc:
+        except USER_CODE_FAILURES as exc:
             del sys.modules[name]
             raise UserError(f"importing model file {path} failed ({one_line(exc)}); fix the file") from None
         finally:
@@ -87,7 +91,7 @@ def _import_source(source: str) -> tuple[Any, dict[str, str]]:
         return module, {"file": str(path), "model_sha256": sha256_file(path)}
     try:
         module = importlib.import_module(source)
-    except Exception as exc:
+    except USER_CODE_FAILURES as exc:
         raise UserError(f"cannot import module {source!r} ({one_line(exc)}); check the name or PYTHONPATH") from None
     where = getattr(module, "__file__", None)
     return module, {"module": source, "model_sha256": sha256_file(where) if where else None}
@@ -105,7 +109,8 @@ def import_factory(spec: str) -> tuple[Callable[[], Any], dict[str, Any]]:
     factory = getattr(module, factory_name, None)
     if not callable(factory):
         found = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_") and getattr(v, "__module__", None) == module.__name__)
-        raise UserError(f"{source} has no callable {factory_name!r}; it defines: {', '.join(found[:8]) or 'no callables'}")
+        more = f" and {len(found) - LISTED} more" if len(found) > LISTED else ""
+        raise UserError(f"{source} has no callable {factory_name!r}; it defines: {', '.join(found[:LISTED]) or 'no callables'}{more}")
     return factory, {**info, "factory": factory_name}
 
 
@@ -113,7 +118,7 @@ def build_model(factory: Callable[[], Any], spec: str) -> nn.Module:
     """Call the factory (no arguments); it must return an ``nn.Module``."""
     try:
         model = factory()
-    except Exception as exc:
+    except USER_CODE_FAILURES as exc:
         raise UserError(f"model factory {spec} raised {one_line(exc)}; fix the factory") from None
     if not isinstance(model, nn.Module):
         raise UserError(f"model factory {spec} returned {type(model).__name__}, not a torch.nn.Module")
@@ -215,7 +220,7 @@ def check_outputs(model: nn.Module, data: ImageDataset, device: torch.device, pr
     try:
         with torch.no_grad():
             out = model(x)
-    except Exception as exc:
+    except USER_CODE_FAILURES as exc:
         raise UserError(f"the model fails on {data.name} inputs ({shape}, values in [0, 1]): {one_line(exc)}; check the data set or the model") from None
     finally:
         model.train(was_training)
@@ -286,6 +291,7 @@ def evaluate_external(
     data: str,
     attacks: list[str],
     data_root: str | Path | None = None,
+    download: bool = False,
     split: str = "test",
     eps: float | None = None,
     norm: str = "linf",
@@ -318,7 +324,7 @@ def evaluate_external(
     if out is not None:
         check_output(Path(out))  # before the user's code runs or any data loads
     eps = STANDARD_EPS[norm] if eps is None else eps
-    dataset = load_dataset(data, split, root=data_root)
+    dataset = load_dataset(data, split, root=data_root, download=download)
     if n_examples is not None:
         dataset = fixed_subset(dataset, n_examples, seed=seed)
     model, source = load_external(spec, weights, dataset, stats=stats, device=dev, log=log)

@@ -38,7 +38,7 @@ from robustlab.runs.checkpoint import (
 )
 from robustlab.runs.lock import RunLock
 from robustlab.runs.metrics import MetricsLog
-from robustlab.runs.model import build_model, model_spec
+from robustlab.runs.model import build_model, check_input_size, model_spec
 from robustlab.runs.ranks import join, ranks_from_env, resolve_device
 from robustlab.rules import config_warnings
 from robustlab.train.distributed import barrier, per_rank_batch, wrap
@@ -110,6 +110,7 @@ class Trainer:
         self.method = create_method(cfg.method, torch.Generator(device=self.device).manual_seed(self._attack_seed()))
         self.method.set_attack_precision(attack_autocast(cfg.train.attack_amp, self.device))
         self.model = build_model(self.spec).to(self.device)
+        check_input_size(self.model, self.eval_set, self.device)  # before any file of the run is written
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         ddp_model = wrap(self.model, self.ranks, self.device)
