@@ -128,7 +128,8 @@ def test_l2_evaluation_of_an_linf_run_does_not_reuse_the_linf_eps(trained: Path,
 
 
 def test_finetune_refuses_a_config_that_is_not_a_finetuning_config(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["finetune", "digits_pgd_at", "--from", str(trained), f"out_dir={tmp_path}", "--quiet"]) == 2
+    fits = ["model.name=small_cnn", "model.options={width: 8}", "train.epochs=1", "method.attack.steps=2", "data.eval_examples=32"]
+    assert main(["finetune", "digits_pgd_at", "--from", str(trained), f"out_dir={tmp_path}", "--quiet", *fits]) == 2
     assert "lacks finetune: true" in _one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "digits_pgd_at").exists()
 
