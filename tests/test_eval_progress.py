@@ -68,7 +68,7 @@ def _kill_between_attacks(tmp_path: Path, attacks: str, n: int) -> tuple[dict, d
     args = [*eval_args(*model, "--out", str(out), n=n, attacks=attacks), *common]
     assert run_child(args, fault="atomic:2") == -signal.SIGKILL
     saved = json.loads((tmp_path / "r.state.json").read_text())
-    state = EvalState(**{k: v for k, v in saved.items() if k != "costs"})
+    state = EvalState(**{k: v for k, v in saved.items() if k not in ("costs", "digest")})
     return json.loads(ref.read_text()), args, state, str(out)
 
 

@@ -10,6 +10,7 @@ import pytest
 from outside import eval_args, write_model
 from robustlab.cli import main
 from robustlab.evaluate import evaluate_model
+from robustlab.evaluate.state import DIGEST_KEY, content_digest
 from robustlab.data import fixed_subset, load_dataset
 from robustlab.train import train
 from test_eval_output import _one_error_line
@@ -146,6 +147,12 @@ def test_train_never_resumes_a_finetuning_run_folder(trained: Path, tmp_path: Pa
 # ------------------------------------------------------------------ parseable but inconsistent state files
 
 def _damage(state: dict, how: str) -> dict:
+    """``state`` damaged as ``how`` says, its digest recomputed (so the consistency checks, not the digest, must catch it),
+    except ``edited_verdict``: an in-range verdict changed by hand, caught by the digest alone."""
+    del state[DIGEST_KEY]
+    if how == "edited_verdict":
+        state["broken_by"]["fgsm"] = [0 if v == -1 else v for v in state["broken_by"]["fgsm"]]
+        return {**state, DIGEST_KEY: "0" * 64}
     if how == "cut_list":
         state["broken_by"]["fgsm"] = state["broken_by"]["fgsm"][:3]
     elif how == "cursor_past_end":
@@ -160,10 +167,10 @@ def _damage(state: dict, how: str) -> dict:
         state["costs"]["fgsm"]["forward"] = "many"
     elif how == "verdict_out_of_range":
         state["clean"][0] = 7
-    return state
+    return {**state, DIGEST_KEY: content_digest(state)}
 
 
-@pytest.mark.parametrize("how", ["cut_list", "cursor_past_end", "unknown_attack", "string_verdicts", "negative_cursor",
+@pytest.mark.parametrize("how", ["edited_verdict", "cut_list", "cursor_past_end", "unknown_attack", "string_verdicts", "negative_cursor",
                                  "costs_not_numbers", "verdict_out_of_range"])
 def test_parseable_but_inconsistent_state_starts_fresh_with_a_message(tmp_path: Path, how: str) -> None:
     data = fixed_subset(load_dataset("digits", "test"), 12, seed=0)

@@ -6,9 +6,10 @@ sample indices, seed, batch size, memory format, version); per sample we keep *w
 writes are atomic. A rerun with the same fingerprint continues where the saved state stopped: at batch
 ``cursor``, after its first ``attack_cursor`` attacks and, inside the next one (a group such as
 ``autoattack``), after its first ``member_cursor`` members, so a stop loses at most one member's work on
-one batch. A changed fingerprint starts fresh with a message; a state that parses but does not fit
-(lists of the wrong length, unknown attacks, a cursor past the end, values out of range) is treated
-like an unreadable one: a message and a fresh start, never a traceback or a wrong verdict.
+one batch. A changed fingerprint starts fresh with a message; a state whose digest does not match its
+content (edited or damaged by hand), or that parses but does not fit (lists of the wrong length,
+unknown attacks, a cursor past the end, values out of range) is treated like an unreadable one: a
+message and a fresh start, never a traceback or a wrong verdict.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import nn
 
 from robustlab.runs.atomic import atomic_write_text
 
+DIGEST_KEY = "digest"  # sha256 of the rest of the saved state (sorted-key JSON)
 NOT_RUN = -2  # verdict not computed yet
 MAX_MEMBERS = 64  # bound on a group's member index in a saved verdict (autoattack has 4)
 ROBUST = -1   # no attack (member) broke the sample; k >= 0: member k broke it; clean-wrong samples: ROBUST is never set
@@ -81,8 +83,10 @@ class EvalState:
         return cls.new(fingerprint, n, batch_size, attacks)
 
     def save(self, path: Path | None) -> None:
+        """Write the state atomically, with a digest of its content (so an edited or damaged file is never trusted)."""
         if path is not None:
-            atomic_write_text(path, json.dumps(asdict(self)) + "\n")
+            content = asdict(self)
+            atomic_write_text(path, json.dumps({**content, DIGEST_KEY: content_digest(content)}) + "\n")
 
     @property
     def done(self) -> bool:
@@ -105,10 +109,18 @@ def _parse(path: Path) -> EvalState | None:
     """The state saved at ``path`` when it parses into an :class:`EvalState` with a fingerprint mapping, else None."""
     try:
         raw = json.loads(path.read_bytes())
+        digest = raw.pop(DIGEST_KEY)
+        if digest != content_digest(raw):
+            return None
         saved = EvalState(**{**raw, "costs": {k: AttackCost(**v) for k, v in raw["costs"].items()}})
     except (ValueError, TypeError, KeyError, AttributeError, OSError, RecursionError):
         return None
     return saved if isinstance(saved.fingerprint, dict) else None
+
+
+def content_digest(content: dict[str, Any]) -> str:
+    """sha256 of a state's content as sorted-key JSON (the saved file's ``digest``)."""
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def _fits(saved: EvalState, n: int, batch_size: int, attacks: list[str]) -> bool:
