@@ -13,6 +13,7 @@ from outside import eval_args, write_model
 from robustlab.cli import main
 from robustlab.errors import UserError
 from robustlab.evaluate.output import check_output
+from robustlab.evaluate.state import EvalState
 
 
 def _one_error_line(err: str) -> str:
@@ -67,16 +68,20 @@ def test_eval_out_over_its_own_record_reruns_and_resumes(tmp_path: Path, model: 
 def test_check_output_accepts_only_robustlab_files(tmp_path: Path) -> None:
     out = tmp_path / "r.json"
     check_output(out)  # nothing there yet
-    out.write_text(json.dumps({"robustlab_version": "0", "attacks": {}}))
-    (tmp_path / "r.state.json").write_text(json.dumps({"fingerprint": {}, "broken_by": {}}))
+    out.write_text(json.dumps({"robustlab_version": "0", "attacks": {}, "clean_acc": 0.5}))
+    EvalState.new({}, 2, 2, ["fgsm"]).save(tmp_path / "r.state.json")
     (tmp_path / "r.lock").write_text("1234\n")
     check_output(out)
     (tmp_path / "r.lock").write_text("")
     check_output(out)
     with pytest.raises(UserError, match=r"must be a \.json record path"):
         check_output(tmp_path / "r.pt")
-    (tmp_path / "r.state.json").write_text("[1, 2]")
-    with pytest.raises(UserError, match="not a robustlab evaluation state"):
+    for text in ("[1, 2]", json.dumps({"fingerprint": {}}), "torn {"):
+        (tmp_path / "r.state.json").write_text(text)
+        with pytest.raises(UserError, match="not a robustlab evaluation state"):
+            check_output(out)
+    out.write_text(json.dumps({"robustlab_version": None}))
+    with pytest.raises(UserError, match="not a robustlab evaluation record"):
         check_output(out)
 
 

@@ -8,9 +8,11 @@ one of the three exists and is not ours: a folder, a file that is not a robustla
 before the check, so a refused path is left byte-identical. Under its lock it then removes the temp
 files a killed writer of these files left.
 
-Deviation: "ours" is judged by content (a JSON object with ``robustlab_version`` for a record, one
-with ``fingerprint`` and ``broken_by`` for a state, an empty or pid-only lock file), not by a
-signature, so a hand-made JSON file with those keys would be treated as a record.
+"Ours" is judged by content: a record is a JSON object with a version string, an ``attacks``
+mapping and a numeric ``clean_acc``; a state one with ``fingerprint`` and ``broken_by`` (an edited
+or inconsistent one is ours but not trusted: the resume starts fresh, see
+:mod:`robustlab.evaluate.state`); a lock file is empty or holds a pid. Deviation: a hand-made JSON
+file with those keys would be taken for ours.
 """
 
 from __future__ import annotations
@@ -18,13 +20,12 @@ from __future__ import annotations
 import json
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from robustlab.errors import UserError
 from robustlab.runs.atomic import remove_stale_temps
 from robustlab.runs.lock import RunLock
 
-RECORD_KEYS = ("robustlab_version",)
 STATE_KEYS = ("fingerprint", "broken_by")
 LOCK_MAX_BYTES = 32  # a lock file holds at most a pid and a newline
 
@@ -39,12 +40,25 @@ def lock_path(out: Path) -> Path:
     return out.with_suffix(".lock")
 
 
-def _json_object_with(path: Path, keys: tuple[str, ...]) -> bool:
+def _json_object(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_bytes())
-    except (ValueError, OSError):
-        return False
-    return isinstance(data, dict) and all(k in data for k in keys)
+    except (ValueError, OSError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _is_record(path: Path) -> bool:
+    """A JSON object with a version string, an ``attacks`` mapping and a numeric ``clean_acc``, as records have."""
+    data = _json_object(path)
+    return (data is not None and isinstance(data.get("robustlab_version"), str) and isinstance(data.get("attacks"), dict)
+            and isinstance(data.get("clean_acc"), (int, float)))
+
+
+def _is_state(path: Path) -> bool:
+    """A JSON object with a state's ``fingerprint`` and ``broken_by`` (damaged or not: resuming checks the rest)."""
+    data = _json_object(path)
+    return data is not None and all(k in data for k in STATE_KEYS)
 
 
 def _is_lock_file(path: Path) -> bool:
@@ -67,11 +81,11 @@ def check_output(out: Path) -> None:
         raise UserError(f"--out {out} must be a .json record path (its state and lock files go beside it); pass e.g. --out {out.with_suffix('.json')}")
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; pass a record file path such as {out / 'eval.json'}")
-    for path, keys, what in ((out, RECORD_KEYS, "not a robustlab evaluation record"),
-                             (state_path(out), STATE_KEYS, "not a robustlab evaluation state")):
+    for path, ours, what in ((out, _is_record, "not a robustlab evaluation record"),
+                             (state_path(out), _is_state, "not a robustlab evaluation state")):
         if path.is_dir():
             raise _refusal(path, "a folder", out)
-        if path.exists() and not _json_object_with(path, keys):
+        if path.exists() and not ours(path):
             raise _refusal(path, what, out)
     lock = lock_path(out)
     if lock.is_dir() or (lock.exists() and not _is_lock_file(lock)):
