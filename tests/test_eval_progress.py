@@ -95,3 +95,15 @@ def test_kill_between_two_members_of_a_group_does_not_repeat_the_first(
     record = json.loads(Path(out).read_text())
     assert record["per_sample"] == reference["per_sample"]
     assert record["attacks"]["autoattack-fast"]["forward_per_sample"] == reference["attacks"]["autoattack-fast"]["forward_per_sample"]
+
+
+def test_automatic_checks_announce_themselves_and_their_cost(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = eval_args(*write_model(tmp_path / "m"), "--out", str(tmp_path / "r.json"), n=8)
+    args.remove("--no-checks")
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    announce = next(line for line in out.splitlines() if line.startswith("checks: gradient-masking checks"))
+    assert "on 8 probe samples" in announce and "about 170 forward+backward passes" in announce and "--no-checks" in announce
+    done = next(line for line in out.splitlines() if line.startswith("checks: done in"))
+    assert "forward and" in done and "backward sample passes" in done
+    assert out.index(announce) < out.index(done) < out.index("record written")
