@@ -12,11 +12,11 @@ from torch import nn
 
 import robustlab
 
+from robustlab.attacks.counting import Stopwatch, count_passes
 from robustlab.config import RunConfig, from_dict
 from robustlab.data import ImageDataset, fixed_subset, load_dataset
 from robustlab.errors import UserError
 from robustlab.evaluate.adaptive import build_adaptive
-from robustlab.attacks.counting import Stopwatch, count_passes
 from robustlab.evaluate.checks import announce_checks, run_checks
 from robustlab.evaluate.output import check_output, claim_output
 from robustlab.evaluate.probe import gradient_free_suite, probe_forward
