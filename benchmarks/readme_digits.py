@@ -1,12 +1,12 @@
 """Regenerate the README's digits table from fresh ``robustlab demo`` runs of the current code (issue 20, item 5).
 
 Runs the demo (:func:`robustlab.demo.run_demo`: natural and PGD-AT on digits, 20 epochs each, FGSM,
-PGD-20 and CW-20 on all 360 test images) ``--runs`` times, each in a fresh temporary folder with
-``--threads`` torch threads, and writes the table between the README's digits markers. Equal records
-across runs (per-sample verdicts included) say the demo is reproducible on this machine; otherwise
-each cell shows the first run's value and the note gives the spread (min–max) over the runs.
+PGD-20 and CW-20 on all 360 test images, one torch thread) ``--runs`` times, each in a fresh temporary
+folder, and writes the table between the README's digits markers. Equal records across runs
+(per-sample verdicts included) say the demo is reproducible on this machine; otherwise each cell shows
+the first run's value and the note gives the spread (min–max) over the runs.
 
-    python benchmarks/readme_digits.py --runs 2            # ~2 × the demo's time
+    python benchmarks/readme_digits.py --runs 2            # ~2 × the demo's time (2.7 min each on 2 shared cores)
     python benchmarks/readme_digits.py --runs 1 --readme none   # print only
 """
 
@@ -19,9 +19,7 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from robustlab.demo import DEMO_ATTACKS, DEMO_CONFIGS, run_demo
+from robustlab.demo import DEMO_ATTACKS, DEMO_CONFIGS, DEMO_THREADS, run_demo
 from robustlab.runs.atomic import atomic_write_text
 
 START = "<!-- digits demo table: written by benchmarks/readme_digits.py -->"
@@ -35,7 +33,7 @@ def cells(record: dict[str, Any]) -> list[float]:
     return [round(100 * v, 1) for v in values]
 
 
-def table(runs: list[dict[str, dict[str, Any]]], threads: int) -> str:
+def table(runs: list[dict[str, dict[str, Any]]], threads: int = DEMO_THREADS) -> str:
     """The Markdown table of the first run plus a sentence on reproducibility or the spread."""
     lines = ["| run | clean | fgsm | pgd-20 | cw-20 | worst case |", "|---|---|---|---|---|---|"]
     spread = []
@@ -47,12 +45,13 @@ def table(runs: list[dict[str, dict[str, Any]]], threads: int) -> str:
                 spread.append(f"{name} {column} {min(values):.1f}–{max(values):.1f}")
     same = all(r[n]["per_sample"] == runs[0][n]["per_sample"] for r in runs for n in DEMO_CONFIGS)
     if len(runs) == 1:
-        note = f"One fresh run with {threads} torch threads."
+        note = f"One fresh run ({threads} torch thread)."
     elif same:
-        note = (f"{len(runs)} fresh runs with {threads} torch threads gave identical records (every per-sample "
-                "verdict); other thread counts and CPUs round differently, so expect a spread of a few samples.")
+        note = (f"{len(runs)} fresh runs ({threads} torch thread) gave identical records, every per-sample verdict "
+                "equal. The demo pins one thread because CPU training is bit-reproducible only at a fixed thread count "
+                "(with two threads the table moved by up to 1.7 points); another CPU type may round differently.")
     else:
-        note = f"{len(runs)} fresh runs with {threads} torch threads; spread over runs: " + ("; ".join(spread) or "none") + "."
+        note = f"{len(runs)} fresh runs ({threads} torch thread); spread over runs: " + ("; ".join(spread) or "none") + "."
     return "\n".join([*lines, "", note])
 
 
@@ -71,16 +70,14 @@ def replace_block(path: Path, block: str) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=2, help="fresh demo runs to compare")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (default: torch's)")
     parser.add_argument("--readme", default="README.md", help="file with the digits markers, or none")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     runs = []
     for i in range(args.runs):
         with tempfile.TemporaryDirectory() as folder, redirect_stdout(StringIO()):
             runs.append(run_demo(folder, progress=False))
         print(f"run {i + 1}: " + "; ".join(f"{n} {cells(runs[-1][n])}" for n in DEMO_CONFIGS))
-    block = table(runs, args.threads)
+    block = table(runs)
     print(block)
     if args.readme != "none" and not replace_block(Path(args.readme), block):
         raise SystemExit(f"{args.readme} has no digits markers ({START})")

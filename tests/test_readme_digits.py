@@ -22,9 +22,9 @@ def _runs(*fgsm: float) -> list[dict]:
 
 
 def test_identical_runs_say_so_and_differing_runs_give_the_spread(tmp_path: Path) -> None:
-    same = readme_digits.table(_runs(0.903, 0.903)[:1] * 2, threads=2)
+    same = readme_digits.table(_runs(0.903, 0.903)[:1] * 2)
     assert "| digits_pgd_at | 98.9 | 90.3 | 86.9 | 86.9 | 86.9 |" in same and "gave identical records" in same
-    differ = readme_digits.table(_runs(0.903, 0.925), threads=2)
+    differ = readme_digits.table(_runs(0.903, 0.925))
     assert "spread over runs: digits_pgd_at fgsm 90.3–92.5." in differ
     readme = tmp_path / "README.md"
     readme.write_text(f"a\n{readme_digits.START}\nold\n{readme_digits.END}\nb\n")
