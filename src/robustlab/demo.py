@@ -1,11 +1,12 @@
 """``robustlab demo``: natural vs PGD-AT on the embedded digits set, evaluated the same hard way.
 
 Deviation: the demo runs with one torch thread (:data:`DEMO_THREADS`, restored afterwards). CPU
-training is bit-reproducible only at a fixed thread count: the first PGD-AT epoch's loss was 1.84658
-with one thread and 1.84642 with two on the same machine, and the table drifted by 1-2 points after 20
-epochs. One thread makes a fresh ``make demo`` print the README's numbers (two fresh runs gave
-identical records, ``benchmarks/readme_digits.py``), and on a 2-core machine shared with other work it
-was also far faster than two threads, which spin-wait.
+training is bit-reproducible only at a fixed thread count: on one 2-core machine the first PGD-AT
+epoch's loss was 1.84658 with one thread and 1.84642 with two, and after 20 epochs a fresh two-thread
+demo printed PGD-AT 98.9 / 90.3 / 86.9 / 87.8 / 86.9 (issue 20) where one thread prints 99.4 / 91.4 /
+88.6 / 88.6 / 87.8. With one thread a fresh ``make demo`` prints the README's numbers (two fresh runs
+gave identical records, ``benchmarks/readme_digits.py``), and on a 2-core machine shared with other
+work it was also far faster than two threads, which spin-wait.
 """
 
 from __future__ import annotations
