@@ -49,7 +49,7 @@ def table(runs: list[dict[str, dict[str, Any]]], threads: int = DEMO_THREADS) ->
     elif same:
         note = (f"{len(runs)} fresh runs ({threads} torch thread) gave identical records, every per-sample verdict "
                 "equal. The demo pins one thread because CPU training is bit-reproducible only at a fixed thread count "
-                "(a two-thread run printed up to 1.7 points less for PGD-AT); another CPU type may round differently.")
+                "(two threads moved the table by up to 1.9 points); another CPU type may round differently.")
     else:
         note = f"{len(runs)} fresh runs ({threads} torch thread); spread over runs: " + ("; ".join(spread) or "none") + "."
     return "\n".join([*lines, "", note])

@@ -2,9 +2,10 @@
 
 Deviation: the demo runs with one torch thread (:data:`DEMO_THREADS`, restored afterwards). CPU
 training is bit-reproducible only at a fixed thread count: on one 2-core machine the first PGD-AT
-epoch's loss was 1.84658 with one thread and 1.84642 with two, and after 20 epochs a fresh two-thread
-demo printed PGD-AT 98.9 / 90.3 / 86.9 / 87.8 / 86.9 (issue 20) where one thread prints 99.4 / 91.4 /
-88.6 / 88.6 / 87.8. With one thread a fresh ``make demo`` prints the README's numbers (two fresh runs
+epoch's loss was 1.84658 with one thread and 1.84642 with two, and after 20 epochs the natural model
+scored 98.6 / 73.3 / 63.9 / 65.8 / 63.3 (clean / FGSM / PGD-20 / CW-20 / worst) with two threads and
+98.6 / 75.0 / 62.2 / 63.9 / 61.7 with one (PGD-AT, issue 20's two-thread run: 98.9 / 90.3 / 86.9 / 87.8 /
+86.9; one thread: 99.4 / 91.4 / 88.6 / 88.6 / 87.8). With one thread a fresh ``make demo`` prints the README's numbers (two fresh runs
 gave identical records, ``benchmarks/readme_digits.py``), and on a 2-core machine shared with other
 work it was also far faster than two threads, which spin-wait.
 """
