@@ -107,3 +107,19 @@ def test_automatic_checks_announce_themselves_and_their_cost(tmp_path: Path, cap
     done = next(line for line in out.splitlines() if line.startswith("checks: done in"))
     assert "forward and" in done and "backward sample passes" in done
     assert out.index(announce) < out.index(done) < out.index("record written")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_gets_a_bar_not_lines() -> None:
+    stream = _Terminal()
+    progress = Progress(10, stream=stream, interval=0.0)
+    assert progress.bar is not None
+    progress.begin("fgsm", 0, 1)
+    progress.advance(10)
+    assert (progress.bar.desc, progress.bar.n, progress.bar.total) == ("fgsm on batch 1/1", 10, 10)
+    progress.close()
+    assert "sample-attack" in stream.getvalue() and LINE not in stream.getvalue()
