@@ -2,12 +2,13 @@
 
 Deviation: the demo runs with one torch thread (:data:`DEMO_THREADS`, restored afterwards). CPU
 training is bit-reproducible only at a fixed thread count: on one 2-core machine the first PGD-AT
-epoch's loss was 1.84658 with one thread and 1.84642 with two, and after 20 epochs the natural model
-scored 98.6 / 73.3 / 63.9 / 65.8 / 63.3 (clean / FGSM / PGD-20 / CW-20 / worst) with two threads and
-98.6 / 75.0 / 62.2 / 63.9 / 61.7 with one (PGD-AT, issue 20's two-thread run: 98.9 / 90.3 / 86.9 / 87.8 /
-86.9; one thread: 99.4 / 91.4 / 88.6 / 88.6 / 87.8). With one thread a fresh ``make demo`` prints the README's numbers (two fresh runs
-gave identical records, ``benchmarks/readme_digits.py``), and on a 2-core machine shared with other
-work it was also far faster than two threads, which spin-wait.
+epoch's loss was 1.84658 with one thread and 1.84642 with two; after 20 epochs two threads gave
+natural 98.6 / 73.3 / 63.9 / 65.8 / 63.3 and PGD-AT 99.2 / 92.5 / 88.1 / 88.9 / 87.8 (clean / FGSM /
+PGD-20 / CW-20 / worst), one thread 98.6 / 75.0 / 62.2 / 63.9 / 61.7 and 99.4 / 91.4 / 88.6 / 88.6 /
+87.8, and issue 20's report (thread count not recorded) PGD-AT 98.9 / 90.3 / 86.9 / 87.8 / 86.9. With
+one thread pinned a fresh ``make demo`` prints the README's numbers (two fresh runs gave identical
+records, ``benchmarks/readme_digits.py``), and on a 2-core machine shared with other work it ran
+several times faster than two threads, which spin-wait (2.7 min against 20 min).
 """
 
 from __future__ import annotations
