@@ -313,7 +313,7 @@ def test_imagefolder_archive_with_top_folder_matches_directory(tmp_path: Path) -
 
 def test_imagefolder_odd_size_and_bad_image(tmp_path: Path) -> None:
     root = _png_tree(tmp_path / "tree", sizes={"train/dog/01.png": (5, 4)})
-    with pytest.raises(UserError, match=r"dog/01.png is 5x4 .* pass size="):
+    with pytest.raises(UserError, match=r"dog/01.png is 5x4 .* set data.options=\{size: \[H, W\]\}"):
         load_dataset("imagefolder", "train", root=root, cache=False)
     assert load_dataset("imagefolder", "train", root=root, size=4, cache=False).image_shape == (3, 4, 4)
     (root / "test" / "cat" / "00.png").write_bytes(b"\x89PNG broken")

@@ -119,7 +119,8 @@ def test_resumed_evaluation_gives_the_same_record(tmp_path: Path) -> None:
             evaluate_model(model, data, **kwargs, state_path=state_path)
     finally:
         EvalState.save = original  # type: ignore[method-assign]
-    assert json.loads(state_path.read_text())["cursor"] == 2
+    saved = json.loads(state_path.read_text())  # saved after each attack: the 2nd save ends attack 2 of batch 0
+    assert (saved["cursor"], saved["attack_cursor"]) == (0, 2)
     messages: list[str] = []
     resumed = evaluate_model(model, data, **{**kwargs, "log": messages.append}, state_path=state_path)
     assert any("resuming" in m for m in messages)

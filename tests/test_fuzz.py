@@ -1,8 +1,10 @@
 """Fuzzed inputs (hypothesis): whatever a user passes, robustlab answers with a result or one UserError line.
 
-Properties: config overrides, YAML files, npz arrays, image folders and archives, checkpoints and CLI
-argument lists give a value or :class:`UserError` (CLI: exit 0 or 2, one line, no traceback); no file
-is written outside the run folder; an existing good checkpoint is never changed. The example counts
+Properties: config overrides, YAML files, npz arrays, image folders and archives, checkpoints, CLI
+argument lists, evaluation output paths, outside model files, evaluation state files and records give a
+value or :class:`UserError` (CLI: exit 0 or 2, one line, no traceback); no file is written outside the
+run folder; an existing good checkpoint, and a file at ``--out`` that is not robustlab's, is never
+changed; a damaged state resumes to the uninterrupted verdicts or starts fresh, never a wrong verdict. The example counts
 are fixed and derandomised so CI time stays flat; ``ROBUSTLAB_FUZZ_SCALE=20`` runs 20× more
 (``benchmarks/fault_trials.py`` documents the long runs, docs/RELIABILITY.md their counts).
 """
@@ -31,6 +33,8 @@ from robustlab.data import load_dataset
 from robustlab.errors import UserError
 from robustlab.runs.checkpoint import META_KEY, read_metadata
 from robustlab.train import Trainer, train
+from outside import TEMPLATE, eval_args, write_model
+from robustlab.evaluate.state import DIGEST_KEY, content_digest
 from tiny_runs import tiny_config
 
 SCALE = int(os.environ.get("ROBUSTLAB_FUZZ_SCALE", "1"))
@@ -303,6 +307,164 @@ def _own_folders(argv: list[str]) -> list[Path]:
     if args.command == "report":
         return [Path(args.out or (Path(args.runs[0]) / "report" if len(args.runs) == 1 else Path("runs") / "report"))]
     return []
+
+
+# ------------------------------------------------------------------------------------------ evaluation outputs, model files, states, records
+
+def _eval(model: tuple[Path, Path], out: Path, n: int = 4) -> tuple[int, str]:
+    return _cli(eval_args(*model, "--out", str(out), n=n, attacks="fgsm"))
+
+
+@pytest.fixture(scope="module")
+def outside_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return write_model(tmp_path_factory.mktemp("outside"))
+
+
+@pytest.fixture(scope="module")
+def finished(outside_model: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A finished evaluation's record and state texts (the property's reference and the fuzzers' seeds)."""
+    out = tmp_path_factory.mktemp("finished") / "r.json"
+    assert _eval(outside_model, out)[0] == 0
+    return {"record": out.read_text(), "state": out.with_suffix(".state.json").read_text()}
+
+
+occupant = st.one_of(
+    st.none(), st.binary(max_size=40), st.sampled_from(["folder", "record", "state", "pid", "empty"]),
+    st.dictionaries(st.sampled_from(["robustlab_version", "fingerprint", "broken_by", "x"]), values, max_size=3).map(json.dumps),
+)
+
+
+@fuzz(40)
+@given(st.sampled_from(["r.json", "r.py", "r.pt", "r", "r.state.json", "weights.pt", "net.py"]), occupant, occupant, occupant)
+def test_eval_output_paths_never_overwrite_what_is_not_ours(
+    outside_model: tuple[Path, Path], finished: dict[str, str], tmp_path: Path, name: str,
+    at_out: object, at_state: object, at_lock: object,
+) -> None:
+    _count("output paths")
+    work = tmp_path / f"out{TRIED['output paths']}"
+    work.mkdir()
+    out = work / name
+    ours = {"record": finished["record"], "state": finished["state"], "pid": "123\n", "empty": ""}
+    for path, thing in ((out, at_out), (out.with_suffix(".state.json"), at_state), (out.with_suffix(".lock"), at_lock)):
+        if thing == "folder":
+            path.mkdir(exist_ok=True)
+        elif isinstance(thing, bytes):
+            path.write_bytes(thing)
+        elif isinstance(thing, str):
+            path.write_text(ours.get(thing, thing))
+    foreign = {p: p.read_bytes() for p in work.iterdir() if p.is_file() and not _ours(p, finished)}
+    code, err = _eval(outside_model, out)
+    assert code in (0, 2) and (code == 0 or err.count("\n") == 1) and "Traceback" not in err, err
+    assert {p: p.read_bytes() for p in foreign} == foreign  # never overwritten, whatever happened
+
+
+def _ours(path: Path, finished: dict[str, str]) -> bool:
+    """What robustlab may overwrite: its own record, state and lock texts, and (the documented deviation of
+    robustlab.evaluate.output) any JSON object with a state's keys at the state path."""
+    text = path.read_bytes().decode(errors="replace")
+    if text in (finished["record"], finished["state"], "123\n", ""):
+        return True
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return False
+    return path.name.endswith(".state.json") and isinstance(data, dict) and {"fingerprint", "broken_by"} <= set(data)
+
+
+model_lines = st.sampled_from([
+    "z", "z * float('nan')", "z.round().long()", "z.detach()", "z[:, :3]", "z.unsqueeze(1)", "(z, z)", "None",
+    "z.softmax(1)", "z + float('inf')", "self.fc.bias.expand(x.shape[0], 10) * 1.0", "z.half()", "z[:1]",
+    "__import__('sys').exit(0)", "exec('raise KeyboardInterrupt')", "z.sum()", "z.double()",
+])
+module_code = st.sampled_from(["", "import sys\nsys.exit(1)\n", "raise KeyboardInterrupt\n", "raise ValueError('x')\n",
+                               "def build(:\n", "build = 3\n", "def build():\n    return 3\n", "def build():\n    raise SystemExit\n"])
+
+
+@fuzz(40)
+@given(model_lines, module_code)
+def test_model_files_give_a_record_or_one_line(tmp_path: Path, forward: str, extra: str) -> None:
+    _count("model files")
+    model_file, weights = write_model(tmp_path / f"m{TRIED['model files']}")
+    model_file.write_text(TEMPLATE.format(forward=forward) + extra)
+    out = model_file.parent / "r.json"
+    code, err = _eval((model_file, weights), out)
+    assert code in (0, 2) and (code == 0 or err.count("\n") == 1) and "Traceback" not in err, (forward, extra, err)
+    if code == 0:
+        record = json.loads(out.read_text())
+        assert all(np.isfinite([record["clean_acc"], record["robust_acc"]]))
+
+
+def _mutations(draw: st.DrawFn, node: object, depth: int = 0) -> object:
+    """``node`` (parsed JSON) with random structural damage: keys dropped, values replaced, lists cut or lengthened."""
+    how = draw(st.sampled_from(["keep", "keep", "keep", "replace", "drop", "cut", "grow", "recurse", "recurse"]))
+    if how == "replace":
+        return draw(values)
+    if isinstance(node, dict):
+        if how == "drop" and node:
+            node = dict(node)
+            node.pop(draw(st.sampled_from(sorted(node))))
+        elif how == "recurse" and node and depth < 4:
+            key = draw(st.sampled_from(sorted(node)))
+            node = {**node, key: _mutations(draw, node[key], depth + 1)}
+    elif isinstance(node, list):
+        if how == "cut":
+            node = node[: draw(st.integers(0, max(len(node) - 1, 0)))]
+        elif how == "grow":
+            node = node + [draw(st.integers(-3, 3))]
+        elif how == "recurse" and node and depth < 4:
+            i = draw(st.integers(0, len(node) - 1))
+            node = node[:i] + [_mutations(draw, node[i], depth + 1)] + node[i + 1:]
+    return node
+
+
+@st.composite
+def damaged_json(draw: st.DrawFn, text: str, resign: bool = False) -> str:
+    """Random bytes, a cut, or structural damage of ``text`` (JSON); ``resign``: a state's digest recomputed after."""
+    kind = draw(st.sampled_from(["cut", "structure", "structure", "structure", "bytes"]))
+    if kind == "cut":
+        return text[: draw(st.integers(0, len(text) - 1))]
+    if kind == "bytes":
+        return draw(st.binary(max_size=60)).decode(errors="replace")
+    damaged = _mutations(draw, json.loads(text))
+    if resign and isinstance(damaged, dict):
+        damaged = {k: v for k, v in damaged.items() if k != DIGEST_KEY}
+        damaged[DIGEST_KEY] = content_digest(damaged)
+    return json.dumps(damaged)
+
+
+@fuzz(60)
+@given(st.data())
+def test_damaged_state_files_resume_to_the_right_verdicts_start_fresh_or_are_refused(
+    outside_model: tuple[Path, Path], finished: dict[str, str], tmp_path: Path, data: st.DataObject,
+) -> None:
+    _count("state files")
+    out = tmp_path / f"s{TRIED['state files']}" / "r.json"
+    out.parent.mkdir()
+    out.with_suffix(".state.json").write_text(data.draw(damaged_json(finished["state"], resign=data.draw(st.booleans()))))
+    before = out.with_suffix(".state.json").read_bytes()
+    code, err = _eval(outside_model, out)
+    assert code in (0, 2) and (code == 0 or err.count("\n") == 1) and "Traceback" not in err, err
+    if code == 0:  # resumed or started fresh: the uninterrupted verdicts either way
+        assert json.loads(out.read_text())["per_sample"] == json.loads(finished["record"])["per_sample"]
+    else:  # not recognisably a state: refused and left as it was
+        assert out.with_suffix(".state.json").read_bytes() == before and not out.exists()
+
+
+@fuzz(60)
+@given(st.data())
+def test_damaged_records_are_skipped_by_report_and_refused_by_compare(
+    finished: dict[str, str], tmp_path: Path, data: st.DataObject,
+) -> None:
+    _count("records")
+    run = tmp_path / f"run{TRIED['records']}"
+    (run / "eval").mkdir(parents=True)
+    (run / "eval" / "good.json").write_text(finished["record"])
+    bad = run / "eval" / "bad.json"
+    bad.write_text(data.draw(damaged_json(finished["record"])))
+    code, err = _cli(["report", str(run), "--out", str(run / "report")])
+    assert code == 0 and "Traceback" not in err, err
+    code, err = _cli(["report", "--compare", str(run / "eval" / "good.json"), str(bad)])
+    assert code in (0, 2) and (code == 0 or err.count("\n") == 1) and "Traceback" not in err, err
 
 
 def test_print_counts() -> None:

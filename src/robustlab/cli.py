@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="an outside model: path/to/file.py:factory or package.module:factory (with --weights FILE and --data)")
     p.add_argument("--data", default=None, help="--model: data set name (robustlab list datasets)")
     p.add_argument("--data-root", default=None, help="--model: where the data set's files live")
+    p.add_argument("--download", action="store_true", help="--model: download the data set's official files when missing")
     p.add_argument("--mean", type=_number, nargs="+", default=None, help="--model: per-channel mean the model expects (with --std)")
     p.add_argument("--std", type=_number, nargs="+", default=None, help="--model: per-channel std the model expects")
     p.add_argument("--normalize", default=None, help="--model: named statistics instead of --mean/--std: cifar10, cifar100, svhn, imagenet")
@@ -171,6 +172,9 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     if args.probe_examples < 0:
         raise UserError(f"--probe-examples must be >= 0, got {args.probe_examples}")
     cfg = _run_config(args)
+    if not cfg.finetune:
+        raise UserError(f"{args.config} is not a fine-tuning config (it lacks finetune: true); train it with robustlab train "
+                        f"{args.config}, or pass a config with finetune: true (e.g. digits_finetune_pgd_at)")
     _say(f"run folder: {cfg.run_dir}")
     finetune(cfg, args.source, which=args.checkpoint, weights=args.weights, probe_examples=args.probe_examples)
 
@@ -185,7 +189,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         return _eval_robustbench(args)
     if args.model is not None or args.path is None:
         return _eval_external(args)
-    given = [f for f, v in (("--data", args.data), ("--data-root", args.data_root), ("--mean", args.mean), ("--std", args.std), ("--normalize", args.normalize)) if v is not None]
+    given = [f for f, v in (("--data", args.data), ("--data-root", args.data_root), ("--mean", args.mean), ("--std", args.std),
+                            ("--normalize", args.normalize), ("--download", args.download or None)) if v is not None]
     if given:
         raise UserError(f"{given[0]} applies to --model only; a run folder brings its own data set and normalisation")
     if args.weights is None:
@@ -212,7 +217,7 @@ def _eval_external(args: argparse.Namespace) -> None:
         if value is None:
             raise UserError(f"--model needs {flag}; e.g. --weights model.pt --data cifar10")
     evaluate_external(
-        args.model, args.weights, data=args.data, data_root=args.data_root, split=args.split, attacks=args.attacks,
+        args.model, args.weights, data=args.data, data_root=args.data_root, download=args.download, split=args.split, attacks=args.attacks,
         eps=args.eps, norm=args.norm or "linf", step_size=args.step_size, restarts=args.restarts,
         n_examples=args.n_examples, batch_size=args.batch_size, seed=args.seed, device=args.device, out=args.out,
         stats=resolve_normalization(args.mean, args.std, args.normalize), adaptive=args.adaptive,

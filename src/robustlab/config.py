@@ -252,6 +252,8 @@ def _validate(cfg: RunConfig) -> None:
             raise UserError(f"{key} must be >= 0, got {flat[key]!r}")
     if cfg.name in ("", ".", "..") or any(c in cfg.name for c in "/\\\0"):
         raise UserError(f"name must be a folder name inside out_dir (no '/', '\\', '..'), got {cfg.name!r}; use e.g. name=my_run")
+    if len(cfg.name.encode()) > MAX_NAME_BYTES:
+        raise UserError(f"name is {len(cfg.name.encode())} bytes long; file systems allow {MAX_NAME_BYTES} here, so use a shorter name=...")
     check_config(cfg)
     decay = cfg.train.ema_decay
     if decay is not None and not 0.0 < decay < 1.0:
@@ -284,13 +286,56 @@ def to_flat_dict(cfg: Any) -> dict[str, Any]:
     return flat
 
 
+MAX_NAME_BYTES = 200  # a run folder name: most file systems allow 255 bytes per path component
+MAX_YAML_NODES = 100_000  # expanded nodes a config may hold (the largest bundled config has under 200)
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], limit: int) -> int:
+    """Nodes in ``node`` with every alias expanded (each distinct node measured once: linear time); above ``limit`` for a cycle or when it stops early."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key] if sizes[key] >= 0 else limit + 1  # -1: inside itself, a recursive alias (infinite)
+    sizes[key] = -1
+    total = 1
+    children = [c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode) else (
+        node.value if isinstance(node, yaml.SequenceNode) else [])
+    for child in children:
+        total += _expanded_size(child, sizes, limit)
+        if total > limit:
+            break
+    sizes[key] = total
+    return total
+
+
+def safe_load_bounded(text: str, what: str) -> Any:
+    """``yaml.safe_load`` that refuses a document whose aliases expand to more than :data:`MAX_YAML_NODES` nodes.
+
+    PyYAML shares an alias's object, so a "billion laughs" document loads at once, and then hangs
+    whatever walks it (a dataclass copy, a dump). The composed node graph is measured before anything
+    is constructed.
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}, MAX_YAML_NODES) <= MAX_YAML_NODES:
+            return loader.construct_document(node)
+    except RecursionError:
+        pass  # nested deeper than Python's stack: refused below like an expansion
+    finally:
+        loader.dispose()
+    raise UserError(f"{what} expands to more than {MAX_YAML_NODES:,} values or nests too deeply (aliases of aliases?); "
+                    "write the settings out plainly")
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``a.b.c=value`` -> (["a","b","c"], YAML-parsed value)."""
     if "=" not in text:
         raise UserError(f"override {text!r} is not key=value; write e.g. train.epochs=5")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_load_bounded(raw, f"override {text!r}") if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     parts = key.strip().split(".")
@@ -319,7 +364,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise UserError(f"config file {p} not found; pass a YAML path or a bundled name (robustlab list configs)")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = safe_load_bounded(p.read_text(encoding="utf-8"), f"config file {p}")
+    except UnicodeDecodeError:
+        raise UserError(f"config file {p} is not a text (UTF-8) file; pass a YAML config (robustlab list configs)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

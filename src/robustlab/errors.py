@@ -19,8 +19,10 @@ FILE_SYSTEM_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errn
 
 def file_system_problem(exc: OSError) -> str | None:
     """One line for an OSError the user can fix (no permission, read-only or full disk), else None."""
+    where = f" {exc.filename}" if exc.filename else ""
+    if exc.errno == errno.ENAMETOOLONG:
+        return f"path{where} is too long for the file system; choose a shorter name, out_dir or --out"
     if exc.errno not in FILE_SYSTEM_ERRNOS:
         return None
-    where = f" {exc.filename}" if exc.filename else ""
     reason = exc.strerror or type(exc).__name__
     return f"cannot write{where} ({reason}); choose a writable out_dir/--out or fix the folder's permissions or space"

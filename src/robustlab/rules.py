@@ -17,10 +17,27 @@ if TYPE_CHECKING:
     from robustlab.config import RunConfig
 
 
+STANDARD_EPS = {"linf": 8 / 255, "l2": 0.5}  # RobustBench's standard CIFAR-10 budgets (Croce et al. 2021)
+
+
 def check_budget(eps: float, norm: str, *, key: str) -> None:
-    """Refuse an L∞ ε above 1: inputs lie in [0, 1], so it would allow any image at all."""
+    """Refuse a negative ε, and an L∞ ε above 1: inputs lie in [0, 1], so it would allow any image at all."""
+    if eps < 0:
+        raise UserError(f"{key}={eps:g} is negative; a budget is >= 0, e.g. 8/255")
     if norm == "linf" and eps > 1:
         raise UserError(f"{key}={eps:g} is above 1 for linf in [0, 1] pixel space; write 8/255, not 8")
+
+
+def check_step_size(step_size: float, *, key: str = "--step-size") -> None:
+    """Refuse a step size of 0 or less: PGD would never move, and every sample would count as robust."""
+    if not step_size > 0:
+        raise UserError(f"{key}={step_size:g} must be > 0 (the attack would never move, so every sample would look robust); "
+                        "omit it for the default eps/4")
+
+
+def eval_budget_warnings(eps: float) -> list[str]:
+    """ε = 0 is a clean evaluation under an attack's name."""
+    return ["eps is 0: every attack returns the clean input, so robust accuracy equals clean accuracy"] if eps == 0 else []
 
 
 def budget_warnings(eps: float, step_size: float, *, key: str) -> list[str]:

@@ -85,5 +85,5 @@ def not_found(dataset: str, root: Path, filename: str) -> UserError:
     """The standard 'dataset missing' error, naming the file to place and the download switch."""
     return UserError(
         f"{dataset} not found under {root}: place {filename} there or set data.download=true "
-        f"(download=True in Python)"
+        f"(robustlab eval --model: --download; Python: download=True)"
     )

@@ -49,7 +49,7 @@ def locate(root: Path, download: bool) -> Path:
         return ensure_file("tinyimagenet", root, ARCHIVE, URL, MD5, download)
     raise UserError(
         f"tinyimagenet not found under {root}: place {ARCHIVE} or its extracted {TOP}/ folder there, "
-        f"or set data.download=true"
+        f"or set data.download=true (robustlab eval --model: --download)"
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
@@ -11,18 +12,20 @@ from torch import nn
 
 import robustlab
 
+from robustlab.attacks.counting import Stopwatch, count_passes
 from robustlab.config import RunConfig, from_dict
 from robustlab.data import ImageDataset, fixed_subset, load_dataset
 from robustlab.errors import UserError
 from robustlab.evaluate.adaptive import build_adaptive
-from robustlab.evaluate.checks import run_checks
+from robustlab.evaluate.checks import announce_checks, run_checks
+from robustlab.evaluate.output import check_output, claim_output
+from robustlab.evaluate.probe import gradient_free_suite, probe_forward
+from robustlab.evaluate.progress import Progress
 from robustlab.evaluate.sharding import gather_states, shard_batches
 from robustlab.evaluate.runner import eps_label, format_table, make_record, run_suite, summarise, write_record
-from robustlab.evaluate.state import EvalState, labels_hash, model_hash
+from robustlab.evaluate.state import EvalState, finished_work, labels_hash, model_hash
 from robustlab.evaluate.suite import autoattack_version, build_suite, check_attack_names
-from robustlab.rules import budget_warnings, check_budget
-from robustlab.runs.atomic import remove_stale_temps
-from robustlab.runs.lock import RunLock
+from robustlab.rules import STANDARD_EPS, budget_warnings, check_budget, check_step_size, eval_budget_warnings
 from robustlab.runs.model import load_model
 from robustlab.runs.ranks import join, ranks_from_env, resolve_device
 
@@ -79,16 +82,21 @@ def evaluate_model(
     """
     check_attack_names(attacks)
     ranks = ranks_from_env()
-    dev = join(ranks, resolve_device(device) if isinstance(device, str) else device)
+    dev = join(ranks, resolve_device(device, key="--device") if isinstance(device, str) else device)
     log = log if ranks.main else (lambda _: None)
     model = _placed(model, dev, channels_last)
     step_size = eps / 4 if step_size is None else step_size
     check_budget(eps, norm, key="eps")
-    for warning in budget_warnings(eps, step_size, key="evaluation"):
+    check_step_size(step_size)
+    for warning in budget_warnings(eps, step_size, key="evaluation") + eval_budget_warnings(eps):
         log(f"warning: {warning}")
     probe = data.images[: min(len(data.labels), 16)].to(dev).float() / 255
     if channels_last:
         _check_channels_last(model, probe)
+    gradient_flag = None
+    if probe_forward(model, probe):
+        attacks, gradient_flag = gradient_free_suite(attacks)
+        log(f"warning: {gradient_flag.message}")
     attacks, version_flag = autoattack_version(model, probe, attacks)  # randomized model: the rand version
     specs = build_suite(attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts)
     if adaptive or transfer_source is not None:
@@ -115,16 +123,26 @@ def evaluate_model(
     state = EvalState.resume_or_new(path, fingerprint, 0 if shard is None else len(shard.labels), batch_size, names, log=log)
     started = time.perf_counter()
     if shard is not None:
-        state = run_suite(model, shard, specs, eps=eps, norm=norm, batch_size=batch_size, device=dev, seed=seed,
-                          state=state, state_path=path, batch_offset=first)
+        progress = Progress(len(state.clean) * len(specs), done=finished_work(state, len(specs))) if ranks.main else None
+        try:
+            with progress.watch(model) if progress is not None else nullcontext():
+                state = run_suite(model, shard, specs, eps=eps, norm=norm, batch_size=batch_size, device=dev, seed=seed,
+                                  state=state, state_path=path, batch_offset=first, progress=progress)
+        finally:
+            if progress is not None:
+                progress.close()
     result = summarise(gather_states(state, ranks), specs)
-    if version_flag is not None:
-        result["flags"].append(version_flag.to_dict())
-    if checks and ranks.main:
+    for flag in (version_flag, gradient_flag):
+        if flag is not None:
+            result["flags"].append(flag.to_dict())
+    if checks and ranks.main and gradient_flag is None:
         probe = fixed_subset(data, min(probe_size, len(data.labels)), seed=seed)
         x_probe, y_probe = probe.images.to(dev).float() / 255, probe.labels.to(dev)
-        flags, values = run_checks(model, x_probe, y_probe, eps=eps, norm=norm, step_size=step_size,
-                                   suite_result=result, generator=torch.Generator(device=dev).manual_seed(seed))
+        log(announce_checks(len(probe.labels)))
+        with count_passes(model) as passes, Stopwatch(dev) as watch:
+            flags, values = run_checks(model, x_probe, y_probe, eps=eps, norm=norm, step_size=step_size,
+                                       suite_result=result, generator=torch.Generator(device=dev).manual_seed(seed))
+        log(f"checks: done in {watch.seconds:.1f} s ({passes.forward:,} forward and {passes.backward:,} backward sample passes)")
         result["flags"] += [f.to_dict() for f in flags]
         result["checks"] = values
         result["checks_run"] = True
@@ -161,15 +179,23 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Evaluate a trained run; ε, norm and step size default to the run's training attack.
 
+    With a ``norm`` other than the training attack's and no ``eps``, ε is the standard budget of that
+    norm (:data:`~robustlab.rules.STANDARD_EPS`: 0.5 for L2, 8/255 for L∞), said in a log line, never the
+    training ε read in the other norm's units.
+
     ``transfer_from``: a run folder or checkpoint whose model crafts transfer attacks (implies adaptive).
     """
     check_attack_names(attacks)
-    dev = resolve_device(device)
+    dev = resolve_device(device, key="--device")
     model, meta = load_model(path, which=which, weights=weights, device=dev)
     cfg: RunConfig = from_dict(RunConfig, meta["config"])
     attack_cfg = cfg.method.attack
-    eps = attack_cfg.eps if eps is None else eps
     norm = attack_cfg.norm if norm is None else norm
+    if eps is None and norm != attack_cfg.norm:  # the training ε is in the other norm's units
+        eps = STANDARD_EPS[norm]
+        log(f"--norm {norm} differs from the run's training norm {attack_cfg.norm}, so eps is the standard "
+            f"{eps_label(eps)} for {norm}, not the training eps {eps_label(attack_cfg.eps)}; pass --eps to choose")
+    eps = attack_cfg.eps if eps is None else eps
     if step_size is None:
         step_size = attack_cfg.step_size if eps == attack_cfg.eps else eps / 4
     check_budget(eps, norm, key="eps")
@@ -190,22 +216,18 @@ def evaluate_checkpoint(
         tag = "_".join(a.strip().lower() for a in attacks) + ("_adaptive" if adaptive or transfer_from else "")
         out = run_dir / "eval" / f"{which}_{tag}_{eps_label(eps).replace('/', 'over')}_{norm}.json"
     out = Path(out)
+    check_output(out)
     source = load_model(transfer_from, device=dev)[0] if transfer_from is not None else None
-    lock = RunLock(out.with_suffix(".lock"))
-    if ranks_from_env().main:
-        lock.acquire(f"evaluation record {out}")
-        remove_stale_temps(out.parent, (out.name, out.with_suffix(".state.json").name))
-    try:
+    main = ranks_from_env().main
+    with claim_output(out, main=main, log=log) as state:
         record = evaluate_model(
             model, data, attacks=attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts,
-            batch_size=batch_size, seed=seed, device=dev, state_path=out.with_suffix(".state.json"),
+            batch_size=batch_size, seed=seed, device=dev, state_path=state,
             model_info=model_info, adaptive=adaptive, transfer_source=source, checks=checks,
             channels_last=channels_last, log=log,
         )
-        if ranks_from_env().main:
+        if main:
             write_record(out, record)
             log(format_table(record))
             log(f"record written to {out}")
-    finally:
-        lock.release()
     return record

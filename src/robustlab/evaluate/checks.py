@@ -1,4 +1,4 @@
-"""Automatic gradient-masking checks (docs EVALUATION.md, "Adaptive and sanity checks", checks 1-6).
+"""Automatic gradient-masking checks (docs/EVALUATION.md, "Automatic checks", checks 1-6).
 
 Each check is a small function with its thresholds as keyword arguments. It returns flags, never
 raises on a suspicious model, never logs or warns and keeps no module state; a flag is stored in the
@@ -48,7 +48,7 @@ __all__ = [
     "run_checks",
 ]
 
-_DOC = "EVALUATION.md, check"
+_DOC = "docs/EVALUATION.md, check"
 
 # Default thresholds, shared by the public checks and run_checks (reasons in each check's docstring).
 RANDOMNESS_TOLERANCE = 1e-5
@@ -60,6 +60,12 @@ BLACK_BOX_THRESHOLD = 0.01
 SQUARE_PROBE_THRESHOLD = 0.02
 BLACK_BOX_MIN_SAMPLES = 3
 PROBABILITY_TOLERANCE = 1e-3
+# The probe attacks of run_checks (announced with their cost by announce_checks).
+PROBE_STEPS = (10, 50)
+PROBE_RESTARTS = 3
+SWEEP_MULTIPLIERS = (1, 2, 4, 8)
+SWEEP_STEPS = 20
+SQUARE_QUERIES = 1000
 
 
 def _pct(v: float) -> str:
@@ -671,6 +677,16 @@ def _suite_black_box(
     return None, None
 
 
+def announce_checks(n_probe: int, square_queries: int = SQUARE_QUERIES) -> str:
+    """The line printed before :func:`run_checks`: what runs on how many samples, and its cost in passes."""
+    short, long = PROBE_STEPS
+    gradient_steps = short + long + short * PROBE_RESTARTS + SWEEP_STEPS * len(SWEEP_MULTIPLIERS)
+    return (f"checks: gradient-masking checks on {n_probe} probe samples (PGD-{short}, PGD-{long}, PGD-{short}x{PROBE_RESTARTS}, "
+            f"PGD-{SWEEP_STEPS} at {len(SWEEP_MULTIPLIERS)} radii, Square {square_queries} queries): about "
+            f"{gradient_steps} forward+backward passes and up to {square_queries} forward queries per sample; "
+            "skip them with --no-checks")
+
+
 def run_checks(
     model: nn.Module,
     x: torch.Tensor,
@@ -681,7 +697,7 @@ def run_checks(
     step_size: float,
     suite_result: Mapping[str, Any] | None = None,
     generator: torch.Generator | None = None,
-    square_queries: int = 1000,
+    square_queries: int = SQUARE_QUERIES,
 ) -> tuple[list[Flag], dict[str, Any]]:
     """The cheap versions of checks 1-6 on a probe batch ``(x, y)`` (the caller picks 64-128 samples).
 
@@ -740,19 +756,19 @@ def run_checks(
         gradient_robust = correct.clone()  # worst case over every PGD run at eps, for check 5
         if n:
             steps_verdicts = _run_steps(
-                model, x, y, correct, eps=eps, norm=norm, step_size=step_size, steps=(10, 50), restarts=3,
+                model, x, y, correct, eps=eps, norm=norm, step_size=step_size, steps=PROBE_STEPS, restarts=PROBE_RESTARTS,
                 generator=generator,
             )
             values["steps_monotone"] = {k: _frac(v) for k, v in steps_verdicts.items()}
             add(_steps_flags(
-                values["steps_monotone"], steps=(10, 50), restarts=3, n=n, tolerance_samples=TOLERANCE_SAMPLES
+                values["steps_monotone"], steps=PROBE_STEPS, restarts=PROBE_RESTARTS, n=n, tolerance_samples=TOLERANCE_SAMPLES
             ))
             rows, sweep_verdicts = _run_sweep(
-                model, x, y, correct, eps=eps, norm=norm, step_size=step_size, multipliers=(1, 2, 4, 8),
-                steps=20, generator=generator,
+                model, x, y, correct, eps=eps, norm=norm, step_size=step_size, multipliers=SWEEP_MULTIPLIERS,
+                steps=SWEEP_STEPS, generator=generator,
             )
             values["eps_sweep"] = [{"eps": r, "multiplier": m, "robust_acc": a} for m, r, a in rows]
-            add(_sweep_flags(rows, plateau=PLATEAU, n=n, tolerance_samples=TOLERANCE_SAMPLES, steps=20))
+            add(_sweep_flags(rows, plateau=PLATEAU, n=n, tolerance_samples=TOLERANCE_SAMPLES, steps=SWEEP_STEPS))
             for v in [*steps_verdicts.values(), sweep_verdicts[1]]:
                 gradient_robust &= v
 

@@ -7,7 +7,8 @@ pixel units). Weights load without running code: safetensors, or ``torch.load(we
 Common wrappers are unwrapped with a message, as RobustBench's loader does for its model zoo: a
 ``state_dict``/``model``/``net`` key and a DataParallel ``module.`` prefix.
 
-Every failure (missing file, no such factory, factory raising, unreadable or pickled weights, wrong keys or
+Every failure (missing file, no such factory, a file or factory raising, calling ``sys.exit`` or
+raising KeyboardInterrupt, unreadable or pickled weights, wrong keys or
 shapes, wrong output shape or class count, inputs of the wrong size) is a one-line
 :class:`~robustlab.errors.UserError`.
 
@@ -32,16 +33,21 @@ from torch import nn
 from robustlab.data import ImageDataset, fixed_subset, load_dataset
 from robustlab.errors import UserError
 from robustlab.evaluate.api import evaluate_model
+from robustlab.evaluate.output import check_output, claim_output
+from robustlab.evaluate.probe import one_line
 from robustlab.runs.model import load_model
 from robustlab.evaluate.runner import eps_label, format_table, write_record
 from robustlab.evaluate.suite import check_attack_names, group_that_ran
 from robustlab.models import Normalize
+from robustlab.rules import STANDARD_EPS
 from robustlab.runs.ranks import ranks_from_env, resolve_device
 
+# What a user's file, factory or forward may raise: exiting or interrupting is that code's failure too.
+USER_CODE_FAILURES = (Exception, SystemExit, KeyboardInterrupt)
 WRAPPER_KEYS = ("state_dict", "model", "net")
 PREFIX = "module."
 SHOWN = 3  # names listed in a key mismatch message
-DEFAULT_EPS = {"linf": 8 / 255, "l2": 0.5}  # RobustBench's standard budgets
+LISTED = 8  # callables listed when the factory is missing
 DEFAULT_OUT = Path("runs") / "eval"
 
 # Per-channel statistics of the usual training sets (RGB order), for --normalize NAME.
@@ -62,11 +68,6 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:120]}" if text else type(exc).__name__
-
-
 def _import_source(source: str) -> tuple[Any, dict[str, str]]:
     """The module named by ``source`` (a .py path or a dotted module name) and its description."""
     if source.endswith(".py") or "/" in source or "\\" in source:
@@ -82,16 +83,16 @@ def _import_source(source: str) -> tuple[Any, dict[str, str]]:
         sys.path.insert(0, str(path.resolve().parent))  # so the file can import its neighbours
         try:
             spec.loader.exec_module(module)
-        except Exception as exc:
+        except USER_CODE_FAILURES as exc:
             del sys.modules[name]
-            raise UserError(f"importing model file {path} failed ({_one_line(exc)}); fix the file") from None
+            raise UserError(f"importing model file {path} failed ({one_line(exc)}); fix the file") from None
         finally:
             sys.path.remove(str(path.resolve().parent))
         return module, {"file": str(path), "model_sha256": sha256_file(path)}
     try:
         module = importlib.import_module(source)
-    except Exception as exc:
-        raise UserError(f"cannot import module {source!r} ({_one_line(exc)}); check the name or PYTHONPATH") from None
+    except USER_CODE_FAILURES as exc:
+        raise UserError(f"cannot import module {source!r} ({one_line(exc)}); check the name or PYTHONPATH") from None
     where = getattr(module, "__file__", None)
     return module, {"module": source, "model_sha256": sha256_file(where) if where else None}
 
@@ -108,7 +109,8 @@ def import_factory(spec: str) -> tuple[Callable[[], Any], dict[str, Any]]:
     factory = getattr(module, factory_name, None)
     if not callable(factory):
         found = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_") and getattr(v, "__module__", None) == module.__name__)
-        raise UserError(f"{source} has no callable {factory_name!r}; it defines: {', '.join(found[:8]) or 'no callables'}")
+        more = f" and {len(found) - LISTED} more" if len(found) > LISTED else ""
+        raise UserError(f"{source} has no callable {factory_name!r}; it defines: {', '.join(found[:LISTED]) or 'no callables'}{more}")
     return factory, {**info, "factory": factory_name}
 
 
@@ -116,8 +118,8 @@ def build_model(factory: Callable[[], Any], spec: str) -> nn.Module:
     """Call the factory (no arguments); it must return an ``nn.Module``."""
     try:
         model = factory()
-    except Exception as exc:
-        raise UserError(f"model factory {spec} raised {_one_line(exc)}; fix the factory") from None
+    except USER_CODE_FAILURES as exc:
+        raise UserError(f"model factory {spec} raised {one_line(exc)}; fix the factory") from None
     if not isinstance(model, nn.Module):
         raise UserError(f"model factory {spec} returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -135,7 +137,7 @@ def read_weights(path: str | Path) -> Any:
         try:
             return load_file(str(p), device="cpu")
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise UserError(f"weights file {p} is corrupt or not safetensors ({_one_line(exc)}); re-save it") from None
+            raise UserError(f"weights file {p} is corrupt or not safetensors ({one_line(exc)}); re-save it") from None
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -147,7 +149,7 @@ def read_weights(path: str | Path) -> Any:
             f"save model.state_dict() instead"
         ) from None
     except Exception as exc:
-        raise UserError(f"weights file {p} is corrupt or not a torch.save file ({_one_line(exc)}); re-save it") from None
+        raise UserError(f"weights file {p} is corrupt or not a torch.save file ({one_line(exc)}); re-save it") from None
 
 
 def unwrap_state_dict(obj: Any, source: str, log: Callable[[str], None] = print) -> dict[str, torch.Tensor]:
@@ -218,8 +220,8 @@ def check_outputs(model: nn.Module, data: ImageDataset, device: torch.device, pr
     try:
         with torch.no_grad():
             out = model(x)
-    except Exception as exc:
-        raise UserError(f"the model fails on {data.name} inputs ({shape}, values in [0, 1]): {_one_line(exc)}; check the data set or the model") from None
+    except USER_CODE_FAILURES as exc:
+        raise UserError(f"the model fails on {data.name} inputs ({shape}, values in [0, 1]): {one_line(exc)}; check the data set or the model") from None
     finally:
         model.train(was_training)
     if not torch.is_tensor(out) or out.ndim != 2 or out.shape[0] != x.shape[0]:
@@ -267,11 +269,20 @@ def model_info_block(record: dict[str, Any], attacks: list[str]) -> dict[str, An
     }
 
 
-def default_out(spec: str, data: str, split: str, attacks: list[str], eps: float, norm: str) -> Path:
-    """``runs/eval/<file stem or module>_<factory>/<data>_<split>_<attacks>_<eps>_<norm>.json`` (relative to the working directory)."""
+def model_identity(source: dict[str, Any]) -> str:
+    """Eight hex digits of sha256 over the model file's and the weights' sha256: two models differing in either never share a record."""
+    both = f"{source.get('model_sha256') or source.get('module')}:{source['weights_sha256']}"
+    return hashlib.sha256(both.encode()).hexdigest()[:8]
+
+
+def default_out(spec: str, identity: str, data: str, split: str, attacks: list[str], eps: float, norm: str) -> Path:
+    """``runs/eval/<file stem or module>_<factory>_<identity>/<data>_<split>_<attacks>_<eps>_<norm>.json`` (relative to the working directory).
+
+    ``identity`` is :func:`model_identity`, so ``teamA/net.py:build`` and ``teamB/net.py:build`` keep two records.
+    """
     source, _, factory = spec.rpartition(":")
     stem = Path(source).stem if source.endswith(".py") else source
-    return DEFAULT_OUT / f"{stem}_{factory}" / record_file_name(data, split, attacks, eps, norm)
+    return DEFAULT_OUT / f"{stem}_{factory}_{identity}" / record_file_name(data, split, attacks, eps, norm)
 
 
 def record_file_name(data: str, split: str, attacks: list[str], eps: float, norm: str) -> str:
@@ -287,6 +298,7 @@ def evaluate_external(
     data: str,
     attacks: list[str],
     data_root: str | Path | None = None,
+    download: bool = False,
     split: str = "test",
     eps: float | None = None,
     norm: str = "linf",
@@ -309,15 +321,19 @@ def evaluate_external(
     ε defaults to RobustBench's standard budget (8/255 for L∞, 0.5 for L2), the step size to ε/4.
     The record is a run record (:func:`~robustlab.evaluate.api.evaluate_model`) plus ``model_source``
     (file or module, factory, sha256 of the model file and of the weights) and ``model_info``
-    (:func:`model_info_block`). It is written to ``out`` (default :func:`default_out`), and the
-    per-sample state beside it makes a rerun resume.
+    (:func:`model_info_block`). It is written to ``out`` (default :func:`default_out`, named with the
+    model's identity) under the record's lock (:func:`~robustlab.evaluate.output.claim_output`: an
+    existing ``out`` that is not a robustlab record is refused before any work), and the per-sample
+    state beside it makes a rerun resume.
     """
     check_attack_names(attacks)
-    dev = resolve_device(device)
-    eps = DEFAULT_EPS[norm] if eps is None else eps
-    dataset = load_data(data, data_root, split, n_examples, seed)
+    dev = resolve_device(device, key="--device")
+    if out is not None:
+        check_output(Path(out))  # before the user's code runs or any data loads
+    eps = STANDARD_EPS[norm] if eps is None else eps
+    dataset = load_data(data, data_root, split, n_examples, seed, download=download)
     model, source = load_external(spec, weights, dataset, stats=stats, device=dev, log=log)
-    out = Path(out) if out is not None else default_out(spec, data, split, attacks, eps, norm)
+    out = Path(out) if out is not None else default_out(spec, model_identity(source), data, split, attacks, eps, norm)
     return evaluate_outside_model(
         model, source, dataset, out, attacks=attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts,
         batch_size=batch_size, seed=seed, device=dev, split=split, adaptive=adaptive, transfer_from=transfer_from,
@@ -325,9 +341,11 @@ def evaluate_external(
     )
 
 
-def load_data(name: str, root: str | Path | None, split: str, n_examples: int | None, seed: int) -> ImageDataset:
+def load_data(
+    name: str, root: str | Path | None, split: str, n_examples: int | None, seed: int, download: bool = False,
+) -> ImageDataset:
     """The evaluation images: data set ``name`` (files under ``root``), its fixed seeded subset when asked."""
-    dataset = load_dataset(name, split, root=root)
+    dataset = load_dataset(name, split, root=root, download=download)
     return dataset if n_examples is None else fixed_subset(dataset, n_examples, seed=seed)
 
 
@@ -337,17 +355,21 @@ def evaluate_outside_model(
     adaptive: bool, transfer_from: str | Path | None, checks: bool, channels_last: bool, log: Callable[[str], None],
 ) -> dict[str, Any]:
     """Evaluate a loaded outside model (any source: a factory, RobustBench's zoo) into a record at ``out``:
-    the run record plus ``model_source`` and ``model_info`` (:func:`model_info_block`); resumable beside ``out``."""
+    the run record plus ``model_source`` and ``model_info`` (:func:`model_info_block`), written under the
+    record's lock (:func:`~robustlab.evaluate.output.claim_output`: an existing ``out`` that is not a robustlab
+    record is refused before any work); resumable from the state beside ``out``."""
     transfer = load_model(transfer_from, device=device)[0] if transfer_from is not None else None
-    record = evaluate_model(
-        model, dataset, attacks=attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts,
-        batch_size=batch_size, seed=seed, device=device, state_path=out.with_suffix(".state.json"),
-        model_info={"model_source": source, "architecture": source["architecture"], "split": split},
-        adaptive=adaptive, transfer_source=transfer, checks=checks, channels_last=channels_last, log=log,
-    )
-    record["model_info"] = model_info_block(record, attacks)
-    if ranks_from_env().main:
-        write_record(out, record)
-        log(format_table(record))
-        log(f"record written to {out}")
+    main = ranks_from_env().main
+    with claim_output(out, main=main, log=log) as state:
+        record = evaluate_model(
+            model, dataset, attacks=attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts,
+            batch_size=batch_size, seed=seed, device=device, state_path=state,
+            model_info={"model_source": source, "architecture": source["architecture"], "split": split},
+            adaptive=adaptive, transfer_source=transfer, checks=checks, channels_last=channels_last, log=log,
+        )
+        record["model_info"] = model_info_block(record, attacks)
+        if main:
+            write_record(out, record)
+            log(format_table(record))
+            log(f"record written to {out}")
     return record

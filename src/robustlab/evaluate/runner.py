@@ -4,8 +4,9 @@ For each batch the clean prediction is taken once; each listed attack then runs 
 model classifies correctly (a group such as ``autoattack`` runs its members in order, each on the
 samples still robust). Outputs are judged here, not by the attack: a point outside the ε-ball or
 [0, 1] (beyond a 1e-5 tolerance) is not counted as a break and is flagged as an attack bug. A sample
-is robust under the suite only if no attack broke it (EVALUATION.md). Each attack's generator is
-seeded from (seed, batch, attack, member), so results do not depend on interruptions.
+is robust under the suite only if no attack broke it (docs/EVALUATION.md). Each attack's generator is
+seeded from (seed, batch, attack, member), so results do not depend on interruptions, and the state is
+saved after each attack and group member of a batch.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from robustlab.attacks._common import eval_mode, flat_norm
 from robustlab.attacks.counting import Stopwatch, count_passes
 from robustlab.data import DeviceLoader, ImageDataset
 from robustlab.evaluate.flags import Flag
+from robustlab.evaluate.progress import Progress
 from robustlab.evaluate.state import NOT_RUN, ROBUST, AttackCost, EvalState
 from robustlab.evaluate.suite import AttackSpec
 from robustlab.runs.atomic import atomic_write_text
@@ -32,9 +34,11 @@ TOLERANCE = 1e-5
 
 
 def eps_label(eps: float) -> str:
-    """``8/255`` for values that are k/255, else the float."""
+    """``8/255`` for non-integer values in (0, 1) that are k/255, else the float (``0`` for either zero, ``100`` not ``25500/255``)."""
+    if eps == 0:
+        return "0"
     frac = Fraction(eps).limit_denominator(255)
-    if eps and 255 % frac.denominator == 0 and abs(float(frac) - eps) < 1e-9:
+    if 0 < eps < 1 and 255 % frac.denominator == 0 and abs(float(frac) - eps) < 1e-9:
         return f"{frac.numerator * (255 // frac.denominator)}/255"
     return f"{eps:g}"
 
@@ -54,14 +58,19 @@ def _seed(seed: int, batch: int, attack: int, member: int) -> int:
 def _attack_batch(
     model: nn.Module, spec: AttackSpec, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
     seed: int, batch: int, index: int, cost: AttackCost, num_classes: int, skipped: list[str],
+    verdict: torch.Tensor | None = None, first_member: int = 0,
+    after_member: Callable[[int, torch.Tensor], None] | None = None, progress: Progress | None = None,
 ) -> torch.Tensor:
     """Verdicts for one clean-correct batch: -1 robust, k = member that broke the sample (0 for single attacks).
 
     Members that need more classes than the model has (APGD-T: 4) are skipped and listed in ``skipped``.
+    ``verdict``/``first_member``: continue a group from a saved state after its first members;
+    ``after_member(k, verdict)`` is called after member k-1 of a group when more members follow.
     """
     members = spec.members or (spec,)
-    verdict = torch.full((x.shape[0],), ROBUST, dtype=torch.long, device=x.device)
-    for k, member in enumerate(members):
+    if verdict is None:
+        verdict = torch.full((x.shape[0],), ROBUST, dtype=torch.long, device=x.device)
+    for k, member in enumerate(members[first_member:], start=first_member):
         todo = (verdict == ROBUST).nonzero().squeeze(1)
         if todo.numel() == 0:
             break
@@ -72,6 +81,8 @@ def _attack_batch(
         kwargs: dict[str, Any] = {}
         if member.uses_generator:
             kwargs["generator"] = torch.Generator(device=x.device).manual_seed(_seed(seed, batch, index, k))
+        if progress is not None and spec.members:
+            progress.name(f"{spec.name}/{member.name}")
         with count_passes(model) as passes, Stopwatch(x.device) as watch:
             x_adv = member.fn(model, x[todo], y[todo], **kwargs)
         with torch.no_grad():
@@ -82,6 +93,8 @@ def _attack_batch(
         cost.seconds += watch.seconds
         cost.forward += passes.forward
         cost.backward += passes.backward
+        if after_member is not None and k + 1 < len(members):
+            after_member(k + 1, verdict)
     return verdict
 
 
@@ -97,12 +110,15 @@ def run_suite(
     seed: int,
     state: EvalState | None = None,
     state_path: Path | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
     batch_offset: int = 0,
 ) -> EvalState:
-    """Run (or continue) the suite on ``data``; the state is saved after every batch.
+    """Run (or continue) the suite on ``data``; the state is saved after every attack and group member of a batch.
 
     ``batch_offset``: the global index of ``data``'s first batch (a shard's), which seeds the attacks.
+    A state stopped inside a batch continues after its last saved attack (member); the clean
+    prediction of that batch is recomputed (deterministic in eval mode). ``progress`` is told each
+    attack and each finished entry.
     """
     n = len(data.labels)
     state = state or EvalState.new({}, n, batch_size, [s.name for s in specs])
@@ -112,23 +128,41 @@ def run_suite(
             if b < state.cursor:
                 continue
             start = b * batch_size
+            rows = slice(start, start + len(y))
             with torch.no_grad():
                 logits = model(x)
             correct = logits.argmax(1) == y
-            state.clean[start:start + len(y)] = correct.long().tolist()
+            state.clean[rows] = correct.long().tolist()
             todo = correct.nonzero().squeeze(1)
             for a, spec in enumerate(specs):
+                if a < state.attack_cursor:
+                    continue
+                resumed = torch.tensor(state.broken_by[spec.name][rows], device=device)[todo] if state.member_cursor else None
+
+                def save_partial(members_done: int, part: torch.Tensor, name: str = spec.name) -> None:
+                    verdict = torch.full((len(y),), NOT_RUN, dtype=torch.long, device=device)
+                    verdict[todo] = part
+                    state.broken_by[name][rows] = verdict.tolist()
+                    state.member_cursor = members_done
+                    state.save(state_path)
+
+                if progress is not None:
+                    progress.begin(spec.name, b, len(loader))
                 verdict = torch.full((len(y),), NOT_RUN, dtype=torch.long, device=device)
                 if todo.numel():
                     verdict[todo] = _attack_batch(
                         model, spec, x[todo], y[todo], eps=eps, norm=norm, seed=seed, batch=batch_offset + b, index=a,
                         cost=state.costs[spec.name], num_classes=logits.shape[1], skipped=state.skipped,
+                        verdict=resumed, first_member=state.member_cursor, after_member=save_partial, progress=progress,
                     )
-                state.broken_by[spec.name][start:start + len(y)] = verdict.tolist()
-            state.cursor = b + 1
+                state.broken_by[spec.name][rows] = verdict.tolist()
+                state.attack_cursor, state.member_cursor = a + 1, 0
+                if a + 1 < len(specs):
+                    state.save(state_path)
+                if progress is not None:
+                    progress.advance(len(y))
+            state.cursor, state.attack_cursor = b + 1, 0
             state.save(state_path)
-            if progress is not None:
-                progress(b + 1, len(loader))
     return state
 
 

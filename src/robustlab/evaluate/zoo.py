@@ -25,11 +25,13 @@ from torch import nn
 
 from robustlab.errors import UserError
 from robustlab.evaluate.external import (
-    DEFAULT_EPS, DEFAULT_OUT, NORMALIZATIONS, check_outputs, evaluate_outside_model, load_data, load_weights, read_weights,
+    DEFAULT_OUT, NORMALIZATIONS, check_outputs, evaluate_outside_model, load_data, load_weights, read_weights,
     record_file_name, sha256_file, unwrap_state_dict, wrap_normalize,
 )
+from robustlab.evaluate.output import check_output
 from robustlab.evaluate.suite import check_attack_names
 from robustlab.models.robustbench import DMWideResNet, WideResNet, preact_resnet18
+from robustlab.rules import STANDARD_EPS
 from robustlab.runs.ranks import resolve_device
 
 CIFAR10 = NORMALIZATIONS["cifar10"]  # RobustBench's CIFAR10_MEAN / CIFAR10_STD (dm_wide_resnet.py), the same values
@@ -141,9 +143,11 @@ def evaluate_zoo(
     (default ``runs/eval/robustbench_<name>/<data>_<split>_<attacks>_<eps>_<norm>.json``)."""
     require_checkpoint(name, dataset, threat_model, model_dir)  # a bad name or a missing file fails before any data is read
     check_attack_names(attacks)
+    if out is not None:
+        check_output(Path(out))  # an existing file there that is not a robustlab record: refused before any work
     norm = THREAT_MODELS[threat_model]
-    eps = DEFAULT_EPS[norm] if eps is None else eps
-    dev = resolve_device(device)
+    eps = STANDARD_EPS[norm] if eps is None else eps
+    dev = resolve_device(device, key="--device")
     images = load_data(data or dataset, data_root, split, n_examples, seed)
     model, source = load_zoo_model(name, dataset, threat_model, model_dir, images, dev, log)
     target = Path(out) if out is not None else DEFAULT_OUT / f"robustbench_{name}" / record_file_name(data or dataset, split, attacks, eps, norm)

@@ -7,19 +7,28 @@ feature-gap records when the run logged them) and its ``eval/*.json`` records, a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from robustlab.errors import UserError
+from robustlab.report.records import read_record
 from robustlab.runs.atomic import atomic_write_text
 from robustlab.runs.metrics import read_metrics
 
 
-def eval_records(run_dir: Path) -> list[dict[str, Any]]:
-    """The run's evaluation records (state files excluded), oldest first."""
+def eval_records(run_dir: Path, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """The run's evaluation records (state files excluded), oldest first; damaged ones skipped with a message."""
     paths = sorted((run_dir / "eval").glob("*.json"), key=lambda p: p.stat().st_mtime)
-    return [json.loads(p.read_text()) for p in paths if not p.name.endswith(".state.json")]
+    records = []
+    for path in paths:
+        if path.name.endswith(".state.json"):
+            continue
+        record, problem = read_record(path)
+        if record is None:
+            log(f"report: skipping damaged record {path} ({problem}); rerun robustlab eval to rewrite it")
+        else:
+            records.append(record)
+    return records
 
 
 def _pct(value: float | None) -> str:
@@ -68,8 +77,12 @@ def _plot(curves: dict[str, list[dict[str, Any]]], keys: list[tuple[str, str]], 
     return drawn
 
 
-def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
-    """Write ``out/report.md`` (+ PNG plots) for the given run folders; returns the Markdown path."""
+def write_report(run_dirs: list[str | Path], out: str | Path, log: Callable[[str], None] = print) -> Path:
+    """Write ``out/report.md`` (+ PNG plots) for the given run folders; returns the Markdown path.
+
+    A damaged evaluation record (truncated, empty, fields missing, per-sample lists cut short) is
+    skipped with a message through ``log``.
+    """
     runs = [Path(r) for r in run_dirs]
     missing = [r for r in runs if not (r / "metrics.jsonl").exists() and not (r / "eval").is_dir()]
     if missing:
@@ -78,7 +91,7 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
     epochs = {r.name: read_metrics(r, "epoch") for r in runs}
     gaps = {r.name: read_metrics(r, "feature_gap") for r in runs}
     parts = ["# robustlab report", "", "Runs: " + ", ".join(f"`{r}`" for r in runs), "", "## Evaluations", ""]
-    parts.append(records_table({r.name: eval_records(r) for r in runs}))
+    parts.append(records_table({r.name: eval_records(r, log) for r in runs}))
     if _plot(epochs, [("clean_acc", "-"), ("robust_acc", "--")], "held-out accuracy (solid clean, dashed PGD)", out / "accuracy.png"):
         parts += ["", "## Training curves", "", "![accuracy per epoch](accuracy.png)"]
     if _plot(gaps, [("feature_gap", "-")], "mean ‖g(x) − g(x′)‖ on the probe batch", out / "feature_gap.png"):

@@ -16,7 +16,6 @@ difference ``method − base``. With one seed it is the ordinary paired bootstra
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,6 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from robustlab.errors import UserError
+from robustlab.report.records import per_sample_problem, read_record
 
 ROBUST = -1  # robustlab.evaluate.state.ROBUST: no attack (member) broke the sample
 PAIRING_KEYS = ("dataset", "n_examples", "seed", "eps", "norm", "data_hash")
@@ -155,12 +155,9 @@ def load_record(path: str | Path) -> dict[str, Any]:
         p = found[0]
     if not p.is_file():
         raise UserError(f"{p} not found; pass an evaluation record (.json) or a run folder with one record")
-    try:
-        record = json.loads(p.read_text())
-    except (OSError, ValueError):
-        raise UserError(f"{p} is not a JSON evaluation record; pass a file written by robustlab eval") from None
-    if not isinstance(record, dict) or "per_sample" not in record:
-        raise UserError(f"{p} is not an evaluation record with per-sample verdicts; pass a file written by robustlab eval")
+    record, problem = read_record(p, per_sample_problem)
+    if record is None:
+        raise UserError(f"{p} is not a usable evaluation record ({problem}); pass a file written by robustlab eval, or rerun it")
     return record
 
 

@@ -76,7 +76,8 @@ def _check_exists(path: Path) -> None:
 
 def _corrupt(path: Path, exc: Exception) -> UserError:
     reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-    return UserError(f"checkpoint {path} is corrupt or unreadable ({reason}); delete it or use another checkpoint")
+    return UserError(f"{path} is corrupt or not a robustlab checkpoint ({reason}); pass a run folder or a .safetensors "
+                     "checkpoint written by robustlab (a damaged one cannot be repaired: use another checkpoint)")
 
 
 def prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

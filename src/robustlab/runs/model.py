@@ -42,6 +42,27 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
     return create_method(cfg, torch.Generator()).prepare_model(model)
 
 
+def check_input_size(model: nn.Module, data: ImageDataset, device: torch.device) -> None:
+    """One eval-mode forward of two of ``data``'s images, so a model too deep for the image size fails here, in one line.
+
+    Eval mode and no gradients: no batch-norm statistic, weight or random state changes, so training
+    afterwards is exactly what it would have been.
+    """
+    x = data.images[:2].to(device).float() / 255
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        shape = "x".join(map(str, data.image_shape))
+        raise UserError(f"model {type(model).__name__} does not fit {data.name} images of {shape} ({reason}); "
+                        "choose a model for this image size (robustlab list models) or larger images") from None
+    finally:
+        model.train(was_training)
+
+
 def find_checkpoint(path: str | Path, which: str = "last") -> Path:
     """A run folder resolves to ``checkpoints/<which>.safetensors``; a file is taken as given."""
     p = Path(path)

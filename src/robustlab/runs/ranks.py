@@ -42,17 +42,27 @@ def ranks_from_env() -> Ranks:
         raise UserError("RANK, WORLD_SIZE and LOCAL_RANK must be integers; launch with torchrun") from None
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; an unavailable CUDA request is a UserError."""
+DEVICE_TYPES = ("cpu", "cuda")  # what the loops and attacks are written and tested for
+
+
+def resolve_device(name: str, key: str = "train.device") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else must be an available ``cpu`` or ``cuda[:N]``.
+
+    ``key`` names the setting in messages (``train.device`` for a config, ``--device`` for ``robustlab eval``).
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"train.device {name!r} is not a device; use auto, cpu or cuda[:N]") from None
+    except (RuntimeError, ValueError, TypeError):
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise UserError(f"{key} {name!r} is not a supported device; use auto, cpu or cuda[:N]")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device asks for CUDA but none is available; use train.device=cpu or auto")
-    return device
+        raise UserError(f"{key} asks for CUDA but none is available; use {key}{'=' if '.' in key else ' '}cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"{key} {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s); use cuda:0 or auto")
+    return torch.device("cpu") if device.type == "cpu" else device  # cpu:N is the one CPU
 
 
 def join(ranks: Ranks, device: torch.device) -> torch.device:

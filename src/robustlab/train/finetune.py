@@ -36,9 +36,9 @@ from robustlab.errors import UserError
 from robustlab.runs.atomic import atomic_write_text
 from robustlab.runs.model import load_model
 from robustlab.train.feature_gap import feature_gap_logger
-from robustlab.train.loop import Trainer
+from robustlab.train.loop import FINETUNE_RECORD, Trainer
 
-RECORD = "finetune.json"
+RECORD = FINETUNE_RECORD
 _ARCH_KEYS = ("name", "options", "num_classes", "in_channels")
 
 

@@ -38,7 +38,7 @@ from robustlab.runs.checkpoint import (
 )
 from robustlab.runs.lock import RunLock
 from robustlab.runs.metrics import MetricsLog
-from robustlab.runs.model import build_model, model_spec
+from robustlab.runs.model import build_model, check_input_size, model_spec
 from robustlab.runs.ranks import join, ranks_from_env, resolve_device
 from robustlab.rules import config_warnings
 from robustlab.train.distributed import barrier, per_rank_batch, wrap
@@ -110,6 +110,7 @@ class Trainer:
         self.method = create_method(cfg.method, torch.Generator(device=self.device).manual_seed(self._attack_seed()))
         self.method.set_attack_precision(attack_autocast(cfg.train.attack_amp, self.device))
         self.model = build_model(self.spec).to(self.device)
+        check_input_size(self.model, self.eval_set, self.device)  # before any file of the run is written
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         ddp_model = wrap(self.model, self.ranks, self.device)
@@ -356,6 +357,9 @@ def _identity(cfg: RunConfig) -> dict[str, Any]:
     return data
 
 
+FINETUNE_RECORD = "finetune.json"  # written by robustlab.train.finetune into a fine-tuning run folder
+
+
 def _short(classes: list[str]) -> str:
     return f"{len(classes)} ({', '.join(classes[:3])}{', ...' if len(classes) > 3 else ''})"
 
@@ -370,5 +374,12 @@ def _epoch_line(record: dict[str, Any]) -> str:
 
 def train(cfg: RunConfig, *, log: Callable[[str], None] = print,
           after_epoch: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Train (or resume) the run described by ``cfg``; returns the last epoch's record."""
+    """Train (or resume) the run described by ``cfg``; returns the last epoch's record.
+
+    A run folder that holds a fine-tuning run (its ``finetune.json``) is refused: resuming it here would
+    continue another run's weights as if they were this config's own.
+    """
+    if (cfg.run_dir / FINETUNE_RECORD).exists():
+        raise UserError(f"run folder {cfg.run_dir} holds a fine-tuning run ({FINETUNE_RECORD}); resume it with "
+                        "robustlab finetune CONFIG --from SOURCE, or choose another name=...")
     return Trainer(cfg, log=log).fit(after_epoch=after_epoch)

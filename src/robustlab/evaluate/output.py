@@ -1,0 +1,114 @@
+"""Where an evaluation writes: the record, its ``.state.json`` and ``.lock`` siblings, claimed before any work.
+
+An evaluation owns three files: the record ``OUT`` (a ``.json`` path), the per-sample state
+``OUT.state.json`` and the lock ``OUT.lock`` (:class:`~robustlab.runs.lock.RunLock`). :func:`claim_output`
+takes the lock, then refuses (one :class:`~robustlab.errors.UserError` line, before any model runs) when
+one of the three exists and is not ours: a folder, a file that is not a robustlab record, state or lock
+(a user's ``.py`` file, the weights being evaluated, any other JSON). Nothing is written or removed
+before the check, so a refused path is left byte-identical. Under its lock it then removes the temp
+files a killed writer of these files left.
+
+"Ours" is judged by content: a record is a JSON object with a version string, an ``attacks``
+mapping and a numeric ``clean_acc``; a state one with ``fingerprint`` and ``broken_by`` (an edited
+or inconsistent one is ours but not trusted: the resume starts fresh, see
+:mod:`robustlab.evaluate.state`); a lock file is empty or holds a pid. Deviation: a hand-made JSON
+file with those keys would be taken for ours.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from robustlab.errors import UserError
+from robustlab.runs.atomic import remove_stale_temps
+from robustlab.runs.lock import RunLock
+
+STATE_KEYS = ("fingerprint", "broken_by")
+LOCK_MAX_BYTES = 32  # a lock file holds at most a pid and a newline
+
+
+def state_path(out: Path) -> Path:
+    """The per-sample state beside the record ``out``."""
+    return out.with_suffix(".state.json")
+
+
+def lock_path(out: Path) -> Path:
+    """The lock file beside the record ``out``."""
+    return out.with_suffix(".lock")
+
+
+def _json_object(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_bytes())
+    except (ValueError, OSError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _is_record(path: Path) -> bool:
+    """A JSON object with a version string, an ``attacks`` mapping and a numeric ``clean_acc``, as records have."""
+    data = _json_object(path)
+    return (data is not None and isinstance(data.get("robustlab_version"), str) and isinstance(data.get("attacks"), dict)
+            and isinstance(data.get("clean_acc"), (int, float)))
+
+
+def _is_state(path: Path) -> bool:
+    """A JSON object with a state's ``fingerprint`` and ``broken_by`` (damaged or not: resuming checks the rest)."""
+    data = _json_object(path)
+    return data is not None and all(k in data for k in STATE_KEYS)
+
+
+def _is_lock_file(path: Path) -> bool:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    text = data.strip()
+    return len(data) <= LOCK_MAX_BYTES and (not text or text.isdigit())
+
+
+def _refusal(path: Path, what: str, out: Path) -> UserError:
+    return UserError(f"{path} exists and is {what}, so it is never overwritten; pass --out NEW.json (another record path) "
+                     f"or move that file away (record {out})")
+
+
+def check_output(out: Path) -> None:
+    """Refuse ``out`` unless it is a ``.json`` path whose record, state and lock are absent or robustlab's own."""
+    if out.suffix != ".json":
+        raise UserError(f"--out {out} must be a .json record path (its state and lock files go beside it); pass e.g. --out {out.with_suffix('.json')}")
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; pass a record file path such as {out / 'eval.json'}")
+    for path, ours, what in ((out, _is_record, "not a robustlab evaluation record"),
+                             (state_path(out), _is_state, "not a robustlab evaluation state")):
+        if path.is_dir():
+            raise _refusal(path, "a folder", out)
+        if path.exists() and not ours(path):
+            raise _refusal(path, what, out)
+    lock = lock_path(out)
+    if lock.is_dir() or (lock.exists() and not _is_lock_file(lock)):
+        raise _refusal(lock, "not a robustlab lock file", out)
+
+
+@contextmanager
+def claim_output(out: Path, *, main: bool = True, log: Callable[[str], None] = print) -> Iterator[Path]:
+    """Check ``out`` (:func:`check_output`), hold its lock for the ``with`` block, clear stale temps; yields the state path.
+
+    ``main``: False on the non-zero ranks of a torchrun job, which only read (rank 0 checks and locks).
+    """
+    if not main:
+        yield state_path(out)
+        return
+    check_output(out)  # before the lock file is created, so a refused path gains no sibling
+    lock = RunLock(lock_path(out))
+    stale = lock.acquire(f"evaluation record {out}")
+    if stale is not None:
+        log(f"took over the lock of process {stale}, which is gone")
+    try:
+        check_output(out)  # again under the lock: another process may have written meanwhile
+        remove_stale_temps(out.parent, (out.name, state_path(out).name))
+        yield state_path(out)
+    finally:
+        lock.release()

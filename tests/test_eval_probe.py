@@ -1,0 +1,72 @@
+"""No silent wrong number: the probe forward, step sizes, budgets and labels (issue 20, item 2)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from outside import eval_args, write_model
+from robustlab.cli import main
+from robustlab.evaluate.runner import eps_label
+from test_eval_output import _one_error_line
+
+
+@pytest.mark.parametrize("forward, words", [
+    ("nan", "NaN or infinite logits for 16 of 16"),
+    ("integer", "torch.int64 outputs, not float logits"),
+])
+def test_non_finite_or_integer_logits_are_refused_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], forward: str, words: str
+) -> None:
+    out = tmp_path / "r.json"
+    assert main(eval_args(*write_model(tmp_path / "m", forward), "--out", str(out))) == 2
+    assert words in _one_error_line(capsys.readouterr().err)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("forward", ["detached", "constant", "no_grad"])
+def test_gradient_free_model_gets_the_zero_gradient_flag_and_only_square(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], forward: str
+) -> None:
+    out = tmp_path / "r.json"
+    args = eval_args(*write_model(tmp_path / "m", forward), "--out", str(out), n=8)
+    args.remove("--no-checks")  # the checks must be skipped, not crash
+    assert main(args) == 0
+    record = json.loads(out.read_text())
+    assert list(record["attacks"]) == ["square"]
+    assert [f["code"] for f in record["flags"]] == ["zero_gradients"]
+    assert "fgsm, pgd-3 skipped" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value", ["0", "-0.01", "-1/255"])
+def test_step_size_zero_or_negative_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str) -> None:
+    out = tmp_path / "r.json"
+    assert main(eval_args(*write_model(tmp_path / "m"), "--out", str(out), f"--step-size={value}")) == 2
+    assert "--step-size" in _one_error_line(capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_eps_zero_warns_and_negative_eps_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = write_model(tmp_path / "m")
+    args = eval_args(*model, "--out", str(tmp_path / "r.json"))
+    args[args.index("--eps") + 1] = "0"
+    assert main([*args, "--step-size", "0.01"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: eps is 0" in out and "eps=0 (linf)" in out
+    args[args.index("--eps") + 1] = "-0.1"
+    assert main([*args, "--out", str(tmp_path / "s.json")]) == 2
+    assert "negative" in _one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("eps, label", [(8 / 255, "8/255"), (100.0, "100"), (-0.0, "0"), (0.0, "0"), (1.0, "1"), (0.5, "0.5"), (0.1, "0.1")])
+def test_eps_labels(eps: float, label: str) -> None:
+    assert eps_label(eps) == label
+
+
+@pytest.mark.parametrize("device", ["meta", "cuda:x", "", "xla", "cpu:-1"])
+def test_bad_eval_devices_give_one_line_naming_the_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str], device: str) -> None:
+    assert main(eval_args(*write_model(tmp_path / "m"), "--out", str(tmp_path / "r.json"), f"--device={device}")) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "--device" in line and "train.device" not in line
