@@ -5,6 +5,9 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -114,3 +117,48 @@ def test_outside_evaluations_take_the_record_lock(tmp_path: Path, model: tuple[P
     finally:
         os.close(fd)
     assert main(eval_args(*model, "--out", str(out))) == 0
+
+
+GATE = """
+
+import os
+import time
+
+
+def gate(x, z):
+    \"\"\"With GATE set, the first 16-image forward (evaluate_model's probe, under the record's lock) waits for GATE.go.\"\"\"
+    if x.shape[0] == 16 and os.environ.get("GATE") and not os.path.exists(os.environ["GATE"] + ".started"):
+        open(os.environ["GATE"] + ".started", "w").close()
+        deadline = time.monotonic() + 120
+        while not os.path.exists(os.environ["GATE"] + ".go") and time.monotonic() < deadline:
+            time.sleep(0.02)
+    return z
+"""
+
+
+def _wait_for(path: Path, child: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 120
+    while not path.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert path.exists(), child.communicate()
+
+
+def test_two_outside_evaluations_at_once_on_one_output_one_is_refused(
+    tmp_path: Path, model: tuple[Path, Path], capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Two real evaluations of one record at once: the second, started while the first evaluates, is refused."""
+    model_file, weights = model
+    model_file.write_text(model_file.read_text().replace("return z", "return gate(x, z)") + GATE)
+    out, gate = tmp_path / "r.json", tmp_path / "gate"
+    argv = eval_args(model_file, weights, "--out", str(out))
+    first = subprocess.Popen([sys.executable, "-m", "robustlab", *argv], env={**os.environ, "GATE": str(gate)},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(Path(f"{gate}.started"), first)  # the first holds the lock and is evaluating
+        assert main(argv) == 2
+        assert f"in use by process {first.pid}" in _one_error_line(capsys.readouterr().err)
+    finally:
+        Path(f"{gate}.go").touch()
+        stdout, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr
+    assert f"record written to {out}" in stdout and json.loads(out.read_text())["n_examples"] == 16

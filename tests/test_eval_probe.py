@@ -9,7 +9,7 @@ import pytest
 
 from outside import eval_args, write_model
 from robustlab.cli import main
-from robustlab.evaluate.runner import eps_label
+from robustlab.runs.record import eps_label
 from test_eval_output import _one_error_line
 
 

@@ -15,7 +15,8 @@ from torch import nn
 
 from robustlab.data import ImageDataset
 from robustlab.evaluate import evaluate_model
-from robustlab.evaluate.runner import eps_label, run_suite, summarise
+from robustlab.evaluate.runner import run_suite, summarise
+from robustlab.runs.record import eps_label
 from robustlab.evaluate.state import EvalState
 from robustlab.evaluate.suite import AttackSpec, autoattack_version, build_suite, group_that_ran
 
@@ -138,6 +139,16 @@ def test_changed_setting_starts_fresh_with_a_message(tmp_path: Path, changed: di
     messages: list[str] = []
     evaluate_model(ThresholdModel(), data, **{**kwargs, **changed}, log=messages.append)
     assert any("settings changed" in m and next(iter(changed)) in m for m in messages)
+
+
+def test_every_record_has_the_robustbench_style_block() -> None:
+    """Not only outside models: an in-memory model's record carries ``model_info`` over the requested attacks."""
+    record = evaluate_model(ThresholdModel(), dataset([0.1, 0.45, 0.9]), attacks=["FGSM", "pgd-3"], eps=0.1, device="cpu",
+                            checks=False, log=lambda _: None)
+    info = record["model_info"]
+    assert info["robust_acc_attacks"] == ["fgsm", "pgd-3"] and info["autoattack_acc"] is None
+    assert (info["clean_acc"], info["robust_acc"]) == (round(100 * record["clean_acc"], 2), round(100 * record["robust_acc"], 2))
+    assert info["threat_model"] == "Linf" and "(no autoattack)" in info["attack_version"]
 
 
 def test_eps_labels() -> None:

@@ -2,7 +2,8 @@
 
 from robustlab.evaluate.api import evaluate_checkpoint, evaluate_model
 from robustlab.evaluate.flags import Flag
-from robustlab.evaluate.runner import format_table, run_suite, summarise
+from robustlab.evaluate.runner import run_suite, summarise
+from robustlab.runs.record import format_table
 from robustlab.evaluate.suite import build_suite
 from robustlab.runs.model import load_model  # public here too: evaluate a trained run's model
 

@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 import robustlab
-
 from robustlab.attacks.counting import Stopwatch, count_passes
 from robustlab.config import RunConfig, from_dict
 from robustlab.data import ImageDataset, fixed_subset, load_dataset
@@ -22,12 +21,13 @@ from robustlab.evaluate.output import check_output, claim_output
 from robustlab.evaluate.probe import gradient_free_suite, probe_forward
 from robustlab.evaluate.progress import Progress
 from robustlab.evaluate.sharding import gather_states, shard_batches
-from robustlab.evaluate.runner import eps_label, format_table, make_record, run_suite, summarise, write_record
+from robustlab.evaluate.runner import run_suite, summarise
 from robustlab.evaluate.state import EvalState, finished_work, labels_hash, model_hash
-from robustlab.evaluate.suite import autoattack_version, build_suite, check_attack_names
+from robustlab.evaluate.suite import autoattack_version, build_suite, check_attack_names, group_that_ran
 from robustlab.rules import STANDARD_EPS, budget_warnings, check_budget, check_step_size, eval_budget_warnings
 from robustlab.runs.model import load_model
 from robustlab.runs.ranks import join, ranks_from_env, resolve_device
+from robustlab.runs.record import eps_label, format_table, make_record, write_record
 
 
 def _placed(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
@@ -81,6 +81,7 @@ def evaluate_model(
     the logits agree to float rounding. Recorded under ``channels_last``.
     """
     check_attack_names(attacks)
+    requested = list(attacks)
     ranks = ranks_from_env()
     dev = join(ranks, resolve_device(device, key="--device") if isinstance(device, str) else device)
     log = log if ranks.main else (lambda _: None)
@@ -152,7 +153,35 @@ def evaluate_model(
         "wall_time_s": round(time.perf_counter() - started, 3), "device": str(dev), "processes": ranks.world,
         "channels_last": channels_last,
     }
-    return make_record(result, settings=settings, specs=specs, model_info=dict(model_info or {}))
+    params = {s.name: s.describe() for s in specs}
+    faithful = group_that_ran("autoattack", params.get("autoattack", {})) == "autoattack"
+    return make_record(result, settings=settings, attack_params=params, model_info=dict(model_info or {}),
+                       attacks=requested, autoattack_faithful=faithful)
+
+
+def evaluate_into(
+    out: Path, model: nn.Module, data: ImageDataset, *, transfer_from: str | Path | None, device: torch.device,
+    log: Callable[[str], None] = print, **options: Any,
+) -> dict[str, Any]:
+    """Evaluate ``model`` on ``data`` into the record at ``out``: the one tail of every entry point.
+
+    Under the record's lock (:func:`~robustlab.evaluate.output.claim_output`: an existing ``out`` that is
+    not a robustlab record is refused before any work, stale temp files are cleared) it runs
+    :func:`evaluate_model` (``options`` are its keywords) with the per-sample state beside ``out``, so a
+    rerun resumes; rank 0 writes the record and prints its table. ``transfer_from``: a run folder or
+    checkpoint whose model crafts transfer attacks.
+    """
+    main = ranks_from_env().main
+    if main:
+        check_output(out)  # before the transfer source loads
+    source = load_model(transfer_from, device=device)[0] if transfer_from is not None else None
+    with claim_output(out, main=main, log=log) as state:
+        record = evaluate_model(model, data, state_path=state, transfer_source=source, device=device, log=log, **options)
+        if main:
+            write_record(out, record)
+            log(format_table(record))
+            log(f"record written to {out}")
+    return record
 
 
 def evaluate_checkpoint(
@@ -215,19 +244,8 @@ def evaluate_checkpoint(
         run_dir = Path(meta["checkpoint"]).parent.parent
         tag = "_".join(a.strip().lower() for a in attacks) + ("_adaptive" if adaptive or transfer_from else "")
         out = run_dir / "eval" / f"{which}_{tag}_{eps_label(eps).replace('/', 'over')}_{norm}.json"
-    out = Path(out)
-    check_output(out)
-    source = load_model(transfer_from, device=dev)[0] if transfer_from is not None else None
-    main = ranks_from_env().main
-    with claim_output(out, main=main, log=log) as state:
-        record = evaluate_model(
-            model, data, attacks=attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts,
-            batch_size=batch_size, seed=seed, device=dev, state_path=state,
-            model_info=model_info, adaptive=adaptive, transfer_source=source, checks=checks,
-            channels_last=channels_last, log=log,
-        )
-        if main:
-            write_record(out, record)
-            log(format_table(record))
-            log(f"record written to {out}")
-    return record
+    return evaluate_into(
+        Path(out), model, data, attacks=attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts,
+        batch_size=batch_size, seed=seed, device=dev, model_info=model_info, adaptive=adaptive,
+        transfer_from=transfer_from, checks=checks, channels_last=channels_last, log=log,
+    )

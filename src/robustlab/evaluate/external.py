@@ -32,15 +32,14 @@ from torch import nn
 
 from robustlab.data import ImageDataset, fixed_subset, load_dataset
 from robustlab.errors import UserError
-from robustlab.evaluate.api import evaluate_model
-from robustlab.evaluate.output import check_output, claim_output
+from robustlab.evaluate.api import evaluate_into
+from robustlab.evaluate.output import check_output
 from robustlab.evaluate.probe import one_line
-from robustlab.runs.model import load_model
-from robustlab.evaluate.runner import eps_label, format_table, write_record
-from robustlab.evaluate.suite import check_attack_names, group_that_ran
+from robustlab.evaluate.suite import check_attack_names
 from robustlab.models import Normalize
 from robustlab.rules import STANDARD_EPS
-from robustlab.runs.ranks import ranks_from_env, resolve_device
+from robustlab.runs.ranks import resolve_device
+from robustlab.runs.record import eps_label
 
 # What a user's file, factory or forward may raise: exiting or interrupting is that code's failure too.
 USER_CODE_FAILURES = (Exception, SystemExit, KeyboardInterrupt)
@@ -114,7 +113,7 @@ def import_factory(spec: str) -> tuple[Callable[[], Any], dict[str, Any]]:
     return factory, {**info, "factory": factory_name}
 
 
-def build_model(factory: Callable[[], Any], spec: str) -> nn.Module:
+def call_factory(factory: Callable[[], Any], spec: str) -> nn.Module:
     """Call the factory (no arguments); it must return an ``nn.Module``."""
     try:
         model = factory()
@@ -237,7 +236,7 @@ def load_external(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The model of ``spec`` with ``weights``, normalised by ``stats`` and checked on ``data``; plus its source record."""
     factory, source = import_factory(spec)
-    model = build_model(factory, spec)
+    model = call_factory(factory, spec)
     load_weights(model, unwrap_state_dict(read_weights(weights), str(weights), log), str(weights))
     source["architecture"] = type(model).__name__
     model = wrap_normalize(model, stats, data.image_shape[0]).to(device)
@@ -246,27 +245,6 @@ def load_external(
     if stats is not None:
         source["normalization"] = {"mean": stats[0], "std": stats[1]}
     return model.eval(), source
-
-
-def model_info_block(record: dict[str, Any], attacks: list[str]) -> dict[str, Any]:
-    """A RobustBench-style model-info entry of a record (accuracies in percent, as RobustBench writes them).
-
-    ``autoattack_acc`` is the robust accuracy under the reference-faithful ``autoattack`` group when it
-    ran (its member parameters say so, :func:`~robustlab.evaluate.suite.group_that_ran`), else None; ``robust_acc`` is always the per-sample worst case over all of ``attacks`` (named in
-    ``robust_acc_attacks``). ``attack_version`` names robustlab's version and the attacks.
-    """
-    names = [a.strip().lower() for a in attacks]
-    autoattack = record["attacks"].get("autoattack")
-    if group_that_ran("autoattack", record["attack_params"].get("autoattack", {})) != "autoattack":
-        autoattack = None
-    return {
-        "dataset": record["dataset"], "threat_model": {"linf": "Linf", "l2": "L2"}[record["norm"]],
-        "eps": record["eps"], "eps_label": record["eps_label"], "norm": record["norm"], "n_examples": record["n_examples"],
-        "clean_acc": round(100 * record["clean_acc"], 2),
-        "autoattack_acc": None if autoattack is None else round(100 * autoattack["robust_acc"], 2),
-        "robust_acc": round(100 * record["robust_acc"], 2), "robust_acc_attacks": names,
-        "attack_version": f"robustlab {record['robustlab_version']} " + ("autoattack standard" if autoattack is not None else "(no autoattack)") + f": {', '.join(names)}",
-    }
 
 
 def model_identity(source: dict[str, Any]) -> str:
@@ -321,7 +299,7 @@ def evaluate_external(
     ε defaults to RobustBench's standard budget (8/255 for L∞, 0.5 for L2), the step size to ε/4.
     The record is a run record (:func:`~robustlab.evaluate.api.evaluate_model`) plus ``model_source``
     (file or module, factory, sha256 of the model file and of the weights) and ``model_info``
-    (:func:`model_info_block`). It is written to ``out`` (default :func:`default_out`, named with the
+    (:func:`~robustlab.runs.record.model_info_block`). It is written to ``out`` (default :func:`default_out`, named with the
     model's identity) under the record's lock (:func:`~robustlab.evaluate.output.claim_output`: an
     existing ``out`` that is not a robustlab record is refused before any work), and the per-sample
     state beside it makes a rerun resume.
@@ -350,26 +328,10 @@ def load_data(
 
 
 def evaluate_outside_model(
-    model: nn.Module, source: dict[str, Any], dataset: ImageDataset, out: Path, *, attacks: list[str], eps: float,
-    norm: str, step_size: float | None, restarts: int, batch_size: int, seed: int, device: torch.device, split: str,
-    adaptive: bool, transfer_from: str | Path | None, checks: bool, channels_last: bool, log: Callable[[str], None],
+    model: nn.Module, source: dict[str, Any], dataset: ImageDataset, out: Path, *, split: str, **options: Any,
 ) -> dict[str, Any]:
     """Evaluate a loaded outside model (any source: a factory, RobustBench's zoo) into a record at ``out``:
-    the run record plus ``model_source`` and ``model_info`` (:func:`model_info_block`), written under the
-    record's lock (:func:`~robustlab.evaluate.output.claim_output`: an existing ``out`` that is not a robustlab
-    record is refused before any work); resumable from the state beside ``out``."""
-    transfer = load_model(transfer_from, device=device)[0] if transfer_from is not None else None
-    main = ranks_from_env().main
-    with claim_output(out, main=main, log=log) as state:
-        record = evaluate_model(
-            model, dataset, attacks=attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts,
-            batch_size=batch_size, seed=seed, device=device, state_path=state,
-            model_info={"model_source": source, "architecture": source["architecture"], "split": split},
-            adaptive=adaptive, transfer_source=transfer, checks=checks, channels_last=channels_last, log=log,
-        )
-        record["model_info"] = model_info_block(record, attacks)
-        if main:
-            write_record(out, record)
-            log(format_table(record))
-            log(f"record written to {out}")
-    return record
+    the run record plus ``model_source``, written by :func:`~robustlab.evaluate.api.evaluate_into` (whose
+    keywords ``options`` are) under the record's lock; resumable from the state beside ``out``."""
+    model_info = {"model_source": source, "architecture": source["architecture"], "split": split}
+    return evaluate_into(out, model, dataset, model_info=model_info, **options)

@@ -11,36 +11,22 @@ saved after each attack and group member of a batch.
 
 from __future__ import annotations
 
-import datetime
-import json
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-import robustlab
 from robustlab.attacks._common import eval_mode, flat_norm
 from robustlab.attacks.counting import Stopwatch, count_passes
 from robustlab.data import DeviceLoader, ImageDataset
 from robustlab.evaluate.flags import Flag
 from robustlab.evaluate.progress import Progress
-from robustlab.evaluate.state import NOT_RUN, ROBUST, AttackCost, EvalState
+from robustlab.evaluate.state import AttackCost, EvalState
 from robustlab.evaluate.suite import AttackSpec
-from robustlab.runs.atomic import atomic_write_text
+from robustlab.runs.record import NOT_RUN, ROBUST
 
 TOLERANCE = 1e-5
-
-
-def eps_label(eps: float) -> str:
-    """``8/255`` for non-integer values in (0, 1) that are k/255, else the float (``0`` for either zero, ``100`` not ``25500/255``)."""
-    if eps == 0:
-        return "0"
-    frac = Fraction(eps).limit_denominator(255)
-    if 0 < eps < 1 and 255 % frac.denominator == 0 and abs(float(frac) - eps) < 1e-9:
-        return f"{frac.numerator * (255 // frac.denominator)}/255"
-    return f"{eps:g}"
 
 
 def within_threat_model(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
@@ -203,36 +189,3 @@ def summarise(state: EvalState, specs: list[AttackSpec]) -> dict[str, Any]:
         "flags": [f.to_dict() for f in flags],
         "per_sample": {"clean": clean.int().tolist(), "broken_by": dict(state.broken_by)},
     }
-
-
-def make_record(result: dict[str, Any], *, settings: dict[str, Any], specs: list[AttackSpec], model_info: dict[str, Any]) -> dict[str, Any]:
-    """A flat, RobustBench-like JSON record: numbers as numbers, every setting listed."""
-    return {
-        "robustlab_version": robustlab.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        **model_info,
-        **settings,
-        "eps_label": eps_label(settings["eps"]),
-        "attack_params": {s.name: s.describe() for s in specs},
-        **result,
-    }
-
-
-def write_record(path: Path, record: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(record, indent=1) + "\n")
-
-
-def format_table(record: dict[str, Any]) -> str:
-    """Plain-text table of a record plus its flags in words."""
-    lines = [f"{'attack':<20} {'accuracy':>9} {'time s':>8} {'fwd/smp':>8} {'bwd/smp':>8}"]
-    lines.append(f"{'clean':<20} {100 * record['clean_acc']:>8.2f}%")
-    for name, a in record["attacks"].items():
-        lines.append(f"{name:<20} {100 * a['robust_acc']:>8.2f}% {a['time_s']:>8.2f} {a['forward_per_sample']:>8.1f} {a['backward_per_sample']:>8.1f}")
-        for member, acc in a.get("robust_acc_after", {}).items():
-            lines.append(f"{'  after ' + member:<20} {100 * acc:>8.2f}%")
-    lines.append(f"{'worst case':<20} {100 * record['robust_acc']:>8.2f}%")
-    header = f"{record.get('dataset', '?')} n={record['n_examples']} eps={record['eps_label']} ({record['norm']})"
-    flags = [f"FLAG {f['code']}: {f['message']}" for f in record["flags"]]
-    if not flags and record.get("checks_run"):
-        flags = ["checks: no sign of gradient masking in the automatic checks"]
-    return "\n".join([header, *lines, *flags])

@@ -24,11 +24,10 @@ import torch
 from torch import nn
 
 from robustlab.runs.atomic import atomic_write_text
+from robustlab.runs.record import NOT_RUN
 
 DIGEST_KEY = "digest"  # sha256 of the rest of the saved state (sorted-key JSON)
-NOT_RUN = -2  # verdict not computed yet
 MAX_MEMBERS = 64  # bound on a group's member index in a saved verdict (autoattack has 4)
-ROBUST = -1   # no attack (member) broke the sample; k >= 0: member k broke it; clean-wrong samples: ROBUST is never set
 
 
 @dataclass

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from robustlab.errors import UserError
-from robustlab.report.records import read_record
 from robustlab.runs.atomic import atomic_write_text
 from robustlab.runs.metrics import read_metrics
+from robustlab.runs.record import read_record
 
 
 def eval_records(run_dir: Path, log: Callable[[str], None] = print) -> list[dict[str, Any]]:

@@ -2,7 +2,7 @@
 seeds, mean ± standard deviation over seeds, and a held / not held / inconclusive verdict from the interval.
 
 A record's per-sample verdicts (``per_sample.clean`` and ``per_sample.broken_by``, see
-:mod:`robustlab.evaluate.runner`) give a 0/1 correctness vector per metric: ``clean``; an attack name
+:mod:`robustlab.runs.record`) give a 0/1 correctness vector per metric: ``clean``; an attack name
 (correct and not broken by that attack); or ``worst`` (correct and broken by none of the record's
 attacks, the record's worst case). Two records pair when they were evaluated on the same images (same
 dataset, size, subset seed, ε, norm and, when recorded, the same data hash).
@@ -23,9 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from robustlab.errors import UserError
-from robustlab.report.records import per_sample_problem, read_record
+from robustlab.runs.record import ROBUST, per_sample_problem, read_record
 
-ROBUST = -1  # robustlab.evaluate.state.ROBUST: no attack (member) broke the sample
 PAIRING_KEYS = ("dataset", "n_examples", "seed", "eps", "norm", "data_hash")
 
 

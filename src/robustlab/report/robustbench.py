@@ -32,7 +32,6 @@ from robustlab.runs.atomic import atomic_write_text
 FIELDS = ("link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue", "architecture",
           "eps", "clean_acc", "reported", "autoattack_acc", "external", "footnote")
 REFERENCE_GROUPS = ("autoattack", "autoattack-rand")
-THREAT_MODELS = {"linf": "Linf", "l2": "L2"}
 
 
 def percent(value: float) -> str:
