@@ -160,7 +160,7 @@ def evaluate_model(
 
 
 def evaluate_into(
-    out: Path, model: nn.Module, data: ImageDataset, *, transfer_from: str | Path | None, device: torch.device,
+    out: Path, model: nn.Module, data: ImageDataset, *, transfer_from: str | Path | None = None, device: torch.device,
     log: Callable[[str], None] = print, **options: Any,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on ``data`` into the record at ``out``: the one tail of every entry point.

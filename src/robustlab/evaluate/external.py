@@ -280,29 +280,23 @@ def evaluate_external(
     split: str = "test",
     eps: float | None = None,
     norm: str = "linf",
-    step_size: float | None = None,
-    restarts: int = 1,
     n_examples: int | None = None,
-    batch_size: int = 256,
     seed: int = 0,
     device: str = "auto",
     out: str | Path | None = None,
     stats: tuple[list[float], list[float]] | None = None,
-    adaptive: bool = False,
-    transfer_from: str | Path | None = None,
-    checks: bool = True,
-    channels_last: bool = False,
     log: Callable[[str], None] = print,
+    **options: Any,
 ) -> dict[str, Any]:
     """Evaluate an outside model (``FILE.py:factory`` or ``package.module:factory`` with ``weights``) on ``data``.
 
     ε defaults to RobustBench's standard budget (8/255 for L∞, 0.5 for L2), the step size to ε/4.
-    The record is a run record (:func:`~robustlab.evaluate.api.evaluate_model`) plus ``model_source``
-    (file or module, factory, sha256 of the model file and of the weights) and ``model_info``
-    (:func:`~robustlab.runs.record.model_info_block`). It is written to ``out`` (default :func:`default_out`, named with the
-    model's identity) under the record's lock (:func:`~robustlab.evaluate.output.claim_output`: an
-    existing ``out`` that is not a robustlab record is refused before any work), and the per-sample
-    state beside it makes a rerun resume.
+    ``options`` are :func:`~robustlab.evaluate.api.evaluate_model`'s other keywords (``step_size``,
+    ``restarts``, ``batch_size``, ``adaptive``, ``checks``, ``channels_last``) and ``transfer_from``, with
+    their defaults there. The record is a run record plus ``model_source`` (file or module, factory,
+    sha256 of the model file and of the weights). It is written to ``out`` (default :func:`default_out`,
+    named with the model's identity) by :func:`evaluate_outside_model` (an existing ``out`` that is not a
+    robustlab record is refused before any work), and the per-sample state beside it makes a rerun resume.
     """
     check_attack_names(attacks)
     dev = resolve_device(device, key="--device")
@@ -312,11 +306,8 @@ def evaluate_external(
     dataset = load_data(data, data_root, split, n_examples, seed, download=download)
     model, source = load_external(spec, weights, dataset, stats=stats, device=dev, log=log)
     out = Path(out) if out is not None else default_out(spec, model_identity(source), data, split, attacks, eps, norm)
-    return evaluate_outside_model(
-        model, source, dataset, out, attacks=attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts,
-        batch_size=batch_size, seed=seed, device=dev, split=split, adaptive=adaptive, transfer_from=transfer_from,
-        checks=checks, channels_last=channels_last, log=log,
-    )
+    return evaluate_outside_model(model, source, dataset, out, split=split, attacks=attacks, eps=eps, norm=norm,
+                                  seed=seed, device=dev, log=log, **options)
 
 
 def load_data(

@@ -133,14 +133,14 @@ def load_zoo_model(
 def evaluate_zoo(
     name: str, *, dataset: str = "cifar10", threat_model: str = "Linf", model_dir: str | Path = "models",
     attacks: list[str], data: str | None = None, data_root: str | Path | None = None, split: str = "test",
-    eps: float | None = None, step_size: float | None = None, restarts: int = 1, n_examples: int | None = None,
-    batch_size: int = 256, seed: int = 0, device: str = "auto", out: str | Path | None = None, adaptive: bool = False,
-    transfer_from: str | Path | None = None, checks: bool = True, channels_last: bool = False,
-    log: Callable[[str], None] = print,
+    eps: float | None = None, n_examples: int | None = None, seed: int = 0, device: str = "auto",
+    out: str | Path | None = None, log: Callable[[str], None] = print, **options: Any,
 ) -> dict[str, Any]:
     """Evaluate RobustBench entry ``name`` from its local checkpoint on ``data`` (default: ``dataset``, files under
     ``data_root``). ε defaults to RobustBench's budget of the threat model (8/255, 0.5). The record goes to ``out``
-    (default ``runs/eval/robustbench_<name>/<data>_<split>_<attacks>_<eps>_<norm>.json``)."""
+    (default ``runs/eval/robustbench_<name>/<data>_<split>_<attacks>_<eps>_<norm>.json``). ``options`` are
+    :func:`~robustlab.evaluate.api.evaluate_model`'s other keywords and ``transfer_from``, as for
+    :func:`~robustlab.evaluate.external.evaluate_external`."""
     require_checkpoint(name, dataset, threat_model, model_dir)  # a bad name or a missing file fails before any data is read
     check_attack_names(attacks)
     if out is not None:
@@ -151,8 +151,5 @@ def evaluate_zoo(
     images = load_data(data or dataset, data_root, split, n_examples, seed)
     model, source = load_zoo_model(name, dataset, threat_model, model_dir, images, dev, log)
     target = Path(out) if out is not None else DEFAULT_OUT / f"robustbench_{name}" / record_file_name(data or dataset, split, attacks, eps, norm)
-    return evaluate_outside_model(
-        model, source, images, target, attacks=attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts,
-        batch_size=batch_size, seed=seed, device=dev, split=split, adaptive=adaptive, transfer_from=transfer_from,
-        checks=checks, channels_last=channels_last, log=log,
-    )
+    return evaluate_outside_model(model, source, images, target, split=split, attacks=attacks, eps=eps, norm=norm,
+                                  seed=seed, device=dev, log=log, **options)
