@@ -13,7 +13,7 @@ from safetensors import safe_open
 from robustlab.config import ScheduleConfig
 from robustlab.errors import UserError
 from robustlab.train import Trainer, train
-from robustlab.runs.checkpoint import load_checkpoint, read_metadata
+from robustlab.runs.checkpoint import FORMAT_VERSION, checkpoint_path, load_checkpoint, read_metadata, save_checkpoint
 from robustlab.train.ema import ModelEma, ema_decay_at
 from robustlab.runs.metrics import read_metrics
 from robustlab.train.optim import lr_factor
@@ -161,6 +161,23 @@ def test_training_attack_precision_is_its_own_setting(tmp_path: Path, method: st
     attack = {dtype for training, dtype in seen if not training}
     update = {dtype for training, dtype in seen if training}
     assert attack == {attack_dtype} and update == {torch.bfloat16}
+
+
+def test_fp16_update_on_cpu_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="train.amp=fp16 needs a CUDA device"):
+        Trainer(tiny_config(tmp_path, **{"train.amp": "fp16"}), log=lambda _: None)
+
+
+def test_a_checkpoint_of_another_format_version_is_not_resumed(tmp_path: Path) -> None:
+    """The writer's header carries FORMAT_VERSION; the resume refuses any other version in one line."""
+    cfg = tiny_config(tmp_path, **{"train.epochs": 1})
+    train(cfg, log=lambda _: None)
+    last = checkpoint_path(tmp_path / cfg.name)
+    tensors, meta = load_checkpoint(last)
+    assert meta["format"] == FORMAT_VERSION
+    save_checkpoint(last, tensors, {**meta, "format": FORMAT_VERSION + 1})
+    with pytest.raises(UserError, match="not a resumable robustlab training checkpoint"):
+        train(cfg, log=lambda _: None)
 
 
 def test_fp16_attack_on_cpu_is_a_user_error(tmp_path: Path) -> None:

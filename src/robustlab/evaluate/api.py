@@ -25,6 +25,7 @@ from robustlab.evaluate.runner import run_suite, summarise
 from robustlab.evaluate.state import EvalState, finished_work, labels_hash, model_hash
 from robustlab.evaluate.suite import autoattack_version, build_suite, check_attack_names, group_that_ran
 from robustlab.rules import STANDARD_EPS, budget_warnings, check_budget, check_step_size, eval_budget_warnings
+from robustlab.runs.checkpoint import run_folder
 from robustlab.runs.model import load_model
 from robustlab.runs.ranks import join, ranks_from_env, resolve_device
 from robustlab.runs.record import eps_label, format_table, make_record, write_record
@@ -241,7 +242,7 @@ def evaluate_checkpoint(
         "method": cfg.method.name, "epoch": meta.get("epoch"), "run": cfg.name, "split": split,
     }
     if out is None:
-        run_dir = Path(meta["checkpoint"]).parent.parent
+        run_dir = run_folder(Path(meta["checkpoint"]))
         tag = "_".join(a.strip().lower() for a in attacks) + ("_adaptive" if adaptive or transfer_from else "")
         out = run_dir / "eval" / f"{which}_{tag}_{eps_label(eps).replace('/', 'over')}_{norm}.json"
     return evaluate_into(

@@ -1,9 +1,13 @@
-"""Checkpoints: tensors only (safetensors) with a JSON header, written atomically.
+"""Checkpoints: the format's one owner (layout, header, version) for the trainer that writes them and the loader that reads them.
 
-A checkpoint file holds flat named tensors (``model.*``, ``ema.*``, ``optim.*``, RNG states) and its
-non-tensor facts (epoch, step, config, optimiser hyper-parameters) as JSON in the safetensors
-metadata, so one ``os.replace`` publishes both at once. A human-readable copy of the JSON is written
-beside it (``last.json``). Nothing is pickled; loading never executes code.
+Layout: a run folder keeps its checkpoints as ``<run>/checkpoints/<which>.safetensors``
+(:func:`checkpoint_path`; ``last`` is the resumable one). A checkpoint file holds flat named tensors
+(:data:`MODEL`, :data:`EMA` and :data:`OPTIM` state under those prefixes, the generator and RNG states
+under :data:`LOADER_GENERATOR`, :data:`METHOD_GENERATOR`, :data:`RNG_TORCH`, :data:`RNG_CUDA`) and its
+non-tensor facts as JSON in the safetensors metadata (:func:`header`: ``format`` = :data:`FORMAT_VERSION`,
+epoch, step, best, overfit watch, model spec, config, metrics, which weights to evaluate; a resumable one
+adds ``optimizer`` and ``scaler``), so one ``os.replace`` publishes both at once. A human-readable copy of
+the JSON is written beside it (``last.json``). Nothing is pickled; loading never executes code.
 """
 
 from __future__ import annotations
@@ -22,6 +26,34 @@ from robustlab.runs.atomic import atomic_write_text, temp_beside
 from robustlab.runs.faults import fault_point
 
 META_KEY = "robustlab"
+FORMAT_VERSION = 1  # the header's "format"; a training checkpoint of another version is not resumed
+CHECKPOINT_DIR = "checkpoints"
+SUFFIX = ".safetensors"
+MODEL, EMA, OPTIM = "model", "ema", "optim"  # tensor-name prefixes of the weights and optimiser state
+LOADER_GENERATOR, METHOD_GENERATOR = "loader.generator", "method.generator"
+RNG_TORCH, RNG_CUDA = "rng.torch", "rng.cuda"
+
+
+def checkpoint_path(run_dir: Path, which: str = "last") -> Path:
+    """``<run_dir>/checkpoints/<which>.safetensors``."""
+    return run_dir / CHECKPOINT_DIR / f"{which}{SUFFIX}"
+
+
+def run_folder(checkpoint: Path) -> Path:
+    """The run folder a checkpoint at :func:`checkpoint_path` belongs to."""
+    return checkpoint.parent.parent
+
+
+def header(*, epoch: int, step: int, best: dict[str, Any], overfit: dict[str, Any], model: dict[str, Any],
+           config: dict[str, Any], metrics: dict[str, float], weights: str) -> dict[str, Any]:
+    """A checkpoint's JSON header (``weights``: :data:`EMA` or :data:`MODEL`, the weights evaluation loads)."""
+    return {"format": FORMAT_VERSION, "epoch": epoch, "step": step, "best": best, "overfit": overfit,
+            "model": model, "config": config, "metrics": metrics, "weights": weights}
+
+
+def is_resumable(meta: dict[str, Any]) -> bool:
+    """A header of this format version with the optimiser state a resume needs."""
+    return meta.get("format") == FORMAT_VERSION and "optimizer" in meta
 
 
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:

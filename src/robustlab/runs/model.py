@@ -18,7 +18,7 @@ from robustlab.data import ImageDataset
 from robustlab.errors import UserError
 from robustlab.methods import create_method
 from robustlab.models import create_model
-from robustlab.runs.checkpoint import load_checkpoint, unprefixed
+from robustlab.runs.checkpoint import MODEL, checkpoint_path, load_checkpoint, unprefixed
 
 
 def model_spec(cfg: RunConfig, data: ImageDataset) -> dict[str, Any]:
@@ -67,9 +67,9 @@ def find_checkpoint(path: str | Path, which: str = "last") -> Path:
     """A run folder resolves to ``checkpoints/<which>.safetensors``; a file is taken as given."""
     p = Path(path)
     if p.is_dir():
-        candidate = p / "checkpoints" / f"{which}.safetensors"
+        candidate = checkpoint_path(p, which)
         if not candidate.is_file():
-            raise UserError(f"{p} has no checkpoints/{which}.safetensors; train it first or pass a checkpoint file")
+            raise UserError(f"{p} has no {candidate.relative_to(p)}; train it first or pass a checkpoint file")
         return candidate
     if not p.exists():
         raise UserError(f"{p} not found; pass a run folder or a .safetensors checkpoint")
@@ -82,7 +82,7 @@ def load_model(path: str | Path, *, which: str = "last", weights: str = "auto", 
     tensors, meta = load_checkpoint(ckpt, device="cpu")
     if "model" not in meta:
         raise UserError(f"checkpoint {ckpt} lacks a model description; it was not written by robustlab train")
-    chosen = meta.get("weights", "model") if weights == "auto" else weights
+    chosen = meta.get("weights", MODEL) if weights == "auto" else weights
     state = unprefixed(chosen, tensors)
     if not state:
         raise UserError(f"checkpoint {ckpt} holds no {chosen!r} weights; use --weights model")

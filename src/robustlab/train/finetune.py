@@ -34,6 +34,7 @@ import torch
 from robustlab.config import RunConfig
 from robustlab.errors import UserError
 from robustlab.runs.atomic import atomic_write_text
+from robustlab.runs.checkpoint import checkpoint_path
 from robustlab.runs.model import load_model
 from robustlab.train.feature_gap import feature_gap_logger
 from robustlab.train.loop import FINETUNE_RECORD, Trainer
@@ -86,7 +87,7 @@ def _prepare(cfg: RunConfig, source: str | Path, *, which: str, weights: str,
     state = source_model.state_dict()
     fingerprint = weights_fingerprint(state)
     record_path = trainer.run_dir / RECORD
-    resuming = (trainer.ckpt_dir / "last.safetensors").exists()
+    resuming = checkpoint_path(trainer.run_dir).exists()
     if resuming:
         if record_path.exists():
             saved = json.loads(record_path.read_text())

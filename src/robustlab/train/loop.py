@@ -10,7 +10,6 @@ uninterrupted one.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import math
 import time
@@ -29,6 +28,17 @@ from robustlab.errors import UserError
 from robustlab.methods import create_method
 from robustlab.runs.atomic import atomic_write_text, remove_stale_temps
 from robustlab.runs.checkpoint import (
+    CHECKPOINT_DIR,
+    EMA,
+    LOADER_GENERATOR,
+    METHOD_GENERATOR,
+    MODEL,
+    OPTIM,
+    RNG_CUDA,
+    RNG_TORCH,
+    checkpoint_path,
+    header,
+    is_resumable,
     load_checkpoint,
     optimizer_from_flat,
     optimizer_to_flat,
@@ -45,9 +55,8 @@ from robustlab.train.distributed import barrier, per_rank_batch, wrap
 from robustlab.train.overfit import OverfitWatch, agree, describe
 from robustlab.train.ema import ModelEma
 from robustlab.train.optim import build_optimizer, lr_factor, set_lr
-from robustlab.train.precision import attack_autocast
+from robustlab.train.precision import attack_autocast, update_autocast
 
-FORMAT_VERSION = 1
 
 
 def evaluate_clean_and_pgd(
@@ -85,7 +94,7 @@ class Trainer:
         self.ranks = ranks_from_env()
         self.log = log if self.ranks.main else (lambda _: None)
         self.run_dir = cfg.run_dir
-        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.ckpt_dir = self.run_dir / CHECKPOINT_DIR
         self.lock = RunLock.for_run(self.run_dir)
         for warning in config_warnings(cfg):
             self.log(f"warning: {warning}")
@@ -117,7 +126,7 @@ class Trainer:
         self.forward_model = torch.compile(ddp_model) if cfg.train.compile else ddp_model
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.ema = ModelEma(self.model, cfg.train.ema_decay, cfg.train.ema_warmup) if cfg.train.ema_decay else None
-        self.autocast, self.scaler = self._precision()
+        self.autocast, self.scaler = update_autocast(cfg.train.amp, self.device)
         self.steps_per_epoch = len(self.loader)
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
         self.epoch = 0
@@ -129,21 +138,11 @@ class Trainer:
         """Each rank draws its own attack noise (rank 0 of a single process: ``seed + 1``)."""
         return self.cfg.seed + 1 + 7919 * self.ranks.rank + step
 
-    def _precision(self) -> tuple[Callable[[], Any], torch.amp.GradScaler | None]:
-        amp = self.cfg.train.amp
-        if amp == "none":
-            return contextlib.nullcontext, None
-        if amp == "fp16" and self.device.type != "cuda":
-            raise UserError("train.amp=fp16 needs a CUDA device; use train.amp=bf16 or none")
-        dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-        scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
-        return (lambda: torch.autocast(self.device.type, dtype=dtype)), scaler
-
     # ----------------------------------------------------------------- resume
     def prepare_run_dir(self) -> bool:
         """Create the run folder or check it holds this same run; True when a checkpoint was restored."""
         config_path = self.run_dir / "config.yaml"
-        last = self.ckpt_dir / "last.safetensors"
+        last = checkpoint_path(self.run_dir)
         if self.ranks.main:
             stale = self.lock.acquire(f"run folder {self.run_dir}")
             if stale is not None:
@@ -168,52 +167,48 @@ class Trainer:
 
     def restore(self, path: Path) -> None:
         tensors, meta = load_checkpoint(path, device="cpu")
-        if meta.get("format") != FORMAT_VERSION or "optimizer" not in meta:
+        if not is_resumable(meta):
             raise UserError(f"checkpoint {path} is not a resumable robustlab training checkpoint; delete it to start over")
         try:
-            self.model.load_state_dict(unprefixed("model", tensors))
-            self.optimizer.load_state_dict(optimizer_from_flat(unprefixed("optim", tensors), meta["optimizer"]))
+            self.model.load_state_dict(unprefixed(MODEL, tensors))
+            self.optimizer.load_state_dict(optimizer_from_flat(unprefixed(OPTIM, tensors), meta["optimizer"]))
             if self.ema is not None:
-                self.ema.load_state_dict(unprefixed("ema", tensors))
+                self.ema.load_state_dict(unprefixed(EMA, tensors))
         except (RuntimeError, KeyError, ValueError) as exc:
             raise UserError(f"checkpoint {path} does not match this config's model ({str(exc).splitlines()[0][:100]}); use another run name") from None
-        self.loader.load_state_dict({"generator": tensors["loader.generator"]})
-        self.method.load_state_dict({"generator": tensors["method.generator"]})
+        self.loader.load_state_dict({"generator": tensors[LOADER_GENERATOR]})
+        self.method.load_state_dict({"generator": tensors[METHOD_GENERATOR]})
         if self.ranks.rank:  # the checkpoint holds rank 0's attack generator; others reseed deterministically
             self.method.generator.manual_seed(self._attack_seed(meta["step"]))
-        torch.set_rng_state(tensors["rng.torch"])
-        if self.device.type == "cuda" and "rng.cuda" in tensors:
-            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        torch.set_rng_state(tensors[RNG_TORCH])
+        if self.device.type == "cuda" and RNG_CUDA in tensors:
+            torch.cuda.set_rng_state(tensors[RNG_CUDA], self.device)
         if self.scaler is not None and meta.get("scaler"):
             self.scaler.load_state_dict(meta["scaler"])
         self.epoch, self.step, self.best = meta["epoch"], meta["step"], meta["best"]
         self.overfit = OverfitWatch(meta.get("overfit"))
 
     def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
-        tensors = prefixed("model", self.model.state_dict())
+        tensors = prefixed(MODEL, self.model.state_dict())
         if self.ema is not None:
-            tensors.update(prefixed("ema", self.ema.state_dict()))
+            tensors.update(prefixed(EMA, self.ema.state_dict()))
         return tensors
 
     def save(self, name: str, *, resumable: bool, metrics: dict[str, float]) -> None:
         tensors = self.checkpoint_tensors()
-        meta: dict[str, Any] = {
-            "format": FORMAT_VERSION, "epoch": self.epoch, "step": self.step, "best": self.best,
-            "overfit": self.overfit.state_dict(),
-            "model": self.spec, "config": to_dict(self.cfg), "metrics": metrics,
-            "weights": "ema" if self.ema is not None else "model",
-        }
+        meta = header(epoch=self.epoch, step=self.step, best=self.best, overfit=self.overfit.state_dict(), model=self.spec,
+                      config=to_dict(self.cfg), metrics=metrics, weights=EMA if self.ema is not None else MODEL)
         if resumable:
             optim_tensors, optim_meta = optimizer_to_flat(self.optimizer)
-            tensors.update(prefixed("optim", optim_tensors))
-            tensors["loader.generator"] = self.loader.state_dict()["generator"]
-            tensors["method.generator"] = self.method.state_dict()["generator"]
-            tensors["rng.torch"] = torch.get_rng_state()
+            tensors.update(prefixed(OPTIM, optim_tensors))
+            tensors[LOADER_GENERATOR] = self.loader.state_dict()["generator"]
+            tensors[METHOD_GENERATOR] = self.method.state_dict()["generator"]
+            tensors[RNG_TORCH] = torch.get_rng_state()
             if self.device.type == "cuda":
-                tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+                tensors[RNG_CUDA] = torch.cuda.get_rng_state(self.device)
             meta["optimizer"] = optim_meta
             meta["scaler"] = self.scaler.state_dict() if self.scaler is not None else None
-        save_checkpoint(self.ckpt_dir / f"{name}.safetensors", tensors, meta)
+        save_checkpoint(checkpoint_path(self.run_dir, name), tensors, meta)
 
     # ------------------------------------------------------------------ train
     def train_epoch(self) -> dict[str, float]:
