@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from robustlab.demo import DEMO_ATTACKS, DEMO_CONFIGS, DEMO_THREADS, run_demo
-from robustlab.runs.atomic import atomic_write_text
+from robustlab.atomic import atomic_write_text
 
 START = "<!-- digits demo table: written by benchmarks/readme_digits.py -->"
 END = "<!-- end of the digits demo table -->"

@@ -2,7 +2,7 @@
 
 Each trial runs one command in a forked child (no interpreter start-up per run) and kills it with
 SIGKILL, either after a seeded random delay or inside a chosen write (``ROBUSTLAB_FAULT=<site>:<n>``,
-:mod:`robustlab.runs.faults`: a checkpoint, an atomic file or a metrics line). It reruns the same
+:mod:`robustlab.faults`: a checkpoint, an atomic file or a metrics line). It reruns the same
 command until it exits 0 (each rerun may be killed again, at most ``max_kills`` times per trial) and
 then compares with the uninterrupted reference: every tensor of ``last``/``best`` checkpoints
 bit-identical (CPU), the metrics log equal record for record (times aside: nothing missing or
@@ -32,7 +32,7 @@ import robustlab.evaluate  # noqa: F401 - likewise
 import robustlab.train.finetune  # noqa: F401
 from robustlab.cli import main
 from robustlab.runs.checkpoint import load_checkpoint
-from robustlab.runs.faults import ENV
+from robustlab.faults import ENV
 
 TINY = [
     "--quiet", "model.options={width: 8}", "method.attack.steps=2", "data.eval_examples=64", "train.eval_pgd_steps=2",

@@ -1,4 +1,4 @@
-"""The package layers: ``runs`` below ``train`` and ``evaluate``, which never import each other."""
+"""The package layers: ``runs`` below ``train`` and ``evaluate``, which never import each other; ``data`` below ``runs``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ FORBIDDEN = {
     "evaluate": ("robustlab.train",),
     "train": ("robustlab.evaluate",),
     "runs": ("robustlab.train", "robustlab.evaluate"),
+    "data": ("robustlab.runs", "robustlab.train", "robustlab.evaluate", "robustlab.report"),
 }
 
 

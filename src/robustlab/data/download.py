@@ -2,19 +2,18 @@
 
 Nothing here runs unless the caller passed ``download=True``. A file is streamed into a temporary
 file beside its destination, its MD5 is compared with the published checksum, and only then is it
-renamed into place with :func:`os.replace`, so an interrupted or corrupted download never leaves a
+renamed into place (:func:`robustlab.atomic.atomic_write`), so an interrupted or corrupted download never leaves a
 file that a later run would mistake for a good copy.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import urllib.request
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
+from robustlab.atomic import atomic_write
 from robustlab.errors import UserError
 
 _CHUNK = 1 << 20
@@ -41,16 +40,11 @@ def download_file(url: str, dest: str | Path, md5: str) -> Path:
     the checksum matches. A mismatch or a network error raises :class:`UserError` and leaves no file.
     """
     dest = Path(dest)
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    except OSError as err:
-        raise UserError(f"cannot write into {dest.parent} ({err}); set data.root to a writable folder") from None
-    tmp = Path(tmp_name)
-    try:
+
+    def fetch(out: IO[bytes]) -> None:
         digest = hashlib.md5(usedforsecurity=False)
         try:
-            with os.fdopen(fd, "wb") as out, _open_url(url) as src:
+            with _open_url(url) as src:
                 for chunk in iter(lambda: src.read(_CHUNK), b""):
                     digest.update(chunk)
                     out.write(chunk)
@@ -65,9 +59,11 @@ def download_file(url: str, dest: str | Path, md5: str) -> Path:
                 f"md5 mismatch for {url}: got {got}, expected {md5}; retry the download or place "
                 f"a good copy of {dest.name} under {dest.parent} by hand"
             )
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    try:
+        atomic_write(dest, fetch)
+    except OSError as err:  # the folder cannot be created or written (network errors are UserErrors by now)
+        raise UserError(f"cannot write into {dest.parent} ({err}); set data.root to a writable folder") from None
     return dest
 
 

@@ -3,7 +3,7 @@
 Decoding thousands of small files is slow, so the decoded arrays are cached as ``.npy`` files plus a
 JSON side file holding the class list and a fingerprint of the source (path, size, modification time,
 options). A later load with the same fingerprint reads the arrays back with ``allow_pickle=False``;
-any change rebuilds them. Cache writes go to a temporary file and :func:`os.replace`, JSON last.
+any change rebuilds them. Cache writes are atomic (:func:`robustlab.atomic.atomic_write`), JSON last.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from robustlab.atomic import atomic_write
 from robustlab.data import formats
 from robustlab.errors import UserError
 
@@ -239,19 +239,9 @@ def write_cache(
     meta_path, images_path, labels_path = _cache_paths(cache_dir, fingerprint)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(images_path, lambda fh: np.save(fh, images, allow_pickle=False))
-        _atomic_write(labels_path, lambda fh: np.save(fh, labels, allow_pickle=False))
+        atomic_write(images_path, lambda fh: np.save(fh, images, allow_pickle=False))
+        atomic_write(labels_path, lambda fh: np.save(fh, labels, allow_pickle=False))
         meta = {"fingerprint": fingerprint, "classes": classes}
-        _atomic_write(meta_path, lambda fh: fh.write(json.dumps(meta, indent=1).encode()))
+        atomic_write(meta_path, lambda fh: fh.write(json.dumps(meta, indent=1).encode()))
     except OSError as err:
         warnings.warn(f"could not write the imagefolder cache in {cache_dir} ({err}); loading will not be cached")
-
-
-def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from robustlab.errors import UserError
-from robustlab.runs.atomic import remove_stale_temps
+from robustlab.atomic import remove_stale_temps
 from robustlab.runs.lock import RunLock
 
 STATE_KEYS = ("fingerprint", "broken_by")

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from robustlab.runs.atomic import atomic_write_text
+from robustlab.atomic import atomic_write_text
 from robustlab.runs.record import NOT_RUN
 
 DIGEST_KEY = "digest"  # sha256 of the rest of the saved state (sorted-key JSON)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from robustlab.errors import UserError
-from robustlab.runs.atomic import atomic_write_text
+from robustlab.atomic import atomic_write_text
 from robustlab.runs.metrics import read_metrics
 from robustlab.runs.record import read_record
 

@@ -27,7 +27,7 @@ from typing import Any
 from robustlab.errors import UserError
 from robustlab.evaluate.suite import group_that_ran
 from robustlab.report.compare import load_record
-from robustlab.runs.atomic import atomic_write_text
+from robustlab.atomic import atomic_write_text
 
 FIELDS = ("link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue", "architecture",
           "eps", "clean_acc", "reported", "autoattack_acc", "external", "footnote")

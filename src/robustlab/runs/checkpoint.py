@@ -13,7 +13,6 @@ the JSON is written beside it (``last.json``). Nothing is pickled; loading never
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from robustlab.errors import UserError
-from robustlab.runs.atomic import atomic_write_text, temp_beside
-from robustlab.runs.faults import fault_point
+from robustlab.atomic import atomic_fill, atomic_write_text
+from robustlab.faults import fault_point
 
 META_KEY = "robustlab"
 FORMAT_VERSION = 1  # the header's "format"; a training checkpoint of another version is not resumed
@@ -59,17 +58,12 @@ def is_resumable(meta: dict[str, Any]) -> bool:
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Save flat tensors plus JSON metadata atomically (temp file + rename), and a ``.json`` side file."""
     ready = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    fd, tmp = temp_beside(path)
-    os.close(fd)
-    try:
+
+    def fill(tmp: str) -> None:
         save_file(ready, tmp, metadata={META_KEY: json.dumps(meta)})
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
         fault_point("checkpoint")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_fill(path, fill)
     atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2, default=str) + "\n")
 
 

@@ -11,14 +11,13 @@ than its checkpoint.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from robustlab.runs.atomic import atomic_write_text
-from robustlab.runs.faults import fault_point
+from robustlab.atomic import atomic_write_text
+from robustlab.faults import fault_point
 
 
 class MetricsLog:
@@ -70,10 +69,6 @@ class MetricsLog:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
-
-
-def all_finite(values: dict[str, float]) -> bool:
-    return all(math.isfinite(v) for v in values.values() if isinstance(v, float))
 
 
 def read_metrics(run_dir: Path, kind: str | None = None) -> list[dict[str, Any]]:

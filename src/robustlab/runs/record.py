@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import robustlab
-from robustlab.runs.atomic import atomic_write_text
+from robustlab.atomic import atomic_write_text
 
 ROBUST = -1  # no attack (member) broke the sample; k >= 0: member k broke it
 NOT_RUN = -2  # verdict not computed yet (or the sample was clean-wrong)

@@ -21,7 +21,7 @@ from typing import Any, Callable
 from robustlab.evaluate.suite import group_that_ran
 from robustlab.report import write_report
 from robustlab.report.compare import PairedDifference, compare_records, format_mean_std, load_record
-from robustlab.runs.atomic import atomic_write_text
+from robustlab.atomic import atomic_write_text
 from robustlab.runs.metrics import read_metrics_file
 from robustlab.study.plan import Study
 from robustlab.study.text import fill

@@ -25,7 +25,7 @@ from typing import Any, Callable
 from robustlab.config import RunConfig, load_config, to_flat_dict
 from robustlab.errors import UserError
 from robustlab.report.compare import load_record
-from robustlab.runs.atomic import atomic_write_text
+from robustlab.atomic import atomic_write_text
 from robustlab.runs.metrics import read_metrics
 from robustlab.study.spec import Row, StudySpec
 

@@ -11,7 +11,7 @@ import shlex
 import time
 
 from robustlab.errors import UserError
-from robustlab.runs.atomic import atomic_write_bytes
+from robustlab.atomic import atomic_write_bytes
 from robustlab.study.plan import Step, Study
 
 

@@ -33,7 +33,7 @@ import torch
 
 from robustlab.config import RunConfig
 from robustlab.errors import UserError
-from robustlab.runs.atomic import atomic_write_text
+from robustlab.atomic import atomic_write_text
 from robustlab.runs.checkpoint import checkpoint_path
 from robustlab.runs.model import load_model
 from robustlab.train.feature_gap import feature_gap_logger

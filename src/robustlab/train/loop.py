@@ -26,7 +26,7 @@ from robustlab.config import RunConfig, build_config, dump_yaml, read_yaml, to_d
 from robustlab.data import DeviceLoader, ImageDataset, fixed_subset, load_dataset
 from robustlab.errors import UserError
 from robustlab.methods import create_method
-from robustlab.runs.atomic import atomic_write_text, remove_stale_temps
+from robustlab.atomic import atomic_write_text, remove_stale_temps
 from robustlab.runs.checkpoint import (
     CHECKPOINT_DIR,
     EMA,
