@@ -382,3 +382,29 @@ def test_flags_are_json_ready() -> None:
     flag = check_black_box([1, 1], [0, 1], min_samples=1)
     assert flag is not None and flag.to_dict() == {"code": "black_box", "message": flag.message, "value": 0.5}
     assert json.loads(json.dumps(flag.to_dict()))["value"] == 0.5
+
+
+def test_one_classifier_of_attack_names_serves_the_suite_and_the_checks() -> None:
+    """``evaluate.names`` parses step counts for the suite and tells gradient attacks apart for the checks."""
+    from robustlab.evaluate.names import attack_family, is_gradient, is_iterative_gradient
+    from robustlab.evaluate.suite import parse_attack_name
+
+    assert [attack_family(n) for n in ("PGD", "cw-7", " pgd-50 ", "pgd-10x3", "adaptive")] == [
+        ("pgd", 20), ("cw", 7), ("pgd", 50), ("pgd-10x3", None), ("adaptive", None)]
+    for name in ("pgd", "cw-7", "apgd-t", "fgsm", "autoattack"):
+        family, steps = attack_family(name)
+        assert parse_attack_name(name) == (family, steps if family in ("pgd", "cw") else None)
+    assert [is_gradient(n) for n in ("fgsm", "pgd-5", "apgd-ce", "fab-t", "apgd-ce-t", "square", "autoattack")] == [
+        True, True, True, True, True, False, False]
+    assert not is_iterative_gradient("fgsm") and is_iterative_gradient("cw-3")
+
+
+def test_the_square_probe_names_the_gradient_runs_it_is_compared_with(digits) -> None:
+    """The probe's label is built from the same constants as the runs it names (check 3's runs and the sweep's)."""
+    from robustlab.evaluate.checks.common import PROBE_RESTARTS, PROBE_STEPS, SWEEP_STEPS
+
+    _, values = run_checks(digits["model"], digits["x"][:8], digits["y"][:8], eps=EPS, norm="linf", step_size=STEP, square_queries=20)
+    few, many = PROBE_STEPS
+    assert list(values["steps_monotone"]) == [f"pgd-{few}", f"pgd-{many}", f"pgd-{few}x{PROBE_RESTARTS}"]
+    label = values["black_box"]["gradient_attacks"]
+    assert label == f"pgd-{few}, pgd-{many}, pgd-{few}x{PROBE_RESTARTS} and pgd-{SWEEP_STEPS}"

@@ -108,7 +108,7 @@ def test_offered_fixes_exist_on_the_command_line(capsys: pytest.CaptureFixture[s
 def test_masking_flags_point_to_a_page_users_have() -> None:
     from robustlab.evaluate import checks
 
-    assert checks._DOC.startswith("docs/EVALUATION.md")
+    assert checks.DOC.startswith("docs/EVALUATION.md")
     assert (REPO / "docs" / "EVALUATION.md").is_file()
 
 

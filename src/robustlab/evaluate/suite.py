@@ -37,7 +37,6 @@ Groups (names mean what they say, EVALUATION.md):
 from __future__ import annotations
 
 import functools
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -51,6 +50,7 @@ from robustlab.attacks.square import square
 from robustlab.errors import UserError
 from robustlab.evaluate.checks import check_randomness
 from robustlab.evaluate.flags import Flag
+from robustlab.evaluate.names import attack_family
 
 AttackFn = Callable[..., torch.Tensor]
 
@@ -123,15 +123,13 @@ ATTACK_FORMS = {
 
 def parse_attack_name(name: str) -> tuple[str, int | None]:
     """``"pgd-20"`` -> ``("pgd", 20)``; ``"apgd-ce"`` -> ``("apgd-ce", None)``; unknown names raise UserError."""
-    key = name.strip().lower()
+    key, steps = attack_family(name)
     if key == "fgsm" or key in AUTOATTACK_PARTS or key in GROUPS:
         return key, None
-    match = re.fullmatch(r"(pgd|cw)(?:-(\d+))?", key)
-    if match:
-        steps = int(match.group(2)) if match.group(2) else 20
+    if steps is not None:
         if steps == 0:
-            raise UserError(f"attack {name!r} runs no steps; use {match.group(1)}-K with K >= 1, e.g. {match.group(1)}-20")
-        return match.group(1), steps
+            raise UserError(f"attack {name!r} runs no steps; use {key}-K with K >= 1, e.g. {key}-20")
+        return key, steps
     if key in RENAMED:
         raise UserError(f"attack {name!r} is now called {RENAMED[key]} (it is not a version of the reference AutoAttack); use {RENAMED[key]}")
     raise UserError(
