@@ -163,3 +163,47 @@ def test_unknown_method_option_is_a_user_error() -> None:
 
 def test_registry_lists_the_base_methods() -> None:
     assert {"natural", "pgd_at", "trades", "mart"} <= set(METHODS.names())
+
+
+def test_each_plug_in_checks_the_bases_it_declares() -> None:
+    """``PlugIn.check_base`` reads ``supported_bases``: a plug-in on an undeclared base is one line naming them."""
+    from robustlab.methods import PLUGINS
+    from robustlab.methods.base import PlugIn
+
+    for chain, plugin in (("natural+fsr", "fsr"), ("natural+ancra", "ancra"), ("mart+uad", "uad"), ("natural+awp", "awp"),
+                          ("natural+fsr+awp", "fsr")):  # the first plug-in of the chain refuses
+        with pytest.raises(UserError, match=f"plug-in {plugin} supports bases {', '.join(PLUGINS.get(plugin).supported_bases)}"):
+            create_method(MethodConfig(name=chain), torch.Generator())
+    assert create_method(MethodConfig(name="pgd_at+fsr+awp"), torch.Generator()).check_base() == "pgd_at"
+
+    class only_natural(PlugIn):
+        supported_bases = ("natural",)
+
+    natural, pgd_at = (create_method(MethodConfig(name=n), torch.Generator()) for n in ("natural", "pgd_at"))
+    assert only_natural(natural).base is natural
+    with pytest.raises(UserError, match="method pgd_at\\+only_natural is not supported"):
+        only_natural(pgd_at)
+
+
+def test_ancra_applies_its_base_per_head_loss_to_every_head() -> None:
+    """A fourth base needs no edit of ANCRA: its ``head_loss`` is what ANCRA applies to the final and auxiliary heads."""
+    from robustlab.methods.ancra import ancra
+    from robustlab.methods.objectives import pgd_at
+
+    class doubled(pgd_at):
+        def head_loss(self, logits_clean, logits_adv, y):  # type: ignore[no-untyped-def]
+            ce, parts = super().head_loss(logits_clean, logits_adv, y)
+            return 2 * ce, parts
+
+    class ancra_any(ancra):
+        supported_bases = ("pgd_at", "doubled")
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 10, (6,), generator=g)
+    heads = [torch.randn(6, 10, generator=g) for _ in range(9)]
+    args = (y, heads[0], heads[1:3], heads[3], heads[4:6], heads[6], heads[7:9], torch.ones(6, dtype=torch.bool))
+    attack = AttackConfig(eps=0.1, steps=1, step_size=0.1)
+    plain, twice = (ancra_any(base(attack, torch.Generator()), zeta=1.0).combine(*args)[0] for base in (pgd_at, doubled))
+    ce_final = F.cross_entropy(heads[3], y, reduction="none")
+    ce_aux = torch.stack([F.cross_entropy(h, y, reduction="none") for h in heads[4:6]]).mean(0)
+    assert torch.allclose(twice - plain, ce_final + ancra_any(pgd_at(attack, torch.Generator())).lambda_cr * ce_aux)

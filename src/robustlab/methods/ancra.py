@@ -71,14 +71,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlab.attacks._common import eval_mode
-from robustlab.attacks.pgd import pgd
 from robustlab.config import parse_number
 from robustlab.errors import UserError
 from robustlab.methods.aux import AuxModule, AuxStack, capture_aux
 from robustlab.methods.base import PLUGINS, Method, Parts, PlugIn, Terms, accuracy
-from robustlab.methods.fsr import check_base
-from robustlab.methods.objectives import mart_terms, trades_start, trades_terms
+from robustlab.methods.objectives import trades_start
 from robustlab.models.base import ImageClassifier
 
 SUPPORTED_BASES = ("pgd_at", "trades", "mart")
@@ -190,7 +187,6 @@ class ancra(PlugIn):
         neg_step_size: float | None = None,
         adv_start: str = "normal",
     ) -> None:
-        self.kind = check_base(base, "ancra", SUPPORTED_BASES)
         super().__init__(base)
         self.zeta = parse_number(zeta, "method.options.zeta")
         self.lambda_cr = parse_number(lambda_cr, "method.options.lambda_cr")
@@ -275,33 +271,18 @@ class ancra(PlugIn):
         return torch.where(has_neg, idx, rows), has_neg
 
     def negatives(self, model: nn.Module, x_neg: torch.Tensor, y_neg: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """x^o: targeted PGD from x_n + 0.001·N(0, I) toward ``target`` (the anchors' classes),
-        minimising CE(final) + λ_cr·mean_b CE(aux_b); gates (train mode only) use the negatives' labels."""
+        """x^o: targeted PGD (:meth:`~robustlab.methods.base.Method.craft`) from x_n + 0.001·N(0, I) toward ``target``
+        (the anchors' classes), minimising CE(final) + λ_cr·mean_b CE(aux_b); gates (train mode only) use the negatives' labels."""
         a = self.attack
         steps = a.steps if self.neg_steps is None else self.neg_steps
-        step_size = a.step_size if self.neg_step_size is None else self.neg_step_size
-        if steps == 0 or a.eps == 0:
+        if steps == 0 or a.eps == 0:  # before the start's draw, so the generator is left as it was
             return x_neg.detach()
         keys, _ = self._ra_info(model)
-        wrapped = AuxStack(model, keys, labels=y_neg)
         start = trades_start(x_neg, self.generator)
-        with eval_mode(wrapped, a.bn_mode == "eval"), self.attack_precision():
-            return self.tape(lambda: pgd(
-                wrapped, x_neg, target, eps=a.eps, norm=a.norm, steps=steps, step_size=step_size,
-                loss=_AnchorCE(self.lambda_cr), random_start=False, x_init=start, targeted=True,
-                early_stop=False, generator=self.generator,
-            ))
+        return self.craft(AuxStack(model, keys, labels=y_neg), x_neg, target, loss=_AnchorCE(self.lambda_cr), x_init=start,
+                          targeted=True, steps=steps, step_size=self.neg_step_size)
 
     # ------------------------------------------------------------------- loss
-    def _base_terms(self, clean: torch.Tensor | None, adv: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Parts]:
-        """The base objective's per-sample formula on one head."""
-        if self.kind == "trades":
-            return trades_terms(clean, adv, y, self.base.beta)
-        if self.kind == "mart":
-            return mart_terms(clean, adv, y, self.base.lam)
-        ce = F.cross_entropy(adv.float(), y, reduction="none")
-        return ce, {"ce_adv": ce}
-
     def combine(
         self,
         y: torch.Tensor,
@@ -315,8 +296,8 @@ class ancra(PlugIn):
     ) -> tuple[torch.Tensor, Parts]:
         """Per-sample ANCRA loss from the three forwards' final and auxiliary logits (see module doc)."""
         lam = self.lambda_cr
-        main, parts = self._base_terms(logits_clean, logits_adv, y)
-        aux_loss = torch.stack([self._base_terms(c, a, y)[0] for c, a in zip(aux_clean, aux_adv)]).mean(dim=0)
+        main, parts = self.base.head_loss(logits_clean, logits_adv, y)
+        aux_loss = torch.stack([self.base.head_loss(c, a, y)[0] for c, a in zip(aux_clean, aux_adv)]).mean(dim=0)
         mask = has_neg.float()
         anc = asymmetric_contrast(F.softmax(logits_clean.float(), 1), F.softmax(logits_neg.float(), 1)) * mask
         anc_aux = torch.stack(
@@ -339,7 +320,7 @@ class ancra(PlugIn):
         neg_idx, has_neg = self.pick_negatives(y, num_classes)
         y_neg = y[neg_idx]
         x_neg = self.negatives(model, x[neg_idx], y_neg, y)
-        if self.kind == "pgd_at":
+        if not self.base.clean_in_loss:  # PGD-AT's loss reads no clean logits
             with torch.no_grad():
                 logits_clean, aux_clean = self._train_forward(model, x, y, keys)
         else:

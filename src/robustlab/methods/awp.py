@@ -54,13 +54,6 @@ SUPPORTED_BASES = ("pgd_at", "trades", "mart", "fgsm_rs", "n_fgsm")
 EPS = 1e-20
 
 
-def innermost(method: Method) -> Method:
-    """The base objective at the bottom of a plug-in chain."""
-    while isinstance(method, PlugIn):
-        method = method.base
-    return method
-
-
 def unwrapped(model: nn.Module) -> nn.Module:
     """The module under ``torch.compile`` and DistributedDataParallel wrappers."""
     model = getattr(model, "_orig_mod", model)
@@ -108,9 +101,6 @@ class awp(PlugIn):
     stacks = True  # may wrap another plug-in (listed as base+plugin+awp)
 
     def __init__(self, base: Method, *, gamma: float = 5e-3, awp_warmup: int = 0) -> None:
-        name = type(innermost(base)).__name__
-        if name not in SUPPORTED_BASES:
-            raise UserError(f"awp plugs into {', '.join(SUPPORTED_BASES)} (and their plug-ins), not {name}")
         super().__init__(base)
         self.gamma = parse_number(gamma, "method.options.gamma")
         if self.gamma < 0:

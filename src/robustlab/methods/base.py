@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-import contextlib
 from typing import Any, Callable, ContextManager
 
 import torch
@@ -30,6 +29,7 @@ from torch import nn
 from robustlab.attacks._common import eval_mode
 from robustlab.attacks.pgd import pgd
 from robustlab.config import AttackConfig
+from robustlab.errors import UserError
 from robustlab.registry import Registry
 
 Parts = dict[str, torch.Tensor]
@@ -102,8 +102,12 @@ class Method:
     """Base class of training objectives. Subclasses implement :meth:`terms`.
 
     ``attack`` is the training attack's settings; ``generator`` the seeded source of the attack's
-    randomness (saved in checkpoints so a resumed run draws the same random starts).
+    randomness (saved in checkpoints so a resumed run draws the same random starts). The adversarial
+    bases (PGD-AT, TRADES, MART) also implement :meth:`adversarial` (their x') and :meth:`head_loss`
+    (their per-sample formula on one head), which plug-ins call instead of naming the base.
     """
+
+    clean_in_loss = False  # whether head_loss reads the clean logits (TRADES, MART), so their forward keeps its gradient
 
     def __init__(self, attack: AttackConfig, generator: torch.Generator) -> None:
         self.attack = attack
@@ -153,29 +157,37 @@ class Method:
         ``update: released``); the gradients in ``p.grad`` are the loss's, synced across ranks.
         """
 
+    def adversarial(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The base's training x' (adversarial bases implement it)."""
+        raise NotImplementedError(f"{type(self).__name__} crafts no adversarial examples of its own")
+
+    def head_loss(
+        self, logits_clean: torch.Tensor | None, logits_adv: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, Parts]:
+        """The base's per-sample loss and parts on one head's clean and adversarial logits (adversarial bases
+        implement it; plug-ins apply it to auxiliary heads too)."""
+        raise NotImplementedError(f"{type(self).__name__} has no per-head loss")
+
     def craft(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        *,
-        loss: Any = "ce",
-        x_init: torch.Tensor | None = None,
-        targeted: bool = False,
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss: Any = "ce", x_init: torch.Tensor | None = None,
+        targeted: bool = False, steps: int | None = None, step_size: float | None = None,
     ) -> torch.Tensor:
         """The training adversary: PGD with the configured settings, final iterate (no early stop).
 
         Runs with the model in eval mode when ``attack.bn_mode == "eval"`` (our default, see
         METHODS.md §1) and restores the previous mode afterwards, in :attr:`attack_precision`.
+        ``steps`` / ``step_size`` replace the configured ones (ANCRA's negatives' own budget).
         """
         a = self.attack
-        if a.steps == 0 or a.eps == 0:
+        steps = a.steps if steps is None else steps
+        step_size = a.step_size if step_size is None else step_size
+        if steps == 0 or a.eps == 0:
             return x.detach()
 
         def make() -> torch.Tensor:
             with eval_mode(model, a.bn_mode == "eval"), self.attack_precision():
                 return pgd(
-                    model, x, y, eps=a.eps, norm=a.norm, steps=a.steps, step_size=a.step_size,
+                    model, x, y, eps=a.eps, norm=a.norm, steps=steps, step_size=step_size,
                     loss=loss, random_start=a.random_start and x_init is None, x_init=x_init,
                     targeted=targeted, early_stop=False, generator=self.generator,
                 )
@@ -197,13 +209,29 @@ class PlugIn(Method):
     """A plug-in wrapping a base objective: shares its attack, generator and craft tape, adds modules and terms.
 
     Subclasses implement :meth:`terms` (usually: call ``self.base.terms`` then add their own) and,
-    when they add modules, :meth:`prepare_model`. They may set ``self.base.forward_hook``.
+    when they add modules, :meth:`prepare_model`. They may set ``self.base.forward_hook``. Each declares
+    the base objectives it wraps in ``supported_bases`` (registry names), checked by :meth:`check_base`
+    on construction; one that ``stacks`` may wrap another plug-in, and is checked against the chain's base.
     """
+
+    supported_bases: tuple[str, ...] = ()
+    stacks = False
 
     def __init__(self, base: Method) -> None:
         super().__init__(base.attack, base.generator)
         self.base = base
         self.tape = base.tape
+        self.check_base()
+
+    def check_base(self) -> str:
+        """The registry name of the wrapped base objective, or a UserError naming the supported ones."""
+        plugin = type(self).__name__
+        name = type(innermost(self.base) if self.stacks else self.base).__name__
+        if name not in self.supported_bases:
+            chains = " (and their plug-ins)" if self.stacks else ""
+            raise UserError(f"method {name}+{plugin} is not supported: plug-in {plugin} supports bases "
+                            f"{', '.join(self.supported_bases)}{chains}, not {name} (e.g. method.name={self.supported_bases[0]}+{plugin})")
+        return name
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """The base's modules (plug-ins that add their own call this first)."""
@@ -218,6 +246,13 @@ class PlugIn(Method):
     def set_attack_precision(self, precision: Callable[[], ContextManager[Any]]) -> None:
         super().set_attack_precision(precision)
         self.base.set_attack_precision(precision)
+
+
+def innermost(method: Method) -> Method:
+    """The base objective at the bottom of a plug-in chain."""
+    while isinstance(method, PlugIn):
+        method = method.base
+    return method
 
 
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

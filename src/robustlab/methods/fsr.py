@@ -64,17 +64,6 @@ SUPPORTED_BASES = ("pgd_at", "trades", "mart")
 DEFAULT_STAGE: dict[type, int] = {VGG: 3}
 
 
-def check_base(base: Method, plugin: str, supported: tuple[str, ...]) -> str:
-    """The base objective's registry name, or UserError when ``plugin`` does not support it."""
-    name = type(base).__name__
-    if name not in supported:
-        raise UserError(
-            f"method {name}+{plugin} is not supported; {plugin} plugs into {', '.join(supported)} "
-            f"(e.g. method.name={supported[0]}+{plugin})"
-        )
-    return name
-
-
 def _fsr_net(channels: int, hidden: int) -> nn.Sequential:
     """conv3×3(C→h)-BN-ReLU-conv3×3(h→h)-BN-ReLU-conv3×3(h→C), stride 1, padding 1, no conv bias."""
     return nn.Sequential(
@@ -166,7 +155,6 @@ class fsr(PlugIn):
     def __init__(
         self, base: Method, *, lambda_sep: float = 1.0, lambda_rec: float = 1.0, tau: float = 0.1, stage: int | None = None
     ) -> None:
-        check_base(base, "fsr", SUPPORTED_BASES)
         super().__init__(base)
         self.lambda_sep = parse_number(lambda_sep, "method.options.lambda_sep")
         self.lambda_rec = parse_number(lambda_rec, "method.options.lambda_rec")

@@ -6,8 +6,6 @@ them on auxiliary heads; the :class:`Method` subclasses only craft inputs and co
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -67,11 +65,13 @@ class TradesAttackLoss:
 class _CleanAndAdversarial(Method):
     """Objectives built from one clean and one adversarial forward (TRADES, MART)."""
 
-    def combine(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,
-                formula: Callable[..., tuple[torch.Tensor, Parts]], weight: float) -> Terms:
+    clean_in_loss = True
+
+    def terms(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, step: int) -> Terms:
+        x_adv = self.adversarial(model, x, y)
         logits_clean = self.forward(model, x, y, "clean")
         logits_adv = self.forward(model, x_adv, y, "adv")
-        total, parts = formula(logits_clean, logits_adv, y, weight)
+        total, parts = self.head_loss(logits_clean, logits_adv, y)
         parts.update(acc_clean=accuracy(logits_clean, y), acc_adv=accuracy(logits_adv, y))
         return Terms(total, parts, x_adv=x_adv, logits_clean=logits_clean, logits_adv=logits_adv)
 
@@ -95,11 +95,22 @@ class pgd_at(Method):
     Test time: a plain deterministic forward.
     """
 
-    def terms(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, step: int) -> Terms:
-        x_adv = self.craft(model, x, y, loss="ce")
-        logits_adv = self.forward(model, x_adv, y, "adv")
+    def adversarial(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x' = PGD-K on CE (the run's attack settings)."""
+        return self.craft(model, x, y, loss="ce")
+
+    def head_loss(
+        self, logits_clean: torch.Tensor | None, logits_adv: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, Parts]:
+        """CE(f(x'), y) per sample (the clean logits are not used)."""
         ce = F.cross_entropy(logits_adv.float(), y, reduction="none")
-        return Terms(ce, {"ce_adv": ce, "acc_adv": accuracy(logits_adv, y)}, x_adv=x_adv, logits_adv=logits_adv)
+        return ce, {"ce_adv": ce}
+
+    def terms(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, step: int) -> Terms:
+        x_adv = self.adversarial(model, x, y)
+        logits_adv = self.forward(model, x_adv, y, "adv")
+        ce, parts = self.head_loss(None, logits_adv, y)
+        return Terms(ce, {**parts, "acc_adv": accuracy(logits_adv, y)}, x_adv=x_adv, logits_adv=logits_adv)
 
 
 @METHODS.register
@@ -124,9 +135,11 @@ class trades(_CleanAndAdversarial):
 
         return self.tape(make)
 
-    def terms(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, step: int) -> Terms:
-        x_adv = self.adversarial(model, x, y)
-        return self.combine(model, x, x_adv, y, trades_terms, self.beta)
+    def head_loss(
+        self, logits_clean: torch.Tensor | None, logits_adv: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, Parts]:
+        """:func:`trades_terms` with this run's β."""
+        return trades_terms(logits_clean, logits_adv, y, self.beta)
 
 
 @METHODS.register
@@ -145,7 +158,13 @@ class mart(_CleanAndAdversarial):
             raise UserError(f"method.options.start must be normal or uniform, got {start!r}")
         self.start = start
 
-    def terms(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, step: int) -> Terms:
+    def adversarial(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x' = PGD-K on CE from the chosen start."""
         x_init = trades_start(x, self.generator) if self.start == "normal" else None
-        x_adv = self.craft(model, x, y, loss="ce", x_init=x_init)
-        return self.combine(model, x, x_adv, y, mart_terms, self.lam)
+        return self.craft(model, x, y, loss="ce", x_init=x_init)
+
+    def head_loss(
+        self, logits_clean: torch.Tensor | None, logits_adv: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, Parts]:
+        """:func:`mart_terms` with this run's λ."""
+        return mart_terms(logits_clean, logits_adv, y, self.lam)

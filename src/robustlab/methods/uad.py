@@ -56,7 +56,7 @@ from torch import nn
 from robustlab.config import parse_number
 from robustlab.errors import UserError
 from robustlab.methods.base import PLUGINS, Method, PlugIn, Terms, accuracy
-from robustlab.methods.objectives import kl_per_sample, trades
+from robustlab.methods.objectives import kl_per_sample
 
 _EPS = 1e-6
 
@@ -186,9 +186,7 @@ class uad(PlugIn):
                  dsu_prob: float = 0.5, samples: int = 1, refined_reference: bool = True, smoothing: float = 0.1,
                  iga: bool = True, lambda_g: float = 1.0, beta_dist: float | None = None) -> None:
         super().__init__(base)
-        name = type(base).__name__
-        if name not in self.supported_bases:
-            raise UserError(f"plug-in uad supports bases {', '.join(self.supported_bases)}, not {name}")
+        self.trades_form = base.clean_in_loss  # TRADES: CE(x) + β·distance; PGD-AT: CE(x') (+ β·distance to the refined reference)
         self.dsu = _flag(dsu, "dsu")
         self.refined = _flag(refined_reference, "refined_reference")
         self.iga = _flag(iga, "iga")
@@ -208,7 +206,7 @@ class uad(PlugIn):
         if beta_dist is not None:
             self.beta_dist = parse_number(beta_dist, "method.options.beta_dist")
         else:
-            self.beta_dist = base.beta if isinstance(base, trades) else 6.0
+            self.beta_dist = base.beta if self.trades_form else 6.0
 
     # ------------------------------------------------------------------ modules
     def prepare_model(self, model: nn.Module) -> nn.Module:
@@ -244,12 +242,10 @@ class uad(PlugIn):
     # ------------------------------------------------------------------- loss
     def adversarial(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x' of the base: PGD-K on CE (PGD-AT) or the TRADES KL attack; DSU modules are off meanwhile."""
-        if isinstance(self.base, trades):
-            return self.base.adversarial(model, x, y)
-        return self.base.craft(model, x, y, loss="ce")
+        return self.base.adversarial(model, x, y)
 
     def terms(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, step: int) -> Terms:
-        is_trades = isinstance(self.base, trades)
+        is_trades = self.trades_form
         x_adv = self.adversarial(model, x, y)
         need_clean = is_trades or self.refined or self.iga
         parts: dict[str, torch.Tensor] = {}
