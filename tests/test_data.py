@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from robustlab.data import DeviceLoader, ImageDataset, batch_crop, batch_flip, fixed_subset, load_dataset
-from robustlab.data import datasets, download, formats
+from robustlab.data import cifar, download, formats
 from robustlab.errors import UserError
 
 CIFAR_JPEG = Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.tar.gz"
@@ -193,7 +193,7 @@ class _Evil:
 
 def test_restricted_unpickler_refuses_other_globals(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="refusing global posix.mkdir"):
-        formats.restricted_unpickle(pickle.dumps({"data": _Evil()}), "evil")
+        cifar.restricted_unpickle(pickle.dumps({"data": _Evil()}), "evil")
     assert not Path("/tmp/robustlab-should-not-exist").exists()
 
 
@@ -236,8 +236,8 @@ def test_download_checks_md5_and_leaves_nothing_on_mismatch(tmp_path: Path, monk
     with pytest.raises(UserError, match="md5 mismatch"):
         load_dataset("cifar10", "test", root=root, download=True)
     assert urls == ["https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"] and list(root.iterdir()) == []
-    good = dataclasses.replace(datasets._CIFAR10, md5=download.md5sum(served))
-    monkeypatch.setattr(datasets, "_CIFAR10", good)
+    good = dataclasses.replace(cifar._CIFAR10, md5=download.md5sum(served))
+    monkeypatch.setattr(cifar, "_CIFAR10", good)
     assert len(load_dataset("cifar10", "test", root=root, download=True)) == 3
     assert [p.name for p in root.iterdir()] == ["cifar-10-binary.tar.gz"]
     assert len(load_dataset("cifar10", "test", root=root)) == 3 and len(urls) == 2  # no second download

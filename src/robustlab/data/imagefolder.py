@@ -14,7 +14,7 @@ import io
 import json
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from PIL import Image
 
 from robustlab.atomic import atomic_write
 from robustlab.data import formats
+from robustlab.data.record import DATASETS, ImageDataset, check_split, make_dataset
 from robustlab.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -245,3 +246,55 @@ def write_cache(
         atomic_write(meta_path, lambda fh: fh.write(json.dumps(meta, indent=1).encode()))
     except OSError as err:
         warnings.warn(f"could not write the imagefolder cache in {cache_dir} ({err}); loading will not be cached")
+
+
+@DATASETS.register
+def imagefolder(
+    split: str,
+    *,
+    root: str | Path | None = None,
+    download: bool = False,
+    channels: int = 3,
+    size: int | Sequence[int] | None = None,
+    max_per_class: int | None = None,
+    cache_dir: str | Path | None = None,
+    cache: bool = True,
+) -> ImageDataset:
+    """Images in ``root/split/class/*.png|jpg|jpeg``; ``root`` a folder or a ``.tar``/``.tar.gz``.
+
+    Classes are the sorted union of the class folders found under ``train``/``val``/``test`` (so all
+    splits share one label map). Archive members may sit under a leading top folder. Images become
+    RGB (``channels=3``) or grayscale (``channels=1``) and must share one size unless ``size``
+    (``H`` or ``(H, W)``, bilinear) is given. ``max_per_class`` keeps the first files by name per
+    class. Decoded arrays are cached in ``cache_dir`` (default ``~/.cache/robustlab``) unless
+    ``cache=False``. ``download`` is not supported (there is no official copy to fetch).
+    """
+    check_split("imagefolder", split, ("train", "val", "test"))
+    if root is None:
+        raise UserError("imagefolder needs root: set data.root to a folder or .tar.gz with SPLIT/CLASS/*.png|jpg")
+    if download:
+        raise UserError("imagefolder cannot be downloaded; set data.download=false and point data.root at your copy")
+    if channels not in (1, 3):
+        raise UserError(f"imagefolder channels={channels!r} is not supported; use channels=3 (RGB) or 1 (grayscale)")
+    options = FolderOptions(split, channels, image_size(size), per_class_cap(max_per_class))
+    images, labels, classes = load_imagefolder(Path(root).expanduser(), options, cache_folder(cache_dir, cache))
+    return make_dataset(images, labels, classes, "imagefolder")
+
+
+def cache_folder(cache_dir: str | Path | None, cache: bool) -> Path | None:
+    return Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).expanduser() if cache else None
+
+
+def image_size(size: int | Sequence[int] | None) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    pair = (size, size) if isinstance(size, int) else tuple(size)
+    if len(pair) != 2 or not all(isinstance(s, int) and s > 0 for s in pair):
+        raise UserError(f"imagefolder size={size!r} is invalid; use a positive int or [H, W]")
+    return (int(pair[0]), int(pair[1]))
+
+
+def per_class_cap(max_per_class: int | None) -> int | None:
+    if max_per_class is not None and (not isinstance(max_per_class, int) or max_per_class < 1):
+        raise UserError(f"max_per_class={max_per_class!r} is invalid; use a positive int or leave it unset")
+    return max_per_class

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from robustlab.data.datasets import ImageDataset
+from robustlab.data.record import ImageDataset
 from robustlab.errors import UserError
 
 

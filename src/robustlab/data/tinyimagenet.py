@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from robustlab.data import formats
+from robustlab.data.imagefolder import cache_folder, per_class_cap
+from robustlab.data.record import DATASETS, ImageDataset, check_split, data_root, make_dataset
 from robustlab.data.download import ensure_file
 from robustlab.data.imagefolder import FolderOptions, Item, cache_fingerprint, listing_digest, load_decoded, stat_digest
 from robustlab.errors import UserError
@@ -154,3 +156,28 @@ def load_tinyimagenet(
         return load_decoded(fingerprint, options, cache_dir, lambda: (classes, items))
     fingerprint = cache_fingerprint(source, options, stat_digest(source), "tinyimagenet")
     return load_decoded(fingerprint, options, cache_dir, lambda: scan(source, split, max_per_class))
+
+
+@DATASETS.register
+def tinyimagenet(
+    split: str,
+    *,
+    root: str | Path | None = None,
+    download: bool = False,
+    max_per_class: int | None = None,
+    cache_dir: str | Path | None = None,
+    cache: bool = True,
+) -> ImageDataset:
+    """Tiny-ImageNet-200: 100,000 train / 10,000 val 64×64 RGB images, 200 classes (sorted wnids).
+
+    ``root``: the extracted ``tiny-imagenet-200/`` folder, a folder holding it or
+    ``tiny-imagenet-200.zip``, or the .zip/tar archive itself. ``test`` reads the labelled ``val``
+    split. ``download=True`` fetches the .zip from http://cs231n.stanford.edu/ and checks its MD5.
+    ``max_per_class``, ``cache_dir`` and ``cache`` as for :func:`imagefolder`. Layout and choices:
+    :mod:`robustlab.data.tinyimagenet`.
+    """
+    check_split("tinyimagenet", split, ("train", "val", "test"))
+    images, labels, classes = load_tinyimagenet(
+        data_root(root), split, download=download, max_per_class=per_class_cap(max_per_class), cache_dir=cache_folder(cache_dir, cache)
+    )
+    return make_dataset(images, labels, classes, "tinyimagenet")
