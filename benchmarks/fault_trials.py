@@ -3,7 +3,7 @@
 Each trial kills its command (SIGKILL) at a seeded random moment or inside a checkpoint, atomic-file
 or metrics write, reruns it until it finishes, and compares with an uninterrupted run: checkpoint
 tensors bit-identical (CPU), metrics log equal (no missing or repeated epochs), evaluation verdicts
-identical; every file left is read back. The engine is ``tests/faults.py`` (``tests/test_faults.py``
+identical; every file left is read back. The engine is ``tests/helpers/faults.py`` (``tests/test_faults.py``
 runs a handful of the same trials). Example:
 
     python benchmarks/fault_trials.py --trials 50

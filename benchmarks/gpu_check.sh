@@ -37,7 +37,7 @@ echo "== tests that touch the CUDA, bf16, fp16 and compile paths"
 # on CUDA, the CPU-side tests of the same options run too: with train.device=auto they train on the GPU.
 "$python" -m pytest -q -x -p no:cacheprovider tests/test_gpu_paths.py
 if [[ $cpu == 0 ]]; then
-  "$python" -m pytest -q -x -p no:cacheprovider tests/test_train.py tests/test_configs.py \
+  "$python" -m pytest -q -x -p no:cacheprovider tests/train/test_train.py tests/test_configs.py \
     -k "bf16 or fp16 or compile or channels_last or paper_config"
 fi
 

@@ -11,7 +11,7 @@ import torch
 SRC = Path(__file__).resolve().parents[1] / "src"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parent / "helpers"  # the shared helpers (tiny_runs, outside, faults, ...)
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 

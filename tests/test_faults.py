@@ -1,7 +1,7 @@
 """Fault injection: kill -9 train, finetune and eval (inside writes and at seeded moments), rerun, compare.
 
 A handful of trials here; ``benchmarks/fault_trials.py --trials N`` runs as many as asked. The engine
-and the comparison are in ``tests/faults.py``.
+and the comparison are in ``tests/helpers/faults.py``.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ Groups (names mean what they say, EVALUATION.md):
 * ``autoattack+`` / ``autoattack-rand+``: robustlab's stronger variants of the same members: per-sample
   Square draws (``mode="strong"``), FAB's 3-step final search, and under EOT every sample's best-loss
   point (``output="best"``). Each choice is meant never to weaken the attack (on the digits models of
-  tests/test_crosscheck*.py they give the reference's numbers or lower); their numbers are not
+  tests/attacks/test_crosscheck*.py they give the reference's numbers or lower); their numbers are not
   comparable with published AutoAttack numbers. "What the worst case uses by default", our reading:
   ``eval`` runs exactly the attacks listed (no hidden cost), so the worst case holds ``autoattack+``
   when it is listed, and the places that report a worst case as *the* robustness number take it from

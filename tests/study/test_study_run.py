@@ -16,7 +16,7 @@ import pytest
 from robustlab.cli import main
 from robustlab.report.compare import format_mean_std
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ROWS = ("digits_natural", "digits_pgd_at", "digits_pgd_at_fsr")
 
 

@@ -16,7 +16,7 @@ import pytest
 from robustlab.config import bundled_config_names, load_config
 from robustlab.train.optim import decay_epochs, lr_factor
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 # name -> (gamma, awp_warmup, epochs, 0-based decay epochs or None to skip)
 RELEASED = {
     "cifar10_preact_resnet18_pgd_at_awp": (0.01, 0, 200, [100, 150]),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from robustlab.runs.metrics import read_metrics
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1] / "helpers"
 
 
 def free_port() -> int:

@@ -4,8 +4,8 @@ Single members (APGD-CE, APGD-T): our robust accuracy at most the reference's pl
 L2. Groups: ``autoattack`` equals the reference's ``standard`` version (L∞ and L2) and
 ``autoattack-rand`` its ``rand`` version, within one sample per 100, both ways; the stronger
 ``autoattack-rand+`` is at most the reference's plus one sample per 100 (``autoattack+``'s members:
-tests/test_crosscheck_square_fab.py, the full group costs a minute a case). Skipped only
-when ``pyautoattack`` cannot be imported. FAB-T and Square alone: tests/test_crosscheck_square_fab.py.
+tests/attacks/test_crosscheck_square_fab.py, the full group costs a minute a case). Skipped only
+when ``pyautoattack`` cannot be imported. FAB-T and Square alone: tests/attacks/test_crosscheck_square_fab.py.
 """
 
 from __future__ import annotations

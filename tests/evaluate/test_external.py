@@ -20,7 +20,7 @@ from robustlab.data import fixed_subset, load_dataset
 from robustlab.evaluate import evaluate_model
 from robustlab.evaluate.external import unwrap_state_dict, wrap_normalize
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 MODEL_FILE = '''
 from __future__ import annotations

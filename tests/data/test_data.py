@@ -18,7 +18,7 @@ from robustlab.data import DeviceLoader, ImageDataset, batch_crop, batch_flip, f
 from robustlab.data import cifar, download, formats
 from robustlab.errors import UserError
 
-CIFAR_JPEG = Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.tar.gz"
+CIFAR_JPEG = Path(__file__).resolve().parents[3] / "shared/data/cifar10-jpeg.tar.gz"
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 

@@ -16,7 +16,7 @@ from robustlab.evaluate.suite import build_suite
 from robustlab.study import Options, Study, load_study
 from robustlab.study.page import Page, write_results
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_study_configs_share_one_protocol() -> None:

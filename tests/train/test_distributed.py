@@ -15,7 +15,7 @@ from robustlab.runs.metrics import read_metrics
 
 
 def torchrun(script: str, *args: str) -> None:
-    job = Path(__file__).resolve().parent / script
+    job = Path(__file__).resolve().parents[1] / "helpers" / script
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(job), *args],
