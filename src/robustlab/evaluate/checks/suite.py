@@ -11,6 +11,7 @@ from robustlab.evaluate.checks.attacks import black_box_flag
 from robustlab.evaluate.checks.common import BLACK_BOX_MIN_SAMPLES, DOC, MONOTONICITY_TOLERANCE, and_list, fraction_true, pct
 from robustlab.evaluate.flags import Flag
 from robustlab.evaluate.names import attack_family, is_gradient, is_iterative_gradient
+from robustlab.runs.record import ROBUST
 
 _AA_MEMBERS = ("apgd-ce", "apgd-t")  # members of autoattack, autoattack+ and apgd-ce-t
 # (weaker-or-equal, stronger) groups: a subset of members, or the same members in a stronger variant
@@ -82,7 +83,7 @@ def suite_verdicts(suite_result: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     broken_by = per_sample.get("broken_by")
     if isinstance(broken_by, Mapping):
         for name, v in broken_by.items():
-            out[name] = torch.as_tensor(v) == -1
+            out[name] = torch.as_tensor(v) == ROBUST
     for name, v in per_sample.items():
         if name not in ("clean", "broken_by") and name not in out and isinstance(v, (list, tuple, torch.Tensor)):
             out[name] = torch.as_tensor(v).bool()
