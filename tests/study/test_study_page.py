@@ -119,7 +119,7 @@ def test_report_writes_the_page_from_present_records_and_runs_nothing(tmp_path: 
     record = {"run": "natural", "dataset": "imagefolder", "n_examples": 1000, "seed": 0, "eps": 8 / 255, "norm": "linf",
               "method": "natural", "epoch": 10, "checks_run": True,
               "clean_acc": 0.75, "robust_acc": 0.25, "flags": [], "attacks": {"pgd-20": {"robust_acc": 0.25}, "autoattack": {}},
-              "per_sample": {"clean": [1, 1, 1, 0], "broken_by": {"pgd-20": [-1, 0, 0, -1]}}}
+              "per_sample": {"clean": [1, 1, 1, 0] * 250, "broken_by": {"pgd-20": [-1, 0, 0, -1] * 250}}}
     path = study.record_path(study.by_key[("natural", 0)])
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(record))
@@ -193,7 +193,7 @@ def test_a_torn_record_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["study", "report", "cifar10s", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "res"),
                  "--page", str(tmp_path / "r.md"), "--readme", "none"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "cifar10s_pgd_at_s0.json is not a JSON evaluation record" in err
+    assert err.count("\n") == 1 and "cifar10s_pgd_at_s0.json is not a usable evaluation record" in err
     assert not (tmp_path / "r.md").exists()
 
 
