@@ -79,7 +79,8 @@ def _npz_classes(arrays: dict[str, np.ndarray], labels: np.ndarray, num_classes:
         return [str(n.decode() if isinstance(n, bytes) else n) for n in names]
     count = num_classes if num_classes is not None else int(labels.max()) + 1 if labels.size else 1
     if count > MAX_NPZ_CLASSES:
-        raise UserError(f"{path}: labels imply {count} classes; store labels 0..K-1 (at most {MAX_NPZ_CLASSES} classes)")
+        raise UserError(f"{path}: labels imply {count} classes; store labels 0..K-1 "
+                        f"(at most {MAX_NPZ_CLASSES} classes)")
     return [str(k) for k in range(count)]
 
 

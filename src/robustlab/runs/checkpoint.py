@@ -1,4 +1,5 @@
-"""Checkpoints: the format's one owner (layout, header, version) for the trainer that writes them and the loader that reads them.
+"""Checkpoints: the format's one owner (layout, header, version), for the trainer that writes them and the
+loader that reads them alike.
 
 Layout: a run folder keeps its checkpoints as ``<run>/checkpoints/<which>.safetensors``
 (:func:`checkpoint_path`; ``last`` is the resumable one). A checkpoint file holds flat named tensors

@@ -32,7 +32,8 @@ THREAT_MODELS = {"linf": "Linf", "l2": "L2"}  # RobustBench's threat-model names
 
 
 def eps_label(eps: float) -> str:
-    """``8/255`` for non-integer values in (0, 1) that are k/255, else the float (``0`` for either zero, ``100`` not ``25500/255``)."""
+    """``8/255`` for non-integer values in (0, 1) that are k/255, else the float (``0`` for either zero,
+    ``100`` not ``25500/255``)."""
     if eps == 0:
         return "0"
     frac = Fraction(eps).limit_denominator(255)
@@ -54,12 +55,14 @@ def model_info_block(record: dict[str, Any], attacks: list[str], autoattack_fait
     autoattack = record["attacks"].get("autoattack") if autoattack_faithful else None
     return {
         "dataset": record["dataset"], "threat_model": THREAT_MODELS[record["norm"]],
-        "eps": record["eps"], "eps_label": record["eps_label"], "norm": record["norm"], "n_examples": record["n_examples"],
+        "eps": record["eps"], "eps_label": record["eps_label"], "norm": record["norm"],
+        "n_examples": record["n_examples"],
         "clean_acc": round(100 * record["clean_acc"], 2),
         "autoattack_acc": None if autoattack is None else round(100 * autoattack["robust_acc"], 2),
         "robust_acc": round(100 * record["robust_acc"], 2), "robust_acc_attacks": names,
         "attack_version": f"robustlab {record['robustlab_version']} "
-                          + ("autoattack standard" if autoattack is not None else "(no autoattack)") + f": {', '.join(names)}",
+                          + ("autoattack standard" if autoattack is not None else "(no autoattack)")
+                          + f": {', '.join(names)}",
     }
 
 
@@ -92,7 +95,8 @@ def format_table(record: dict[str, Any]) -> str:
     lines = [f"{'attack':<20} {'accuracy':>9} {'time s':>8} {'fwd/smp':>8} {'bwd/smp':>8}"]
     lines.append(f"{'clean':<20} {100 * record['clean_acc']:>8.2f}%")
     for name, a in record["attacks"].items():
-        lines.append(f"{name:<20} {100 * a['robust_acc']:>8.2f}% {a['time_s']:>8.2f} {a['forward_per_sample']:>8.1f} {a['backward_per_sample']:>8.1f}")
+        lines.append(f"{name:<20} {100 * a['robust_acc']:>8.2f}% {a['time_s']:>8.2f} "
+                     f"{a['forward_per_sample']:>8.1f} {a['backward_per_sample']:>8.1f}")
         for member, acc in a.get("robust_acc_after", {}).items():
             lines.append(f"{'  after ' + member:<20} {100 * acc:>8.2f}%")
     lines.append(f"{'worst case':<20} {100 * record['robust_acc']:>8.2f}%")
@@ -132,17 +136,21 @@ def table_problem(record: Any) -> str | None:
         if not _number(record.get(key)):
             return f"{key} is missing or not a number"
     attacks = record.get("attacks")
-    if not isinstance(attacks, dict) or not all(isinstance(a, dict) and _number(a.get("robust_acc")) for a in attacks.values()):
+    if not isinstance(attacks, dict) or not all(
+            isinstance(a, dict) and _number(a.get("robust_acc")) for a in attacks.values()):
         return "attacks is missing or lacks robust_acc numbers"
     flags = record.get("flags")
     if not isinstance(flags, list) or not all(isinstance(f, dict) and isinstance(f.get("message"), str) for f in flags):
         return "flags is missing or malformed"
-    if type(record.get("n_examples")) is not int or not isinstance(record.get("eps_label"), str) or not isinstance(record.get("norm"), str):
+    if (type(record.get("n_examples")) is not int or not isinstance(record.get("eps_label"), str)
+            or not isinstance(record.get("norm"), str)):
         return "n_examples, eps_label or norm is missing"
     return per_sample_problem(record) if "per_sample" in record else None
 
 
-def read_record(path: Path, problem: Callable[[Any], str | None] = table_problem) -> tuple[dict[str, Any] | None, str | None]:
+def read_record(
+    path: Path, problem: Callable[[Any], str | None] = table_problem,
+) -> tuple[dict[str, Any] | None, str | None]:
     """``(record, None)`` for a record file that parses and passes ``problem``, else ``(None, what is wrong)``."""
     try:
         record = json.loads(path.read_bytes())

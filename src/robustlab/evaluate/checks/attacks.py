@@ -54,10 +54,12 @@ def run_steps(
     **attack: Any,
 ) -> dict[str, torch.Tensor]:
     """Per-sample verdicts of PGD-few, PGD-many and PGD-few x restarts, run one after the other
-    (``attack``: :func:`~robustlab.evaluate.checks.common.accurate_under_pgd`'s ``eps``, ``norm``, ``step_size``, ``generator``)."""
+    (``attack``: :func:`~robustlab.evaluate.checks.common.accurate_under_pgd`'s ``eps``, ``norm``, ``step_size``,
+    ``generator``)."""
     few, many = steps
     runs = dict(zip(steps_run_names(steps, restarts), ((few, 1), (many, 1), (few, restarts))))
-    return {name: accurate_under_pgd(model, x, y, correct, steps=k, restarts=r, **attack) for name, (k, r) in runs.items()}
+    return {name: accurate_under_pgd(model, x, y, correct, steps=k, restarts=r, **attack)
+            for name, (k, r) in runs.items()}
 
 
 def steps_flags(

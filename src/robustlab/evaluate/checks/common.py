@@ -32,7 +32,8 @@ SQUARE_QUERIES = 1000
 
 
 def steps_run_names(steps: tuple[int, int] = PROBE_STEPS, restarts: int = PROBE_RESTARTS) -> tuple[str, str, str]:
-    """The names of check 3's PGD runs: few steps, many steps, few steps with restarts (``pgd-10``, ``pgd-50``, ``pgd-10x3``)."""
+    """The names of check 3's PGD runs: few steps, many steps, few steps with restarts
+    (``pgd-10``, ``pgd-50``, ``pgd-10x3``)."""
     few, many = steps
     return f"pgd-{few}", f"pgd-{many}", f"pgd-{few}x{restarts}"
 

@@ -23,7 +23,8 @@ def announce_checks(n_probe: int, square_queries: int = SQUARE_QUERIES) -> str:
     """The line printed before :func:`run_checks`: what runs on how many samples, and its cost in passes."""
     short, long = PROBE_STEPS
     gradient_steps = short + long + short * PROBE_RESTARTS + SWEEP_STEPS * len(SWEEP_MULTIPLIERS)
-    return (f"checks: gradient-masking checks on {n_probe} probe samples (PGD-{short}, PGD-{long}, PGD-{short}x{PROBE_RESTARTS}, "
+    return (f"checks: gradient-masking checks on {n_probe} probe samples "
+            f"(PGD-{short}, PGD-{long}, PGD-{short}x{PROBE_RESTARTS}, "
             f"PGD-{SWEEP_STEPS} at {len(SWEEP_MULTIPLIERS)} radii, Square {square_queries} queries): about "
             f"{gradient_steps} forward+backward passes and up to {square_queries} forward queries per sample; "
             "skip them with --no-checks")
@@ -91,12 +92,14 @@ def run_checks(
         gradient_robust = correct.clone()  # worst case over every PGD run at eps, for check 5
         if n:
             steps_verdicts = run_steps(
-                model, x, y, correct, eps=eps, norm=norm, step_size=step_size, steps=PROBE_STEPS, restarts=PROBE_RESTARTS,
+                model, x, y, correct, eps=eps, norm=norm, step_size=step_size, steps=PROBE_STEPS,
+                restarts=PROBE_RESTARTS,
                 generator=generator,
             )
             values["steps_monotone"] = {k: fraction_true(v) for k, v in steps_verdicts.items()}
             add(steps_flags(
-                values["steps_monotone"], steps=PROBE_STEPS, restarts=PROBE_RESTARTS, n=n, tolerance_samples=TOLERANCE_SAMPLES
+                values["steps_monotone"], steps=PROBE_STEPS, restarts=PROBE_RESTARTS, n=n,
+                tolerance_samples=TOLERANCE_SAMPLES,
             ))
             rows, sweep_verdicts = run_sweep(
                 model, x, y, correct, eps=eps, norm=norm, step_size=step_size, multipliers=SWEEP_MULTIPLIERS,
