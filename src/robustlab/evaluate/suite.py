@@ -4,7 +4,9 @@ Names follow EVALUATION.md: ``fgsm``, ``pgd-K``, ``cw-K`` (K steps; ``pgd``/``cw
 ``apgd-ce``, ``apgd-dlr``, ``apgd-t``, ``fab-t``, ``square``, and the groups ``autoattack``
 (standard: apgd-ce → apgd-t → fab-t → square, for L∞ and L2), ``autoattack-rand`` (apgd-ce →
 apgd-dlr, each gradient averaged over 20 passes: the reference's ``rand`` version for randomized
-models) and ``autoattack-fast`` (apgd-ce → apgd-t). The groups' members and settings are those of the
+models), ``autoattack-fast`` (apgd-ce → apgd-t) and ``fast`` (fast-margin → fast-targeted → fast-square:
+margin loss with A³'s cosine steps and diversified restarts on near-boundary survivors, MALT-ranked
+targets, a reduced Square that escalates when gradients vanish; :mod:`robustlab.evaluate.fast`). The groups' members and settings are those of the
 reference AutoAttack's ``version='standard'`` / ``'rand'`` (Croce & Hein 2020; ``pyautoattack`` 0.2.0).
 Each entry is a ``functools.partial`` of a pure attack function with every parameter bound, so the
 record can list exactly what ran. A group's members run in order, each only on the samples still robust.
@@ -27,6 +29,7 @@ from robustlab.attacks.pgd import cw, fgsm, pgd
 from robustlab.attacks.square import square
 from robustlab.errors import UserError
 from robustlab.evaluate.checks import check_randomness
+from robustlab.evaluate.fast import FAST_FORMS, FAST_MEMBERS, FAST_PARTS
 from robustlab.evaluate.flags import Flag
 
 AttackFn = Callable[..., torch.Tensor]
@@ -57,11 +60,13 @@ AUTOATTACK_PARTS: dict[str, tuple[AttackFn, dict[str, Any]]] = {
     "apgd-t": (apgd_targeted, {"steps": 100, "n_target_classes": 9, "restarts": 1}),
     "fab-t": (fab_targeted, {"steps": 100, "n_target_classes": 9, "restarts": 1}),
     "square": (square, {"queries": 5000, "p_init": 0.8, "restarts": 1}),
+    **FAST_PARTS,
 }
 GROUPS: dict[str, tuple[str, ...]] = {
     "autoattack": ("apgd-ce", "apgd-t", "fab-t", "square"),
     "autoattack-rand": ("apgd-ce", "apgd-dlr"),
     "autoattack-fast": ("apgd-ce", "apgd-t"),
+    "fast": FAST_MEMBERS,
 }
 GROUP_SETTINGS: dict[str, dict[str, Any]] = {"autoattack-rand": {"eot": 20}}  # on top of each member's own
 MIN_CLASSES = {"apgd-dlr": 3, "apgd-t": 4}  # the DLR losses read the 3rd / 4th largest logit
@@ -77,6 +82,7 @@ ATTACK_FORMS = {
     "autoattack": "standard AutoAttack: apgd-ce -> apgd-t -> fab-t -> square on survivors",
     "autoattack-rand": "AutoAttack for randomized models: apgd-ce -> apgd-dlr, gradients averaged over 20 passes (EOT)",
     "autoattack-fast": "apgd-ce -> apgd-t on survivors",
+    **FAST_FORMS,
 }
 
 
@@ -93,7 +99,7 @@ def parse_attack_name(name: str) -> tuple[str, int | None]:
         return match.group(1), steps
     raise UserError(
         f"unknown attack {name!r}; use fgsm, pgd-K, cw-K, apgd-ce, apgd-dlr, apgd-t, fab-t, square, "
-        "autoattack, autoattack-rand or autoattack-fast; see robustlab list attacks"
+        "autoattack, autoattack-rand, autoattack-fast or fast; see robustlab list attacks"
     )
 
 
