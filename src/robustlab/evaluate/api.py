@@ -20,6 +20,7 @@ from robustlab.evaluate.sharding import gather_states, shard_batches
 from robustlab.evaluate.runner import eps_label, format_table, make_record, run_suite, summarise, write_record
 from robustlab.evaluate.state import EvalState, labels_hash, model_hash
 from robustlab.evaluate.suite import autoattack_version, build_suite, check_attack_names
+from robustlab.evaluate.verify import parse_verify, verify_survivors
 from robustlab.rules import budget_warnings, check_budget
 from robustlab.runs.atomic import remove_stale_temps
 from robustlab.runs.lock import RunLock
@@ -62,6 +63,7 @@ def evaluate_model(
     checks: bool = True,
     probe_size: int = 64,
     channels_last: bool = False,
+    verify: int | str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Evaluate any classifier (inputs in [0, 1], logits out) on ``data``; returns the record.
@@ -76,8 +78,13 @@ def evaluate_model(
     ``channels_last``: convert ``model`` (in place) and the transfer source to the channels-last memory
     format, which makes convolutions much faster on CPU (1.5-1.75x per forward for the study's ResNet);
     the logits agree to float rounding. Recorded under ``channels_last``.
+    ``verify``: a number K of survivors (or ``"all"``) on which the full standard ``autoattack`` then runs
+    (:mod:`robustlab.evaluate.verify`): the record gets ``verify`` (the estimated gap and its 95%
+    interval), the worst case counts what it broke, and ``verify_gap`` flags an upper end above 0.5
+    points. Runs in the main process only.
     """
     check_attack_names(attacks)
+    verify = parse_verify(verify)
     ranks = ranks_from_env()
     dev = join(ranks, resolve_device(device) if isinstance(device, str) else device)
     log = log if ranks.main else (lambda _: None)
@@ -120,6 +127,10 @@ def evaluate_model(
     result = summarise(gather_states(state, ranks), specs)
     if version_flag is not None:
         result["flags"].append(version_flag.to_dict())
+    if verify is not None and ranks.main:
+        verify_survivors(model, data, result, verify, eps=eps, norm=norm, step_size=step_size, batch_size=batch_size,
+                         device=dev, seed=seed, fingerprint=fingerprint, log=log,
+                         state_path=None if path is None else path.with_suffix(".verify.json"))
     if checks and ranks.main:
         probe = fixed_subset(data, min(probe_size, len(data.labels)), seed=seed)
         x_probe, y_probe = probe.images.to(dev).float() / 255, probe.labels.to(dev)
@@ -157,6 +168,7 @@ def evaluate_checkpoint(
     transfer_from: str | Path | None = None,
     checks: bool = True,
     channels_last: bool = False,
+    verify: int | str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Evaluate a trained run; ε, norm and step size default to the run's training attack.
@@ -164,6 +176,7 @@ def evaluate_checkpoint(
     ``transfer_from``: a run folder or checkpoint whose model crafts transfer attacks (implies adaptive).
     """
     check_attack_names(attacks)
+    parse_verify(verify)
     dev = resolve_device(device)
     model, meta = load_model(path, which=which, weights=weights, device=dev)
     cfg: RunConfig = from_dict(RunConfig, meta["config"])
@@ -188,19 +201,20 @@ def evaluate_checkpoint(
     if out is None:
         run_dir = Path(meta["checkpoint"]).parent.parent
         tag = "_".join(a.strip().lower() for a in attacks) + ("_adaptive" if adaptive or transfer_from else "")
+        tag += "" if verify is None else f"_verify{verify}"
         out = run_dir / "eval" / f"{which}_{tag}_{eps_label(eps).replace('/', 'over')}_{norm}.json"
     out = Path(out)
     source = load_model(transfer_from, device=dev)[0] if transfer_from is not None else None
     lock = RunLock(out.with_suffix(".lock"))
     if ranks_from_env().main:
         lock.acquire(f"evaluation record {out}")
-        remove_stale_temps(out.parent, (out.name, out.with_suffix(".state.json").name))
+        remove_stale_temps(out.parent, (out.name, out.with_suffix(".state.json").name, out.with_suffix(".verify.json").name))
     try:
         record = evaluate_model(
             model, data, attacks=attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts,
             batch_size=batch_size, seed=seed, device=dev, state_path=out.with_suffix(".state.json"),
             model_info=model_info, adaptive=adaptive, transfer_source=source, checks=checks,
-            channels_last=channels_last, log=log,
+            channels_last=channels_last, verify=verify, log=log,
         )
         if ranks_from_env().main:
             write_record(out, record)

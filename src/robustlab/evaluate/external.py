@@ -295,6 +295,7 @@ def evaluate_external(
     transfer_from: str | Path | None = None,
     checks: bool = True,
     channels_last: bool = False,
+    verify: int | str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Evaluate an outside model (``FILE.py:factory`` or ``package.module:factory`` with ``weights``) on ``data``.
@@ -318,7 +319,7 @@ def evaluate_external(
         model, dataset, attacks=attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts,
         batch_size=batch_size, seed=seed, device=dev, state_path=out.with_suffix(".state.json"),
         model_info={"model_source": source, "architecture": source["architecture"], "split": split},
-        adaptive=adaptive, transfer_source=transfer, checks=checks, channels_last=channels_last, log=log,
+        adaptive=adaptive, transfer_source=transfer, checks=checks, channels_last=channels_last, verify=verify, log=log,
     )
     record["model_info"] = model_info_block(record, attacks)
     if ranks_from_env().main:

@@ -1,0 +1,188 @@
+"""The ``fast`` protocol and ``--verify K`` (issue 18): planted misses, the gap interval, masking flags.
+
+The planted model is linear on constant grey images, so which samples any attack can break is known
+in closed form (breakable iff the margin is below eps * ||w||_1); ``fast`` is crippled by binding its
+members' own eps to a hundredth of the budget, so it misses every breakable sample.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+
+from robustlab.attacks import count_passes, pgd
+from robustlab.attacks.fast import cosine_sizes, margin_restarts, ranked_targets, square_escalating
+from robustlab.cli import main
+from robustlab.data import ImageDataset
+from robustlab.errors import UserError
+from robustlab.evaluate import evaluate_model
+from robustlab.evaluate import suite
+from robustlab.evaluate.verify import clopper_pearson, parse_verify
+from robustlab.models.masking import InputStep, ScaledLogits
+
+EPS = 0.1
+N, BREAKABLE = 24, 6  # every 4th planted sample is breakable: true gap of a protocol that misses them = 0.25
+
+
+class Linear2(nn.Module):
+    """Two classes, score ``sum(x - 0.5)`` on 4x4 images: class 0 when the score is positive."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = (x.flatten(1) - 0.5).sum(1)
+        return torch.stack([s, -s], 1)
+
+
+def planted() -> ImageDataset:
+    """Constant images 0.5 + d: d = 0.05 (margin 0.8 < eps * 16 = 1.6, breakable) or 0.2 (margin 3.2, safe)."""
+    d = torch.where(torch.arange(N) % 4 == 0, 0.05, 0.2)
+    images = ((0.5 + d).view(N, 1, 1, 1).expand(N, 1, 4, 4) * 255).round().to(torch.uint8)
+    return ImageDataset(images=images, labels=torch.zeros(N, dtype=torch.long), classes=["a", "b"], name="planted")
+
+
+@pytest.fixture
+def crippled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fast`` with each member's eps bound to eps / 100 (a parameter of the member, not of the run)."""
+    for name in suite.FAST_MEMBERS:
+        fn, fixed = suite.AUTOATTACK_PARTS[name]
+        monkeypatch.setitem(suite.AUTOATTACK_PARTS, name, (fn, {**fixed, "eps": EPS / 100}))
+
+
+def _eval(attacks: list[str], verify: int | str | None = None, model: nn.Module | None = None) -> dict:
+    return evaluate_model(model or Linear2(), planted(), attacks=attacks, eps=EPS, batch_size=16, device="cpu",
+                          checks=False, verify=verify, log=lambda _: None)
+
+
+def test_uncrippled_fast_breaks_exactly_the_breakable_samples() -> None:
+    record = _eval(["fast"], verify="all")
+    assert record["attacks"]["fast"]["robust_acc"] == pytest.approx(1 - BREAKABLE / N)
+    assert record["verify"]["broken"] == 0 and record["verify"]["gap_ci95"] == [0.0, 0.0]
+    assert not [f for f in record["flags"] if f["code"] == "verify_gap"]
+
+
+def test_verify_all_equals_the_worst_case_of_both_protocols(crippled: None) -> None:
+    record = _eval(["fast"], verify="all")
+    reference = _eval(["autoattack"])
+    assert record["attacks"]["fast"]["robust_acc"] == 1.0  # the planted miss
+    assert record["verify"]["broken"] == BREAKABLE and record["verify"]["sampled"] == N
+    assert record["verify"]["gap"] == pytest.approx(BREAKABLE / N)
+    assert record["verify"]["gap_ci95"] == pytest.approx([BREAKABLE / N] * 2)  # a census has no sampling error
+    robust_aa = set(i for i, v in enumerate(reference["per_sample"]["broken_by"]["autoattack"]) if v == -1)
+    robust_fast = set(range(N))
+    robust_both = robust_aa & robust_fast
+    assert record["robust_acc"] == pytest.approx(len(robust_both) / N) == reference["robust_acc"]
+    assert set(record["verify"]["indices"]) - set(record["verify"]["broken_indices"]) == robust_both
+
+
+def test_verify_k_interval_covers_the_true_gap_and_the_flag_fires(crippled: None) -> None:
+    record = _eval(["fast"], verify=8)
+    v = record["verify"]
+    assert v["sampled"] == 8 and v["survivors"] == N and len(set(v["indices"])) == 8
+    lo, hi = v["gap_ci95"]
+    assert lo <= BREAKABLE / N <= hi and hi > 0.005
+    assert v["gap"] == pytest.approx(v["broken"] / 8)
+    assert record["robust_acc"] == pytest.approx((N - v["broken"]) / N)  # the worst case counts the verified breaks
+    assert [f for f in record["flags"] if f["code"] == "verify_gap"]
+    assert _eval(["fast"], verify=8)["verify"]["indices"] == v["indices"]  # seeded sample
+
+
+def test_clopper_pearson_matches_closed_forms_and_tables() -> None:
+    assert clopper_pearson(0, 10) == pytest.approx((0.0, 1 - 0.025 ** (1 / 10)))
+    assert clopper_pearson(10, 10) == pytest.approx((0.025 ** (1 / 10), 1.0))
+    assert clopper_pearson(5, 10) == pytest.approx((0.1871, 0.8129), abs=1e-4)
+
+
+@pytest.mark.parametrize("bad", ["0", "-3", "ten", "2.5"])
+def test_bad_verify_values_are_one_line_user_errors(bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(UserError, match="--verify"):
+        parse_verify(bad)
+    assert main(["eval", "runs/none", "--attacks", "fast", "--verify", bad]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--verify" in err and len(err.splitlines()) == 1
+
+
+def test_ranked_targets_follow_the_linearised_distance_not_the_logit() -> None:
+    """Class 1 has the larger logit but a flat boundary; class 2 is nearer along the input: MALT picks 2."""
+    w = torch.tensor([[0.0, 0.0], [0.1, 0.0], [0.0, 10.0]])
+    b = torch.tensor([1.0, 0.5, -1.0])
+    model = nn.Sequential(nn.Flatten(), nn.Linear(2, 3))
+    with torch.no_grad():
+        model[1].weight.copy_(w)
+        model[1].bias.copy_(b)
+    x = torch.full((1, 1, 1, 2), 0.05)
+    targets, use = ranked_targets(model, x, torch.tensor([0]), norm="linf", candidates=2, max_targets=2, ratio=2.0)
+    assert targets.tolist() == [[2, 1]] and use.tolist() == [[True, False]]
+
+
+def test_cosine_sizes_follow_a3() -> None:
+    sizes = cosine_sizes(20)
+    assert sizes[0] == pytest.approx(0.001 + 0.999 * (1 + math.cos(0)) / 2)
+    assert sizes[-1] == pytest.approx(0.001 + 0.999 * (1 + math.cos(math.pi * 19 / 21)) / 2)
+    assert all(a > b for a, b in zip(sizes, sizes[1:]))
+    assert cosine_sizes(10)[-1] > 0.1
+
+
+def test_a_stuck_descent_stops_at_once() -> None:
+    """Zero gradients: the iterate never moves, a cycle of period one, so each restart costs one step."""
+    model = InputStep(Linear2())
+    x = planted().images.float() / 255
+    with count_passes(model) as passes:
+        margin_restarts(model, x, torch.zeros(N, dtype=torch.long), eps=EPS, steps=20, restarts=1)
+    assert passes.backward <= 2 * N
+
+
+def test_square_escalates_only_when_gradients_vanish() -> None:
+    x, y = planted().images.float() / 255, torch.zeros(N, dtype=torch.long)
+    safe = x[1:2]  # not breakable, so Square spends its whole budget
+    for model, queries in ((Linear2(), 30), (InputStep(Linear2()), 90)):
+        with count_passes(model) as passes:
+            square_escalating(model, safe, y[:1], eps=EPS, queries=30, escalated_queries=90,
+                              generator=torch.Generator().manual_seed(0))
+        assert passes.forward == queries + 2  # the gradient probe, the clean check, then the queries
+
+
+def test_fast_is_listed_with_its_members() -> None:
+    spec = suite.build_attack("fast", eps=EPS, norm="linf", step_size=EPS / 4)
+    assert [m.name for m in spec.members] == ["fast-margin", "fast-targeted", "fast-square"]
+    assert "fast" in suite.ATTACK_FORMS and "fast-square" in suite.ATTACK_FORMS
+
+
+@pytest.fixture(scope="module")
+def digits_model() -> tuple[nn.Module, ImageDataset]:
+    """A small PGD-AT digits CNN (3-step PGD, 6 epochs; seconds) and 96 held-out test digits."""
+    d = load_digits()
+    x = torch.tensor(d.data, dtype=torch.float32).div(16).view(-1, 1, 8, 8)
+    y = torch.tensor(d.target)
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(len(y), generator=g)
+    train, test = perm[:1400], perm[1400:1496]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2, padding=1),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(32 * 16, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(6):
+        order = train[torch.randperm(len(train), generator=g)]
+        for i in range(0, len(order), 100):
+            xb, yb = x[order[i:i + 100]], y[order[i:i + 100]]
+            model.eval()
+            xa = pgd(model, xb, yb, eps=EPS, steps=3, step_size=0.05, generator=g)
+            model.train()
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(xa), yb).backward()
+            opt.step()
+    model.eval()
+    images = (x[test] * 255).round().to(torch.uint8)
+    return model, ImageDataset(images=images, labels=y[test], classes=[str(c) for c in range(10)], name="digits")
+
+
+@pytest.mark.parametrize("wrapper, expected", [(ScaledLogits, {"zero_gradients"}), (InputStep, {"zero_gradients", "black_box"})])
+def test_masking_checks_fire_under_fast_alone(digits_model: tuple[nn.Module, ImageDataset], wrapper: type, expected: set[str]) -> None:
+    model, data = digits_model
+    record = evaluate_model(wrapper(model), data, attacks=["fast"], eps=EPS, batch_size=96, device="cpu", log=lambda _: None)
+    codes = {f["code"] for f in record["flags"]}
+    assert expected <= codes, codes
+    if wrapper is InputStep:
+        assert record["checks"]["black_box"].get("group") == "fast"  # fast's own Square was compared
