@@ -51,8 +51,8 @@ def crippled(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setitem(suite.AUTOATTACK_PARTS, name, (fn, {**fixed, "eps": EPS / 100}))
 
 
-def _eval(attacks: list[str], verify: int | str | None = None, model: nn.Module | None = None) -> dict:
-    return evaluate_model(model or Linear2(), planted(), attacks=attacks, eps=EPS, batch_size=16, device="cpu",
+def _eval(attacks: list[str], verify: int | str | None = None, seed: int = 0) -> dict:
+    return evaluate_model(Linear2(), planted(), attacks=attacks, eps=EPS, batch_size=16, device="cpu", seed=seed,
                           checks=False, verify=verify, log=lambda _: None)
 
 
@@ -87,6 +87,7 @@ def test_verify_k_interval_covers_the_true_gap_and_the_flag_fires(crippled: None
     assert record["robust_acc"] == pytest.approx((N - v["broken"]) / N)  # the worst case counts the verified breaks
     assert [f for f in record["flags"] if f["code"] == "verify_gap"]
     assert _eval(["fast"], verify=8)["verify"]["indices"] == v["indices"]  # seeded sample
+    assert _eval(["fast"], verify=8, seed=1)["verify"]["indices"] != v["indices"]  # random, not the first K
 
 
 def test_clopper_pearson_matches_closed_forms_and_tables() -> None:
