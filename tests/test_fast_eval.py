@@ -15,7 +15,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from robustlab.attacks import count_passes, pgd
-from robustlab.attacks.fast import cosine_sizes, margin_restarts, ranked_targets, square_escalating
+from robustlab.attacks.fast import cosine_sizes, margin_restarts, ranked_targeted, ranked_targets, square_escalating
 from robustlab.cli import main
 from robustlab.data import ImageDataset
 from robustlab.errors import UserError
@@ -187,3 +187,16 @@ def test_masking_checks_fire_under_fast_alone(digits_model: tuple[nn.Module, Ima
     assert expected <= codes, codes
     if wrapper is InputStep:
         assert record["checks"]["black_box"].get("group") == "fast"  # fast's own Square was compared
+
+
+@pytest.mark.parametrize("attack", [margin_restarts, ranked_targeted])
+def test_a_refilled_working_batch_gives_the_same_points(digits_model: tuple[nn.Module, ImageDataset], attack) -> None:
+    """Samples join a refilled batch on their own schedule, so the batch size changes nothing per sample."""
+    model, data = digits_model
+    x, y = data.images[:40].float() / 255, data.labels[:40]
+    runs = []
+    for batch in (None, 7):
+        with count_passes(model) as passes:
+            runs.append((attack(model, x, y, eps=EPS, steps=10, batch=batch, generator=torch.Generator().manual_seed(0)), passes.backward))
+    assert torch.equal(runs[0][0], runs[1][0])
+    assert runs[1][1] <= runs[0][1] * 1.15  # at most a gradient at some samples' last step more
