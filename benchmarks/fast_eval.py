@@ -32,7 +32,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -124,19 +124,19 @@ def ablate(model: nn.Module, data: ImageDataset, member: str, *, eps: float, nor
     return cost({**summarise(state, [spec]), "flags": []}, "fast")
 
 
-def zoo(args: argparse.Namespace) -> list[tuple[str, nn.Module, ImageDataset, list[str], float | None, bool]]:
-    """(label, model, data, norms, eps or None for the digits budgets, channels_last) for each member of the zoo."""
+def zoo(args: argparse.Namespace) -> Iterator[tuple[str, nn.Module, ImageDataset, list[str], float | None, bool]]:
+    """(label, model, data, norms, eps or None for the digits budgets, channels_last) for each member of
+    the zoo, each trained when it is reached (so evaluations start before the whole zoo is trained)."""
     out = Path(args.out_dir)
-    entries = []
     if args.part in ("digits", "all"):
         digits = load_dataset("digits", "test")
         natural = trained(DIGITS["natural"], out, [])
         for label, config in DIGITS.items():
             run = trained(config, out, [], source=natural if label == "afd" else None)
-            entries.append((f"digits_{label}", load_model(run, device="cpu")[0], digits, ["linf", "l2"], None, False))
+            yield f"digits_{label}", load_model(run, device="cpu")[0], digits, ["linf", "l2"], None, False
         base = load_model(out / DIGITS["pgd_at"], device="cpu")[0]
         for label, wrapper in WRAPPERS.items():
-            entries.append((f"digits_pgd_at_{label}", wrapper(base), digits, ["linf", "l2"], None, False))
+            yield f"digits_pgd_at_{label}", wrapper(base), digits, ["linf", "l2"], None, False
     if args.part in ("cifar", "all"):
         if args.data_root is None:
             raise SystemExit("the CIFAR-10 part needs --data-root PATH/cifar10-jpeg.tar.gz")
@@ -145,8 +145,7 @@ def zoo(args: argparse.Namespace) -> list[tuple[str, nn.Module, ImageDataset, li
             cfg = load_config(config, [f"data.root={args.data_root}"])
             test = load_dataset(cfg.data.name, "test", root=cfg.data.root, **cfg.data.options)
             data = fixed_subset(test, args.cifar_examples, seed=0)
-            entries.append((f"cifar10s_{label}", load_model(run, device="cpu")[0], data, ["linf"], CIFAR_EPS, True))
-    return entries
+            yield f"cifar10s_{label}", load_model(run, device="cpu")[0], data, ["linf"], CIFAR_EPS, True
 
 
 def row(r: dict[str, Any]) -> str:
