@@ -76,14 +76,14 @@ def _targeted(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> to
 
 
 class _Ball:
-    """The feasible set of a subset: L∞ box bounds or the L2 ball, plus the steepest-ascent direction."""
+    """The feasible set of a subset: L∞ box bounds or the L2 ball, plus the steepest-ascent step."""
 
     def __init__(self, x: torch.Tensor, eps: torch.Tensor, norm: str) -> None:
         self.x, self.eps, self.norm = x, eps, norm
         self.lower, self.upper = linf_bounds(x, eps) if norm == "linf" else (x, x)
 
-    def keep(self, mask: torch.Tensor) -> "_Ball":
-        return _Ball(self.x[mask], self.eps[mask], self.norm)
+    def rows(self, index: torch.Tensor) -> "_Ball":
+        return _Ball(self.x[index], self.eps[index], self.norm)
 
     def step(self, z: torch.Tensor, grad: torch.Tensor, size: torch.Tensor | float) -> torch.Tensor:
         if self.norm == "linf":
@@ -93,7 +93,8 @@ class _Ball:
 
 @dataclasses.dataclass
 class _Work:
-    """Per-sample state of the samples still descending (indexed along dim 0)."""
+    """Per-sample state of the samples in the working batch (indexed along dim 0); ``k`` is each
+    sample's own iteration, so samples that join a refilled batch follow their own schedule."""
 
     index: torch.Tensor
     y: torch.Tensor
@@ -104,52 +105,67 @@ class _Work:
     x_best: torch.Tensor
     loss_best: torch.Tensor
     stall: torch.Tensor
+    k: torch.Tensor
 
     def keep(self, mask: torch.Tensor) -> "_Work":
         return _Work(**{f.name: getattr(self, f.name)[mask] for f in dataclasses.fields(self)})
 
+    def join(self, other: "_Work") -> "_Work":
+        return _Work(**{f.name: torch.cat([getattr(self, f.name), getattr(other, f.name)]) for f in dataclasses.fields(self)})
+
 
 def _descend(
     model: nn.Module, ball: _Ball, y: torch.Tensor, target: torch.Tensor, x0: torch.Tensor, *,
-    steps: int, objective, patience: int,
+    steps: int, objective, patience: int, batch: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Cosine-step sign PGD from ``x0``; returns ``(x_out, success, best_loss)`` per sample.
 
     A sample leaves as soon as it is misclassified (its iterate is kept), when its iterate repeats one
-    of the two before it (a cycle), or after ``patience`` iterations without a higher loss (a stall).
+    of the two before it (a cycle), after ``patience`` iterations without a higher loss (a stall), or
+    after ``steps`` iterations. ``batch``: the working batch holds at most that many samples and is
+    refilled from the queue of untouched ones as samples leave, instead of shrinking (None: all at once).
+    Each sample's iterates do not depend on which others share its batch.
     """
     n = x0.shape[0]
+    size = min(batch or n, n)
+    sizes = torch.tensor(cosine_sizes(steps), device=x0.device, dtype=x0.dtype)
     x_out, success = x0.clone(), torch.zeros(n, dtype=torch.bool, device=x0.device)
     best_loss = torch.full((n,), -math.inf, device=x0.device, dtype=torch.float64)
-    loss, grad, logits = _loss_and_grad(model, x0, y, target, objective, need_grad=True)
-    assert grad is not None
-    w = _Work(torch.arange(n, device=x0.device), y, target, x0, x0, grad, x0, loss,
-              torch.zeros(n, dtype=torch.long, device=x0.device))
-    sub = ball
 
-    def leave(w: _Work, sub: _Ball, logits: torch.Tensor, x_now: torch.Tensor, done: torch.Tensor) -> tuple[_Work, _Ball]:
+    def admit(index: torch.Tensor) -> _Work:
+        loss, grad, logits = _loss_and_grad(model, x0[index], y[index], target[index], objective, need_grad=True)
+        zeros = torch.zeros(index.numel(), dtype=torch.long, device=x0.device)
+        w = _Work(index, y[index], target[index], x0[index], x0[index], grad, x0[index], loss, zeros, zeros.clone())
+        return leave(w, logits, x0[index], torch.zeros_like(zeros, dtype=torch.bool))
+
+    def leave(w: _Work, logits: torch.Tensor, x_now: torch.Tensor, done: torch.Tensor) -> _Work:
         broken = logits.argmax(1) != w.y
         idx = w.index[broken]
         x_out[idx], success[idx], best_loss[idx] = x_now[broken], True, w.loss_best[broken].double()
         stop = done & ~broken
         x_out[w.index[stop]], best_loss[w.index[stop]] = w.x_best[stop], w.loss_best[stop].double()
         stay = ~(broken | stop)
-        return (w.keep(stay), sub.keep(stay)) if not bool(stay.all()) else (w, sub)
+        return w if bool(stay.all()) else w.keep(stay)
 
-    w, sub = leave(w, sub, logits, x0, torch.zeros(n, dtype=torch.bool, device=x0.device))
-    for k, size in enumerate(cosine_sizes(steps)):
-        if w.index.numel() == 0:
-            break
-        x_new = sub.step(w.x_cur, w.grad, size * sub.eps)
-        last = k == steps - 1
-        loss, grad, logits = _loss_and_grad(model, x_new, w.y, w.target, objective, need_grad=not last)
+    queue = torch.arange(n, device=x0.device)
+    w, queue = admit(queue[:size]), queue[size:]
+    while w.index.numel() or queue.numel():
+        if w.index.numel() < size and queue.numel():
+            take = size - w.index.numel()
+            w, queue = w.join(admit(queue[:take])), queue[take:]
+            continue
+        sub = ball.rows(w.index)
+        x_new = sub.step(w.x_cur, w.grad, sizes[w.k].view(-1, *([1] * (x0.ndim - 1))) * sub.eps)
+        w.k = w.k + 1
+        last = w.k >= steps
+        loss, grad, logits = _loss_and_grad(model, x_new, w.y, w.target, objective, need_grad=not bool(last.all()))
         better = loss > w.loss_best
         w.x_best, w.loss_best = _select(better, x_new, w.x_best), torch.where(better, loss, w.loss_best)
         w.stall = torch.where(better, 0, w.stall + 1)
         flat = x_new.flatten(1)
         cycle = (flat == w.x_cur.flatten(1)).all(1) | (flat == w.x_prev.flatten(1)).all(1)
         w.x_prev, w.x_cur, w.grad = w.x_cur, x_new, w.grad if grad is None else grad
-        w, sub = leave(w, sub, logits, x_new, cycle | (w.stall >= patience) | last)
+        w = leave(w, logits, x_new, cycle | (w.stall >= patience) | last)
     return x_out, success, best_loss
 
 
@@ -205,11 +221,13 @@ def margin_restarts(
     start_steps: int = 7,
     keep: float = 0.5,
     patience: int = 10,
+    batch: int | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Untargeted margin-loss PGD with A³'s cosine steps; restart ``r >= 1`` starts from A³'s diversified
     direction (``start_steps`` ODI steps towards the ``r``-th ranked clean logit) and attacks only the
     ``keep`` share of the survivors with the highest best margin (nearest the boundary; at least one).
+    ``batch``: a working batch of at most that many samples, refilled as samples leave (None: all).
     Returns ``x_adv``: the first misclassified iterate, else the highest-margin point found."""
     norm = check_norm(norm)
     _check(steps, restarts, patience)
@@ -232,7 +250,8 @@ def margin_restarts(
         target = ranked[idx, (r - 1) % (num_classes - 1)] if r > 0 else y[idx]
         x0 = random_start(ball.x, ball.eps, norm, generator) if r == 0 else _diversified_start(
             model, ball, y[idx], target, num_classes=num_classes, steps=start_steps, generator=generator)
-        x_sub, ok, loss = _descend(model, ball, y[idx], target, x0, steps=steps, objective=_untargeted, patience=patience)
+        x_sub, ok, loss = _descend(model, ball, y[idx], target, x0, steps=steps, objective=_untargeted, patience=patience,
+                                 batch=batch)
         take = ok | (loss > best[idx])
         x_adv[idx[take]], best[idx[take]] = x_sub[take], loss[take]
         broken[idx[ok]] = True
@@ -280,13 +299,14 @@ def ranked_targeted(
     ratio: float = 2.0,
     patience: int = 10,
     stack: bool = False,
+    batch: int | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Targeted margin PGD (cosine steps, random start) on MALT-ranked targets, at most ``max_targets``
     and only those within ``ratio`` of the best linearised distance. ``stack=False`` runs the targets in
     rank order, each on the samples still robust (fewest passes); ``stack=True`` runs every (sample,
-    target) pair in one batch (larger batches, for devices that prefer them; more passes).
-    Success means misclassified (any class)."""
+    target) pair in one batch (larger batches, for devices that prefer them; more passes). ``batch``
+    as in :func:`margin_restarts`. Success means misclassified (any class)."""
     norm = check_norm(norm)
     _check(steps, 1, patience)
     if max_targets < 1 or candidates < 1 or ratio < 1.0:
@@ -312,7 +332,8 @@ def ranked_targeted(
             continue
         ball = _Ball(x[rows], eps_t[rows], norm)
         x0 = random_start(ball.x, ball.eps, norm, generator)
-        x_sub, ok, _ = _descend(model, ball, y[rows], targets[rows, cols], x0, steps=steps, objective=_targeted, patience=patience)
+        x_sub, ok, _ = _descend(model, ball, y[rows], targets[rows, cols], x0, steps=steps, objective=_targeted,
+                                 patience=patience, batch=batch)
         hit = ok & ~broken[rows]
         first = torch.zeros_like(hit)  # stacked: one success per sample is enough
         seen: set[int] = set()
