@@ -2,7 +2,7 @@
 
 The zoo, trained here with the configs' fixed seeds (seed 0) and cached under ``--out-dir``:
 
-* digits (all 360 test images): natural, pgd_at, trades, trades+ancra, pgd_at+uad, fgsm_rs,
+* digits (``--digits-examples`` fixed test images, subset seed 0; 360 = all): natural, pgd_at, trades, trades+ancra, pgd_at+uad, fgsm_rs,
   pgd_at+fsr, afd (fine-tuned from natural); L∞ eps 0.1 and L2 eps 0.5 (``eval_speed.py``'s budgets);
 * two masking wrappers of the digits pgd_at model (:mod:`robustlab.models.masking`): logits x 1000 and
   a non-differentiable input step (round(4x)/4); L∞ and L2;
@@ -15,7 +15,8 @@ JSON record per (model, norm) goes to ``--results`` (robust accuracy of each, th
 and forward passes per sample, attack wall time, flags). Resumable: a model whose record exists is
 skipped (``fast`` reruns when its settings change; ``autoattack``'s result is cached under
 ``--out-dir``). Prints the table and the totals; the acceptance is fast <= autoattack + 0.2 points on
-every model, and summed fast <= 0.2x autoattack's backward passes and <= 0.3x its wall time.
+every model, and summed fast <= 0.2x autoattack's backward passes and <= 0.3x its wall time. The table
+goes to ``--results``/table_PART.md as well.
 
 ``--ablate MEMBER`` reruns ``fast`` without that member (no checks, nothing written but the line).
 
@@ -97,7 +98,7 @@ def cost(record: dict[str, Any], protocol: str) -> dict[str, Any]:
 def compare(label: str, model: nn.Module, data: ImageDataset, *, eps: float, norm: str, channels_last: bool,
             out: Path, results: Path) -> dict[str, Any]:
     """Both protocols on one model and norm; the small record under ``results``."""
-    tag = f"{label}_{norm}".replace("+", "_")
+    tag = f"{label}_{norm}_n{len(data.labels)}".replace("+", "_")
     path = results / f"{tag}.json"
     settings = fast_settings()
     if path.is_file() and json.loads(path.read_text()).get("fast_settings") == settings:
@@ -130,6 +131,7 @@ def zoo(args: argparse.Namespace) -> Iterator[tuple[str, nn.Module, ImageDataset
     out = Path(args.out_dir)
     if args.part in ("digits", "all"):
         digits = load_dataset("digits", "test")
+        digits = digits if args.digits_examples >= len(digits.labels) else fixed_subset(digits, args.digits_examples, seed=0)
         natural = trained(DIGITS["natural"], out, [])
         for label, config in DIGITS.items():
             run = trained(config, out, [], source=natural if label == "afd" else None)
@@ -181,6 +183,7 @@ def main() -> None:
     parser.add_argument("--results", default="docs/fast_eval")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--cifar-examples", type=int, default=200)
+    parser.add_argument("--digits-examples", type=int, default=360, help="fixed test subset (seed 0); 360 = all")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--ablate", default=None, help="a fast member to leave out: fast-margin, fast-targeted, fast-square")
     args = parser.parse_args()
@@ -195,7 +198,7 @@ def main() -> None:
             if args.ablate:
                 started = time.perf_counter()
                 r = ablate(model, data, args.ablate, eps=budget, norm=norm)
-                full = json.loads((results / f"{label}_{norm}.json".replace("+", "_")).read_text())
+                full = json.loads((results / f"{label}_{norm}_n{len(data.labels)}.json".replace("+", "_")).read_text())
                 print(f"| {label} | {norm} | without {args.ablate}: {100 * r['robust_acc']:.2f} (fast {100 * full['fast']['robust_acc']:.2f}, "
                       f"AA {100 * full['autoattack']['robust_acc']:.2f}) | bwd {r['backward_per_sample']:.0f} (fast "
                       f"{full['fast']['backward_per_sample']:.0f}) | fwd {r['forward_per_sample']:.0f} | "
@@ -206,6 +209,8 @@ def main() -> None:
             print(row(record), flush=True)
     if records:
         print(totals(records), flush=True)
+        table = results / f"table_{args.part}.md"
+        atomic_write_text(table, "\n".join([HEADER, *map(row, records), "", totals(records), ""]))
 
 
 if __name__ == "__main__":
