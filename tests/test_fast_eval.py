@@ -185,3 +185,14 @@ def test_a_refilled_working_batch_gives_the_same_points(digits_model: tuple[nn.M
             runs.append((attack(model, x, y, eps=EPS, steps=10, batch=batch, generator=torch.Generator().manual_seed(0)), passes.backward))
     assert torch.equal(runs[0][0], runs[1][0])
     assert runs[1][1] <= runs[0][1] * 1.15  # at most a gradient at some samples' last step more
+
+
+def test_stacked_targets_break_what_the_sequence_breaks(digits_model: tuple[nn.Module, ImageDataset]) -> None:
+    model, data = digits_model
+    x, y = data.images[:40].float() / 255, data.labels[:40]
+    broken = []
+    for stack in (False, True):
+        x_adv = ranked_targeted(model, x, y, eps=EPS, steps=10, stack=stack, generator=torch.Generator().manual_seed(0))
+        assert (x_adv - x).abs().amax() <= EPS + 1e-6
+        broken.append(model(x_adv).argmax(1) != y)
+    assert broken[0].any() and torch.equal(broken[0], broken[1])

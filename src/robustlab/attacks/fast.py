@@ -334,13 +334,10 @@ def ranked_targeted(
         x0 = random_start(ball.x, ball.eps, norm, generator)
         x_sub, ok, _ = _descend(model, ball, y[rows], targets[rows, cols], x0, steps=steps, objective=_targeted,
                                  patience=patience, batch=batch)
-        hit = ok & ~broken[rows]
-        first = torch.zeros_like(hit)  # stacked: one success per sample is enough
-        seen: set[int] = set()
-        for i in hit.nonzero().squeeze(1).tolist():
-            if int(rows[i]) not in seen:
-                seen.add(int(rows[i]))
-                first[i] = True
+        hits = (ok & ~broken[rows]).nonzero().squeeze(1)  # rows ascend (nonzero order): keep each sample's first
+        repeat = torch.zeros_like(hits, dtype=torch.bool)
+        repeat[1:] = rows[hits[1:]] == rows[hits[:-1]]
+        first = hits[~repeat]
         x_adv[rows[first]] = x_sub[first]
         broken[rows[first]] = True
     return x_adv
