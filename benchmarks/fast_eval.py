@@ -195,6 +195,7 @@ def main() -> None:
     parser.add_argument("--results", default="docs/fast_eval")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--cifar-examples", type=int, default=200)
+    parser.add_argument("--only", nargs="+", default=None, help="evaluate only these zoo labels, e.g. digits_pgd_at")
     parser.add_argument("--norms", nargs="+", choices=["linf", "l2"], default=["linf", "l2"])
     parser.add_argument("--digits-examples", type=int, default=360, help="fixed test subset (seed 0); 360 = all")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -207,7 +208,7 @@ def main() -> None:
     print(HEADER, flush=True)
     for norm in args.norms:  # every model at one norm before the next norm
         for label, model, data, norms, eps, channels_last in zoo(args):
-            if norm not in norms:
+            if norm not in norms or (args.only and label not in args.only):
                 continue
             budget = eps if eps is not None else DIGITS_EPS[norm]
             if args.ablate:
