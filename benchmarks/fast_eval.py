@@ -144,8 +144,10 @@ def zoo(args: argparse.Namespace) -> Iterator[tuple[str, nn.Module, ImageDataset
     if args.part in ("digits", "all"):
         digits = load_dataset("digits", "test")
         digits = digits if args.digits_examples >= len(digits.labels) else fixed_subset(digits, args.digits_examples, seed=0)
-        natural = trained(DIGITS["natural"], out, [])
+        natural = out / DIGITS["natural"] if args.only else trained(DIGITS["natural"], out, [])
         for label, config in DIGITS.items():
+            if args.only and f"digits_{label}" not in args.only:
+                continue
             run = trained(config, out, [], source=natural if label == "afd" else None)
             yield f"digits_{label}", load_model(run, device="cpu")[0], digits, ["linf", "l2"], None, False
         base = load_model(out / DIGITS["pgd_at"], device="cpu")[0]
@@ -155,6 +157,8 @@ def zoo(args: argparse.Namespace) -> Iterator[tuple[str, nn.Module, ImageDataset
         if args.data_root is None:
             raise SystemExit("the CIFAR-10 part needs --data-root PATH/cifar10-jpeg.tar.gz")
         for label, config in CIFAR.items():
+            if args.only and f"cifar10s_{label}" not in args.only:
+                continue
             run = trained(config, out, [f"data.root={args.data_root}"])
             cfg = load_config(config, [f"data.root={args.data_root}"])
             test = load_dataset(cfg.data.name, "test", root=cfg.data.root, **cfg.data.options)
