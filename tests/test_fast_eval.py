@@ -7,6 +7,7 @@ members' own eps to a hundredth of the budget, so it misses every breakable samp
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -22,6 +23,7 @@ from robustlab.evaluate import evaluate_model
 from robustlab.evaluate import suite
 from robustlab.evaluate.verify import clopper_pearson, parse_verify
 from robustlab.models.masking import InputStep, ScaledLogits
+from tiny_runs import tiny_config
 from toy_models import digits_images, train_digits_mlp
 
 EPS = 0.1
@@ -196,3 +198,19 @@ def test_stacked_targets_break_what_the_sequence_breaks(digits_model: tuple[nn.M
         assert (x_adv - x).abs().amax() <= EPS + 1e-6
         broken.append(model(x_adv).argmax(1) != y)
     assert broken[0].any() and torch.equal(broken[0], broken[1])
+
+
+def test_cli_eval_fast_verify_writes_the_gap_into_the_record(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    from robustlab.train import train
+
+    cfg = tiny_config(tmp_path, name="tiny", method="natural")
+    train(cfg, log=lambda _: None)
+    out = tmp_path / "record.json"
+    args = ["eval", str(cfg.run_dir), "--attacks", "fast", "--verify", "3", "--n-examples", "24", "--eps", "0.02",
+            "--no-checks", "--device", "cpu", "--out", str(out)]
+    assert main(args) == 0
+    record = json.loads(out.read_text())
+    v = record["verify"]
+    assert v["k"] == 3 and v["sampled"] == min(3, v["survivors"]) and v["protocol"] == "autoattack"
+    assert record["robust_acc"] == pytest.approx((v["survivors"] - v["broken"]) / 24)
+    assert "verify autoattack" in capsys.readouterr().out
