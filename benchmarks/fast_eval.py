@@ -15,8 +15,8 @@ JSON record per (model, norm) goes to ``--results`` (robust accuracy of each, th
 and forward passes per sample, attack wall time, flags). Resumable: a model whose record exists is
 skipped (``fast`` reruns when its settings change; ``autoattack``'s result is cached under
 ``--out-dir``). Prints the table and the totals; the acceptance is fast <= autoattack + 0.2 points on
-every model, and summed fast <= 0.2x autoattack's backward passes and <= 0.3x its wall time. The table
-goes to ``--results``/table_PART.md as well.
+every model, and summed fast <= 0.2x autoattack's backward passes and <= 0.3x its wall time.
+``--report`` prints the table of every record so far and writes it to ``--results``/table.md.
 
 ``--ablate MEMBER`` reruns ``fast`` without that member (no checks, nothing written but the line).
 
@@ -199,6 +199,7 @@ def main() -> None:
     parser.add_argument("--results", default="docs/fast_eval")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--cifar-examples", type=int, default=200)
+    parser.add_argument("--report", action="store_true", help="print and write the table of the records so far; run nothing")
     parser.add_argument("--only", nargs="+", default=None, help="evaluate only these zoo labels, e.g. digits_pgd_at")
     parser.add_argument("--norms", nargs="+", choices=["linf", "l2"], default=["linf", "l2"])
     parser.add_argument("--digits-examples", type=int, default=360, help="fixed test subset (seed 0); 360 = all")
@@ -208,6 +209,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     out, results = Path(args.out_dir), Path(args.results)
+    if args.report:  # the table from the records so far; nothing runs
+        records = [json.loads(p.read_text()) for p in sorted(results.glob("*_n*.json"))]
+        text = "\n".join([HEADER, *map(row, records), "", totals(records) if records else "no records yet", ""])
+        atomic_write_text(results / "table.md", text)
+        print(text)
+        return
     records = []
     print(HEADER, flush=True)
     for norm in args.norms:  # every model at one norm before the next norm
@@ -223,8 +230,6 @@ def main() -> None:
             print(row(record), flush=True)
     if records:
         print(totals(records), flush=True)
-        table = results / f"table_{args.part}.md"
-        atomic_write_text(table, "\n".join([HEADER, *map(row, records), "", totals(records), ""]))
 
 
 if __name__ == "__main__":
