@@ -142,9 +142,24 @@ def test_square_escalates_only_when_gradients_vanish() -> None:
     safe = x[1:2]  # not breakable, so Square spends its whole budget
     for model, queries in ((Linear2(), 30), (InputStep(Linear2()), 90)):
         with count_passes(model) as passes:
-            square_escalating(model, safe, y[:1], eps=EPS, queries=30, escalated_queries=90,
+            square_escalating(model, safe, y[:1], eps=EPS, queries=30, escalated_queries=90, near_share=0,
                               generator=torch.Generator().manual_seed(0))
         assert passes.forward == queries + 2  # the gradient probe, the clean check, then the queries
+
+
+def test_square_tries_again_only_on_the_survivors_nearest_the_boundary() -> None:
+    """Four safe samples at different margins: the second Square (40 queries) goes to the nearest one only."""
+    d = torch.tensor([0.12, 0.2, 0.3, 0.4])  # margins 16 d - all above eps * 16, so none breaks
+    x = (0.5 + d).view(4, 1, 1, 1).expand(4, 1, 4, 4).contiguous()
+    y = torch.zeros(4, dtype=torch.long)
+    seen: list[torch.Tensor] = []
+    model = Linear2()
+    model.register_forward_pre_hook(lambda _m, args: seen.append(args[0].flatten(1)[:, 0].clone()))
+    square_escalating(model, x, y, eps=EPS, queries=10, near_share=0.25, near_queries=40,
+                      generator=torch.Generator().manual_seed(0))
+    second = [s for s in seen[-39:]]
+    assert all(s.shape[0] == 1 for s in second)
+    assert all(float(s[0] - 0.5) < 0.12 + EPS + 1e-6 for s in second)
 
 
 def test_fast_is_listed_with_its_members() -> None:

@@ -37,7 +37,10 @@ Deviations and choices [ours]:
 * ``square_escalating`` measures, on its own inputs, the share of samples whose margin-loss input
   gradient is all zero or non-finite (one counted forward and backward); above ``zero_fraction`` it
   spends ``escalated_queries`` (the standard 5,000) instead of ``queries``: on a model whose gradients
-  are masked (e.g. a quantised input) only the black-box member can break samples.
+  are masked (e.g. a quantised input) only the black-box member can break samples. Its survivors
+  nearest the boundary (the ``near_share`` with the highest margin) get a second, fresh Square with
+  ``near_queries``: on the digits trades+ancra model a 1,000-query Square broke one sample that the
+  5,000-query one breaks in 2 of 4 seeds, a 2,000-query one in 4 of 4.
 """
 
 from __future__ import annotations
@@ -353,11 +356,15 @@ def square_escalating(
     queries: int = 1000,
     escalated_queries: int = 5000,
     zero_fraction: float = 0.0,
+    near_share: float = 0.25,
+    near_queries: int = 2000,
     p_init: float = 0.8,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Square Attack with ``queries`` queries, or ``escalated_queries`` when more than ``zero_fraction`` of
-    the samples have an all-zero or non-finite margin-loss input gradient (masked gradients)."""
+    the samples have an all-zero or non-finite margin-loss input gradient (masked gradients); then a
+    fresh Square with ``near_queries`` on the ``near_share`` of its survivors with the highest margin
+    (nearest the boundary, A³'s rule for restarts applied to Square; 0 turns it off)."""
     if x.shape[0] == 0:
         return x.detach().clone()
     x_in = x.detach().requires_grad_(True)
@@ -366,4 +373,18 @@ def square_escalating(
     flat = grad.flatten(1)
     masked = (~torch.isfinite(flat)).any(1) | (flat == 0).all(1)
     budget = escalated_queries if masked.float().mean().item() > zero_fraction else queries
-    return square(model, x, y, eps=eps, norm=norm, queries=budget, p_init=p_init, generator=generator)
+    x_adv = square(model, x, y, eps=eps, norm=norm, queries=budget, p_init=p_init, generator=generator)
+    if near_share <= 0 or near_queries < 1:
+        return x_adv
+    eps_t = per_sample(eps, x)
+    with torch.no_grad():
+        logits = model(x_adv)
+    alive = (logits.argmax(1) == y).nonzero().squeeze(1)
+    pick = alive[margin(logits[alive], y[alive]).argsort(descending=True)[: math.ceil(near_share * alive.numel())]]
+    if pick.numel():
+        again = square(model, x[pick], y[pick], eps=eps_t.flatten()[pick], norm=norm, queries=near_queries, p_init=p_init,
+                       generator=generator)
+        with torch.no_grad():
+            broke = model(again).argmax(1) != y[pick]
+        x_adv[pick[broke]] = again[broke]
+    return x_adv
