@@ -210,7 +210,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     out, results = Path(args.out_dir), Path(args.results)
     if args.report:  # the table from the records so far; nothing runs
-        records = [json.loads(p.read_text()) for p in sorted(results.glob("*_n*.json"))]
+        found = [json.loads(p.read_text()) for p in sorted(results.glob("*_n*.json"))]
+        records = [r for r in found if r.get("fast_settings") == fast_settings()]
+        for r in found:
+            if r not in records:
+                print(f"left out {r['model']} {r['norm']}: its fast ran with other settings; rerun it")
         text = "\n".join([HEADER, *map(row, records), "", totals(records) if records else "no records yet", ""])
         atomic_write_text(results / "table.md", text)
         print(text)
