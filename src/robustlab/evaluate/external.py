@@ -314,6 +314,7 @@ def evaluate_external(
     transfer_from: str | Path | None = None,
     checks: bool = True,
     channels_last: bool = False,
+    verify: int | str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Evaluate an outside model (``FILE.py:factory`` or ``package.module:factory`` with ``weights``) on ``data``.
@@ -337,7 +338,7 @@ def evaluate_external(
     return evaluate_outside_model(
         model, source, dataset, out, attacks=attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts,
         batch_size=batch_size, seed=seed, device=dev, split=split, adaptive=adaptive, transfer_from=transfer_from,
-        checks=checks, channels_last=channels_last, log=log,
+        checks=checks, channels_last=channels_last, verify=verify, log=log,
     )
 
 
@@ -353,6 +354,7 @@ def evaluate_outside_model(
     model: nn.Module, source: dict[str, Any], dataset: ImageDataset, out: Path, *, attacks: list[str], eps: float,
     norm: str, step_size: float | None, restarts: int, batch_size: int, seed: int, device: torch.device, split: str,
     adaptive: bool, transfer_from: str | Path | None, checks: bool, channels_last: bool, log: Callable[[str], None],
+    verify: int | str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a loaded outside model (any source: a factory, RobustBench's zoo) into a record at ``out``:
     the run record plus ``model_source`` and ``model_info`` (:func:`model_info_block`), written under the
@@ -365,7 +367,7 @@ def evaluate_outside_model(
             model, dataset, attacks=attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts,
             batch_size=batch_size, seed=seed, device=device, state_path=state,
             model_info={"model_source": source, "architecture": source["architecture"], "split": split},
-            adaptive=adaptive, transfer_source=transfer, checks=checks, channels_last=channels_last, log=log,
+            adaptive=adaptive, transfer_source=transfer, checks=checks, channels_last=channels_last, verify=verify, log=log,
         )
         record["model_info"] = model_info_block(record, attacks)
         if main:

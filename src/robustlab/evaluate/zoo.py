@@ -136,7 +136,7 @@ def evaluate_zoo(
     eps: float | None = None, step_size: float | None = None, restarts: int = 1, n_examples: int | None = None,
     batch_size: int = 256, seed: int = 0, device: str = "auto", out: str | Path | None = None, adaptive: bool = False,
     transfer_from: str | Path | None = None, checks: bool = True, channels_last: bool = False,
-    log: Callable[[str], None] = print,
+    verify: int | str | None = None, log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Evaluate RobustBench entry ``name`` from its local checkpoint on ``data`` (default: ``dataset``, files under
     ``data_root``). ε defaults to RobustBench's budget of the threat model (8/255, 0.5). The record goes to ``out``
@@ -154,5 +154,5 @@ def evaluate_zoo(
     return evaluate_outside_model(
         model, source, images, target, attacks=attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts,
         batch_size=batch_size, seed=seed, device=dev, split=split, adaptive=adaptive, transfer_from=transfer_from,
-        checks=checks, channels_last=channels_last, log=log,
+        checks=checks, channels_last=channels_last, verify=verify, log=log,
     )
