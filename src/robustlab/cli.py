@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transfer-from", default=None, help="run folder or checkpoint of a source model for transfer attacks")
     p.add_argument("--no-checks", action="store_true", help="skip the automatic gradient-masking checks")
     p.add_argument("--channels-last", action="store_true", help="run the model in channels-last memory format (faster convolutions on CPU)")
+    p.add_argument("--verify", default=None, metavar="K|all", help="then run the full autoattack on K seeded survivors (or all): records the gap with a 95%% interval")
     p.add_argument("--model", default=None, help="an outside model: path/to/file.py:factory or package.module:factory (with --weights FILE and --data)")
     p.add_argument("--data", default=None, help="--model: data set name (robustlab list datasets)")
     p.add_argument("--data-root", default=None, help="--model: where the data set's files live")
@@ -202,6 +203,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         restarts=args.restarts, n_examples=args.n_examples, batch_size=args.batch_size, seed=args.seed,
         split=args.split, which=args.checkpoint, weights=args.weights, device=args.device, out=args.out,
         adaptive=args.adaptive, transfer_from=args.transfer_from, checks=not args.no_checks, channels_last=args.channels_last,
+        verify=args.verify,
     )
 
 
@@ -221,7 +223,7 @@ def _eval_external(args: argparse.Namespace) -> None:
         eps=args.eps, norm=args.norm or "linf", step_size=args.step_size, restarts=args.restarts,
         n_examples=args.n_examples, batch_size=args.batch_size, seed=args.seed, device=args.device, out=args.out,
         stats=resolve_normalization(args.mean, args.std, args.normalize), adaptive=args.adaptive,
-        transfer_from=args.transfer_from, checks=not args.no_checks, channels_last=args.channels_last,
+        transfer_from=args.transfer_from, checks=not args.no_checks, channels_last=args.channels_last, verify=args.verify,
     )
 
 
@@ -240,7 +242,7 @@ def _eval_robustbench(args: argparse.Namespace) -> None:
         data=args.data, data_root=args.data_root, split=args.split, eps=args.eps, step_size=args.step_size,
         restarts=args.restarts, n_examples=args.n_examples, batch_size=args.batch_size, seed=args.seed, device=args.device,
         out=args.out, adaptive=args.adaptive, transfer_from=args.transfer_from, checks=not args.no_checks,
-        channels_last=args.channels_last,
+        channels_last=args.channels_last, verify=args.verify,
     )
 
 

@@ -24,6 +24,7 @@ from robustlab.evaluate.sharding import gather_states, shard_batches
 from robustlab.evaluate.runner import run_suite, summarise
 from robustlab.evaluate.state import EvalState, finished_work, labels_hash, model_hash
 from robustlab.evaluate.suite import autoattack_version, build_suite, check_attack_names, group_that_ran
+from robustlab.evaluate.verify import parse_verify, verify_survivors
 from robustlab.rules import STANDARD_EPS, budget_warnings, check_budget, check_step_size, eval_budget_warnings
 from robustlab.runs.checkpoint import run_folder
 from robustlab.runs.model import load_model
@@ -66,6 +67,7 @@ def evaluate_model(
     checks: bool = True,
     probe_size: int = 64,
     channels_last: bool = False,
+    verify: int | str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Evaluate any classifier (inputs in [0, 1], logits out) on ``data``; returns the record.
@@ -80,8 +82,13 @@ def evaluate_model(
     ``channels_last``: convert ``model`` (in place) and the transfer source to the channels-last memory
     format, which makes convolutions much faster on CPU (1.5-1.75x per forward for the study's ResNet);
     the logits agree to float rounding. Recorded under ``channels_last``.
+    ``verify``: a number K of survivors (or ``"all"``) on which the full standard ``autoattack`` then runs
+    (:mod:`robustlab.evaluate.verify`): the record gets ``verify`` (the estimated gap and its 95%
+    interval), the worst case counts what it broke, and ``verify_gap`` flags an upper end above 0.5
+    points. Runs in the main process only.
     """
     check_attack_names(attacks)
+    verify = parse_verify(verify)
     requested = list(attacks)
     ranks = ranks_from_env()
     dev = join(ranks, resolve_device(device, key="--device") if isinstance(device, str) else device)
@@ -137,6 +144,10 @@ def evaluate_model(
     for flag in (version_flag, gradient_flag):
         if flag is not None:
             result["flags"].append(flag.to_dict())
+    if verify is not None and ranks.main:
+        verify_survivors(model, data, result, verify, eps=eps, norm=norm, step_size=step_size, batch_size=batch_size,
+                         device=dev, seed=seed, fingerprint=fingerprint, log=log,
+                         state_path=None if path is None else path.with_suffix(".verify.json"))
     if checks and ranks.main and gradient_flag is None:
         probe = fixed_subset(data, min(probe_size, len(data.labels)), seed=seed)
         x_probe, y_probe = probe.images.to(dev).float() / 255, probe.labels.to(dev)
@@ -205,6 +216,7 @@ def evaluate_checkpoint(
     transfer_from: str | Path | None = None,
     checks: bool = True,
     channels_last: bool = False,
+    verify: int | str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Evaluate a trained run; ε, norm and step size default to the run's training attack.
@@ -216,6 +228,7 @@ def evaluate_checkpoint(
     ``transfer_from``: a run folder or checkpoint whose model crafts transfer attacks (implies adaptive).
     """
     check_attack_names(attacks)
+    parse_verify(verify)
     dev = resolve_device(device, key="--device")
     model, meta = load_model(path, which=which, weights=weights, device=dev)
     cfg: RunConfig = from_dict(RunConfig, meta["config"])
@@ -244,9 +257,10 @@ def evaluate_checkpoint(
     if out is None:
         run_dir = run_folder(Path(meta["checkpoint"]))
         tag = "_".join(a.strip().lower() for a in attacks) + ("_adaptive" if adaptive or transfer_from else "")
+        tag += "" if verify is None else f"_verify{verify}"
         out = run_dir / "eval" / f"{which}_{tag}_{eps_label(eps).replace('/', 'over')}_{norm}.json"
     return evaluate_into(
         Path(out), model, data, attacks=attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts,
         batch_size=batch_size, seed=seed, device=dev, model_info=model_info, adaptive=adaptive,
-        transfer_from=transfer_from, checks=checks, channels_last=channels_last, log=log,
+        transfer_from=transfer_from, checks=checks, channels_last=channels_last, verify=verify, log=log,
     )

@@ -2,7 +2,7 @@
 
 Names follow EVALUATION.md: ``pgd-K`` and ``cw-K`` are stepped (``pgd`` / ``cw`` alone mean
 :data:`DEFAULT_STEPS` steps); FGSM, PGD, CW, every APGD and FAB variant and ``apgd-ce-t`` are driven by
-input gradients (``square`` is not, and neither is ``autoattack``, which contains Square). Nothing here
+input gradients, and so are the ``fast`` group's ``fast-margin`` and ``fast-targeted`` (``square`` is not, and neither is ``autoattack``, which contains Square). Nothing here
 checks that a name exists: :func:`robustlab.evaluate.suite.parse_attack_name` does, on top of
 :func:`attack_family`.
 """
@@ -13,7 +13,7 @@ import re
 
 STEPPED = re.compile(r"(pgd|cw)(?:-(\d+))?")
 DEFAULT_STEPS = 20  # ``pgd`` / ``cw`` without a step count (EVALUATION.md)
-GRADIENT_FAMILIES = ("fgsm", "pgd", "cw", "apgd-ce-t")
+GRADIENT_FAMILIES = ("fgsm", "pgd", "cw", "apgd-ce-t", "fast-margin", "fast-targeted")  # fast-*: the fast group's members
 GRADIENT_PREFIXES = ("apgd", "fab")
 
 

@@ -29,6 +29,10 @@ Groups (names mean what they say, EVALUATION.md):
 * ``apgd-ce-t``: apgd-ce -> apgd-t on survivors, a cheaper gradient-only pair. Not a version of the
   reference (whose versions are standard, plus, rand and custom), hence not called autoattack-anything;
   ``autoattack-fast``, its old name, is refused with the new one.
+* ``fast``: robustlab's cheap protocol, fast-margin -> fast-targeted -> fast-square (margin loss with A³'s
+  cosine steps and diversified restarts on near-boundary survivors, MALT-ranked targets, a reduced Square
+  that escalates when gradients vanish; :mod:`robustlab.evaluate.fast`). Not AutoAttack and not named so;
+  ``eval --verify K`` measures its gap to ``autoattack`` (:mod:`robustlab.evaluate.verify`).
 
 :func:`autoattack_version` swaps ``autoattack`` (``autoattack+``) for ``autoattack-rand``
 (``autoattack-rand+``) when the model is randomized.
@@ -49,6 +53,7 @@ from robustlab.attacks.pgd import cw, fgsm, pgd
 from robustlab.attacks.square import square
 from robustlab.errors import UserError
 from robustlab.evaluate.checks import check_randomness
+from robustlab.evaluate.fast import FAST_FORMS, FAST_MEMBERS, FAST_PARTS
 from robustlab.evaluate.flags import Flag
 from robustlab.evaluate.names import attack_family
 
@@ -80,6 +85,7 @@ AUTOATTACK_PARTS: dict[str, tuple[AttackFn, dict[str, Any]]] = {
     "apgd-t": (apgd_targeted, {"steps": 100, "n_target_classes": 9, "restarts": 1}),
     "fab-t": (fab_targeted, {"steps": 100, "n_target_classes": 9, "restarts": 1}),
     "square": (square, {"queries": 5000, "p_init": 0.8, "restarts": 1}),
+    **FAST_PARTS,
 }
 _STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
 _RAND = ("apgd-ce", "apgd-dlr")
@@ -100,6 +106,7 @@ GROUPS: dict[str, tuple[tuple[str, ...], dict[str, dict[str, Any]]]] = {
     "autoattack-rand": (_RAND, {m: {**_EOT, "output": "reference", "start": "surface"} for m in _RAND}),
     "autoattack-rand+": (_RAND, {m: {**_EOT, "output": "best", "start": "ball"} for m in _RAND}),
     "apgd-ce-t": (("apgd-ce", "apgd-t"), {}),
+    "fast": (FAST_MEMBERS, {}),
 }
 RANDOMIZED_VERSION = {"autoattack": "autoattack-rand", "autoattack+": "autoattack-rand+"}
 RENAMED = {"autoattack-fast": "apgd-ce-t"}  # retired names -> the new one, said in the error
@@ -118,6 +125,7 @@ ATTACK_FORMS = {
     "autoattack-rand": "the reference's rand AutoAttack: apgd-ce -> apgd-dlr, gradients averaged over 20 passes (EOT)",
     "autoattack-rand+": "autoattack-rand ending at each sample's best-loss point (stronger)",
     "apgd-ce-t": "apgd-ce -> apgd-t on survivors (not a version of the reference AutoAttack)",
+    **FAST_FORMS,
 }
 
 

@@ -99,6 +99,11 @@ def format_table(record: dict[str, Any]) -> str:
                      f"{a['forward_per_sample']:>8.1f} {a['backward_per_sample']:>8.1f}")
         for member, acc in a.get("robust_acc_after", {}).items():
             lines.append(f"{'  after ' + member:<20} {100 * acc:>8.2f}%")
+    if "verify" in record:
+        v = record["verify"]
+        lines.append(f"{'  verify ' + v['protocol']:<20} broke {v['broken']} of {v['sampled']} sampled survivors "
+                     f"(of {v['survivors']}): gap {100 * v['gap']:.2f} points, "
+                     f"95% [{100 * v['gap_ci95'][0]:.2f}, {100 * v['gap_ci95'][1]:.2f}]")
     lines.append(f"{'worst case':<20} {100 * record['robust_acc']:>8.2f}%")
     header = f"{record.get('dataset', '?')} n={record['n_examples']} eps={record['eps_label']} ({record['norm']})"
     flags = [f"FLAG {f['code']}: {f['message']}" for f in record["flags"]]

@@ -104,7 +104,7 @@ def suite_black_box(
 ) -> tuple[Flag | None, dict[str, Any] | None]:
     """Check 5 from a suite: its ``square`` verdicts against the worst case of its gradient attacks
     (at least one iterative); else a group (``autoattack``) whose ``robust_acc_after`` {member:
-    accuracy after it}, in cascade order, lists ``square`` after gradient members: the drop at Square
+    accuracy after it}, in cascade order, lists ``square`` (or ``fast-square`` in ``fast``) after gradient members: the drop at Square
     is exactly the fraction it broke among samples those members missed. ``(None, None)`` if neither."""
     gradient = [k for k in verdicts if is_gradient(k)]
     if "square" in verdicts and any(is_iterative_gradient(k) for k in gradient):
@@ -116,13 +116,14 @@ def suite_black_box(
         return flag, {"source": "suite", "gradient_attacks": gradient, "fraction": fraction}
     for name, entry in (suite_result.get("attacks") or {}).items():
         after = entry.get("robust_acc_after") if isinstance(entry, Mapping) else None
-        if not isinstance(after, Mapping) or "square" not in after:
+        black = next((m for m in after if m == "square" or str(m).endswith("-square")), None) if isinstance(after, Mapping) else None
+        if black is None:  # Square, or a group's own Square member (fast-square)
             continue
         members = list(after)
-        i = members.index("square")
+        i = members.index(black)
         if i == 0 or not all(is_iterative_gradient(m) for m in members[:i]):
             continue
-        fraction = max(0.0, float(after[members[i - 1]]) - float(after["square"]))
+        fraction = max(0.0, float(after[members[i - 1]]) - float(after[black]))
         if math.isnan(fraction):
             continue
         flag = black_box_flag(fraction, n, threshold, BLACK_BOX_MIN_SAMPLES, f"{and_list(members[:i])} (inside {name})")

@@ -1,0 +1,390 @@
+"""The members of the cheap ``fast`` evaluation protocol: margin PGD with restarts on near-boundary
+survivors, targeted PGD on Jacobian-ranked targets, and a Square Attack whose budget escalates when
+gradients vanish. Each is a pure attack function ``(model, x, y, *, eps, ...) -> x_adv``.
+
+Sources, formula by formula:
+
+* **A³** (Liu et al., "Practical evaluation of adversarial robustness via adaptive auto attack",
+  CVPR 2022; released code ``liuye6666/adaptive_auto_attack``, ``Adaptive_Auto_Attack_main.py``):
+  the margin loss ``max_{k != y} z_k - z_y``; plain sign-gradient steps (L2: normalised gradient) whose
+  size follows a cosine from ``eps`` down to ``0.1 eps`` (budgets of at most 10 iterations) or
+  ``0.001 eps`` (longer), ``size_s = lo + (eps - lo) (1 + cos(pi s / (N + 1))) / 2``; the
+  *adaptive direction initialisation* of later restarts: a few steps of size ``eps`` on the
+  output-diversified loss ``w . z`` (ODI, Tashiro et al. 2020) with ``w ~ U(-1, 1)^K``,
+  ``w_y = (K/10) U(-0.1, 0.5)`` and ``w_t = 0.8 K/10`` for a likely target ``t`` (the next-ranked clean
+  logit at each restart, as A³ cycles through its sorted logits); 7 such steps as A³'s later restarts;
+  restarts only on the survivors with the highest best margin (closest to the boundary), the share
+  shrinking at each restart as A³'s ``alpha``.
+* **MALT** (Melamed et al., "Mesoscopic almost linearity targeting", NeurIPS 2024): targets ranked by
+  the linearised distance to each class boundary, ``(z_y - z_t) / ||grad_x (z_y - z_t)||_*`` (dual
+  norm: L1 for L∞, L2 for L2) at the clean input, smallest first; only the best few are attacked.
+* **Cycle detection** (Doldo et al., CVPR 2025): a sign-gradient iterate that returns to the point it
+  held one or two steps before will keep cycling; such a sample stops at once with its best point.
+* **Square** (Andriushchenko et al., ECCV 2020) as in :mod:`robustlab.attacks.square`.
+
+Deviations and choices [ours]:
+
+* The first restart starts uniformly in the ball (A³ starts its first pass from a random vertex).
+  A³'s online statistics that flip the signs of ``w_y`` / ``w_t`` are left out: we always use its
+  default branch. A³'s global iteration budget (100 per sample, spread over 13 outer restarts) is
+  replaced by fixed ``steps`` per restart and a fixed number of restarts.
+* Targeted runs maximise the targeted margin ``z_t - z_y`` with the same cosine steps (MALT runs
+  APGD-T on the DLR-targeted loss); the number of targets is adaptive: every class whose linearised
+  distance is within ``ratio`` times the best one, at most ``max_targets`` (MALT attacks a fixed top 5).
+* Stall: a sample whose best loss has not risen for ``patience`` iterations stops (a cheaper cousin of
+  cycle detection for the cosine schedule, whose shrinking steps rarely repeat a point exactly).
+* Broken samples leave the working batch at once, keeping their first misclassified iterate.
+* ``square_escalating`` measures, on its own inputs, the share of samples whose margin-loss input
+  gradient is all zero or non-finite (one counted forward and backward); above ``zero_fraction`` it
+  spends ``escalated_queries`` (the standard 5,000) instead of ``queries``: on a model whose gradients
+  are masked (e.g. a quantised input) only the black-box member can break samples. Its survivors
+  nearest the boundary (the ``near_share`` with the highest margin) get a second, fresh Square with
+  ``near_queries``: on the digits trades+ancra model a 1,000-query Square broke one sample that the
+  5,000-query one breaks in 2 of 4 seeds, a 2,000-query one in 4 of 4.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import nn
+
+from robustlab.attacks._common import check_norm, flat_norm, linf_bounds, per_sample, project_l2, random_start
+from robustlab.attacks.apgd import _loss_and_grad, _select
+from robustlab.attacks.losses import margin
+from robustlab.attacks.square import square
+from robustlab.errors import UserError
+
+__all__ = ["cosine_sizes", "margin_restarts", "ranked_targets", "ranked_targeted", "square_escalating"]
+
+ODI_TARGET_WEIGHT = 0.8  # A³: w_t = 0.8 K/10
+ODI_LABEL_RANGE = (-0.1, 0.5)  # A³: w_y = (K/10) U(-0.1, 0.5)
+
+
+def cosine_sizes(steps: int) -> list[float]:
+    """A³'s step sizes as fractions of eps for ``steps`` iterations (cosine from 1 to 0.1 or 0.001)."""
+    low = 0.1 if steps <= 10 else 0.001
+    return [low + (1.0 - low) * (1 + math.cos(math.pi * s / (steps + 1))) / 2 for s in range(steps)]
+
+
+def _untargeted(logits: torch.Tensor, y: torch.Tensor, _target: torch.Tensor) -> torch.Tensor:
+    return margin(logits, y)
+
+
+def _targeted(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()
+    return (logits.gather(1, target.unsqueeze(1)) - logits.gather(1, y.unsqueeze(1))).squeeze(1)
+
+
+class _Ball:
+    """The feasible set of a subset: L∞ box bounds or the L2 ball, plus the steepest-ascent step."""
+
+    def __init__(self, x: torch.Tensor, eps: torch.Tensor, norm: str) -> None:
+        self.x, self.eps, self.norm = x, eps, norm
+        self.lower, self.upper = linf_bounds(x, eps) if norm == "linf" else (x, x)
+
+    def rows(self, index: torch.Tensor) -> "_Ball":
+        return _Ball(self.x[index], self.eps[index], self.norm)
+
+    def step(self, z: torch.Tensor, grad: torch.Tensor, size: torch.Tensor | float) -> torch.Tensor:
+        if self.norm == "linf":
+            return torch.minimum(torch.maximum(z + size * grad.sign(), self.lower), self.upper)
+        return project_l2(self.x, z + size * grad / flat_norm(grad).clamp_min(1e-12), self.eps)
+
+
+@dataclasses.dataclass
+class _Work:
+    """Per-sample state of the samples in the working batch (indexed along dim 0); ``k`` is each
+    sample's own iteration, so samples that join a refilled batch follow their own schedule."""
+
+    index: torch.Tensor
+    y: torch.Tensor
+    target: torch.Tensor
+    x_cur: torch.Tensor
+    x_prev: torch.Tensor
+    grad: torch.Tensor
+    x_best: torch.Tensor
+    loss_best: torch.Tensor
+    stall: torch.Tensor
+    k: torch.Tensor
+
+    def keep(self, mask: torch.Tensor) -> "_Work":
+        return _Work(**{f.name: getattr(self, f.name)[mask] for f in dataclasses.fields(self)})
+
+    def join(self, other: "_Work") -> "_Work":
+        return _Work(**{f.name: torch.cat([getattr(self, f.name), getattr(other, f.name)]) for f in dataclasses.fields(self)})
+
+
+def _descend(
+    model: nn.Module, ball: _Ball, y: torch.Tensor, target: torch.Tensor, x0: torch.Tensor, *,
+    steps: int, objective, patience: int, batch: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cosine-step sign PGD from ``x0``; returns ``(x_out, success, best_loss)`` per sample.
+
+    A sample leaves as soon as it is misclassified (its iterate is kept), when its iterate repeats one
+    of the two before it (a cycle), after ``patience`` iterations without a higher loss (a stall), or
+    after ``steps`` iterations. ``batch``: the working batch holds at most that many samples and is
+    refilled from the queue of untouched ones as samples leave, instead of shrinking (None: all at once).
+    Each sample's iterates do not depend on which others share its batch.
+    """
+    n = x0.shape[0]
+    size = min(batch or n, n)
+    sizes = torch.tensor(cosine_sizes(steps), device=x0.device, dtype=x0.dtype)
+    x_out, success = x0.clone(), torch.zeros(n, dtype=torch.bool, device=x0.device)
+    best_loss = torch.full((n,), -math.inf, device=x0.device, dtype=torch.float64)
+
+    def admit(index: torch.Tensor) -> _Work:
+        loss, grad, logits = _loss_and_grad(model, x0[index], y[index], target[index], objective, need_grad=True)
+        zeros = torch.zeros(index.numel(), dtype=torch.long, device=x0.device)
+        w = _Work(index, y[index], target[index], x0[index], x0[index], grad, x0[index], loss, zeros, zeros.clone())
+        return leave(w, logits, x0[index], torch.zeros_like(zeros, dtype=torch.bool))
+
+    def leave(w: _Work, logits: torch.Tensor, x_now: torch.Tensor, done: torch.Tensor) -> _Work:
+        broken = logits.argmax(1) != w.y
+        idx = w.index[broken]
+        x_out[idx], success[idx], best_loss[idx] = x_now[broken], True, w.loss_best[broken].double()
+        stop = done & ~broken
+        x_out[w.index[stop]], best_loss[w.index[stop]] = w.x_best[stop], w.loss_best[stop].double()
+        stay = ~(broken | stop)
+        return w if bool(stay.all()) else w.keep(stay)
+
+    queue = torch.arange(n, device=x0.device)
+    w, queue = admit(queue[:size]), queue[size:]
+    while w.index.numel() or queue.numel():
+        if w.index.numel() < size and queue.numel():
+            take = size - w.index.numel()
+            w, queue = w.join(admit(queue[:take])), queue[take:]
+            continue
+        sub = ball.rows(w.index)
+        x_new = sub.step(w.x_cur, w.grad, sizes[w.k].view(-1, *([1] * (x0.ndim - 1))) * sub.eps)
+        w.k = w.k + 1
+        last = w.k >= steps
+        loss, grad, logits = _loss_and_grad(model, x_new, w.y, w.target, objective, need_grad=not bool(last.all()))
+        better = loss > w.loss_best
+        w.x_best, w.loss_best = _select(better, x_new, w.x_best), torch.where(better, loss, w.loss_best)
+        w.stall = torch.where(better, 0, w.stall + 1)
+        flat = x_new.flatten(1)
+        cycle = (flat == w.x_cur.flatten(1)).all(1) | (flat == w.x_prev.flatten(1)).all(1)
+        w.x_prev, w.x_cur, w.grad = w.x_cur, x_new, w.grad if grad is None else grad
+        w = leave(w, logits, x_new, cycle | (w.stall >= patience) | last)
+    return x_out, success, best_loss
+
+
+def _diversified_start(
+    model: nn.Module, ball: _Ball, y: torch.Tensor, target: torch.Tensor, *, num_classes: int, steps: int,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """A³'s adaptive direction initialisation: ``steps`` steps of size eps on ``w . z`` from a random start,
+    ``w`` pushed towards ``target``; a sample that becomes misclassified on the way stops moving."""
+    x = ball.x
+    n, scale = x.shape[0], num_classes / 10
+    w = torch.rand((n, num_classes), generator=generator, device=x.device) * 2 - 1
+    lo, hi = ODI_LABEL_RANGE
+    w_y = (lo + (hi - lo) * torch.rand((n,), generator=generator, device=x.device)) * scale
+    w = w.scatter(1, y.unsqueeze(1), w_y.unsqueeze(1)).scatter(1, target.unsqueeze(1), ODI_TARGET_WEIGHT * scale)
+    x0 = random_start(x, ball.eps, ball.norm, generator)
+    for _ in range(steps):
+        x_in = x0.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(x_in)
+            (grad,) = torch.autograd.grad((logits.float() * w).sum(), x_in)
+        moving = logits.detach().argmax(1) == y
+        x0 = _select(moving, ball.step(x0, torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0), ball.eps), x0)
+    return x0.detach()
+
+
+def _check(steps: int, restarts: int = 1, patience: int = 1) -> None:
+    for name, value in (("steps", steps), ("restarts", restarts), ("patience", patience)):
+        if value < 1:
+            raise UserError(f"{name} must be >= 1, got {value}")
+
+
+def _prepare(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x, eps as (N,1,..), clean logits)``; samples already broken (clean-wrong or eps 0) need nothing."""
+    eps_t = per_sample(eps, x)
+    if (eps_t < 0).any():
+        raise UserError("eps must be >= 0")
+    x = x.detach()
+    with torch.no_grad():
+        logits = model(x)
+    return x, eps_t, logits
+
+
+def margin_restarts(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float | torch.Tensor,
+    norm: str = "linf",
+    steps: int = 20,
+    restarts: int = 4,
+    start_steps: int = 7,
+    keep: float = 0.5,
+    patience: int = 10,
+    batch: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Untargeted margin-loss PGD with A³'s cosine steps; restart ``r >= 1`` starts from A³'s diversified
+    direction (``start_steps`` ODI steps towards the ``r``-th ranked clean logit) and attacks only the
+    ``keep`` share of the survivors with the highest best margin (nearest the boundary; at least one).
+    ``batch``: a working batch of at most that many samples, refilled as samples leave (None: all).
+    Returns ``x_adv``: the first misclassified iterate, else the highest-margin point found."""
+    norm = check_norm(norm)
+    _check(steps, restarts, patience)
+    if not 0.0 < keep <= 1.0:
+        raise UserError(f"keep must be in (0, 1], got {keep}")
+    x, eps_t, logits = _prepare(model, x, y, eps)
+    num_classes = logits.shape[1]
+    ranked = logits.float().scatter(1, y.unsqueeze(1), -math.inf).argsort(1, descending=True)[:, : num_classes - 1]
+    x_adv = x.clone()
+    broken = (logits.argmax(1) != y) | (eps_t.flatten() <= 0)
+    best = torch.full((x.shape[0],), -math.inf, device=x.device, dtype=torch.float64)
+    for r in range(restarts):
+        idx = (~broken).nonzero().squeeze(1)
+        if r > 0 and idx.numel():
+            share = max(1, math.ceil(keep ** r * idx.numel()))
+            idx = idx[best[idx].argsort(descending=True)[:share]]
+        if idx.numel() == 0:
+            break
+        ball = _Ball(x[idx], eps_t[idx], norm)
+        target = ranked[idx, (r - 1) % (num_classes - 1)] if r > 0 else y[idx]
+        x0 = random_start(ball.x, ball.eps, norm, generator) if r == 0 else _diversified_start(
+            model, ball, y[idx], target, num_classes=num_classes, steps=start_steps, generator=generator)
+        x_sub, ok, loss = _descend(model, ball, y[idx], target, x0, steps=steps, objective=_untargeted, patience=patience,
+                                 batch=batch)
+        take = ok | (loss > best[idx])
+        x_adv[idx[take]], best[idx[take]] = x_sub[take], loss[take]
+        broken[idx[ok]] = True
+    return x_adv
+
+
+def ranked_targets(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, candidates: int, max_targets: int, ratio: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MALT's ranking: ``(targets, use)``, both (N, max_targets): the classes with the smallest linearised
+    boundary distance ``(z_y - z_t) / ||grad (z_y - z_t)||_*`` among the ``candidates`` largest other
+    logits, best first; ``use`` marks those within ``ratio`` times the best distance (the first always).
+    One forward and ``candidates`` backward passes."""
+    x_in = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(x_in).float()
+        num_classes = logits.shape[1]
+        candidates = min(candidates, num_classes - 1)
+        pool = logits.detach().scatter(1, y.unsqueeze(1), -math.inf).argsort(1, descending=True)[:, :candidates]
+        z_y = logits.gather(1, y.unsqueeze(1)).squeeze(1)
+        distance = torch.empty(pool.shape, device=x.device)
+        for j in range(candidates):
+            gap = z_y - logits.gather(1, pool[:, j : j + 1]).squeeze(1)
+            (grad,) = torch.autograd.grad(gap.sum(), x_in, retain_graph=j < candidates - 1)
+            grad = torch.nan_to_num(grad.flatten(1), nan=0.0, posinf=0.0, neginf=0.0)
+            dual = grad.abs().sum(1) if norm == "linf" else grad.norm(dim=1)
+            distance[:, j] = gap.detach() / dual.clamp_min(1e-12)
+    order = distance.argsort(1)[:, :max_targets]
+    dist = distance.gather(1, order)
+    use = dist <= ratio * dist[:, :1].clamp_min(0)
+    use[:, 0] = True
+    return pool.gather(1, order), use
+
+
+def ranked_targeted(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float | torch.Tensor,
+    norm: str = "linf",
+    steps: int = 50,
+    max_targets: int = 3,
+    candidates: int = 9,
+    ratio: float = 2.0,
+    patience: int = 10,
+    stack: bool = False,
+    batch: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Targeted margin PGD (cosine steps, random start) on MALT-ranked targets, at most ``max_targets``
+    and only those within ``ratio`` of the best linearised distance. ``stack=False`` runs the targets in
+    rank order, each on the samples still robust (fewest passes); ``stack=True`` runs every (sample,
+    target) pair in one batch (larger batches, for devices that prefer them; more passes). ``batch``
+    as in :func:`margin_restarts`. Success means misclassified (any class)."""
+    norm = check_norm(norm)
+    _check(steps, 1, patience)
+    if max_targets < 1 or candidates < 1 or ratio < 1.0:
+        raise UserError(f"need max_targets >= 1, candidates >= 1 and ratio >= 1, got {max_targets}, {candidates}, {ratio}")
+    x, eps_t, logits = _prepare(model, x, y, eps)
+    x_adv = x.clone()
+    broken = (logits.argmax(1) != y) | (eps_t.flatten() <= 0)
+    idx = (~broken).nonzero().squeeze(1)
+    if idx.numel() == 0 or logits.shape[1] < 2:
+        return x_adv
+    targets = torch.zeros((x.shape[0], max_targets), dtype=torch.long, device=x.device)
+    use = torch.zeros((x.shape[0], max_targets), dtype=torch.bool, device=x.device)
+    t_sub, u_sub = ranked_targets(model, x[idx], y[idx], norm=norm, candidates=candidates, max_targets=max_targets, ratio=ratio)
+    targets[idx, : t_sub.shape[1]], use[idx, : u_sub.shape[1]] = t_sub, u_sub
+    use &= ~broken.unsqueeze(1)
+    rounds = [use.nonzero()] if stack else [use[:, j].nonzero().squeeze(1) for j in range(max_targets)]
+    for j, pairs in enumerate(rounds):
+        rows, cols = (pairs[:, 0], pairs[:, 1]) if stack else (pairs, torch.full_like(pairs, j))
+        if not stack:
+            keep = ~broken[rows]
+            rows, cols = rows[keep], cols[keep]
+        if rows.numel() == 0:
+            continue
+        ball = _Ball(x[rows], eps_t[rows], norm)
+        x0 = random_start(ball.x, ball.eps, norm, generator)
+        x_sub, ok, _ = _descend(model, ball, y[rows], targets[rows, cols], x0, steps=steps, objective=_targeted,
+                                 patience=patience, batch=batch)
+        hits = (ok & ~broken[rows]).nonzero().squeeze(1)  # rows ascend (nonzero order): keep each sample's first
+        repeat = torch.zeros_like(hits, dtype=torch.bool)
+        repeat[1:] = rows[hits[1:]] == rows[hits[:-1]]
+        first = hits[~repeat]
+        x_adv[rows[first]] = x_sub[first]
+        broken[rows[first]] = True
+    return x_adv
+
+
+def square_escalating(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float | torch.Tensor,
+    norm: str = "linf",
+    queries: int = 1000,
+    escalated_queries: int = 5000,
+    zero_fraction: float = 0.0,
+    near_share: float = 0.25,
+    near_queries: int = 2000,
+    p_init: float = 0.8,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Square Attack with ``queries`` queries, or ``escalated_queries`` when more than ``zero_fraction`` of
+    the samples have an all-zero or non-finite margin-loss input gradient (masked gradients); then a
+    fresh Square with ``near_queries`` on the ``near_share`` of its survivors with the highest margin
+    (nearest the boundary, A³'s rule for restarts applied to Square; 0 turns it off)."""
+    if x.shape[0] == 0:
+        return x.detach().clone()
+    x_in = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(margin(model(x_in), y).sum(), x_in)
+    flat = grad.flatten(1)
+    masked = (~torch.isfinite(flat)).any(1) | (flat == 0).all(1)
+    budget = escalated_queries if masked.float().mean().item() > zero_fraction else queries
+    x_adv = square(model, x, y, eps=eps, norm=norm, queries=budget, p_init=p_init, generator=generator)
+    if near_share <= 0 or near_queries < 1:
+        return x_adv
+    eps_t = per_sample(eps, x)
+    with torch.no_grad():
+        logits = model(x_adv)
+    alive = (logits.argmax(1) == y).nonzero().squeeze(1)
+    pick = alive[margin(logits[alive], y[alive]).argsort(descending=True)[: math.ceil(near_share * alive.numel())]]
+    if pick.numel():
+        again = square(model, x[pick], y[pick], eps=eps_t.flatten()[pick], norm=norm, queries=near_queries, p_init=p_init,
+                       generator=generator)
+        with torch.no_grad():
+            broke = model(again).argmax(1) != y[pick]
+        x_adv[pick[broke]] = again[broke]
+    return x_adv
