@@ -20,6 +20,7 @@ demo: install
 	$(BIN)/robustlab demo
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 bench: install

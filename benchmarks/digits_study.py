@@ -17,9 +17,9 @@ from typing import Any
 
 from robustlab.config import load_config
 from robustlab.evaluate import evaluate_checkpoint
+from robustlab.runs.metrics import read_metrics
 from robustlab.train import train
 from robustlab.train.finetune import finetune
-from robustlab.runs.metrics import read_metrics
 
 PLUGINS = [f"digits_{b}{p}" for b in ("pgd_at", "trades", "mart") for p in ("", "_fsr", "_ancra")]
 UAD = ["digits_pgd_at", "digits_pgd_at_uad", "digits_trades", "digits_trades_uad"]

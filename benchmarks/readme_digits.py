@@ -19,8 +19,8 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
-from robustlab.demo import DEMO_ATTACKS, DEMO_CONFIGS, DEMO_THREADS, run_demo
 from robustlab.atomic import atomic_write_text
+from robustlab.demo import DEMO_ATTACKS, DEMO_CONFIGS, DEMO_THREADS, run_demo
 
 START = "<!-- digits demo table: written by benchmarks/readme_digits.py -->"
 END = "<!-- end of the digits demo table -->"

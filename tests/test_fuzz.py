@@ -26,16 +26,16 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from outside import TEMPLATE, eval_args, write_model
+from tiny_runs import tiny_config
 
 from robustlab.cli import main
 from robustlab.config import RunConfig, build_config, load_config, to_flat_dict
 from robustlab.data import load_dataset
 from robustlab.errors import UserError
-from robustlab.runs.checkpoint import META_KEY, read_metadata
-from robustlab.train import Trainer, train
-from outside import TEMPLATE, eval_args, write_model
 from robustlab.evaluate.state import DIGEST_KEY, content_digest
-from tiny_runs import tiny_config
+from robustlab.runs.checkpoint import META_KEY
+from robustlab.train import Trainer, train
 
 SCALE = int(os.environ.get("ROBUSTLAB_FUZZ_SCALE", "1"))
 TRIED: dict[str, int] = {}  # inputs tried per fuzz target (printed by -s; RELIABILITY.md lists a long run's counts)

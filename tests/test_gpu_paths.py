@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_runs import tiny_config
 
 from robustlab.config import AttackConfig, MethodConfig
 from robustlab.evaluate import evaluate_checkpoint
 from robustlab.methods import create_method
 from robustlab.models import create_model
-from robustlab.train import train
 from robustlab.runs.checkpoint import read_metadata
 from robustlab.runs.metrics import read_metrics
-from tiny_runs import tiny_config
+from robustlab.train import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -6,15 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
-
 from outside import eval_args, write_model
-from robustlab.cli import main
-from robustlab.evaluate import evaluate_model
-from robustlab.evaluate.state import DIGEST_KEY, content_digest
-from robustlab.data import fixed_subset, load_dataset
-from robustlab.train import train
 from test_eval_output import _one_error_line
 from tiny_runs import tiny_config
+
+from robustlab.cli import main
+from robustlab.data import fixed_subset, load_dataset
+from robustlab.evaluate import evaluate_model
+from robustlab.evaluate.state import DIGEST_KEY, content_digest
+from robustlab.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 

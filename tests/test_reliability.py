@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_runs import tiny_config
 
 from robustlab.cli import main
 from robustlab.config import build_config
@@ -21,7 +22,6 @@ from robustlab.evaluate.suite import parse_attack_name
 from robustlab.runs.lock import LOCK_NAME, RunLock
 from robustlab.runs.metrics import read_metrics
 from robustlab.train import Trainer, train
-from tiny_runs import tiny_config
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

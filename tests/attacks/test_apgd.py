@@ -7,8 +7,8 @@ import sys
 
 import pytest
 import torch
-from toy_models import LinearClassifier, interior_inputs
 from torch import nn
+from toy_models import LinearClassifier, interior_inputs
 
 from robustlab.attacks.apgd import apgd, apgd_targeted, checkpoints
 from robustlab.errors import UserError

@@ -7,11 +7,11 @@ import functools
 import pytest
 import torch
 from torch import nn
+from toy_models import LinearClassifier, interior_inputs
 
 from robustlab.attacks.counting import Stopwatch, count_passes
 from robustlab.attacks.pgd import cw, fgsm, pgd
 from robustlab.errors import UserError
-from toy_models import LinearClassifier, interior_inputs
 
 EPS = 0.1
 
@@ -362,9 +362,10 @@ def test_stopwatch_cpu() -> None:
 
 def test_training_mode_pgd_takes_every_step_and_returns_the_last_iterate() -> None:
     """early_stop=False: exactly `steps` forwards and backwards per sample, no checks, last iterate."""
+    from toy_models import LinearClassifier, interior_inputs
+
     from robustlab.attacks.counting import count_passes
     from robustlab.attacks.pgd import pgd
-    from toy_models import LinearClassifier, interior_inputs
 
     model = LinearClassifier(num_classes=2)
     x = interior_inputs(5)
@@ -378,8 +379,9 @@ def test_training_mode_pgd_takes_every_step_and_returns_the_last_iterate() -> No
 
 
 def test_x_init_replaces_the_random_start() -> None:
-    from robustlab.attacks.pgd import pgd
     from toy_models import LinearClassifier, interior_inputs
+
+    from robustlab.attacks.pgd import pgd
 
     model = LinearClassifier(num_classes=2)
     x = interior_inputs(4)

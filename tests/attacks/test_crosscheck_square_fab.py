@@ -17,10 +17,10 @@ pyautoattack = pytest.importorskip("pyautoattack")
 
 from pyautoattack.fab_pt import FABAttack_PT  # noqa: E402
 from pyautoattack.square import SquareAttack  # noqa: E402
+from toy_models import digits_images, train_digits_mlp  # noqa: E402
 
 from robustlab.attacks.fab import fab_targeted  # noqa: E402
 from robustlab.attacks.square import square, square_fraction  # noqa: E402
-from toy_models import digits_images, train_digits_mlp  # noqa: E402
 
 N = 100
 QUERIES = 300  # the reference's n_queries: candidates after the initial point

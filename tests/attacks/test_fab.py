@@ -7,11 +7,10 @@ import functools
 import pytest
 import torch
 from torch import nn
+from toy_models import LinearClassifier, interior_inputs
 
 from robustlab.attacks.fab import _fab, _project_box_hyperplane, fab, fab_targeted
 from robustlab.errors import UserError
-from toy_models import LinearClassifier, interior_inputs
-
 
 
 def _lp(v: torch.Tensor, norm: str) -> torch.Tensor:

@@ -6,12 +6,11 @@ import inspect
 
 import pytest
 import torch
-from toy_models import LinearClassifier, digits_images, interior_inputs, train_digits_mlp
 from torch import nn
+from toy_models import LinearClassifier, digits_images, interior_inputs, train_digits_mlp
 
 from robustlab.attacks.square import square, square_fraction
 from robustlab.errors import UserError
-
 
 
 def _gen(seed: int = 0) -> torch.Generator:

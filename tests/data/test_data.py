@@ -14,8 +14,17 @@ import pytest
 import torch
 from PIL import Image
 
-from robustlab.data import DeviceLoader, ImageDataset, batch_crop, batch_flip, fixed_subset, load_dataset
-from robustlab.data import cifar, download, formats
+from robustlab.data import (
+    DeviceLoader,
+    ImageDataset,
+    batch_crop,
+    batch_flip,
+    cifar,
+    download,
+    fixed_subset,
+    formats,
+    load_dataset,
+)
 from robustlab.errors import UserError
 
 CIFAR_JPEG = Path(__file__).resolve().parents[3] / "shared/data/cifar10-jpeg.tar.gz"

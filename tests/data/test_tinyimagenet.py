@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from robustlab.data import load_dataset
 from robustlab.data import download as download_module
+from robustlab.data import load_dataset
 from robustlab.errors import UserError
 
 # wnids.txt order is not sorted: labels must follow the sorted order.

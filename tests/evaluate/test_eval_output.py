@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from outside import eval_args, write_model
+
 from robustlab.cli import main
 from robustlab.errors import UserError
 from robustlab.evaluate.output import check_output

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-
 from outside import eval_args, write_model
+from test_eval_output import _one_error_line
+
 from robustlab.cli import main
 from robustlab.runs.record import eps_label
-from test_eval_output import _one_error_line
 
 
 @pytest.mark.parametrize("forward, words", [

@@ -8,10 +8,10 @@ import signal
 from pathlib import Path
 
 import pytest
-
-import robustlab.evaluate.progress as progress_module
 from faults import run_child
 from outside import eval_args, write_model
+
+import robustlab.evaluate.progress as progress_module
 from robustlab.cli import main
 from robustlab.evaluate.progress import Progress
 from robustlab.evaluate.state import EvalState

@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 import torch
-from toy_models import LinearClassifier
 from torch import nn
+from toy_models import LinearClassifier
 
 from robustlab.data import ImageDataset
 from robustlab.evaluate import evaluate_model
 from robustlab.evaluate.runner import run_suite, summarise
-from robustlab.runs.record import eps_label
 from robustlab.evaluate.state import EvalState
 from robustlab.evaluate.suite import AttackSpec, autoattack_version, build_suite, group_that_ran
+from robustlab.runs.record import eps_label
 
 
 class ThresholdModel(nn.Module):

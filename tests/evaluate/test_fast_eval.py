@@ -12,19 +12,18 @@ import math
 
 import pytest
 import torch
+from tiny_runs import tiny_config
 from torch import nn
+from toy_models import digits_images, train_digits_mlp
 
 from robustlab.attacks import count_passes
 from robustlab.attacks.fast import cosine_sizes, margin_restarts, ranked_targeted, ranked_targets, square_escalating
 from robustlab.cli import main
 from robustlab.data import ImageDataset
 from robustlab.errors import UserError
-from robustlab.evaluate import evaluate_model
-from robustlab.evaluate import suite
+from robustlab.evaluate import evaluate_model, suite
 from robustlab.evaluate.verify import clopper_pearson, parse_verify
 from robustlab.models.masking import InputStep, ScaledLogits
-from tiny_runs import tiny_config
-from toy_models import digits_images, train_digits_mlp
 
 EPS = 0.1
 N, BREAKABLE = 24, 6  # every 4th planted sample is breakable: true gap of a protocol that misses them = 0.25

@@ -18,10 +18,11 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
-from robustlab.train import Trainer  # noqa: E402
-from robustlab.runs.ranks import leave  # noqa: E402
-from robustlab.train.finetune import prepare_finetune  # noqa: E402
 from tiny_runs import tiny_config  # noqa: E402
+
+from robustlab.runs.ranks import leave  # noqa: E402
+from robustlab.train import Trainer  # noqa: E402
+from robustlab.train.finetune import prepare_finetune  # noqa: E402
 
 
 def run_jobs(out: Path, methods: list[str], extra: dict[str, str]) -> None:

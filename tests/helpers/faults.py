@@ -31,8 +31,8 @@ import torch.utils.tensorboard  # noqa: F401
 import robustlab.evaluate  # noqa: F401 - likewise
 import robustlab.train.finetune  # noqa: F401
 from robustlab.cli import main
-from robustlab.runs.checkpoint import load_checkpoint
 from robustlab.faults import ENV
+from robustlab.runs.checkpoint import load_checkpoint
 
 TINY = [
     "--quiet", "model.options={width: 8}", "method.attack.steps=2", "data.eval_examples=64", "train.eval_pgd_steps=2",

@@ -16,7 +16,6 @@ from robustlab.methods.afd import DisentangledHead, afd, fold_disentangler, most
 from robustlab.models import create_model
 
 
-
 def _method(**options: object) -> afd:
     attack = AttackConfig(eps=0.1, steps=2, step_size=0.05)
     method = create_method(MethodConfig(name="afd", attack=attack, options=dict(options)), torch.Generator().manual_seed(0))

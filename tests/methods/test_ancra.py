@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 import pytest
 import torch
+from tiny_runs import tiny_config
 from torch import nn
 
 from robustlab.attacks._common import eval_mode
@@ -19,7 +20,6 @@ from robustlab.methods.ancra import DeferredFinal, ReverseAttention, asymmetric_
 from robustlab.methods.aux import AuxStack, capture_aux
 from robustlab.models import create_model
 from robustlab.train import train
-from tiny_runs import tiny_config
 
 K = 5
 CONFIGS = [

@@ -14,8 +14,8 @@ from robustlab.cli import main
 from robustlab.config import AttackConfig, MethodConfig, ScheduleConfig
 from robustlab.errors import UserError
 from robustlab.methods import create_method
-from robustlab.train import loop
 from robustlab.runs.checkpoint import load_checkpoint
+from robustlab.train import loop
 from robustlab.train.optim import lr_factor
 from robustlab.train.overfit import OverfitWatch
 

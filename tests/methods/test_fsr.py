@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+from tiny_runs import tiny_config
 from torch import nn
 
 from robustlab.config import AttackConfig, MethodConfig, load_config
@@ -18,7 +19,6 @@ from robustlab.methods.aux import capture_aux
 from robustlab.methods.fsr import FSRModule, highest_wrong_class
 from robustlab.models import create_model
 from robustlab.train import train
-from tiny_runs import tiny_config
 
 K = 5
 # name -> (cheap options, input shape, where FSR must sit: "final" after final / "stages.<i>")

@@ -25,7 +25,6 @@ from robustlab.methods.uad import (
 from robustlab.models import create_model
 
 
-
 def _method(name: str = "pgd_at+uad", eps: float = 0.1, seed: int = 0, **options: object):
     attack = AttackConfig(eps=eps, steps=2, step_size=0.05)
     return create_method(MethodConfig(name=name, attack=attack, options=dict(options)), torch.Generator().manual_seed(seed))

@@ -11,7 +11,12 @@ import pytest
 from robustlab.cli import main
 from robustlab.errors import UserError
 from robustlab.report.compare import (
-    check_paired, compare_records, correct_vector, format_mean_std, mean_std, paired_bootstrap,
+    check_paired,
+    compare_records,
+    correct_vector,
+    format_mean_std,
+    mean_std,
+    paired_bootstrap,
 )
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tiny_runs import tiny_config
 
 from robustlab.cli import main
 from robustlab.evaluate import evaluate_checkpoint
 from robustlab.train import train
-from tiny_runs import tiny_config
 
 
 def test_report_of_a_trained_and_evaluated_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

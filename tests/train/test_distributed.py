@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from robustlab.methods import method_names
 from robustlab.runs.metrics import read_metrics
 

@@ -10,13 +10,13 @@ import torch
 from robustlab.config import BUNDLED, build_config, load_config
 from robustlab.data import load_dataset
 from robustlab.errors import UserError
-from robustlab.runs.model import load_model
 from robustlab.methods.afd import DisentangledHead
-from robustlab.train import train
 from robustlab.runs.checkpoint import load_checkpoint, unprefixed
+from robustlab.runs.metrics import read_metrics
+from robustlab.runs.model import load_model
+from robustlab.train import train
 from robustlab.train.feature_gap import feature_gap
 from robustlab.train.finetune import finetune, prepare_finetune
-from robustlab.runs.metrics import read_metrics
 
 TINY = [
     "model.name=small_cnn", "model.options={width: 8}", "method.attack.eps=0.1", "method.attack.steps=2",

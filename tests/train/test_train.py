@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from tiny_runs import tiny_config
 
 from robustlab.config import ScheduleConfig
 from robustlab.errors import UserError
-from robustlab.train import Trainer, train
 from robustlab.runs.checkpoint import FORMAT_VERSION, checkpoint_path, load_checkpoint, read_metadata, save_checkpoint
-from robustlab.train.ema import ModelEma, ema_decay_at
 from robustlab.runs.metrics import read_metrics
+from robustlab.train import Trainer, train
+from robustlab.train.ema import ModelEma, ema_decay_at
 from robustlab.train.optim import lr_factor
-from tiny_runs import tiny_config
 
 
 class Killed(Exception):

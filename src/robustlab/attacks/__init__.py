@@ -5,10 +5,10 @@ Attacks never change the model's mode; the caller decides (``eval_mode``).
 """
 
 from robustlab.attacks._common import eval_mode
-from robustlab.attacks.counting import PassCount, Stopwatch, count_passes
-from robustlab.attacks.losses import ce, dlr, dlr_targeted, margin
 from robustlab.attacks.apgd import apgd, apgd_targeted
+from robustlab.attacks.counting import PassCount, Stopwatch, count_passes
 from robustlab.attacks.fab import fab, fab_targeted
+from robustlab.attacks.losses import ce, dlr, dlr_targeted, margin
 from robustlab.attacks.pgd import cw, cw_loss, fgsm, pgd
 from robustlab.attacks.square import square
 

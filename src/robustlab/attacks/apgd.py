@@ -57,7 +57,15 @@ from typing import Callable
 import torch
 from torch import nn
 
-from robustlab.attacks._common import check_norm, flat_norm, linf_bounds, per_sample, project_l2, random_start, surface_start
+from robustlab.attacks._common import (
+    check_norm,
+    flat_norm,
+    linf_bounds,
+    per_sample,
+    project_l2,
+    random_start,
+    surface_start,
+)
 from robustlab.attacks.losses import LossFn, dlr, dlr_targeted, get_loss
 from robustlab.errors import UserError
 

@@ -23,10 +23,18 @@ from pathlib import Path
 import numpy as np
 
 from robustlab.data import formats
-from robustlab.data.imagefolder import cache_folder, per_class_cap
-from robustlab.data.record import DATASETS, ImageDataset, check_split, data_root, make_dataset
 from robustlab.data.download import ensure_file
-from robustlab.data.imagefolder import FolderOptions, Item, cache_fingerprint, listing_digest, load_decoded, stat_digest
+from robustlab.data.imagefolder import (
+    FolderOptions,
+    Item,
+    cache_fingerprint,
+    cache_folder,
+    listing_digest,
+    load_decoded,
+    per_class_cap,
+    stat_digest,
+)
+from robustlab.data.record import DATASETS, ImageDataset, check_split, data_root, make_dataset
 from robustlab.errors import UserError
 
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"

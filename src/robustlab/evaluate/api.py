@@ -20,8 +20,8 @@ from robustlab.evaluate.checks import announce_checks, run_checks
 from robustlab.evaluate.output import check_output, claim_output
 from robustlab.evaluate.probe import gradient_free_suite, probe_forward
 from robustlab.evaluate.progress import Progress
-from robustlab.evaluate.sharding import gather_states, shard_batches
 from robustlab.evaluate.runner import run_suite, summarise
+from robustlab.evaluate.sharding import gather_states, shard_batches
 from robustlab.evaluate.state import EvalState, finished_work, labels_hash, model_hash
 from robustlab.evaluate.suite import autoattack_version, build_suite, check_attack_names, group_that_ran
 from robustlab.evaluate.verify import parse_verify, verify_survivors

@@ -22,8 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from robustlab.errors import UserError
 from robustlab.atomic import remove_stale_temps
+from robustlab.errors import UserError
 from robustlab.runs.lock import RunLock
 
 STATE_KEYS = ("fingerprint", "broken_by")

@@ -25,8 +25,17 @@ from torch import nn
 
 from robustlab.errors import UserError
 from robustlab.evaluate.external import (
-    DEFAULT_OUT, NORMALIZATIONS, check_outputs, evaluate_outside_model, load_data, load_weights, read_weights,
-    record_file_name, sha256_file, unwrap_state_dict, wrap_normalize,
+    DEFAULT_OUT,
+    NORMALIZATIONS,
+    check_outputs,
+    evaluate_outside_model,
+    load_data,
+    load_weights,
+    read_weights,
+    record_file_name,
+    sha256_file,
+    unwrap_state_dict,
+    wrap_normalize,
 )
 from robustlab.evaluate.output import check_output
 from robustlab.evaluate.suite import check_attack_names

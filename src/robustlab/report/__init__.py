@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from robustlab.errors import UserError
 from robustlab.atomic import atomic_write_text
+from robustlab.errors import UserError
 from robustlab.runs.metrics import read_metrics
 from robustlab.runs.record import read_record
 

@@ -13,10 +13,10 @@ import html
 from pathlib import Path
 from typing import Any, Sequence
 
+from robustlab.atomic import atomic_write_text
 from robustlab.errors import UserError
 from robustlab.report.compare import load_record
 from robustlab.report.robustbench import attacks_that_ran, leaderboard_value, robustbench_entry
-from robustlab.atomic import atomic_write_text
 
 # (key, title, numeric): the columns of both outputs, in order
 COLUMNS = (("rank", "rank", True), ("name", "model", False), ("architecture", "architecture", False),

@@ -24,10 +24,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from robustlab.atomic import atomic_write_text
 from robustlab.errors import UserError
 from robustlab.evaluate.suite import group_that_ran
 from robustlab.report.compare import load_record
-from robustlab.atomic import atomic_write_text
 
 FIELDS = ("link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue", "architecture",
           "eps", "clean_acc", "reported", "autoattack_acc", "external", "footnote")

@@ -21,8 +21,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from robustlab.errors import UserError
 from robustlab.atomic import atomic_fill, atomic_write_text
+from robustlab.errors import UserError
 from robustlab.faults import fault_point
 
 META_KEY = "robustlab"

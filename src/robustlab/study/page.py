@@ -18,10 +18,10 @@ import shlex
 from pathlib import Path
 from typing import Any, Callable
 
+from robustlab.atomic import atomic_write_text
 from robustlab.evaluate.suite import group_that_ran
 from robustlab.report import write_report
 from robustlab.report.compare import PairedDifference, compare_records, format_mean_std, load_record
-from robustlab.atomic import atomic_write_text
 from robustlab.runs.metrics import read_metrics_file
 from robustlab.study.plan import Study
 from robustlab.study.text import fill

@@ -16,16 +16,16 @@ number of images, attacks, adaptive).
 from __future__ import annotations
 
 import fcntl
-import os
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from robustlab.atomic import atomic_write_text
 from robustlab.config import RunConfig, load_config, to_flat_dict
 from robustlab.errors import UserError
 from robustlab.report.compare import load_record
-from robustlab.atomic import atomic_write_text
 from robustlab.runs.metrics import read_metrics
 from robustlab.study.spec import Row, StudySpec
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import shlex
 import time
 
-from robustlab.errors import UserError
 from robustlab.atomic import atomic_write_bytes
+from robustlab.errors import UserError
 from robustlab.study.plan import Step, Study
 
 

@@ -31,9 +31,9 @@ from typing import Any, Callable
 
 import torch
 
+from robustlab.atomic import atomic_write_text
 from robustlab.config import RunConfig
 from robustlab.errors import UserError
-from robustlab.atomic import atomic_write_text
 from robustlab.runs.checkpoint import checkpoint_path
 from robustlab.runs.model import load_model
 from robustlab.train.feature_gap import feature_gap_logger

@@ -10,8 +10,8 @@ uninterrupted one.
 
 from __future__ import annotations
 
-import sys
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -20,13 +20,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from robustlab.atomic import atomic_write_text, remove_stale_temps
 from robustlab.attacks._common import eval_mode
 from robustlab.attacks.pgd import fgsm, pgd
 from robustlab.config import RunConfig, build_config, dump_yaml, read_yaml, to_dict
 from robustlab.data import DeviceLoader, ImageDataset, fixed_subset, load_dataset
 from robustlab.errors import UserError
 from robustlab.methods import create_method
-from robustlab.atomic import atomic_write_text, remove_stale_temps
+from robustlab.rules import config_warnings
 from robustlab.runs.checkpoint import (
     CHECKPOINT_DIR,
     EMA,
@@ -50,13 +51,11 @@ from robustlab.runs.lock import RunLock
 from robustlab.runs.metrics import MetricsLog
 from robustlab.runs.model import build_model, check_input_size, model_spec
 from robustlab.runs.ranks import join, ranks_from_env, resolve_device
-from robustlab.rules import config_warnings
 from robustlab.train.distributed import barrier, per_rank_batch, wrap
-from robustlab.train.overfit import OverfitWatch, agree, describe
 from robustlab.train.ema import ModelEma
 from robustlab.train.optim import build_optimizer, lr_factor, set_lr
+from robustlab.train.overfit import OverfitWatch, agree, describe
 from robustlab.train.precision import attack_autocast, update_autocast
-
 
 
 def evaluate_clean_and_pgd(

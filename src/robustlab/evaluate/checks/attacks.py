@@ -13,8 +13,19 @@ from robustlab.attacks._common import check_norm, eval_mode
 from robustlab.attacks.square import square
 from robustlab.errors import UserError
 from robustlab.evaluate.checks.common import (
-    BLACK_BOX_MIN_SAMPLES, BLACK_BOX_THRESHOLD, DOC, PLATEAU, PROBE_RESTARTS, PROBE_STEPS, SQUARE_PROBE_THRESHOLD,
-    TOLERANCE_SAMPLES, accurate_under_pgd, clean_correct, fraction_true, pct, steps_run_names,
+    BLACK_BOX_MIN_SAMPLES,
+    BLACK_BOX_THRESHOLD,
+    DOC,
+    PLATEAU,
+    PROBE_RESTARTS,
+    PROBE_STEPS,
+    SQUARE_PROBE_THRESHOLD,
+    TOLERANCE_SAMPLES,
+    accurate_under_pgd,
+    clean_correct,
+    fraction_true,
+    pct,
+    steps_run_names,
 )
 from robustlab.evaluate.flags import Flag
 
@@ -49,7 +60,7 @@ def check_steps_monotone(
 
 
 def run_steps(
-   
+
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, correct: torch.Tensor, *, steps: tuple[int, int], restarts: int,
     **attack: Any,
 ) -> dict[str, torch.Tensor]:

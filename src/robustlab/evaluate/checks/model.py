@@ -10,7 +10,13 @@ from torch import nn
 
 from robustlab.attacks._common import eval_mode
 from robustlab.evaluate.checks.common import (
-    DOC, GRADIENT_THRESHOLD, PROBABILITY_TOLERANCE, RANDOMNESS_TOLERANCE, flag_above, fraction_true, pct,
+    DOC,
+    GRADIENT_THRESHOLD,
+    PROBABILITY_TOLERANCE,
+    RANDOMNESS_TOLERANCE,
+    flag_above,
+    fraction_true,
+    pct,
 )
 from robustlab.evaluate.flags import Flag
 

@@ -8,13 +8,39 @@ import torch
 from torch import nn
 
 from robustlab.attacks._common import check_norm, eval_mode
-from robustlab.evaluate.checks.attacks import black_box_flag, probe_values, run_steps, run_sweep, square_on_survivors, steps_flags, sweep_flags
-from robustlab.evaluate.checks.common import (
-    BLACK_BOX_MIN_SAMPLES, BLACK_BOX_THRESHOLD, GRADIENT_THRESHOLD, PLATEAU, PROBE_GRADIENT_ATTACKS, PROBE_RESTARTS, PROBE_STEPS,
-    RANDOMNESS_TOLERANCE, SQUARE_PROBE_THRESHOLD, SQUARE_QUERIES, SWEEP_MULTIPLIERS, SWEEP_STEPS, TOLERANCE_SAMPLES,
-    and_list, fraction_true,
+from robustlab.evaluate.checks.attacks import (
+    black_box_flag,
+    probe_values,
+    run_steps,
+    run_sweep,
+    square_on_survivors,
+    steps_flags,
+    sweep_flags,
 )
-from robustlab.evaluate.checks.model import check_probability_outputs, gradient_flag, logit_change, masked_gradient_fraction, randomness_flag
+from robustlab.evaluate.checks.common import (
+    BLACK_BOX_MIN_SAMPLES,
+    BLACK_BOX_THRESHOLD,
+    GRADIENT_THRESHOLD,
+    PLATEAU,
+    PROBE_GRADIENT_ATTACKS,
+    PROBE_RESTARTS,
+    PROBE_STEPS,
+    RANDOMNESS_TOLERANCE,
+    SQUARE_PROBE_THRESHOLD,
+    SQUARE_QUERIES,
+    SWEEP_MULTIPLIERS,
+    SWEEP_STEPS,
+    TOLERANCE_SAMPLES,
+    and_list,
+    fraction_true,
+)
+from robustlab.evaluate.checks.model import (
+    check_probability_outputs,
+    gradient_flag,
+    logit_change,
+    masked_gradient_fraction,
+    randomness_flag,
+)
 from robustlab.evaluate.checks.suite import check_monotonicity, suite_black_box, suite_size, suite_verdicts
 from robustlab.evaluate.flags import Flag
 

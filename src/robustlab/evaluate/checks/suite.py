@@ -8,7 +8,14 @@ from typing import Any, Mapping
 import torch
 
 from robustlab.evaluate.checks.attacks import black_box_flag
-from robustlab.evaluate.checks.common import BLACK_BOX_MIN_SAMPLES, DOC, MONOTONICITY_TOLERANCE, and_list, fraction_true, pct
+from robustlab.evaluate.checks.common import (
+    BLACK_BOX_MIN_SAMPLES,
+    DOC,
+    MONOTONICITY_TOLERANCE,
+    and_list,
+    fraction_true,
+    pct,
+)
 from robustlab.evaluate.flags import Flag
 from robustlab.evaluate.names import attack_family, is_gradient, is_iterative_gradient
 from robustlab.runs.record import ROBUST
