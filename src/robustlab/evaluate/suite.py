@@ -3,8 +3,8 @@
 Names follow EVALUATION.md: ``fgsm``, ``pgd-K``, ``cw-K`` (K steps; ``pgd``/``cw`` alone mean 20),
 ``apgd-ce``, ``apgd-dlr``, ``apgd-t``, ``fab-t``, ``square``, and the groups below. Each entry is a
 ``functools.partial`` of a pure attack function with every parameter bound (the settings that tell a
-reference-faithful run from a stronger one, Square's ``mode``, FAB's ``final_search`` and APGD's
-``output``, always explicitly), so the record lists exactly what ran. A group's members run in
+reference-faithful run from a stronger one, Square's ``mode``, FAB's ``final_search``, APGD's
+``output`` and ``start``, always explicitly), so the record lists exactly what ran. A group's members run in
 order, each only on the samples still robust.
 
 Groups (names mean what they say, EVALUATION.md):
@@ -13,13 +13,15 @@ Groups (names mean what they say, EVALUATION.md):
   packaged as ``pyautoattack`` 0.2.0, ``AutoAttack._set_version``): apgd-ce -> apgd-t -> fab-t -> square,
   L∞ and L2, with the reference's algorithms: Square's reference draws (``mode="reference"``) and the
   reference's 5,000 candidates after the initial point (``queries=5001`` in our counting), FAB-T with
-  no final search (the reference's ``FABAttack.attack_single_run`` returns its best iterate as is).
+  no final search (the reference's ``FABAttack.attack_single_run`` returns its best iterate as is), APGD
+  from the reference's start on the ε-ball's surface (``start="surface"``, ``autopgd_base.py``).
 * ``autoattack-rand``: the reference's ``version='rand'``: apgd-ce -> apgd-dlr, each gradient averaged
   over 20 passes (``eot_iter=20``), and the reference's output rule under EOT (``output="reference"``:
   the last iterate one noisy forward misclassified, else the clean input).
 * ``autoattack+`` / ``autoattack-rand+``: robustlab's stronger variants of the same members: per-sample
-  Square draws (``mode="strong"``), FAB's 3-step final search, and under EOT every sample's best-loss
-  point (``output="best"``). Each choice is meant never to weaken the attack (on the digits models of
+  Square draws (``mode="strong"``), FAB's 3-step final search, APGD from a uniform start in the ball
+  (``start="ball"``), and under EOT every sample's best-loss point (``output="best"``). Each choice is
+  meant never to weaken the attack (the start is only a different draw; on the digits models of
   tests/attacks/test_crosscheck*.py they give the reference's numbers or lower); their numbers are not
   comparable with published AutoAttack numbers. "What the worst case uses by default", our reading:
   ``eval`` runs exactly the attacks listed (no hidden cost), so the worst case holds ``autoattack+``
