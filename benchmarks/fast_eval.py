@@ -38,13 +38,13 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from robustlab.atomic import atomic_write_text
 from robustlab.config import load_config
 from robustlab.data import ImageDataset, fixed_subset, load_dataset
 from robustlab.evaluate import evaluate_model
 from robustlab.evaluate.runner import run_suite, summarise
 from robustlab.evaluate.suite import build_attack
 from robustlab.models.masking import InputStep, ScaledLogits
-from robustlab.runs.atomic import atomic_write_text
 from robustlab.runs.model import load_model
 from robustlab.train import train
 from robustlab.train.finetune import finetune
