@@ -34,7 +34,7 @@ from robustlab.data import ImageDataset, fixed_subset, load_dataset
 from robustlab.errors import UserError
 from robustlab.evaluate.api import evaluate_into
 from robustlab.evaluate.output import check_output
-from robustlab.evaluate.probe import one_line
+from robustlab.evaluate.probe import check_logit_shape, one_line
 from robustlab.evaluate.suite import check_attack_names
 from robustlab.models import Normalize
 from robustlab.rules import STANDARD_EPS
@@ -223,9 +223,7 @@ def check_outputs(model: nn.Module, data: ImageDataset, device: torch.device, pr
         raise UserError(f"the model fails on {data.name} inputs ({shape}, values in [0, 1]): {one_line(exc)}; check the data set or the model") from None
     finally:
         model.train(was_training)
-    if not torch.is_tensor(out) or out.ndim != 2 or out.shape[0] != x.shape[0]:
-        got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
-        raise UserError(f"the model returns {got} for {x.shape[0]} inputs; it must return logits of shape (N, classes)")
+    check_logit_shape(out, x.shape[0])
     if out.shape[1] != data.num_classes:
         raise UserError(f"the model outputs {out.shape[1]} classes but {data.name} has {data.num_classes}; use a model for this data set")
 

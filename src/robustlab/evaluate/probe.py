@@ -32,6 +32,13 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:120]}" if text else type(exc).__name__
 
 
+def check_logit_shape(out: object, n: int) -> None:
+    """Refuse a model output that is not an (n, classes) tensor, in one line."""
+    if not torch.is_tensor(out) or out.ndim != 2 or out.shape[0] != n:
+        got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+        raise UserError(f"the model returns {got} for {n} inputs; it must return logits of shape (N, classes)")
+
+
 def probe_forward(model: nn.Module, x: torch.Tensor) -> bool:
     """Check the logits of ``x`` (refusing non-tensor, non-float, non-finite ones); True when they carry no input gradient."""
     x_req = x.detach().clone().requires_grad_(True)
@@ -41,9 +48,7 @@ def probe_forward(model: nn.Module, x: torch.Tensor) -> bool:
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
             raise UserError(f"the model fails on inputs of shape {tuple(x.shape[1:])} ({one_line(exc)}); "
                             "check the data set matches the model") from None
-        if not torch.is_tensor(out) or out.ndim != 2 or out.shape[0] != x.shape[0]:
-            got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
-            raise UserError(f"the model returns {got} for {x.shape[0]} inputs; it must return logits of shape (N, classes)")
+        check_logit_shape(out, x.shape[0])
         if not out.is_floating_point():
             raise UserError(f"the model returns {out.dtype} outputs, not float logits (an argmax or rounding at the end?); "
                             "return the logits")
