@@ -105,8 +105,8 @@ _EOT = {"eot": 20}
 GROUPS: dict[str, tuple[tuple[str, ...], dict[str, dict[str, Any]]]] = {
     "autoattack": (_STANDARD, _REFERENCE),
     "autoattack+": (_STANDARD, _STRONG),
-    "autoattack-rand": (_RAND, {m: {**_EOT, "output": "reference", "start": "surface"} for m in _RAND}),
-    "autoattack-rand+": (_RAND, {m: {**_EOT, "output": "best", "start": "ball"} for m in _RAND}),
+    "autoattack-rand": (_RAND, {m: {**_EOT, **_REFERENCE["apgd-ce"]} for m in _RAND}),
+    "autoattack-rand+": (_RAND, {m: {**_EOT, **_STRONG["apgd-ce"]} for m in _RAND}),
     "apgd-ce-t": (("apgd-ce", "apgd-t"), {}),
     "fast": (FAST_MEMBERS, {}),
 }
