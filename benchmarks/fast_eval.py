@@ -6,15 +6,16 @@ The zoo, trained here with the configs' fixed seeds (seed 0) and cached under ``
   pgd_at+fsr, afd (fine-tuned from natural); L∞ eps 0.1 and L2 eps 0.5 (``eval_speed.py``'s budgets);
 * two masking wrappers of the digits pgd_at model (:mod:`robustlab.models.masking`): logits x 1000 and
   a non-differentiable input step (round(4x)/4); L∞ and L2;
-* CIFAR-10 at the study's CPU scale (``cifar10s_*``, seed 0; ``--data-root``): natural, pgd_at,
+* CIFAR-10 at the study's CPU scale (``cifar10s_*``, seed 0; ``--data-root``; ``--cifar-runs``): natural, pgd_at,
   trades+ancra, pgd_at+uad on ``--cifar-examples`` fixed test images (subset seed 0), L∞ 8/255,
   channels-last as in the study.
 
 Per model and norm both protocols run on the same images with the same seed, checks on; one small
 JSON record per (model, norm) goes to ``--results`` (robust accuracy of each, the difference, backward
-and forward passes per sample, attack wall time, flags). Resumable: a model whose record exists is
-skipped (``fast`` reruns when its settings change; ``autoattack``'s result is cached under
-``--out-dir``). Prints the table and the totals; the acceptance is fast <= autoattack + 0.2 points on
+and forward passes per sample, attack wall time, flags, each protocol's settings hash). Resumable: a
+record whose two settings hashes match today's is skipped; a protocol whose settings changed reruns while
+the other's result stays cached under ``--out-dir``. The CIFAR-10 models train into ``--cifar-runs``
+under the study's run names (``cifar10s_pgd_at_s0``), so the study's fast re-evaluation reuses them. Prints the table and the totals; the acceptance is fast <= autoattack + 0.2 points on
 every model, and summed fast <= 0.2x autoattack's backward passes and <= 0.3x its wall time.
 ``--report`` prints the table of every record so far and writes it to ``--results``/table.md.
 
@@ -60,10 +61,15 @@ CIFAR_EPS = 8 / 255
 PROTOCOLS = ("autoattack", "fast")
 
 
-def fast_settings() -> str:
-    """A short hash of fast's member settings, so a retuned fast reruns and autoattack stays cached."""
-    spec = build_attack("fast", eps=0.0, norm="linf", step_size=0.0)
+def protocol_settings(protocol: str) -> str:
+    """A short hash of a protocol's member settings, so a retuned ``fast`` (or a changed ``autoattack``)
+    reruns while the other protocol's cached result stays."""
+    spec = build_attack(protocol, eps=0.0, norm="linf", step_size=0.0)
     return hashlib.sha256(json.dumps(spec.describe(), sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def current_settings() -> dict[str, str]:
+    return {p: protocol_settings(p) for p in PROTOCOLS}
 
 
 def trained(config: str, out: Path, overrides: list[str], source: Path | None = None) -> Path:
@@ -100,14 +106,15 @@ def compare(label: str, model: nn.Module, data: ImageDataset, *, eps: float, nor
     """Both protocols on one model and norm; the small record under ``results``."""
     tag = f"{label}_{norm}_n{len(data.labels)}".replace("+", "_")
     path = results / f"{tag}.json"
-    settings = fast_settings()
-    if path.is_file() and json.loads(path.read_text()).get("fast_settings") == settings:
+    settings = current_settings()
+    if path.is_file() and json.loads(path.read_text()).get("settings") == settings:
         return json.loads(path.read_text())
     runs = {p: evaluate(model, data, p, eps=eps, norm=norm, channels_last=channels_last,
-                        cache=out / "eval" / f"{tag}_{p}{'_' + settings if p == 'fast' else ''}.json") for p in PROTOCOLS}
+                        cache=out / "eval" / f"{tag}_{p}_{settings[p]}.json") for p in PROTOCOLS}
     record = {
         "model": label, "norm": norm, "eps": eps, "n_examples": len(data.labels), "dataset": data.name,
-        "clean_acc": runs["fast"]["clean_acc"], "fast_settings": settings,
+        "clean_acc": runs["fast"]["clean_acc"], "settings": settings,
+        "autoattack_params": runs["autoattack"]["attack_params"]["autoattack"],
         **{p: cost(runs[p], p) for p in PROTOCOLS},
         "fast_params": runs["fast"]["attack_params"]["fast"],
     }
@@ -159,7 +166,7 @@ def zoo(args: argparse.Namespace) -> Iterator[tuple[str, nn.Module, ImageDataset
         for label, config in CIFAR.items():
             if args.only and f"cifar10s_{label}" not in args.only:
                 continue
-            run = trained(config, out, [f"data.root={args.data_root}"])
+            run = trained(config, Path(args.cifar_runs), [f"data.root={args.data_root}", f"name={config}_s0", "seed=0"])
             cfg = load_config(config, [f"data.root={args.data_root}"])
             test = load_dataset(cfg.data.name, "test", root=cfg.data.root, **cfg.data.options)
             data = fixed_subset(test, args.cifar_examples, seed=0)
@@ -198,6 +205,8 @@ def main() -> None:
     parser.add_argument("--out-dir", default="runs/fast_eval")
     parser.add_argument("--results", default="docs/fast_eval")
     parser.add_argument("--data-root", default=None)
+    parser.add_argument("--cifar-runs", default="runs/cifar_study",
+                        help="CIFAR-10 run folders, named as the study names them ({config}_s0), so both share one training")
     parser.add_argument("--cifar-examples", type=int, default=200)
     parser.add_argument("--report", action="store_true", help="print and write the table of the records so far; run nothing")
     parser.add_argument("--only", nargs="+", default=None, help="evaluate only these zoo labels, e.g. digits_pgd_at")
@@ -211,10 +220,10 @@ def main() -> None:
     out, results = Path(args.out_dir), Path(args.results)
     if args.report:  # the table from the records so far; nothing runs
         found = [json.loads(p.read_text()) for p in sorted(results.glob("*_n*.json"))]
-        records = [r for r in found if r.get("fast_settings") == fast_settings()]
+        records = [r for r in found if r.get("settings") == current_settings()]
         for r in found:
             if r not in records:
-                print(f"left out {r['model']} {r['norm']}: its fast ran with other settings; rerun it")
+                print(f"left out {r['model']} {r['norm']}: it ran with other protocol settings; rerun it")
         text = "\n".join([HEADER, *map(row, records), "", totals(records) if records else "no records yet", ""])
         atomic_write_text(results / "table.md", text)
         print(text)
