@@ -82,7 +82,7 @@ def test_good_study_file_plans_every_step(tmp_path: Path, capsys: pytest.Capture
 
 def test_unknown_study_name_suggests_a_bundled_one(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["study", "report", "cifar10"]) == 2
-    assert "study 'cifar10' is neither a file nor a bundled study; did you mean cifar10s?" in capsys.readouterr().err
+    assert "study 'cifar10' is neither a file nor a bundled study; did you mean cifar10s" in capsys.readouterr().err
 
 
 def test_invalid_yaml_names_its_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -108,3 +108,21 @@ def test_bad_page_text_fails_before_anything_runs(text: str, message: str, tmp_p
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "runs").exists()
+
+
+def test_evaluation_verify_reaches_the_eval_command_and_bad_values_are_one_line() -> None:
+    from robustlab.errors import UserError
+    from robustlab.study.plan import Study
+    from robustlab.study.spec import load_study
+
+    spec = load_study("cifar10s_fast")
+    assert spec.evaluation.verify == 200 and spec.evaluation.attacks == ("fast",)
+    command = Study(spec).eval_command(Study(spec).jobs[1])
+    assert command[command.index("--verify") + 1] == "200"
+    assert "verify" not in Study(load_study("cifar10s")).settings(Study(load_study("cifar10s")).jobs[0])
+    from robustlab.study.spec import _evaluation
+
+    assert _evaluation({"verify": "all"}).verify == "all"
+    for bad in (0, -3, "some", True, 1.5):
+        with pytest.raises(UserError, match="evaluation.verify"):
+            _evaluation({"verify": bad})

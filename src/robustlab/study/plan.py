@@ -134,6 +134,7 @@ class Study:
         e = self.spec.evaluation
         cmd = ["eval", str(self.run_dir(job)), "--attacks", ",".join(e.attacks), "--n-examples", str(e.n_examples),
                "--batch-size", str(e.batch_size)] + ["--channels-last"] * e.channels_last + ["--no-checks"] * (not e.checks)
+        cmd += ["--verify", str(e.verify)] if e.verify is not None else []
         cmd += ["--out", str(self.eval_out(job))]
         if job.row.adaptive:
             cmd.append("--adaptive")
@@ -195,7 +196,8 @@ class Study:
         e = self.spec.evaluation
         transfer = self.transfer_source(job)
         settings = {f"config {k}": json.loads(json.dumps(v, default=str)) for k, v in sorted(config.items())}
-        return {**settings, "attacks": list(e.attacks), "n_examples": e.n_examples, "checks": e.checks,
+        verify = {} if e.verify is None else {"verify": e.verify}  # absent when unset: older records keep matching
+        return {**settings, "attacks": list(e.attacks), "n_examples": e.n_examples, "checks": e.checks, **verify,
                 "adaptive": job.row.adaptive, "transfer_from": None if transfer is None else transfer.name,
                 "source": None if job.row.finetune_from is None else self.by_key[(job.row.finetune_from, job.seed)].name}
 

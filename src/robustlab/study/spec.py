@@ -14,6 +14,7 @@ A study file is YAML, or the name of a bundled one (``src/robustlab/studies/NAME
       channels_last: false
       checks: true                    # the gradient-masking checks
       transfer: base                  # adaptive rows also attack with the same seed's base model (or: none)
+      verify: null                    # optional: eval --verify K|all (full autoattack on K survivors, the gap)
     rows:
       - {label: natural, config: digits_natural}
       - {label: pgd_at, config: digits_pgd_at}
@@ -43,7 +44,7 @@ from robustlab.study.page_spec import PageSpec, parse_page
 BUNDLED_STUDIES = Path(__file__).resolve().parent.parent / "studies"
 TOP_KEYS = ("title", "seeds", "data_root", "overrides", "outputs", "evaluation", "rows", "page")
 ROW_KEYS = ("label", "config", "base", "finetune_from", "adaptive", "overrides", "name", "seeds")
-EVAL_KEYS = ("attacks", "n_examples", "batch_size", "channels_last", "checks", "transfer")
+EVAL_KEYS = ("attacks", "n_examples", "batch_size", "channels_last", "checks", "transfer", "verify")
 OUTPUT_KEYS = ("runs", "results", "page", "readme")
 PAGE_KEYS = ("columns", "protocol", "claims", "plots", "readme_markers")
 TRANSFER = ("base", "none")
@@ -78,6 +79,7 @@ class Evaluation:
     channels_last: bool = False
     checks: bool = True  # the gradient-masking checks (eval --no-checks when false)
     transfer: str = "base"
+    verify: int | str | None = None  # eval --verify: K seeded survivors, or "all", re-attacked by autoattack
 
 
 @dataclass(frozen=True)
@@ -242,7 +244,20 @@ def _evaluation(data: Any) -> Evaluation:
                       batch_size=_positive(data.get("batch_size", default.batch_size), "evaluation.batch_size"),
                       channels_last=_typed(data.get("channels_last", False), bool, "evaluation.channels_last", "true or false"),
                       checks=_typed(data.get("checks", True), bool, "evaluation.checks", "true or false"),
-                      transfer=transfer)
+                      transfer=transfer,
+                      verify=_verify(data.get("verify")))
+
+
+def _verify(value: Any) -> int | str | None:
+    """``evaluation.verify``: a positive whole number, ``all`` or null, read as ``eval --verify`` reads it."""
+    from robustlab.evaluate.verify import parse_verify
+
+    if isinstance(value, bool) or not isinstance(value, (int, str, type(None))):
+        raise UserError(f"evaluation.verify must be a number of survivors or 'all', e.g. 200, got {value!r}")
+    try:
+        return parse_verify(value)
+    except UserError as exc:
+        raise UserError(f"evaluation.verify: {exc}") from None
 
 
 def _outputs(data: Any) -> Outputs:
