@@ -17,7 +17,8 @@ def catalog(what: str = "all", pattern: str = "*") -> dict[str, list[str]]:
         "methods": [f"{n:<16} {method_help(n)}".rstrip() for n in method_names(pattern)],
         "models": MODELS.names(pattern),
         "datasets": DATASETS.names(pattern),
-        "attacks": [f"{k:<{max(map(len, ATTACK_FORMS))}} {v}" for k, v in ATTACK_FORMS.items() if fnmatch.fnmatchcase(k, pattern)],
+        "attacks": [f"{k:<{max(map(len, ATTACK_FORMS))}} {v}" for k, v in ATTACK_FORMS.items()
+                    if fnmatch.fnmatchcase(k, pattern)],
         "configs": [n for n in bundled_config_names() if fnmatch.fnmatchcase(n, pattern)],
     }
     return sections if what == "all" else {what: sections[what]}

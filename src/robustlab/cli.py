@@ -51,16 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="fine-tune a trained model (AFD, vanilla AFT) from a run folder or checkpoint")
     p.add_argument("config", help="YAML file or bundled config name")
     p.add_argument("overrides", nargs="*", help="key=value settings")
-    p.add_argument("--from", dest="source", required=True, help="run folder or .safetensors checkpoint of the pre-trained (natural) model; same architecture")
+    p.add_argument("--from", dest="source", required=True,
+                   help="run folder or .safetensors checkpoint of the pre-trained (natural) model; same architecture")
     p.add_argument("--checkpoint", choices=["last", "best"], default="last", help="which checkpoint of the source run")
     p.add_argument("--weights", choices=["auto", "model", "ema"], default="auto")
-    p.add_argument("--probe-examples", type=int, default=256, help="held-out samples probing the feature gap each epoch (0: off)")
+    p.add_argument("--probe-examples", type=int, default=256,
+                   help="held-out samples probing the feature gap each epoch (0: off)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("eval", help="evaluate a run folder, a checkpoint or an outside model (--model) under attacks")
     p.add_argument("path", nargs="?", default=None, help="run folder or .safetensors checkpoint (or use --model)")
-    p.add_argument("--attacks", type=_csv, default=["fgsm", "pgd-20", "cw-20"], help="comma-separated, e.g. fgsm,pgd-20,cw-20")
-    p.add_argument("--eps", type=_number, default=None, help="budget in pixel units, e.g. 8/255 (default: the run's training eps)")
+    p.add_argument("--attacks", type=_csv, default=["fgsm", "pgd-20", "cw-20"],
+                   help="comma-separated, e.g. fgsm,pgd-20,cw-20")
+    p.add_argument("--eps", type=_number, default=None,
+                   help="budget in pixel units, e.g. 8/255 (default: the run's training eps)")
     p.add_argument("--norm", choices=["linf", "l2"], default=None)
     p.add_argument("--step-size", type=_number, default=None, help="PGD/CW step (default: the training step, or eps/4)")
     p.add_argument("--restarts", type=int, default=1)
@@ -69,41 +73,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", choices=["train", "test"], default="test")
     p.add_argument("--checkpoint", choices=["last", "best"], default="last", help="which checkpoint of a run folder")
-    p.add_argument("--weights", default=None, help="run folder: auto|model|ema (auto = EMA when the run kept one); --model: the weights file (.pt or .safetensors)")
+    p.add_argument("--weights", default=None,
+                   help="run folder: auto|model|ema (auto = EMA when the run kept one); --model: the weights file (.pt "
+                        "or .safetensors)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", default=None, help="record path (default: RUN/eval/...json; with --model: runs/eval/FILE_FACTORY/...json)")
-    p.add_argument("--adaptive", action="store_true", help="add model-specific attacks: auxiliary heads, fixed gates, EOT")
-    p.add_argument("--transfer-from", default=None, help="run folder or checkpoint of a source model for transfer attacks")
+    p.add_argument("--out", default=None,
+                   help="record path (default: RUN/eval/...json; with --model: runs/eval/FILE_FACTORY/...json)")
+    p.add_argument("--adaptive", action="store_true",
+                   help="add model-specific attacks: auxiliary heads, fixed gates, EOT")
+    p.add_argument("--transfer-from", default=None,
+                   help="run folder or checkpoint of a source model for transfer attacks")
     p.add_argument("--no-checks", action="store_true", help="skip the automatic gradient-masking checks")
-    p.add_argument("--channels-last", action="store_true", help="run the model in channels-last memory format (faster convolutions on CPU)")
-    p.add_argument("--verify", default=None, metavar="K|all", help="then run the full autoattack on K seeded survivors (or all): records the gap with a 95%% interval")
-    p.add_argument("--model", default=None, help="an outside model: path/to/file.py:factory or package.module:factory (with --weights FILE and --data)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="run the model in channels-last memory format (faster convolutions on CPU)")
+    p.add_argument("--verify", default=None, metavar="K|all",
+                   help="then run the full autoattack on K seeded survivors (or all): records the gap with a 95%% "
+                        "interval")
+    p.add_argument("--model", default=None,
+                   help="an outside model: path/to/file.py:factory or package.module:factory (with --weights FILE and "
+                        "--data)")
     p.add_argument("--data", default=None, help="--model: data set name (robustlab list datasets)")
     p.add_argument("--data-root", default=None, help="--model: where the data set's files live")
-    p.add_argument("--download", action="store_true", help="--model: download the data set's official files when missing")
-    p.add_argument("--mean", type=_number, nargs="+", default=None, help="--model: per-channel mean the model expects (with --std)")
+    p.add_argument("--download", action="store_true",
+                   help="--model: download the data set's official files when missing")
+    p.add_argument("--mean", type=_number, nargs="+", default=None,
+                   help="--model: per-channel mean the model expects (with --std)")
     p.add_argument("--std", type=_number, nargs="+", default=None, help="--model: per-channel std the model expects")
-    p.add_argument("--normalize", default=None, help="--model: named statistics instead of --mean/--std: cifar10, cifar100, svhn, imagenet")
-    p.add_argument("--robustbench", default=None, metavar="NAME", help="a RobustBench model-zoo entry by name, from MODEL_DIR/DATASET/THREAT_MODEL/NAME.pt (never downloaded)")
-    p.add_argument("--dataset", default="cifar10", help="--robustbench: the zoo's data set (its images: --data/--data-root)")
-    p.add_argument("--threat-model", default="Linf", choices=["Linf", "L2"], help="--robustbench: the zoo's threat model")
+    p.add_argument("--normalize", default=None,
+                   help="--model: named statistics instead of --mean/--std: cifar10, cifar100, svhn, imagenet")
+    p.add_argument("--robustbench", default=None, metavar="NAME",
+                   help="a RobustBench model-zoo entry by name, from MODEL_DIR/DATASET/THREAT_MODEL/NAME.pt (never "
+                        "downloaded)")
+    p.add_argument("--dataset", default="cifar10",
+                   help="--robustbench: the zoo's data set (its images: --data/--data-root)")
+    p.add_argument("--threat-model", default="Linf", choices=["Linf", "L2"],
+                   help="--robustbench: the zoo's threat model")
     p.add_argument("--model-dir", default="models", help="--robustbench: RobustBench's model_dir")
 
-    p = sub.add_parser("demo", help="train natural and PGD-AT models on digits and compare them (< 3 min on 2 CPU cores)")
+    p = sub.add_parser("demo",
+                       help="train natural and PGD-AT models on digits and compare them (< 3 min on 2 CPU cores)")
     p.add_argument("--out-dir", default="runs/demo")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("report", help="Markdown tables and PNG plots from run folders; paired comparisons")
     p.add_argument("runs", nargs="*", help="run folders")
     p.add_argument("--compare", nargs="+", metavar="RECORDS", default=None,
-                   help="BASE METHOD...: each an eval record, a run folder with one record, or a comma-separated list of them "
-                        "(one per seed, paired by position); prints the paired difference with a 95%% bootstrap CI")
-    p.add_argument("--metric", default="worst", help="with --compare: worst (default), clean, or an attack name such as autoattack")
+                   help="BASE METHOD...: each an eval record, a run folder with one record, or a comma-separated list "
+                        "of them (one per seed, paired by position); prints the paired difference with a 95%% "
+                        "bootstrap CI")
+    p.add_argument("--metric", default="worst",
+                   help="with --compare: worst (default), clean, or an attack name such as autoattack")
     p.add_argument("--leaderboard", nargs="+", metavar="RECORDS", default=None,
-                   help="evaluation records ranked as RobustBench ranks them: OUT/leaderboard.md and a sortable OUT/leaderboard.html")
-    p.add_argument("--out", default=None, help="output folder (default: RUN/report for one run, runs/leaderboard with --leaderboard, else runs/report)")
+                   help="evaluation records ranked as RobustBench ranks them: OUT/leaderboard.md and a sortable "
+                        "OUT/leaderboard.html")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: RUN/report for one run, runs/leaderboard with --leaderboard, else "
+                        "runs/report)")
 
-    p = sub.add_parser("export", help="an evaluation record in another format (--robustbench: a RobustBench model-info JSON)")
+    p = sub.add_parser("export",
+                       help="an evaluation record in another format (--robustbench: a RobustBench model-info JSON)")
     p.add_argument("record", help="evaluation record (.json) or a run folder with one record")
     p.add_argument("--robustbench", action="store_true", required=True, help="write RobustBench's model_info entry")
     p.add_argument("--out", default=None, help="output file (default: beside the record, NAME.robustbench.json)")
@@ -113,21 +141,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--venue", default="N/A")
     p.add_argument("--reported", default="", help="robust accuracy the paper reports, in %%")
     p.add_argument("--additional-data", action="store_true", help="the model was trained with extra data")
-    p.add_argument("--forward-passes", type=int, default=1, help="forward passes per prediction (RobustBench's number_forward_passes)")
+    p.add_argument("--forward-passes", type=int, default=1,
+                   help="forward passes per prediction (RobustBench's number_forward_passes)")
     p.add_argument("--dataset", default=None, help="dataset name as RobustBench writes it (default: the record's)")
     p.add_argument("--architecture", default=None, help="architecture as RobustBench writes it, e.g. WideResNet-28-10")
     p.add_argument("--footnote", default="", help="text added to the footnote")
 
     p = sub.add_parser("study", help="run a study file (rows × seeds, one evaluation protocol) and write its page")
-    p.add_argument("action", choices=["run", "report", "plan"], help="run: the pending steps, then the page; report: the page only; plan: print the pending commands")
+    p.add_argument("action", choices=["run", "report", "plan"],
+                   help="run: the pending steps, then the page; report: the page only; plan: print the pending "
+                        "commands")
     p.add_argument("study", help="study YAML file or bundled study name (cifar10s, digits_small)")
     p.add_argument("--data-root", default=None, help="data.root for every run (replaces the study file's data_root)")
-    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="added to every training run (repeatable)")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="added to every training run (repeatable)")
     p.add_argument("--runs", default=None, help="run folders (default: the study file's outputs.runs)")
     p.add_argument("--results", default=None, help="record copies (default: outputs.results)")
     p.add_argument("--page", default=None, help="the results page (default: outputs.page)")
-    p.add_argument("--readme", default=None, help="a file whose marked block gets the table (default: outputs.readme; none: no file)")
-    p.add_argument("--executor", choices=["local", "slurm"], default="local", help="local: sequential in this process; slurm: one job per step through submitit")
+    p.add_argument("--readme", default=None,
+                   help="a file whose marked block gets the table (default: outputs.readme; none: no file)")
+    p.add_argument("--executor", choices=["local", "slurm"], default="local",
+                   help="local: sequential in this process; slurm: one job per step through submitit")
     p.add_argument("--partition", default=None, help="slurm: partition")
     p.add_argument("--account", default=None, help="slurm: account")
     p.add_argument("--gpus-per-job", type=int, default=1, help="slurm: GPUs per job")
@@ -135,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-limit", type=int, default=240, help="slurm: minutes per job")
 
     p = sub.add_parser("list", help="list methods, models, datasets, attacks or bundled configs")
-    p.add_argument("what", nargs="?", choices=["methods", "models", "datasets", "attacks", "configs", "all"], default="all")
+    p.add_argument("what", nargs="?", choices=["methods", "models", "datasets", "attacks", "configs", "all"],
+                   default="all")
     p.add_argument("pattern", nargs="?", default="*", help="shell wildcard, e.g. 'wrn*'")
     return parser
 
@@ -160,9 +195,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     cfg = _run_config(args)
     if cfg.finetune:
-        raise UserError(f"{args.config} is a fine-tuning config (finetune: true); run robustlab finetune {args.config} --from RUN")
+        raise UserError(f"{args.config} is a fine-tuning config (finetune: true); run robustlab finetune {args.config} "
+                        "--from RUN")
     if hasattr(METHODS.get(cfg.method.name.partition("+")[0]), "set_teacher"):
-        raise UserError(f"method {cfg.method.name} fine-tunes a pre-trained model; run robustlab finetune {args.config} --from RUN")
+        raise UserError(f"method {cfg.method.name} fine-tunes a pre-trained model; run robustlab finetune "
+                        f"{args.config} --from RUN")
     _say(f"run folder: {cfg.run_dir}")
     train(cfg)
 
@@ -174,8 +211,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         raise UserError(f"--probe-examples must be >= 0, got {args.probe_examples}")
     cfg = _run_config(args)
     if not cfg.finetune:
-        raise UserError(f"{args.config} is not a fine-tuning config (it lacks finetune: true); train it with robustlab train "
-                        f"{args.config}, or pass a config with finetune: true (e.g. digits_finetune_pgd_at)")
+        raise UserError(f"{args.config} is not a fine-tuning config (it lacks finetune: true); train it with robustlab "
+                        f"train {args.config}, or pass a config with finetune: true (e.g. digits_finetune_pgd_at)")
     _say(f"run folder: {cfg.run_dir}")
     finetune(cfg, args.source, which=args.checkpoint, weights=args.weights, probe_examples=args.probe_examples)
 
@@ -183,15 +220,17 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from robustlab.evaluate import evaluate_checkpoint
 
-    for name, value in (("--restarts", args.restarts), ("--batch-size", args.batch_size), ("--n-examples", args.n_examples)):
+    for name, value in (("--restarts", args.restarts), ("--batch-size", args.batch_size),
+                        ("--n-examples", args.n_examples)):
         if value is not None and value < 1:
             raise UserError(f"{name} must be >= 1, got {value}")
     if args.robustbench is not None:
         return _eval_robustbench(args)
     if args.model is not None or args.path is None:
         return _eval_external(args)
-    given = [f for f, v in (("--data", args.data), ("--data-root", args.data_root), ("--mean", args.mean), ("--std", args.std),
-                            ("--normalize", args.normalize), ("--download", args.download or None)) if v is not None]
+    given = [f for f, v in (("--data", args.data), ("--data-root", args.data_root), ("--mean", args.mean),
+                            ("--std", args.std), ("--normalize", args.normalize), ("--download", args.download or None))
+             if v is not None]
     if given:
         raise UserError(f"{given[0]} applies to --model only; a run folder brings its own data set and normalisation")
     if args.weights is None:
@@ -202,8 +241,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         args.path, attacks=args.attacks, eps=args.eps, norm=args.norm, step_size=args.step_size,
         restarts=args.restarts, n_examples=args.n_examples, batch_size=args.batch_size, seed=args.seed,
         split=args.split, which=args.checkpoint, weights=args.weights, device=args.device, out=args.out,
-        adaptive=args.adaptive, transfer_from=args.transfer_from, checks=not args.no_checks, channels_last=args.channels_last,
-        verify=args.verify,
+        adaptive=args.adaptive, transfer_from=args.transfer_from, checks=not args.no_checks,
+        channels_last=args.channels_last, verify=args.verify,
     )
 
 
@@ -219,11 +258,12 @@ def _eval_external(args: argparse.Namespace) -> None:
         if value is None:
             raise UserError(f"--model needs {flag}; e.g. --weights model.pt --data cifar10")
     evaluate_external(
-        args.model, args.weights, data=args.data, data_root=args.data_root, download=args.download, split=args.split, attacks=args.attacks,
-        eps=args.eps, norm=args.norm or "linf", step_size=args.step_size, restarts=args.restarts,
+        args.model, args.weights, data=args.data, data_root=args.data_root, download=args.download, split=args.split,
+        attacks=args.attacks, eps=args.eps, norm=args.norm or "linf", step_size=args.step_size, restarts=args.restarts,
         n_examples=args.n_examples, batch_size=args.batch_size, seed=args.seed, device=args.device, out=args.out,
         stats=resolve_normalization(args.mean, args.std, args.normalize), adaptive=args.adaptive,
-        transfer_from=args.transfer_from, checks=not args.no_checks, channels_last=args.channels_last, verify=args.verify,
+        transfer_from=args.transfer_from, checks=not args.no_checks, channels_last=args.channels_last,
+        verify=args.verify,
     )
 
 
@@ -231,18 +271,19 @@ def _eval_robustbench(args: argparse.Namespace) -> None:
     """``robustlab eval --robustbench NAME --dataset cifar10 --threat-model Linf [--model-dir models]``."""
     from robustlab.evaluate.zoo import THREAT_MODELS, evaluate_zoo
 
-    given = [f for f, v in (("a run folder", args.path), ("--model", args.model), ("--weights", args.weights), ("--mean", args.mean),
-                            ("--std", args.std), ("--normalize", args.normalize)) if v is not None]
+    given = [f for f, v in (("a run folder", args.path), ("--model", args.model), ("--weights", args.weights),
+                            ("--mean", args.mean), ("--std", args.std), ("--normalize", args.normalize))
+             if v is not None]
     if given:
         raise UserError(f"--robustbench brings its own architecture, weights and normalisation; drop {given[0]}")
     if args.norm is not None and args.norm != THREAT_MODELS[args.threat_model]:
         raise UserError(f"--norm {args.norm} contradicts --threat-model {args.threat_model}; drop --norm")
     evaluate_zoo(
-        args.robustbench, dataset=args.dataset, threat_model=args.threat_model, model_dir=args.model_dir, attacks=args.attacks,
-        data=args.data, data_root=args.data_root, split=args.split, eps=args.eps, step_size=args.step_size,
-        restarts=args.restarts, n_examples=args.n_examples, batch_size=args.batch_size, seed=args.seed, device=args.device,
-        out=args.out, adaptive=args.adaptive, transfer_from=args.transfer_from, checks=not args.no_checks,
-        channels_last=args.channels_last, verify=args.verify,
+        args.robustbench, dataset=args.dataset, threat_model=args.threat_model, model_dir=args.model_dir,
+        attacks=args.attacks, data=args.data, data_root=args.data_root, split=args.split, eps=args.eps,
+        step_size=args.step_size, restarts=args.restarts, n_examples=args.n_examples, batch_size=args.batch_size,
+        seed=args.seed, device=args.device, out=args.out, adaptive=args.adaptive, transfer_from=args.transfer_from,
+        checks=not args.no_checks, channels_last=args.channels_last, verify=args.verify,
     )
 
 
@@ -268,7 +309,8 @@ def cmd_report(args: argparse.Namespace) -> None:
         print(f"leaderboard written to {md} and {page}")
     if not args.runs:
         if not (args.compare or args.leaderboard):
-            raise UserError("report needs run folders, --compare BASE METHOD ... or --leaderboard RECORDS ...; see robustlab report --help")
+            raise UserError("report needs run folders, --compare BASE METHOD ... or --leaderboard RECORDS ...; see "
+                            "robustlab report --help")
         return
     out = args.out or (Path(args.runs[0]) / "report" if len(args.runs) == 1 else Path("runs") / "report")
     print(f"report written to {write_report(args.runs, out)}")
@@ -300,8 +342,8 @@ def cmd_list(args: argparse.Namespace) -> None:
             print(f"  {name}")
 
 
-COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "eval": cmd_eval, "demo": cmd_demo, "report": cmd_report, "export": cmd_export,
-            "study": cmd_study, "list": cmd_list}
+COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "eval": cmd_eval, "demo": cmd_demo, "report": cmd_report,
+            "export": cmd_export, "study": cmd_study, "list": cmd_list}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

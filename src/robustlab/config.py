@@ -251,9 +251,11 @@ def _validate(cfg: RunConfig) -> None:
         if flat[key] < 0:
             raise UserError(f"{key} must be >= 0, got {flat[key]!r}")
     if cfg.name in ("", ".", "..") or any(c in cfg.name for c in "/\\\0"):
-        raise UserError(f"name must be a folder name inside out_dir (no '/', '\\', '..'), got {cfg.name!r}; use e.g. name=my_run")
+        raise UserError(f"name must be a folder name inside out_dir (no '/', '\\', '..'), got {cfg.name!r}; use e.g. "
+                        "name=my_run")
     if len(cfg.name.encode()) > MAX_NAME_BYTES:
-        raise UserError(f"name is {len(cfg.name.encode())} bytes long; file systems allow {MAX_NAME_BYTES} here, so use a shorter name=...")
+        raise UserError(f"name is {len(cfg.name.encode())} bytes long; file systems allow {MAX_NAME_BYTES} here, so "
+                        "use a shorter name=...")
     check_config(cfg)
     decay = cfg.train.ema_decay
     if decay is not None and not 0.0 < decay < 1.0:
@@ -291,7 +293,8 @@ MAX_YAML_NODES = 100_000  # expanded nodes a config may hold (the largest bundle
 
 
 def _expanded_size(node: yaml.Node, sizes: dict[int, int], limit: int) -> int:
-    """Nodes in ``node`` with every alias expanded (each distinct node measured once: linear time); above ``limit`` for a cycle or when it stops early."""
+    """Nodes in ``node`` with every alias expanded (each distinct node measured once: linear time); above ``limit`` for
+    a cycle or when it stops early."""
     key = id(node)
     if key in sizes:
         return sizes[key] if sizes[key] >= 0 else limit + 1  # -1: inside itself, a recursive alias (infinite)
@@ -366,7 +369,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = safe_load_bounded(p.read_text(encoding="utf-8"), f"config file {p}")
     except UnicodeDecodeError:
-        raise UserError(f"config file {p} is not a text (UTF-8) file; pass a YAML config (robustlab list configs)") from None
+        raise UserError(f"config file {p} is not a text (UTF-8) file; pass a YAML config "
+                        "(robustlab list configs)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

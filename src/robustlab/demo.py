@@ -41,7 +41,8 @@ def run_demo(out_dir: str | Path = "runs/demo", *, progress: bool = True) -> dic
             print(f"== training {name} -> {cfg.run_dir}")
             train(cfg)
             print(f"== evaluating {name}")
-            records[name] = evaluate_checkpoint(cfg.run_dir, attacks=DEMO_ATTACKS, batch_size=360, device=cfg.train.device)
+            records[name] = evaluate_checkpoint(cfg.run_dir, attacks=DEMO_ATTACKS, batch_size=360,
+                                                device=cfg.train.device)
     finally:
         torch.set_num_threads(threads)
     print()
@@ -60,6 +61,6 @@ def comparison_table(records: dict[str, dict[str, Any]]) -> str:
         cells += [f"{100 * r['attacks'][a]['robust_acc']:.1f}" for a in attacks]
         cells.append(f"{100 * r['robust_acc']:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
-    lines.append(f"\n{first['dataset']} test split, n={first['n_examples']}, eps={first['eps_label']} ({first['norm']}), "
-                 f"accuracy in %; records in each run's eval/ folder")
+    lines.append(f"\n{first['dataset']} test split, n={first['n_examples']}, eps={first['eps_label']} "
+                 f"({first['norm']}), accuracy in %; records in each run's eval/ folder")
     return "\n".join(lines)

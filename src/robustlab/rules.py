@@ -31,13 +31,14 @@ def check_budget(eps: float, norm: str, *, key: str) -> None:
 def check_step_size(step_size: float, *, key: str = "--step-size") -> None:
     """Refuse a step size of 0 or less: PGD would never move, and every sample would count as robust."""
     if not step_size > 0:
-        raise UserError(f"{key}={step_size:g} must be > 0 (the attack would never move, so every sample would look robust); "
-                        "omit it for the default eps/4")
+        raise UserError(f"{key}={step_size:g} must be > 0 (the attack would never move, so every sample would look "
+                        "robust); omit it for the default eps/4")
 
 
 def eval_budget_warnings(eps: float) -> list[str]:
     """ε = 0 is a clean evaluation under an attack's name."""
-    return ["eps is 0: every attack returns the clean input, so robust accuracy equals clean accuracy"] if eps == 0 else []
+    return (["eps is 0: every attack returns the clean input, so robust accuracy equals clean accuracy"] if eps == 0
+            else [])
 
 
 def budget_warnings(eps: float, step_size: float, *, key: str) -> list[str]:
@@ -54,12 +55,15 @@ def check_config(cfg: RunConfig) -> None:
     base = cfg.method.name.partition("+")[0]
     if base != "natural" and attack.steps == 0:
         raise UserError(
-            f"method.attack.steps=0 makes {cfg.method.name} train on clean inputs; set steps >= 1 or use method.name=natural"
+            f"method.attack.steps=0 makes {cfg.method.name} train on clean inputs; set steps >= 1 or use "
+            "method.name=natural"
         )
     if cfg.optim.momentum >= 1:
-        raise UserError(f"optim.momentum={cfg.optim.momentum:g} must be below 1 (0.9 is usual); at 1 or more updates never decay")
+        raise UserError(f"optim.momentum={cfg.optim.momentum:g} must be below 1 (0.9 is usual); at 1 or more updates "
+                        "never decay")
     if cfg.optim.grad_clip is not None and cfg.optim.grad_clip < 0:
-        raise UserError(f"optim.grad_clip={cfg.optim.grad_clip:g} must be >= 0 or null; a negative norm flips the gradient")
+        raise UserError(f"optim.grad_clip={cfg.optim.grad_clip:g} must be >= 0 or null; a negative norm flips the "
+                        "gradient")
 
 
 def config_warnings(cfg: RunConfig) -> list[str]:
@@ -67,5 +71,6 @@ def config_warnings(cfg: RunConfig) -> list[str]:
     attack = cfg.method.attack
     found = budget_warnings(attack.eps, attack.step_size, key="method.attack")
     if cfg.method.name.partition("+")[0] != "natural" and attack.eps == 0:
-        found.append(f"method.attack.eps=0 makes {cfg.method.name} train on clean inputs; set eps > 0 or use method.name=natural")
+        found.append(f"method.attack.eps=0 makes {cfg.method.name} train on clean inputs; set eps > 0 or use "
+                     "method.name=natural")
     return found

@@ -257,7 +257,8 @@ def _apgd_attempt(
     return x_out, success, best_loss
 
 
-def _check_args(steps: int, restarts: int, rho: float = 0.75, eot: int = 1, output: str = "best", start: str = "ball") -> None:
+def _check_args(steps: int, restarts: int, rho: float = 0.75, eot: int = 1, output: str = "best",
+                start: str = "ball") -> None:
     if start not in STARTS:
         raise UserError(f"apgd start must be one of {', '.join(STARTS)}, got {start!r}")
     if output not in OUTPUTS:
@@ -337,8 +338,9 @@ def apgd(
     ``restarts`` re-runs from a new random start only on samples not yet broken; ``rho`` is the
     condition-1 threshold; ``eot`` averages each gradient over that many passes (randomized models, the
     reference's ``rand`` version uses 20), ``output`` picks the output rule under EOT (``"best"`` or
-    ``"reference"``) and ``start`` the random start (``"ball"`` or the reference's ``"surface"``), module docstring. Returns ``x_adv`` (detached, inside the eps-ball and [0, 1]): per sample
-    the first misclassified iterate, else the highest-loss point found. Does not change the mode.
+    ``"reference"``) and ``start`` the random start (``"ball"`` or the reference's ``"surface"``), module docstring.
+    Returns ``x_adv`` (detached, inside the eps-ball and [0, 1]): per sample the first misclassified iterate, else the
+    highest-loss point found. Does not change the mode.
     """
     norm = check_norm(norm)
     _check_args(steps, restarts, rho, eot, output, start)

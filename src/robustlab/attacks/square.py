@@ -25,8 +25,8 @@ default. AutoAttack's standard Square sets ``resc_schedule=False``, hence our de
 Modes. ``mode="strong"`` (default) is stronger than the reference on small images: each sample draws
 its own square positions, signs and (L2) pattern orientations, positions range over every row and column
 (the reference draws a corner in ``[0, H - s)``, so the last row and column are never changed
-once squares are smaller than the image), and (L∞) a candidate identical to the current point gets a uniform non-empty set of
-channels flipped, so no query is spent on a no-op. ``mode="reference"`` shares one position pair and
+once squares are smaller than the image), and (L∞) a candidate identical to the current point gets a uniform non-empty
+set of channels flipped, so no query is spent on a no-op. ``mode="reference"`` shares one position pair and
 (L∞) one sign pattern per iteration across the batch, uses the reference's ranges and no-op candidates,
 and draws its random numbers in the reference's order, so published Square numbers can be compared.
 

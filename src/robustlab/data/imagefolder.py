@@ -167,7 +167,8 @@ def decode_all(items: list[Item], options: FolderOptions) -> np.ndarray:
         if arr.shape != first:
             raise UserError(
                 f"image {it.name} is {arr.shape[1]}x{arr.shape[0]} but {items[0].name} is "
-                f"{first[1]}x{first[0]}; resize the images to one size, or set data.options={{size: [H, W]}} in the config"
+                f"{first[1]}x{first[0]}; resize the images to one size, or set data.options={{size: [H, W]}} in the "
+                "config"
             )
     stacked = np.stack(arrays)
     return np.ascontiguousarray(stacked[:, None] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2))

@@ -102,7 +102,8 @@ def scan(source: Path, split: str, max_per_class: int | None) -> tuple[list[str]
         raise UserError(f"{source} has no {WNIDS}; it is not the Tiny-ImageNet release, download it again")
     wnids = sorted(formats.text_lines(texts[WNIDS], f"{source}:{prefix}{WNIDS}"))
     index = {w: i for i, w in enumerate(wnids)}
-    labelled = _train_labels(images, prefix, index) if split == "train" else _val_labels(images, prefix, index, texts, source)
+    labelled = (_train_labels(images, prefix, index) if split == "train"
+                else _val_labels(images, prefix, index, texts, source))
     kept: dict[int, int] = {}
     items = []
     order = sorted(labelled) if split == "train" else sorted(labelled, key=lambda pair: pair[1])
@@ -137,7 +138,8 @@ def _val_labels(images: dict[str, tuple[str, Reader]], prefix: str, index: dict[
     for line in formats.text_lines(texts[ANNOTATIONS], f"{source}:{prefix}{ANNOTATIONS}"):
         fields = line.split("\t")
         if len(fields) < 2 or fields[1] not in index:
-            raise UserError(f"{ANNOTATIONS} line {line[:60]!r} does not name a listed wnid; the release is inconsistent")
+            raise UserError(f"{ANNOTATIONS} line {line[:60]!r} does not name a listed wnid; the release is "
+                            "inconsistent")
         wnid_of[fields[0]] = fields[1]
     out = []
     for key in images:
@@ -160,7 +162,8 @@ def load_tinyimagenet(
     if source.is_dir():
         classes, items = scan(source, split, max_per_class)
         extra = [stat_digest(source / p) for p in (WNIDS, ANNOTATIONS) if (source / p).is_file()]
-        fingerprint = cache_fingerprint(source, options, f"{listing_digest(classes, items)}|{'|'.join(extra)}", "tinyimagenet")
+        fingerprint = cache_fingerprint(source, options, f"{listing_digest(classes, items)}|{'|'.join(extra)}",
+                                        "tinyimagenet")
         return load_decoded(fingerprint, options, cache_dir, lambda: (classes, items))
     fingerprint = cache_fingerprint(source, options, stat_digest(source), "tinyimagenet")
     return load_decoded(fingerprint, options, cache_dir, lambda: scan(source, split, max_per_class))
@@ -186,6 +189,7 @@ def tinyimagenet(
     """
     check_split("tinyimagenet", split, ("train", "val", "test"))
     images, labels, classes = load_tinyimagenet(
-        data_root(root), split, download=download, max_per_class=per_class_cap(max_per_class), cache_dir=cache_folder(cache_dir, cache)
+        data_root(root), split, download=download, max_per_class=per_class_cap(max_per_class),
+        cache_dir=cache_folder(cache_dir, cache)
     )
     return make_dataset(images, labels, classes, "tinyimagenet")

@@ -7,4 +7,5 @@ from robustlab.evaluate.suite import build_suite
 from robustlab.runs.model import load_model  # public here too: evaluate a trained run's model
 from robustlab.runs.record import format_table
 
-__all__ = ["Flag", "build_suite", "evaluate_checkpoint", "evaluate_model", "format_table", "load_model", "run_suite", "summarise"]
+__all__ = ["Flag", "build_suite", "evaluate_checkpoint", "evaluate_model", "format_table", "load_model", "run_suite",
+           "summarise"]

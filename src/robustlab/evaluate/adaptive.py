@@ -68,7 +68,8 @@ def _pgd_surrogate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, surrog
         weights = (1.0,) + (1.0 / len(keys),) * len(keys)
     else:  # fixed gate: attack the gated final logits
         weights = (1.0,)
-    return pgd(stack, x, y, loss=functools.partial(_stacked_ce, weights=weights), early_stop=False, generator=generator, **attack)
+    return pgd(stack, x, y, loss=functools.partial(_stacked_ce, weights=weights), early_stop=False, generator=generator,
+               **attack)
 
 
 def _transfer(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, source: nn.Module,
@@ -90,7 +91,8 @@ def build_adaptive(
     def add(name: str, fn: Any, recorded: dict[str, Any] | None = None, **params: Any) -> None:
         """A member calling ``fn`` with the attack settings and ``params``; the record lists ``recorded`` too."""
         shown = {k: v for k, v in params.items() if not isinstance(v, nn.Module)}
-        members.append(AttackSpec(name, functools.partial(fn, **attack, **params), {**attack, **shown, **(recorded or {})}))
+        members.append(AttackSpec(name, functools.partial(fn, **attack, **params),
+                                  {**attack, **shown, **(recorded or {})}))
 
     for key in keys:
         add(f"pgd-aux:{key}", _pgd_surrogate, surrogate="aux", keys=(key,), gate=None, draws=1)
@@ -102,7 +104,8 @@ def build_adaptive(
     if check_randomness(model, probe) is not None:
         add("pgd-eot", _pgd_surrogate, surrogate="eot", keys=(), gate=None, draws=eot_draws)
     if transfer_source is not None:
-        add("transfer", _transfer, recorded={"source_sha256": model_hash(transfer_source)}, source=transfer_source.eval())
+        add("transfer", _transfer, recorded={"source_sha256": model_hash(transfer_source)},
+            source=transfer_source.eval())
     if not members:
         return None
     return AttackSpec("adaptive", None, {"eps": eps, "norm": norm}, members=tuple(members))

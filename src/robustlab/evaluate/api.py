@@ -1,4 +1,5 @@
-"""Evaluation entry points: any ``nn.Module`` (:func:`evaluate_model`) or a trained run (:func:`evaluate_checkpoint`)."""
+"""Evaluation entry points: any ``nn.Module`` (:func:`evaluate_model`) or a trained run
+(:func:`evaluate_checkpoint`)."""
 
 from __future__ import annotations
 
@@ -123,16 +124,19 @@ def evaluate_model(
         "batch_size": batch_size, "channels_last": channels_last, "version": robustlab.__version__,
     }
     first, end = shard_batches(len(data.labels), batch_size, ranks)
-    shard = data.select(torch.arange(first * batch_size, min(end * batch_size, len(data.labels)))) if end > first else None
+    shard = (data.select(torch.arange(first * batch_size, min(end * batch_size, len(data.labels)))) if end > first
+             else None)
     path = Path(state_path) if state_path is not None else None
     if path is not None and ranks.enabled:
         fingerprint["shard"] = [first, end]
         path = path.with_suffix(f".rank{ranks.rank}{path.suffix}")
     names = [s.name for s in specs]
-    state = EvalState.resume_or_new(path, fingerprint, 0 if shard is None else len(shard.labels), batch_size, names, log=log)
+    state = EvalState.resume_or_new(path, fingerprint, 0 if shard is None else len(shard.labels), batch_size, names,
+                                    log=log)
     started = time.perf_counter()
     if shard is not None:
-        progress = Progress(len(state.clean) * len(specs), done=finished_work(state, len(specs))) if ranks.main else None
+        progress = (Progress(len(state.clean) * len(specs), done=finished_work(state, len(specs))) if ranks.main
+                    else None)
         try:
             with progress.watch(model) if progress is not None else nullcontext():
                 state = run_suite(model, shard, specs, eps=eps, norm=norm, batch_size=batch_size, device=dev, seed=seed,
@@ -155,13 +159,14 @@ def evaluate_model(
         with count_passes(model) as passes, Stopwatch(dev) as watch:
             flags, values = run_checks(model, x_probe, y_probe, eps=eps, norm=norm, step_size=step_size,
                                        suite_result=result, generator=torch.Generator(device=dev).manual_seed(seed))
-        log(f"checks: done in {watch.seconds:.1f} s ({passes.forward:,} forward and {passes.backward:,} backward sample passes)")
+        log(f"checks: done in {watch.seconds:.1f} s ({passes.forward:,} forward and {passes.backward:,} backward "
+            "sample passes)")
         result["flags"] += [f.to_dict() for f in flags]
         result["checks"] = values
         result["checks_run"] = True
     settings = {
-        "dataset": data.name, "n_examples": len(data.labels), "data_hash": fingerprint["data"], "seed": seed, "eps": eps, "norm": norm,
-        "step_size": step_size, "batch_size": batch_size, "model_mode": "eval",
+        "dataset": data.name, "n_examples": len(data.labels), "data_hash": fingerprint["data"], "seed": seed,
+        "eps": eps, "norm": norm, "step_size": step_size, "batch_size": batch_size, "model_mode": "eval",
         "wall_time_s": round(time.perf_counter() - started, 3), "device": str(dev), "processes": ranks.world,
         "channels_last": channels_last,
     }
@@ -188,7 +193,8 @@ def evaluate_into(
         check_output(out)  # before the transfer source loads
     source = load_model(transfer_from, device=device)[0] if transfer_from is not None else None
     with claim_output(out, main=main, log=log) as state:
-        record = evaluate_model(model, data, state_path=state, transfer_source=source, device=device, log=log, **options)
+        record = evaluate_model(model, data, state_path=state, transfer_source=source, device=device, log=log,
+                                **options)
         if main:
             write_record(out, record)
             log(format_table(record))

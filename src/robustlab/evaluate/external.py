@@ -107,9 +107,11 @@ def import_factory(spec: str) -> tuple[Callable[[], Any], dict[str, Any]]:
     module, info = _import_source(source)
     factory = getattr(module, factory_name, None)
     if not callable(factory):
-        found = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_") and getattr(v, "__module__", None) == module.__name__)
+        found = sorted(k for k, v in vars(module).items()
+                       if callable(v) and not k.startswith("_") and getattr(v, "__module__", None) == module.__name__)
         more = f" and {len(found) - LISTED} more" if len(found) > LISTED else ""
-        raise UserError(f"{source} has no callable {factory_name!r}; it defines: {', '.join(found[:LISTED]) or 'no callables'}{more}")
+        raise UserError(f"{source} has no callable {factory_name!r}; it defines: "
+                        f"{', '.join(found[:LISTED]) or 'no callables'}{more}")
     return factory, {**info, "factory": factory_name}
 
 
@@ -142,7 +144,8 @@ def read_weights(path: str | Path) -> Any:
     except pickle.UnpicklingError as exc:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         if found is None:
-            raise UserError(f"weights file {p} is corrupt or not a torch.save file (unreadable pickle); re-save it") from None
+            raise UserError(f"weights file {p} is corrupt or not a torch.save file (unreadable pickle); "
+                            "re-save it") from None
         raise UserError(
             f"weights file {p} holds pickled Python objects ({found.group(1)}), which are never loaded; "
             f"save model.state_dict() instead"
@@ -152,16 +155,19 @@ def read_weights(path: str | Path) -> Any:
 
 
 def unwrap_state_dict(obj: Any, source: str, log: Callable[[str], None] = print) -> dict[str, torch.Tensor]:
-    """The tensor dict inside a loaded weights object: wrapper keys and a ``module.`` prefix removed (with a message)."""
+    """The tensor dict inside a loaded weights object: wrapper keys and a ``module.`` prefix removed (with a
+    message)."""
     while isinstance(obj, dict) and not any(torch.is_tensor(v) for v in obj.values()):
         key = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
         if key is None:
             break
         log(f"weights: using the {key!r} entry of {source}")
         obj = obj[key]
-    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
+    if (not isinstance(obj, dict) or not obj
+            or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items())):
         keys = ", ".join(map(str, list(obj)[:SHOWN])) if isinstance(obj, dict) else type(obj).__name__
-        raise UserError(f"weights file {source} is not a state dict of tensors (found: {keys or 'nothing'}); save model.state_dict()")
+        raise UserError(f"weights file {source} is not a state dict of tensors (found: {keys or 'nothing'}); save "
+                        "model.state_dict()")
     if all(k.startswith(PREFIX) for k in obj):
         log(f"weights: removed the {PREFIX!r} prefix (DataParallel) from {source}")
         obj = {k[len(PREFIX):]: v for k, v in obj.items()}
@@ -174,17 +180,20 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
     problems = []
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in state and state[k].shape != v.shape]
     for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape (file vs model)", shapes)):
         if names:
             more = f" and {len(names) - SHOWN} more" if len(names) > SHOWN else ""
             problems.append(f"{label}: {', '.join(names[:SHOWN])}{more}")
     if problems:
-        raise UserError(f"weights {source} do not fit the model ({'; '.join(problems)}); check the factory and the file")
+        raise UserError(f"weights {source} do not fit the model ({'; '.join(problems)}); check the factory and the "
+                        "file")
     model.load_state_dict(state)
 
 
-def resolve_normalization(mean: list[float] | None, std: list[float] | None, name: str | None) -> tuple[list[float], list[float]] | None:
+def resolve_normalization(mean: list[float] | None, std: list[float] | None,
+                          name: str | None) -> tuple[list[float], list[float]] | None:
     """(mean, std) from ``--mean/--std`` or ``--normalize NAME``; None when neither is given."""
     if name is not None:
         if mean is not None or std is not None:
@@ -206,7 +215,8 @@ def wrap_normalize(model: nn.Module, stats: tuple[list[float], list[float]] | No
     if stats is None:
         return model
     if len(stats[0]) != channels:
-        raise UserError(f"normalisation has {len(stats[0])} values per statistic but the images have {channels} channels; give {channels}")
+        raise UserError(f"normalisation has {len(stats[0])} values per statistic but the images have {channels} "
+                        f"channels; give {channels}")
     return nn.Sequential(Normalize(*stats), model)
 
 
@@ -220,19 +230,22 @@ def check_outputs(model: nn.Module, data: ImageDataset, device: torch.device, pr
         with torch.no_grad():
             out = model(x)
     except USER_CODE_FAILURES as exc:
-        raise UserError(f"the model fails on {data.name} inputs ({shape}, values in [0, 1]): {one_line(exc)}; check the data set or the model") from None
+        raise UserError(f"the model fails on {data.name} inputs ({shape}, values in [0, 1]): {one_line(exc)}; check "
+                        "the data set or the model") from None
     finally:
         model.train(was_training)
     check_logit_shape(out, x.shape[0])
     if out.shape[1] != data.num_classes:
-        raise UserError(f"the model outputs {out.shape[1]} classes but {data.name} has {data.num_classes}; use a model for this data set")
+        raise UserError(f"the model outputs {out.shape[1]} classes but {data.name} has {data.num_classes}; use a model "
+                        "for this data set")
 
 
 def load_external(
     spec: str, weights: str | Path, data: ImageDataset, *, stats: tuple[list[float], list[float]] | None = None,
     device: torch.device = torch.device("cpu"), log: Callable[[str], None] = print,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """The model of ``spec`` with ``weights``, normalised by ``stats`` and checked on ``data``; plus its source record."""
+    """The model of ``spec`` with ``weights``, normalised by ``stats`` and checked on ``data``; plus its source
+    record."""
     factory, source = import_factory(spec)
     model = call_factory(factory, spec)
     load_weights(model, unwrap_state_dict(read_weights(weights), str(weights), log), str(weights))
@@ -246,13 +259,15 @@ def load_external(
 
 
 def model_identity(source: dict[str, Any]) -> str:
-    """Eight hex digits of sha256 over the model file's and the weights' sha256: two models differing in either never share a record."""
+    """Eight hex digits of sha256 over the model file's and the weights' sha256: two models differing in either never
+    share a record."""
     both = f"{source.get('model_sha256') or source.get('module')}:{source['weights_sha256']}"
     return hashlib.sha256(both.encode()).hexdigest()[:8]
 
 
 def default_out(spec: str, identity: str, data: str, split: str, attacks: list[str], eps: float, norm: str) -> Path:
-    """``runs/eval/<file stem or module>_<factory>_<identity>/<data>_<split>_<attacks>_<eps>_<norm>.json`` (relative to the working directory).
+    """``runs/eval/<file stem or module>_<factory>_<identity>/<data>_<split>_<attacks>_<eps>_<norm>.json`` (relative to
+    the working directory).
 
     ``identity`` is :func:`model_identity`, so ``teamA/net.py:build`` and ``teamB/net.py:build`` keep two records.
     """

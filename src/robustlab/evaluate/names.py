@@ -2,9 +2,9 @@
 
 Names follow EVALUATION.md: ``pgd-K`` and ``cw-K`` are stepped (``pgd`` / ``cw`` alone mean
 :data:`DEFAULT_STEPS` steps); FGSM, PGD, CW, every APGD and FAB variant and ``apgd-ce-t`` are driven by
-input gradients, and so are the ``fast`` group's ``fast-margin`` and ``fast-targeted`` (``square`` is not, and neither is ``autoattack``, which contains Square). Nothing here
-checks that a name exists: :func:`robustlab.evaluate.suite.parse_attack_name` does, on top of
-:func:`attack_family`.
+input gradients, and so are the ``fast`` group's ``fast-margin`` and ``fast-targeted`` (``square`` is not, and neither
+is ``autoattack``, which contains Square). Nothing here checks that a name exists:
+:func:`robustlab.evaluate.suite.parse_attack_name` does, on top of :func:`attack_family`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import re
 
 STEPPED = re.compile(r"(pgd|cw)(?:-(\d+))?")
 DEFAULT_STEPS = 20  # ``pgd`` / ``cw`` without a step count (EVALUATION.md)
-GRADIENT_FAMILIES = ("fgsm", "pgd", "cw", "apgd-ce-t", "fast-margin", "fast-targeted")  # fast-*: the fast group's members
+# fast-*: the fast group's members
+GRADIENT_FAMILIES = ("fgsm", "pgd", "cw", "apgd-ce-t", "fast-margin", "fast-targeted")
 GRADIENT_PREFIXES = ("apgd", "fab")
 
 

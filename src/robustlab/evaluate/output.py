@@ -51,8 +51,8 @@ def _json_object(path: Path) -> dict[str, Any] | None:
 def _is_record(path: Path) -> bool:
     """A JSON object with a version string, an ``attacks`` mapping and a numeric ``clean_acc``, as records have."""
     data = _json_object(path)
-    return (data is not None and isinstance(data.get("robustlab_version"), str) and isinstance(data.get("attacks"), dict)
-            and isinstance(data.get("clean_acc"), (int, float)))
+    return (data is not None and isinstance(data.get("robustlab_version"), str)
+            and isinstance(data.get("attacks"), dict) and isinstance(data.get("clean_acc"), (int, float)))
 
 
 def _is_state(path: Path) -> bool:
@@ -71,14 +71,15 @@ def _is_lock_file(path: Path) -> bool:
 
 
 def _refusal(path: Path, what: str, out: Path) -> UserError:
-    return UserError(f"{path} exists and is {what}, so it is never overwritten; pass --out NEW.json (another record path) "
-                     f"or move that file away (record {out})")
+    return UserError(f"{path} exists and is {what}, so it is never overwritten; pass --out NEW.json (another record "
+                     f"path) or move that file away (record {out})")
 
 
 def check_output(out: Path) -> None:
     """Refuse ``out`` unless it is a ``.json`` path whose record, state and lock are absent or robustlab's own."""
     if out.suffix != ".json":
-        raise UserError(f"--out {out} must be a .json record path (its state and lock files go beside it); pass e.g. --out {out.with_suffix('.json')}")
+        raise UserError(f"--out {out} must be a .json record path (its state and lock files go beside it); pass e.g. "
+                        f"--out {out.with_suffix('.json')}")
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; pass a record file path such as {out / 'eval.json'}")
     for path, ours, what in ((out, _is_record, "not a robustlab evaluation record"),
@@ -94,7 +95,8 @@ def check_output(out: Path) -> None:
 
 @contextmanager
 def claim_output(out: Path, *, main: bool = True, log: Callable[[str], None] = print) -> Iterator[Path]:
-    """Check ``out`` (:func:`check_output`), hold its lock for the ``with`` block, clear stale temps; yields the state path.
+    """Check ``out`` (:func:`check_output`), hold its lock for the ``with`` block, clear stale temps; yields the state
+    path.
 
     ``main``: False on the non-zero ranks of a torchrun job, which only read (rank 0 checks and locks).
     """

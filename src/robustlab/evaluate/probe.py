@@ -40,7 +40,8 @@ def check_logit_shape(out: object, n: int) -> None:
 
 
 def probe_forward(model: nn.Module, x: torch.Tensor) -> bool:
-    """Check the logits of ``x`` (refusing non-tensor, non-float, non-finite ones); True when they carry no input gradient."""
+    """Check the logits of ``x`` (refusing non-tensor, non-float, non-finite ones); True when they carry no input
+    gradient."""
     x_req = x.detach().clone().requires_grad_(True)
     with eval_mode(model), torch.enable_grad():
         try:
@@ -50,8 +51,8 @@ def probe_forward(model: nn.Module, x: torch.Tensor) -> bool:
                             "check the data set matches the model") from None
         check_logit_shape(out, x.shape[0])
         if not out.is_floating_point():
-            raise UserError(f"the model returns {out.dtype} outputs, not float logits (an argmax or rounding at the end?); "
-                            "return the logits")
+            raise UserError(f"the model returns {out.dtype} outputs, not float logits (an argmax or rounding at the "
+                            "end?); return the logits")
         bad = int((~torch.isfinite(out.detach())).any(dim=1).sum())
         if bad:
             raise UserError(f"the model returns NaN or infinite logits for {bad} of {x.shape[0]} probe inputs; "

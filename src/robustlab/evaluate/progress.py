@@ -1,9 +1,9 @@
 """Evaluation progress a user can see: a bar on a terminal, a line at most every 30 s otherwise.
 
 Work is counted in sample-attacks (each suite entry on each sample is one). The runner calls
-:meth:`Progress.begin` before an attack of a batch, :meth:`Progress.name` before a group member and :meth:`Progress.advance`
-after a suite entry of a batch; :meth:`Progress.watch` makes every forward of the model a heartbeat,
-so a line appears even while one long attack of one batch runs (a 48-minute AutoAttack batch used to
+:meth:`Progress.begin` before an attack of a batch, :meth:`Progress.name` before a group member and
+:meth:`Progress.advance` after a suite entry of a batch; :meth:`Progress.watch` makes every forward of the model a
+heartbeat, so a line appears even while one long attack of one batch runs (a 48-minute AutoAttack batch used to
 run silent). When the stream is not a terminal a heartbeat prints
 ``eval: ATTACK on batch B/N: K of M sample-attacks left, elapsed H:MM:SS, ETA H:MM:SS`` when
 :data:`PIPE_INTERVAL_S` seconds have passed since the last line; ETA is the elapsed time per
@@ -44,7 +44,8 @@ class Progress:
         self.total, self.done, self.done_here = total, done, 0
         self.started = self.last = clock()
         self.attack, self.where = "", ""
-        self.bar = (tqdm(total=total, initial=done, unit="sample-attack", file=self.stream, leave=False, dynamic_ncols=True)
+        self.bar = (tqdm(total=total, initial=done, unit="sample-attack", file=self.stream, leave=False,
+                         dynamic_ncols=True)
                     if _is_terminal(self.stream) else None)
 
     def begin(self, attack: str, batch: int, batches: int) -> None:
@@ -76,7 +77,8 @@ class Progress:
         elapsed = now - self.started
         left = self.total - self.done
         eta = _clock_text(elapsed / self.done_here * left) if self.done_here else "unknown"
-        print(f"eval: {self.attack} on {self.where}: {left:,} of {self.total:,} sample-attacks left, elapsed {_clock_text(elapsed)}, ETA {eta}",
+        print(f"eval: {self.attack} on {self.where}: {left:,} of {self.total:,} sample-attacks left, elapsed "
+              f"{_clock_text(elapsed)}, ETA {eta}",
               file=self.stream, flush=True)
 
     @contextmanager

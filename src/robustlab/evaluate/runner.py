@@ -123,7 +123,8 @@ def run_suite(
             for a, spec in enumerate(specs):
                 if a < state.attack_cursor:
                     continue
-                resumed = torch.tensor(state.broken_by[spec.name][rows], device=device)[todo] if state.member_cursor else None
+                resumed = (torch.tensor(state.broken_by[spec.name][rows], device=device)[todo] if state.member_cursor
+                           else None)
 
                 def save_partial(members_done: int, part: torch.Tensor, name: str = spec.name) -> None:
                     verdict = torch.full((len(y),), NOT_RUN, dtype=torch.long, device=device)
@@ -179,9 +180,13 @@ def summarise(state: EvalState, specs: list[AttackSpec]) -> dict[str, Any]:
             entry["robust_acc_after"] = after
         attacks[spec.name] = entry
         if cost.out_of_bounds:
-            flags.append(Flag("attack_bug", f"{spec.name} returned {cost.out_of_bounds} points outside the threat model; they were not counted as breaks", cost.out_of_bounds))
+            flags.append(Flag("attack_bug",
+                              f"{spec.name} returned {cost.out_of_bounds} points outside the threat model; they were "
+                              "not counted as breaks", cost.out_of_bounds))
     for name in state.skipped:
-        flags.append(Flag("too_few_classes", f"{name} was skipped: it needs more classes than the model has, so the suite is weaker than its name says"))
+        flags.append(Flag("too_few_classes",
+                          f"{name} was skipped: it needs more classes than the model has, so the suite is weaker than "
+                          "its name says"))
     return {
         "clean_acc": clean.float().mean().item() if n else float("nan"),
         "robust_acc": worst.float().mean().item() if n else float("nan"),

@@ -96,8 +96,9 @@ _RAND = ("apgd-ce", "apgd-dlr")
 # search (pyautoattack fab_base.py has none); under EOT the last misclassified iterate (autopgd_base.py
 # ``x_best_adv``), eot_iter=20 (``_set_version('rand')``). The stronger variants state their settings too.
 # APGD starts as the reference's does (``autopgd_base.py``: on the ball's face/sphere, ``start="surface"``).
-_REFERENCE = {"apgd-ce": {"output": "reference", "start": "surface"}, "apgd-t": {"output": "reference", "start": "surface"},
-              "fab-t": {"final_search": 0}, "square": {"mode": "reference", "queries": 5001}}
+_REFERENCE = {"apgd-ce": {"output": "reference", "start": "surface"},
+              "apgd-t": {"output": "reference", "start": "surface"}, "fab-t": {"final_search": 0},
+              "square": {"mode": "reference", "queries": 5001}}
 _STRONG = {"apgd-ce": {"output": "best", "start": "ball"}, "apgd-t": {"output": "best", "start": "ball"},
            "fab-t": {"final_search": 3}, "square": {"mode": "strong"}}
 _EOT = {"eot": 20}
@@ -141,7 +142,8 @@ def parse_attack_name(name: str) -> tuple[str, int | None]:
             raise UserError(f"attack {name!r} runs no steps; use {key}-K with K >= 1, e.g. {key}-20")
         return key, steps
     if key in RENAMED:
-        raise UserError(f"attack {name!r} is now called {RENAMED[key]} (it is not a version of the reference AutoAttack); use {RENAMED[key]}")
+        raise UserError(f"attack {name!r} is now called {RENAMED[key]} (it is not a version of the reference "
+                        f"AutoAttack); use {RENAMED[key]}")
     raise UserError(
         f"unknown attack {name!r}; use fgsm, pgd-K, cw-K, apgd-ce, apgd-dlr, apgd-t, fab-t, square, "
         f"{', '.join(GROUPS)}; see robustlab list attacks"
@@ -158,7 +160,8 @@ def build_attack(
         return AttackSpec(family, functools.partial(fgsm, **params), params, uses_generator=False)
     if family in GROUPS:
         names, per_member = GROUPS[family]
-        members = tuple(build_attack(m, eps=eps, norm=norm, step_size=step_size, settings=per_member.get(m)) for m in names)
+        members = tuple(build_attack(m, eps=eps, norm=norm, step_size=step_size, settings=per_member.get(m))
+                        for m in names)
         return AttackSpec(family, None, {"eps": eps, "norm": norm}, members=members)
     if family in AUTOATTACK_PARTS:
         fn, fixed = AUTOATTACK_PARTS[family]

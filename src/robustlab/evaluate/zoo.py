@@ -69,19 +69,30 @@ def _dm(depth: int, width: int) -> Callable[[], nn.Module]:
 ZOO: dict[tuple[str, str], dict[str, ZooEntry]] = {
     ("cifar10", "Linf"): {
         "Standard": ZooEntry("WideResNet-28-10", _wrn(28, 10), None, "1t98aEuzeTL8P7Kpd5DIrCoCL21BNZUhC"),
-        "Carmon2019Unlabeled": ZooEntry("WideResNet-28-10", _wrn(28, 10, True), None, "15tUx-gkZMYx7BfEOw1GY5OKC-jECIsPQ"),
-        "Zhang2019Theoretically": ZooEntry("WideResNet-34-10", _wrn(34, 10, True), None, "1hPz9QQwyM7QSuWu-ANG_uXR-29xtL8t_"),
-        "Wu2020Adversarial_extra": ZooEntry("WideResNet-28-10", _wrn(28, 10, True), None, "1-WJWpAZLlmc4gJ8XXNf7IETjnSZzaCNp"),
+        "Carmon2019Unlabeled": ZooEntry("WideResNet-28-10", _wrn(28, 10, True), None,
+                                        "15tUx-gkZMYx7BfEOw1GY5OKC-jECIsPQ"),
+        "Zhang2019Theoretically": ZooEntry("WideResNet-34-10", _wrn(34, 10, True), None,
+                                           "1hPz9QQwyM7QSuWu-ANG_uXR-29xtL8t_"),
+        "Wu2020Adversarial_extra": ZooEntry("WideResNet-28-10", _wrn(28, 10, True), None,
+                                            "1-WJWpAZLlmc4gJ8XXNf7IETjnSZzaCNp"),
         "Rice2020Overfitting": ZooEntry("WideResNet-34-20", _wrn(34, 20), CIFAR10, "1vC_Twazji7lBjeMQvAD9uEQxi9Nx2oG-"),
         "Wong2020Fast": ZooEntry("PreActResNet-18", preact_resnet18, CIFAR10, "1Re--_lf3jCEw9bnQqGkjw3J7v2tSZKrv"),
-        "Gowal2020Uncovering_28_10_extra": ZooEntry("WideResNet-28-10", _dm(28, 10), CIFAR10, "1MBAWGxiZxKt-GfqEqtLcXcd3tAxPhvV2"),
-        "Gowal2020Uncovering_34_20": ZooEntry("WideResNet-34-20", _dm(34, 20), CIFAR10, "1YWvZO1u9_yNLFNC3JYd_TVkvrRSMER1O"),
-        "Gowal2020Uncovering_70_16": ZooEntry("WideResNet-70-16", _dm(70, 16), CIFAR10, "1DVwKclibqzniE2Ss5_g6BY77ChG8QKzl"),
-        "Gowal2020Uncovering_70_16_extra": ZooEntry("WideResNet-70-16", _dm(70, 16), CIFAR10, "1GxryYj_Or-VCDca0wgiFLz4ssXSZXQoJ"),
-        "Rebuffi2021Fixing_28_10_cutmix_ddpm": ZooEntry("WideResNet-28-10", _dm(28, 10), CIFAR10, "1-0EChXbc6pOvx26O17av263bCeqIAz6s"),
-        "Rebuffi2021Fixing_70_16_cutmix_extra": ZooEntry("WideResNet-70-16", _dm(70, 16), CIFAR10, "1qKDTp6IJ1BUXZaRtbYuo_t0tuDl_4mLg"),
-        "Wang2023Better_WRN-28-10": ZooEntry("WideResNet-28-10", _dm(28, 10), CIFAR10, "1-6MYKJdECDVGaWjj6GgqvaT95BGKhUvI"),
-        "Wang2023Better_WRN-70-16": ZooEntry("WideResNet-70-16", _dm(70, 16), CIFAR10, "1-RF7ZSS-PAh6bfQcuqx4lh9bc9BUGnap"),
+        "Gowal2020Uncovering_28_10_extra": ZooEntry("WideResNet-28-10", _dm(28, 10), CIFAR10,
+                                                    "1MBAWGxiZxKt-GfqEqtLcXcd3tAxPhvV2"),
+        "Gowal2020Uncovering_34_20": ZooEntry("WideResNet-34-20", _dm(34, 20), CIFAR10,
+                                              "1YWvZO1u9_yNLFNC3JYd_TVkvrRSMER1O"),
+        "Gowal2020Uncovering_70_16": ZooEntry("WideResNet-70-16", _dm(70, 16), CIFAR10,
+                                              "1DVwKclibqzniE2Ss5_g6BY77ChG8QKzl"),
+        "Gowal2020Uncovering_70_16_extra": ZooEntry("WideResNet-70-16", _dm(70, 16), CIFAR10,
+                                                    "1GxryYj_Or-VCDca0wgiFLz4ssXSZXQoJ"),
+        "Rebuffi2021Fixing_28_10_cutmix_ddpm": ZooEntry("WideResNet-28-10", _dm(28, 10), CIFAR10,
+                                                        "1-0EChXbc6pOvx26O17av263bCeqIAz6s"),
+        "Rebuffi2021Fixing_70_16_cutmix_extra": ZooEntry("WideResNet-70-16", _dm(70, 16), CIFAR10,
+                                                         "1qKDTp6IJ1BUXZaRtbYuo_t0tuDl_4mLg"),
+        "Wang2023Better_WRN-28-10": ZooEntry("WideResNet-28-10", _dm(28, 10), CIFAR10,
+                                             "1-6MYKJdECDVGaWjj6GgqvaT95BGKhUvI"),
+        "Wang2023Better_WRN-70-16": ZooEntry("WideResNet-70-16", _dm(70, 16), CIFAR10,
+                                             "1-RF7ZSS-PAh6bfQcuqx4lh9bc9BUGnap"),
     },
     ("cifar10", "L2"): {
         "Standard": ZooEntry("WideResNet-28-10", _wrn(28, 10), None, "1t98aEuzeTL8P7Kpd5DIrCoCL21BNZUhC"),
@@ -94,7 +105,8 @@ def zoo_entry(name: str, dataset: str, threat_model: str) -> ZooEntry:
     table = ZOO.get((dataset, threat_model))
     if table is None:
         known = ", ".join(f"--dataset {d} --threat-model {t}" for d, t in ZOO)
-        raise UserError(f"no RobustBench entries for --dataset {dataset} --threat-model {threat_model} here; use {known}")
+        raise UserError(f"no RobustBench entries for --dataset {dataset} --threat-model {threat_model} here; use "
+                        f"{known}")
     if name not in table:
         close = difflib.get_close_matches(name, list(table), n=3)
         hint = f"did you mean {', '.join(close)}? " if close else ""
@@ -115,14 +127,15 @@ def require_checkpoint(name: str, dataset: str, threat_model: str, model_dir: st
     if not path.is_file():
         raise UserError(
             f"checkpoint {path} not found; put RobustBench's {name} weights there (robustbench's load_model('{name}', "
-            f"model_dir='{model_dir}', dataset='{dataset}', threat_model='{threat_model}') downloads them, Google Drive id "
-            f"{entry.gdrive_id}); robustlab never downloads"
+            f"model_dir='{model_dir}', dataset='{dataset}', threat_model='{threat_model}') downloads them, Google "
+            f"Drive id {entry.gdrive_id}); robustlab never downloads"
         )
     return path
 
 
 def load_zoo_model(
-    name: str, dataset: str, threat_model: str, model_dir: str | Path, data: Any, device: Any, log: Callable[[str], None] = print,
+    name: str, dataset: str, threat_model: str, model_dir: str | Path, data: Any, device: Any,
+    log: Callable[[str], None] = print,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The entry's model with its local checkpoint, normalised and checked on ``data``; plus its source record."""
     entry = zoo_entry(name, dataset, threat_model)
@@ -150,7 +163,8 @@ def evaluate_zoo(
     (default ``runs/eval/robustbench_<name>/<data>_<split>_<attacks>_<eps>_<norm>.json``). ``options`` are
     :func:`~robustlab.evaluate.api.evaluate_model`'s other keywords and ``transfer_from``, as for
     :func:`~robustlab.evaluate.external.evaluate_external`."""
-    require_checkpoint(name, dataset, threat_model, model_dir)  # a bad name or a missing file fails before any data is read
+    # a bad name or a missing file fails before any data is read
+    require_checkpoint(name, dataset, threat_model, model_dir)
     check_attack_names(attacks)
     if out is not None:
         check_output(Path(out))  # an existing file there that is not a robustlab record: refused before any work
@@ -159,6 +173,7 @@ def evaluate_zoo(
     dev = resolve_device(device, key="--device")
     images = load_data(data or dataset, data_root, split, n_examples, seed)
     model, source = load_zoo_model(name, dataset, threat_model, model_dir, images, dev, log)
-    target = Path(out) if out is not None else DEFAULT_OUT / f"robustbench_{name}" / record_file_name(data or dataset, split, attacks, eps, norm)
+    target = (Path(out) if out is not None
+              else DEFAULT_OUT / f"robustbench_{name}" / record_file_name(data or dataset, split, attacks, eps, norm))
     return evaluate_outside_model(model, source, images, target, split=split, attacks=attacks, eps=eps, norm=norm,
                                   seed=seed, device=dev, log=log, **options)

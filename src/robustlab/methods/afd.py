@@ -105,7 +105,8 @@ class DisentangledHead(nn.Linear):
 def _unwrap(model: nn.Module) -> nn.Module:
     """The model under ``torch.compile`` (``_orig_mod``) and DistributedDataParallel (``module``) wrappers."""
     while True:
-        inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else getattr(model, "_orig_mod", None)
+        inner = (model.module if isinstance(model, nn.parallel.DistributedDataParallel)
+                 else getattr(model, "_orig_mod", None))
         if not isinstance(inner, nn.Module):
             return model
         model = inner
@@ -115,7 +116,8 @@ def disentangled_head(model: nn.Module) -> DisentangledHead:
     """The model's :class:`DisentangledHead`, or a UserError when AFD's modules are missing."""
     head = getattr(_unwrap(model), "head", None)
     if not isinstance(head, DisentangledHead):
-        raise UserError("this model has no AFD disentangler (model.head is not a DisentangledHead); build it with method afd")
+        raise UserError("this model has no AFD disentangler (model.head is not a DisentangledHead); build it with "
+                        "method afd")
     return head
 
 
@@ -199,7 +201,8 @@ class afd(Method):
     def teacher_features(self, x: torch.Tensor) -> torch.Tensor:
         """t = g_pre(x): the frozen teacher's pooled penultimate feature of the clean x (eval, no grad)."""
         if self.teacher is None:
-            raise UserError("method afd needs the pre-trained model as teacher; run robustlab finetune CONFIG --from RUN")
+            raise UserError("method afd needs the pre-trained model as teacher; run robustlab finetune CONFIG --from "
+                            "RUN")
         self.teacher.eval()
         first = next(self.teacher.parameters(), None)
         if first is not None and first.device != x.device:

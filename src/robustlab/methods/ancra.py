@@ -160,7 +160,8 @@ class _AnchorCE:
         ce = F.cross_entropy(stacked[:, 0].float(), y, reduction="none")
         if stacked.shape[1] == 1:
             return ce
-        aux = torch.stack([F.cross_entropy(stacked[:, b].float(), y, reduction="none") for b in range(1, stacked.shape[1])])
+        aux = torch.stack([F.cross_entropy(stacked[:, b].float(), y, reduction="none")
+                           for b in range(1, stacked.shape[1])])
         return ce + self.lambda_cr * aux.mean(dim=0)
 
 
@@ -193,7 +194,8 @@ class ancra(PlugIn):
         if neg_steps is not None and (isinstance(neg_steps, bool) or not isinstance(neg_steps, int) or neg_steps < 0):
             raise UserError(f"method.options.neg_steps must be an integer >= 0 or null, got {neg_steps!r}")
         self.neg_steps = neg_steps
-        self.neg_step_size = None if neg_step_size is None else parse_number(neg_step_size, "method.options.neg_step_size")
+        self.neg_step_size = (None if neg_step_size is None
+                              else parse_number(neg_step_size, "method.options.neg_step_size"))
         if adv_start not in ("normal", "uniform"):
             raise UserError(f"method.options.adv_start must be normal or uniform, got {adv_start!r}")
         self.adv_start = adv_start
@@ -238,7 +240,8 @@ class ancra(PlugIn):
         blocks = sorted((m for m in model.modules() if isinstance(m, ReverseAttention)), key=lambda m: m.index)
         if not blocks:
             raise UserError(
-                "the model has no ANCRA blocks; build it with the method's prepare_model (robustlab.runs.model.build_model does)"
+                "the model has no ANCRA blocks; build it with the method's prepare_model "
+                "(robustlab.runs.model.build_model does)"
             )
         return [f"p{m.index}" for m in blocks], int(blocks[0]._owner[0].num_classes)
 
@@ -270,17 +273,19 @@ class ancra(PlugIn):
         idx = order[starts[cls] + rank]
         return torch.where(has_neg, idx, rows), has_neg
 
-    def negatives(self, model: nn.Module, x_neg: torch.Tensor, y_neg: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def negatives(self, model: nn.Module, x_neg: torch.Tensor, y_neg: torch.Tensor,
+                  target: torch.Tensor) -> torch.Tensor:
         """x^o: targeted PGD (:meth:`~robustlab.methods.base.Method.craft`) from x_n + 0.001·N(0, I) toward ``target``
-        (the anchors' classes), minimising CE(final) + λ_cr·mean_b CE(aux_b); gates (train mode only) use the negatives' labels."""
+        (the anchors' classes), minimising CE(final) + λ_cr·mean_b CE(aux_b); gates (train mode only) use the negatives'
+        labels."""
         a = self.attack
         steps = a.steps if self.neg_steps is None else self.neg_steps
         if steps == 0 or a.eps == 0:  # before the start's draw, so the generator is left as it was
             return x_neg.detach()
         keys, _ = self._ra_info(model)
         start = trades_start(x_neg, self.generator)
-        return self.craft(AuxStack(model, keys, labels=y_neg), x_neg, target, loss=_AnchorCE(self.lambda_cr), x_init=start,
-                          targeted=True, steps=steps, step_size=self.neg_step_size)
+        return self.craft(AuxStack(model, keys, labels=y_neg), x_neg, target, loss=_AnchorCE(self.lambda_cr),
+                          x_init=start, targeted=True, steps=steps, step_size=self.neg_step_size)
 
     # ------------------------------------------------------------------- loss
     def combine(

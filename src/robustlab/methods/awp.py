@@ -65,7 +65,8 @@ def perturbed_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
 
 
-def weight_perturbation(weights: list[torch.Tensor], grads: list[torch.Tensor | None], gamma: float) -> list[torch.Tensor]:
+def weight_perturbation(weights: list[torch.Tensor], grads: list[torch.Tensor | None],
+                        gamma: float) -> list[torch.Tensor]:
     """v_l = γ·‖w_l‖·g_l/(‖g_l‖ + 1e-20) per layer (zeros where a layer got no gradient)."""
     out = []
     for w, g in zip(weights, grads):

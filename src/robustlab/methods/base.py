@@ -12,8 +12,8 @@ adds its terms to the base's. The loop sees one Method either way.
 
 Step hooks: the loop calls :meth:`Method.start_epoch` before each epoch and
 :meth:`Method.before_step` between the loss's backward and the optimiser step (AWP restores the
-weights it perturbed there; AFD's ``update: released`` takes its extra step). Every adversarial input a method crafts goes through its
-:class:`CraftTape` (shared along a plug-in chain), so a wrapper can recompute the loss on the same x'.
+weights it perturbed there; AFD's ``update: released`` takes its extra step). Every adversarial input a method crafts
+goes through its :class:`CraftTape` (shared along a plug-in chain), so a wrapper can recompute the loss on the same x'.
 """
 
 from __future__ import annotations
@@ -107,7 +107,8 @@ class Method:
     (their per-sample formula on one head), which plug-ins call instead of naming the base.
     """
 
-    clean_in_loss = False  # whether head_loss reads the clean logits (TRADES, MART), so their forward keeps its gradient
+    # whether head_loss reads the clean logits (TRADES, MART), so their forward keeps its gradient
+    clean_in_loss = False
 
     def __init__(self, attack: AttackConfig, generator: torch.Generator) -> None:
         self.attack = attack
@@ -169,8 +170,9 @@ class Method:
         raise NotImplementedError(f"{type(self).__name__} has no per-head loss")
 
     def craft(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss: Any = "ce", x_init: torch.Tensor | None = None,
-        targeted: bool = False, steps: int | None = None, step_size: float | None = None,
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss: Any = "ce",
+        x_init: torch.Tensor | None = None, targeted: bool = False, steps: int | None = None,
+        step_size: float | None = None,
     ) -> torch.Tensor:
         """The training adversary: PGD with the configured settings, final iterate (no early stop).
 
@@ -230,7 +232,8 @@ class PlugIn(Method):
         if name not in self.supported_bases:
             chains = " (and their plug-ins)" if self.stacks else ""
             raise UserError(f"method {name}+{plugin} is not supported: plug-in {plugin} supports bases "
-                            f"{', '.join(self.supported_bases)}{chains}, not {name} (e.g. method.name={self.supported_bases[0]}+{plugin})")
+                            f"{', '.join(self.supported_bases)}{chains}, not {name} (e.g. "
+                            f"method.name={self.supported_bases[0]}+{plugin})")
         return name
 
     def prepare_model(self, model: nn.Module) -> nn.Module:

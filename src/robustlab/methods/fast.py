@@ -53,7 +53,8 @@ class _SingleStep(pgd_at):
 
     project = True
 
-    def __init__(self, attack: AttackConfig, generator: torch.Generator, *, step_ratio: float, noise_ratio: float) -> None:
+    def __init__(self, attack: AttackConfig, generator: torch.Generator, *, step_ratio: float,
+                 noise_ratio: float) -> None:
         super().__init__(attack, generator)
         if attack.norm != "linf":
             raise UserError(f"method {type(self).__name__} is an L-inf method; set method.attack.norm=linf")

@@ -91,7 +91,8 @@ class FSRModule(AuxModule):
     mask logits (from the capture's generator when given); eval mode is deterministic.
     """
 
-    def __init__(self, channels: int, num_classes: int, *, tau: float = 0.1, hidden: int = 64, delta: float = 1e-8) -> None:
+    def __init__(self, channels: int, num_classes: int, *, tau: float = 0.1, hidden: int = 64,
+                 delta: float = 1e-8) -> None:
         super().__init__()
         self.separation = _fsr_net(channels, hidden)
         self.recalibration = _fsr_net(channels, hidden)
@@ -153,7 +154,8 @@ class fsr(PlugIn):
     supported_bases = SUPPORTED_BASES
 
     def __init__(
-        self, base: Method, *, lambda_sep: float = 1.0, lambda_rec: float = 1.0, tau: float = 0.1, stage: int | None = None
+        self, base: Method, *, lambda_sep: float = 1.0, lambda_rec: float = 1.0, tau: float = 0.1,
+        stage: int | None = None
     ) -> None:
         super().__init__(base)
         self.lambda_sep = parse_number(lambda_sep, "method.options.lambda_sep")
@@ -210,11 +212,13 @@ class fsr(PlugIn):
         if aux is None or "z_pos" not in aux or base.logits_adv is None:
             if not aux_modules(model):
                 raise UserError(
-                    "the model has no FSR module; build it with the method's prepare_model (robustlab.runs.model.build_model does)"
+                    "the model has no FSR module; build it with the method's prepare_model "
+                    "(robustlab.runs.model.build_model does)"
                 )
             raise RuntimeError("the base objective made no 'adv' forward through its forward hook")
         y_star = highest_wrong_class(base.logits_adv, y)
-        extra_loss, parts = fsr_terms(aux["z_pos"], aux["z_neg"], aux["z_rec"], y, y_star, self.lambda_sep, self.lambda_rec)
+        extra_loss, parts = fsr_terms(aux["z_pos"], aux["z_neg"], aux["z_rec"], y, y_star, self.lambda_sep,
+                                      self.lambda_rec)
         extra: dict[str, Any] = {**base.extra, "fsr_aux": aux, "y_star": y_star}
         return Terms(
             base.per_sample + extra_loss, {**base.parts, **parts}, x_adv=base.x_adv,

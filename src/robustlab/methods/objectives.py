@@ -23,14 +23,16 @@ def kl_per_sample(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tenso
     return (log_p.exp() * (log_p - log_q)).sum(dim=1)
 
 
-def trades_terms(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float) -> tuple[torch.Tensor, Parts]:
+def trades_terms(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor,
+                 beta: float) -> tuple[torch.Tensor, Parts]:
     """TRADES per sample: CE(f(x), y) + β·KL(P(x) ‖ P(x'))."""
     ce = F.cross_entropy(logits_clean.float(), y, reduction="none")
     kl = kl_per_sample(logits_clean, logits_adv)
     return ce + beta * kl, {"ce_clean": ce, "kl": kl}
 
 
-def mart_terms(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, lam: float) -> tuple[torch.Tensor, Parts]:
+def mart_terms(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor,
+               lam: float) -> tuple[torch.Tensor, Parts]:
     """MART per sample: BCE(p', y) + λ·KL(p ‖ p')·(1 − p_y), with BCE = −log p'_y − log(1 − max_{k≠y} p'_k).
 
     ``1 − max p'_k`` is clamped at 1e-12 before the log (the official code adds 1e-4 instead).
@@ -43,7 +45,8 @@ def mart_terms(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Te
     margin_term = -torch.log((1.0 - p_other).clamp_min(1e-12))
     kl = kl_per_sample(logits_clean, logits_adv)
     weight = 1.0 - p_clean.gather(1, y[:, None]).squeeze(1)
-    return ce_adv + margin_term + lam * kl * weight, {"ce_adv": ce_adv, "bce_margin": margin_term, "kl_weighted": kl * weight}
+    return ce_adv + margin_term + lam * kl * weight, {"ce_adv": ce_adv, "bce_margin": margin_term,
+                                                      "kl_weighted": kl * weight}
 
 
 def trades_start(x: torch.Tensor, generator: torch.Generator, scale: float = 0.001) -> torch.Tensor:
@@ -151,7 +154,8 @@ class mart(_CleanAndAdversarial):
     uniformly in the ε-ball instead (``method.attack.random_start``). Test time: a plain forward.
     """
 
-    def __init__(self, attack: AttackConfig, generator: torch.Generator, *, lam: float = 6.0, start: str = "normal") -> None:
+    def __init__(self, attack: AttackConfig, generator: torch.Generator, *, lam: float = 6.0,
+                 start: str = "normal") -> None:
         super().__init__(attack, generator)
         self.lam = parse_number(lam, "method.options.lam")
         if start not in ("normal", "uniform"):

@@ -186,7 +186,8 @@ class uad(PlugIn):
                  dsu_prob: float = 0.5, samples: int = 1, refined_reference: bool = True, smoothing: float = 0.1,
                  iga: bool = True, lambda_g: float = 1.0, beta_dist: float | None = None) -> None:
         super().__init__(base)
-        self.trades_form = base.clean_in_loss  # TRADES: CE(x) + β·distance; PGD-AT: CE(x') (+ β·distance to the refined reference)
+        # TRADES: CE(x) + β·distance; PGD-AT: CE(x') (+ β·distance to the refined reference)
+        self.trades_form = base.clean_in_loss
         self.dsu = _flag(dsu, "dsu")
         self.refined = _flag(refined_reference, "refined_reference")
         self.iga = _flag(iga, "iga")

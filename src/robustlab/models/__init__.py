@@ -1,7 +1,7 @@
 """Model architectures behind one contract (see :mod:`robustlab.models.base`).
 
-Registered names (= config strings): ``small_cnn``, ``resnet18``, ``preact_resnet18``, ``preact_resnet_small``, ``wide_resnet``,
-``wrn34_10``, ``wrn28_10``, ``vgg16_bn``. Build one with :func:`create_model`.
+Registered names (= config strings): ``small_cnn``, ``resnet18``, ``preact_resnet18``, ``preact_resnet_small``,
+``wide_resnet``, ``wrn34_10``, ``wrn28_10``, ``vgg16_bn``. Build one with :func:`create_model`.
 """
 
 from __future__ import annotations

@@ -70,7 +70,8 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
     def extra_repr(self) -> str:
-        return f"mean={[round(v, 4) for v in self.mean.flatten().tolist()]}, std={[round(v, 4) for v in self.std.flatten().tolist()]}"
+        return (f"mean={[round(v, 4) for v in self.mean.flatten().tolist()]}, "
+                f"std={[round(v, 4) for v in self.std.flatten().tolist()]}")
 
 
 def conv_bn_relu(in_chs: int, out_chs: int, stride: int = 1) -> nn.Sequential:

@@ -180,5 +180,7 @@ def preact_resnet_small(
     on 2 CPU cores (docs/results.md), not taken from a paper.
     """
     if not 1 <= len(depths) <= 4 or not all(isinstance(d, int) and d >= 1 for d in depths):
-        raise UserError(f"preact_resnet_small depths={list(depths)!r} is invalid; give 1 to 4 positive block counts, e.g. [1, 1, 1, 1]")
-    return PreActResNet(depths=tuple(depths), width=width, num_classes=num_classes, in_channels=in_channels, mean=mean, std=std)
+        raise UserError(f"preact_resnet_small depths={list(depths)!r} is invalid; give 1 to 4 positive block counts, "
+                        "e.g. [1, 1, 1, 1]")
+    return PreActResNet(depths=tuple(depths), width=width, num_classes=num_classes, in_channels=in_channels, mean=mean,
+                        std=std)

@@ -67,7 +67,8 @@ class _WideGroup(nn.Module):
 
     def __init__(self, blocks: int, cin: int, cout: int, stride: int) -> None:
         super().__init__()
-        self.layer = nn.Sequential(*(_WideBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1) for i in range(blocks)))
+        self.layer = nn.Sequential(*(_WideBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1)
+                                     for i in range(blocks)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer(x)
@@ -82,7 +83,8 @@ def _blocks_per_group(depth: int) -> int:
 class WideResNet(nn.Module):
     """RobustBench's ``WideResNet(depth, widen_factor, sub_block1)``: WideResNet-28-10, -34-10, -34-20, ..."""
 
-    def __init__(self, depth: int = 28, widen_factor: int = 10, num_classes: int = 10, sub_block1: bool = False) -> None:
+    def __init__(self, depth: int = 28, widen_factor: int = 10, num_classes: int = 10,
+                 sub_block1: bool = False) -> None:
         super().__init__()
         n = _blocks_per_group(depth)
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
@@ -136,12 +138,14 @@ class DMWideResNet(nn.Module):
     """DeepMind's WideResNet as RobustBench packages it (``DMWideResNet(depth, width, activation_fn)``),
     without its built-in mean/std (put a ``Normalize`` in front)."""
 
-    def __init__(self, depth: int = 28, width: int = 10, num_classes: int = 10, activation: Activation = nn.SiLU) -> None:
+    def __init__(self, depth: int = 28, width: int = 10, num_classes: int = 10,
+                 activation: Activation = nn.SiLU) -> None:
         super().__init__()
         n = _blocks_per_group(depth)
         widths = [16, 16 * width, 32 * width, 64 * width]
         self.init_conv = _conv3(3, widths[0])
-        self.layer = nn.Sequential(*(_DMGroup(n, widths[g], widths[g + 1], 1 if g == 0 else 2, activation) for g in range(3)))
+        self.layer = nn.Sequential(*(_DMGroup(n, widths[g], widths[g + 1], 1 if g == 0 else 2, activation)
+                                     for g in range(3)))
         self.batchnorm, self.act = nn.BatchNorm2d(widths[3]), activation()
         self.logits = nn.Linear(widths[3], num_classes)
 
@@ -173,7 +177,9 @@ class PreActResNet(nn.Module):
         cin = 64
         for i, (cout, n) in enumerate(zip((64, 128, 256, 512), blocks)):
             stride = 1 if i == 0 else 2
-            setattr(self, f"layer{i + 1}", nn.Sequential(*(_PreActBlock(cin if j == 0 else cout, cout, stride if j == 0 else 1) for j in range(n))))
+            setattr(self, f"layer{i + 1}",
+                    nn.Sequential(*(_PreActBlock(cin if j == 0 else cout, cout, stride if j == 0 else 1)
+                                    for j in range(n))))
             cin = cout
         self.linear = nn.Linear(512, num_classes)
 

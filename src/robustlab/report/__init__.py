@@ -43,8 +43,8 @@ def records_table(runs: dict[str, list[dict[str, Any]]]) -> str:
             attacks = ", ".join(f"{k} {_pct(v['robust_acc'])}" for k, v in r["attacks"].items())
             flags = "; ".join(f["message"] for f in r["flags"]) or "none"
             ckpt = Path(r.get("checkpoint", "?")).stem
-            lines.append(f"| {name} | {ckpt} | {r['eps_label']} {r['norm']} | {r['n_examples']} | {_pct(r['clean_acc'])} "
-                         f"| {attacks} | **{_pct(r['robust_acc'])}** | {flags} |")
+            lines.append(f"| {name} | {ckpt} | {r['eps_label']} {r['norm']} | {r['n_examples']} | "
+                         f"{_pct(r['clean_acc'])} | {attacks} | **{_pct(r['robust_acc'])}** | {flags} |")
     return "\n".join(lines)
 
 
@@ -60,7 +60,8 @@ def _plot(curves: dict[str, list[dict[str, Any]]], keys: list[tuple[str, str]], 
     for i, (name, records) in enumerate(curves.items()):
         color = f"C{i % 10}"
         for key, style in keys:
-            points = [(r["epoch"], r[key]) for r in records if isinstance(r.get(key), (int, float)) and r[key] == r[key]]
+            points = [(r["epoch"], r[key]) for r in records
+                      if isinstance(r.get(key), (int, float)) and r[key] == r[key]]
             if points:
                 xs, ys = zip(*points)
                 ax.plot(xs, ys, style, color=color, label=f"{name} {key}")
@@ -86,16 +87,19 @@ def write_report(run_dirs: list[str | Path], out: str | Path, log: Callable[[str
     runs = [Path(r) for r in run_dirs]
     missing = [r for r in runs if not (r / "metrics.jsonl").exists() and not (r / "eval").is_dir()]
     if missing:
-        raise UserError(f"{missing[0]} is not a run folder (no metrics.jsonl or eval/); pass folders made by robustlab train")
+        raise UserError(f"{missing[0]} is not a run folder (no metrics.jsonl or eval/); pass folders made by robustlab "
+                        "train")
     out = Path(out)
     epochs = {r.name: read_metrics(r, "epoch") for r in runs}
     gaps = {r.name: read_metrics(r, "feature_gap") for r in runs}
     parts = ["# robustlab report", "", "Runs: " + ", ".join(f"`{r}`" for r in runs), "", "## Evaluations", ""]
     parts.append(records_table({r.name: eval_records(r, log) for r in runs}))
-    if _plot(epochs, [("clean_acc", "-"), ("robust_acc", "--")], "held-out accuracy (solid clean, dashed PGD)", out / "accuracy.png"):
+    if _plot(epochs, [("clean_acc", "-"), ("robust_acc", "--")], "held-out accuracy (solid clean, dashed PGD)",
+             out / "accuracy.png"):
         parts += ["", "## Training curves", "", "![accuracy per epoch](accuracy.png)"]
     if _plot(gaps, [("feature_gap", "-")], "mean ‖g(x) − g(x′)‖ on the probe batch", out / "feature_gap.png"):
-        parts += ["", "## Feature gap (clean vs adversarial penultimate features)", "", "![feature gap](feature_gap.png)"]
+        parts += ["", "## Feature gap (clean vs adversarial penultimate features)", "",
+                  "![feature gap](feature_gap.png)"]
         parts += ["", "| run | first | last |", "|---|---|---|"]
         parts += [f"| {n} | {g[0]['feature_gap']:.3f} | {g[-1]['feature_gap']:.3f} |" for n, g in gaps.items() if g]
     path = out / "report.md"

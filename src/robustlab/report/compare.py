@@ -35,7 +35,8 @@ def correct_vector(record: dict[str, Any], metric: str = "worst") -> np.ndarray:
     """
     per_sample = record.get("per_sample")
     if not per_sample:
-        raise UserError(f"record {record.get('run', '?')} has no per-sample verdicts; re-evaluate it with robustlab eval")
+        raise UserError(f"record {record.get('run', '?')} has no per-sample verdicts; re-evaluate it with robustlab "
+                        "eval")
     correct = np.asarray(per_sample["clean"]) == 1
     broken_by = per_sample["broken_by"]
     if metric == "clean":
@@ -140,7 +141,8 @@ def compare_records(
         raise UserError(f"give one method record per base record (paired by seed), got {len(method)} for {len(base)}")
     for b, m in zip(base, method):
         check_paired(b, m)
-    return paired_bootstrap([correct_vector(r, metric) for r in base], [correct_vector(r, metric) for r in method], **bootstrap)
+    return paired_bootstrap([correct_vector(r, metric) for r in base], [correct_vector(r, metric) for r in method],
+                            **bootstrap)
 
 
 def load_record(path: str | Path) -> dict[str, Any]:
@@ -156,7 +158,8 @@ def load_record(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{p} not found; pass an evaluation record (.json) or a run folder with one record")
     record, problem = read_record(p, per_sample_problem)
     if record is None:
-        raise UserError(f"{p} is not a usable evaluation record ({problem}); pass a file written by robustlab eval, or rerun it")
+        raise UserError(f"{p} is not a usable evaluation record ({problem}); pass a file written by robustlab eval, or "
+                        "rerun it")
     return record
 
 
@@ -167,7 +170,8 @@ def compare_table(groups: Sequence[str], metric: str = "worst", level: float = 0
     every METHOD group is compared with the BASE group.
     """
     if len(groups) < 2:
-        raise UserError("--compare needs BASE and at least one METHOD (each a record, run folder, or comma-separated list per seed)")
+        raise UserError("--compare needs BASE and at least one METHOD (each a record, run folder, or comma-separated "
+                        "list per seed)")
     loaded = [[load_record(p) for p in g.split(",") if p.strip()] for g in groups]
     base = loaded[0]
     lines = [
@@ -178,6 +182,6 @@ def compare_table(groups: Sequence[str], metric: str = "worst", level: float = 0
         result = compare_records(base, records, metric, level=level, **bootstrap)
         method_acc = [float(correct_vector(r, metric).mean()) for r in records]
         base_acc = [float(correct_vector(r, metric).mean()) for r in base]
-        lines.append(f"| {records[0].get('run', '?')} | {len(records)} | {format_mean_std(method_acc)} | {format_mean_std(base_acc)} "
-                     f"| {result.points()} | {result.verdict} |")
+        lines.append(f"| {records[0].get('run', '?')} | {len(records)} | {format_mean_std(method_acc)} | "
+                     f"{format_mean_std(base_acc)} | {result.points()} | {result.verdict} |")
     return "\n".join(lines)

@@ -21,7 +21,8 @@ from robustlab.report.robustbench import attacks_that_ran, leaderboard_value, ro
 # (key, title, numeric): the columns of both outputs, in order
 COLUMNS = (("rank", "rank", True), ("name", "model", False), ("architecture", "architecture", False),
            ("clean_acc", "clean %", True), ("autoattack_acc", "AutoAttack %", True), ("external", "worst case %", True),
-           ("robust", "ranked by %", True), ("n_examples", "images", True), ("eps", "eps", False), ("attacks", "attacks", False), ("flags", "flags", False))
+           ("robust", "ranked by %", True), ("n_examples", "images", True), ("eps", "eps", False),
+           ("attacks", "attacks", False), ("flags", "flags", False))
 
 _SCRIPT = """
 (function () {
@@ -76,7 +77,8 @@ def leaderboard_rows(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
         record = load_record(path)
         entry = robustbench_entry(record)
         rows.append({**entry, "robust": leaderboard_value(entry), "n_examples": record["n_examples"],
-                     "flags": sorted({f["code"] for f in record.get("flags", [])}), "attacks": attacks_that_ran(record)})
+                     "flags": sorted({f["code"] for f in record.get("flags", [])}),
+                     "attacks": attacks_that_ran(record)})
     rows.sort(key=lambda r: -(r["robust"] if r["robust"] is not None else -1.0))
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
@@ -101,19 +103,23 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 def _cell(row: dict[str, Any], key: str, numeric: bool) -> str:
     raw = row.get(key)
-    value = "" if raw is None else (raw if isinstance(raw, str) else ",".join(raw) if isinstance(raw, list) else str(raw))
-    shown = (" ".join(f'<span class="flag">{html.escape(f)}</span>' for f in row["flags"]) or "none") if key == "flags" \
-        else html.escape(_text(row, key))
+    value = "" if raw is None else (raw if isinstance(raw, str) else ",".join(raw) if isinstance(raw, list)
+                                    else str(raw))
+    shown = (" ".join(f'<span class="flag">{html.escape(f)}</span>' for f in row["flags"]) or "none") \
+        if key == "flags" else html.escape(_text(row, key))
     css = ' class="num"' if numeric else ""
     return f'<td{css} data-value="{html.escape(value)}">{shown}</td>'
 
 
 def html_page(rows: list[dict[str, Any]], title: str = "robustlab leaderboard") -> str:
     """A self-contained HTML page of the leaderboard (sortable; no external resources)."""
-    head = "".join(f'<th data-key="{key}" data-numeric="{int(numeric)}">{html.escape(name)}</th>' for key, name, numeric in COLUMNS)
-    body = "\n".join("<tr>" + "".join(_cell(row, key, numeric) for key, _, numeric in COLUMNS) + "</tr>" for row in rows)
-    note = ("Ranked as RobustBench ranks: by the worst case over all attacks of a record (external) where other attacks "
-            "broke more than AutoAttack, else by AutoAttack (the reference-faithful group only). Click a header to sort.")
+    head = "".join(f'<th data-key="{key}" data-numeric="{int(numeric)}">{html.escape(name)}</th>'
+                   for key, name, numeric in COLUMNS)
+    body = "\n".join("<tr>" + "".join(_cell(row, key, numeric) for key, _, numeric in COLUMNS) + "</tr>"
+                     for row in rows)
+    note = ("Ranked as RobustBench ranks: by the worst case over all attacks of a record (external) where other "
+            "attacks broke more than AutoAttack, else by AutoAttack (the reference-faithful group only). Click a "
+            "header to sort.")
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{_STYLE}</style></head>\n<body><h1>{html.escape(title)}</h1><p class=\"note\">{note}</p>\n"
             f"<table id=\"leaderboard\"><thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table>\n"

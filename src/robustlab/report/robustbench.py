@@ -55,7 +55,8 @@ def attacks_that_ran(record: dict[str, Any]) -> list[str]:
 
 def _footnote(record: dict[str, Any], reference: tuple[str, float] | None, external: bool, extra: str) -> str:
     names = attacks_that_ran(record)
-    parts = [f"robustlab {record.get('robustlab_version', '?')} on {record['n_examples']} {record.get('split', 'test')} images: "
+    parts = [f"robustlab {record.get('robustlab_version', '?')} on {record['n_examples']} "
+             f"{record.get('split', 'test')} images: "
              + ", ".join(names) + "."]
     if reference is None:
         parts.append("No reference AutoAttack ran (autoattack_acc is null); evaluate with --attacks autoattack.")
@@ -116,6 +117,7 @@ def export_robustbench(record_path: str | Path, out: str | Path | None = None, *
     record = load_record(record_path)
     entry = robustbench_entry(record, **fields)
     source = Path(record_path)
-    target = Path(out) if out is not None else (source if source.is_file() else source / "eval" / "record").with_suffix(".robustbench.json")
+    target = (Path(out) if out is not None
+              else (source if source.is_file() else source / "eval" / "record").with_suffix(".robustbench.json"))
     atomic_write_text(target, json.dumps(entry, indent=2) + "\n")
     return target

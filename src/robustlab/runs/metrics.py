@@ -21,7 +21,8 @@ from robustlab.faults import fault_point
 
 
 class MetricsLog:
-    """Appends ``{"kind": ..., "step": ..., **values}`` lines to ``metrics.jsonl`` and mirrors scalars to TensorBoard."""
+    """Appends ``{"kind": ..., "step": ..., **values}`` lines to ``metrics.jsonl`` and mirrors scalars to
+    TensorBoard."""
 
     def __init__(self, run_dir: Path, tensorboard: bool = True, enabled: bool = True) -> None:
         self.path = run_dir / "metrics.jsonl"

@@ -34,7 +34,8 @@ def model_spec(cfg: RunConfig, data: ImageDataset) -> dict[str, Any]:
 
 def build_model(spec: dict[str, Any]) -> nn.Module:
     """The architecture of ``spec``, with the modules its training method adds (FSR, ANCRA, ...)."""
-    model = create_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"], **spec["options"])
+    model = create_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
+                         **spec["options"])
     method = spec.get("method")
     if method is None:
         return model
@@ -43,7 +44,8 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
 
 
 def check_input_size(model: nn.Module, data: ImageDataset, device: torch.device) -> None:
-    """One eval-mode forward of two of ``data``'s images, so a model too deep for the image size fails here, in one line.
+    """One eval-mode forward of two of ``data``'s images, so a model too deep for the image size fails here, in one
+    line.
 
     Eval mode and no gradients: no batch-norm statistic, weight or random state changes, so training
     afterwards is exactly what it would have been.
@@ -76,7 +78,8 @@ def find_checkpoint(path: str | Path, which: str = "last") -> Path:
     return p
 
 
-def load_model(path: str | Path, *, which: str = "last", weights: str = "auto", device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+def load_model(path: str | Path, *, which: str = "last", weights: str = "auto",
+               device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """The model stored in a checkpoint (EMA weights when the run kept an EMA, unless ``weights='model'``)."""
     ckpt = find_checkpoint(path, which)
     tensors, meta = load_checkpoint(ckpt, device="cpu")
@@ -90,6 +93,7 @@ def load_model(path: str | Path, *, which: str = "last", weights: str = "auto", 
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise UserError(f"checkpoint {ckpt} does not fit model {meta['model']['name']} ({str(exc).splitlines()[0][:100]})") from None
+        raise UserError(f"checkpoint {ckpt} does not fit model {meta['model']['name']} "
+                        f"({str(exc).splitlines()[0][:100]})") from None
     meta = {**meta, "checkpoint": str(ckpt), "weights": chosen}
     return model.to(device).eval(), meta

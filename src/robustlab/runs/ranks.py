@@ -37,7 +37,8 @@ class Ranks:
 def ranks_from_env() -> Ranks:
     """Ranks as ``torchrun`` sets them in the environment."""
     try:
-        return Ranks(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
+        return Ranks(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                     int(os.environ.get("LOCAL_RANK", 0)))
     except ValueError:
         raise UserError("RANK, WORLD_SIZE and LOCAL_RANK must be integers; launch with torchrun") from None
 
@@ -61,7 +62,8 @@ def resolve_device(name: str, key: str = "train.device") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"{key} asks for CUDA but none is available; use {key}{'=' if '.' in key else ' '}cpu or auto")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UserError(f"{key} {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s); use cuda:0 or auto")
+        raise UserError(f"{key} {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s); use cuda:0 or "
+                        "auto")
     return torch.device("cpu") if device.type == "cpu" else device  # cpu:N is the one CPU
 
 

@@ -49,9 +49,11 @@ def study_from_args(args: Any) -> None:
     """``robustlab study ACTION STUDY [options]`` (the parsed arguments of :mod:`robustlab.cli`)."""
     from robustlab.study.spec import load_study
 
-    for flag, value in (("--gpus-per-job", args.gpus_per_job), ("--time-limit", args.time_limit), ("--cpus-per-job", args.cpus_per_job)):
+    for flag, value in (("--gpus-per-job", args.gpus_per_job), ("--time-limit", args.time_limit),
+                        ("--cpus-per-job", args.cpus_per_job)):
         if value is not None and value < (0 if flag == "--gpus-per-job" else 1):
-            raise UserError(f"{flag} must be {'>= 0' if flag == '--gpus-per-job' else 'a positive integer'}, got {value}")
+            raise UserError(f"{flag} must be {'>= 0' if flag == '--gpus-per-job' else 'a positive integer'}, got "
+                            f"{value}")
     for item in args.override:
         if "=" not in item:
             raise UserError(f"--override takes key=value, got {item!r}")

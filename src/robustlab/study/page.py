@@ -3,8 +3,8 @@
 Every number comes from a JSON record in the study's results folder: accuracies from the evaluation
 records (mean ± sample std over seeds), paired differences and 95% intervals from their per-sample
 verdicts (:func:`robustlab.report.compare.compare_records`), feature gaps and training curves from the
-copied ``metrics.jsonl`` files, wall times from ``timings.json`` and the records. A claim is *held* when its interval lies
-above 0, *not held* below 0, *inconclusive* when it covers 0. The page is rewritten only when its text
+copied ``metrics.jsonl`` files, wall times from ``timings.json`` and the records. A claim is *held* when its interval
+lies above 0, *not held* below 0, *inconclusive* when it covers 0. The page is rewritten only when its text
 changes, so a finished study's rerun writes nothing.
 
 What the page argues (columns, protocol lines, claims, plots) comes from the study file's ``page``
@@ -61,7 +61,8 @@ class Page:
         """``metric`` as the page names it: the ``autoattack`` column by the group(s) that produced it."""
         if metric != "autoattack":
             return metric
-        return " / ".join(sorted({autoattack_group(r) for r in self.records.values() if metric in r["attacks"]})) or metric
+        return (" / ".join(sorted({autoattack_group(r) for r in self.records.values() if metric in r["attacks"]}))
+                or metric)
 
     def seeds(self, label: str) -> list[dict[str, Any]]:
         return [r for (lab, _), r in sorted(self.records.items()) if lab == label]
@@ -91,8 +92,9 @@ class Page:
         key = (base, method, metric)
         if key not in self.memo:
             seeds = sorted(s for (lab, s) in self.records if lab == method and (base, s) in self.records)
-            self.memo[key] = compare_records([self.records[(base, s)] for s in seeds],
-                                             [self.records[(method, s)] for s in seeds], metric, seed=0) if seeds else None
+            self.memo[key] = (compare_records([self.records[(base, s)] for s in seeds],
+                                              [self.records[(method, s)] for s in seeds], metric, seed=0)
+                              if seeds else None)
         return self.memo[key]
 
     def difference(self, base: str, method: str, metric: str) -> str:
@@ -100,8 +102,8 @@ class Page:
         if result is None:
             return f"{method} − {base} ({metric}): not evaluated"
         seeds = len(result.per_seed)
-        return (f"{method} − {base} ({self.label(metric)}, {seeds} seed{'s' * (seeds > 1)} × {result.n_examples} images): "
-                f"{result.points()} points, {result.verdict}")
+        return (f"{method} − {base} ({self.label(metric)}, {seeds} seed{'s' * (seeds > 1)} × {result.n_examples} "
+                f"images): {result.points()} points, {result.verdict}")
 
     def claim(self, title: str, decisive: tuple[str, str, str], details: list[str]) -> str:
         """One sentence: the verdict decided by the interval of ``decisive`` (base, method, metric), then details."""
@@ -111,7 +113,8 @@ class Page:
 
     def feature_gap(self, label: str) -> str:
         """The first seed's feature gap at its first and last probe (``metrics.jsonl`` copied with the record)."""
-        path = self.study.results / f"{self.study.by_key[(label, self.study.spec.row(label).seeds[0])].name}.metrics.jsonl"
+        path = (self.study.results
+                / f"{self.study.by_key[(label, self.study.spec.row(label).seeds[0])].name}.metrics.jsonl")
         if not path.is_file():
             return f"{label}: no feature-gap record yet"
         gaps = read_metrics_file(path, "feature_gap")
@@ -119,7 +122,8 @@ class Page:
             return f"{label}: fewer than two feature-gap records"
         first, last = gaps[0]["feature_gap"], gaps[-1]["feature_gap"]
         trend = "stays flat" if abs(last - first) <= FLAT * abs(first) else ("grows" if last > first else "shrinks")
-        return f"{label}: feature gap {first:.3f} (epoch {gaps[0]['epoch']}) → {last:.3f} (epoch {gaps[-1]['epoch']}), {trend}"
+        return (f"{label}: feature gap {first:.3f} (epoch {gaps[0]['epoch']}) → {last:.3f} "
+                f"(epoch {gaps[-1]['epoch']}), {trend}")
 
     def detail(self, kind: str, value: Any) -> str:
         """One checked detail of a claim (:class:`robustlab.study.page_spec.Claim`)."""
@@ -132,7 +136,8 @@ class Page:
         return fill(value, self.names())
 
     def claims(self) -> list[str]:
-        return [self.claim(c.title, c.decisive, [self.detail(*d) for d in c.details]) for c in self.study.spec.page.claims]
+        return [self.claim(c.title, c.decisive, [self.detail(*d) for d in c.details])
+                for c in self.study.spec.page.claims]
 
     def component(self, base: str, base_text: str, rows: list[str], metric: str) -> str:
         """Which component carries a gain: each one-component row against ``base`` (``LABEL: NAME`` names it NAME)."""
@@ -149,8 +154,8 @@ class Page:
 
     def names(self) -> dict[str, Any]:
         """What page text may name: each row config's fields (by config stem, the row's first seed), ``ref`` (the
-        first row with a base), ``mean.LABEL.METRIC``, ``n_examples``, ``attacks``, ``checks``, ``flat_percent``, ``format_note``, ``autoattack_group`` (the group(s) the
-        records' ``autoattack`` entries ran, :meth:`label`)."""
+        first row with a base), ``mean.LABEL.METRIC``, ``n_examples``, ``attacks``, ``checks``, ``flat_percent``,
+        ``format_note``, ``autoattack_group`` (the group(s) the records' ``autoattack`` entries ran, :meth:`label`)."""
         study = self.study
         configs: dict[str, Any] = {}
         for job in study.jobs:
@@ -161,9 +166,9 @@ class Page:
         means = {r.label: {m: self.mean(r.label, m) for m in columns} for r in rows}
         return {**configs, "ref": study.config(study.by_key[(ref.label, ref.seeds[0])]), "mean": means,
                 "n_examples": study.spec.evaluation.n_examples,
-                "checks": "on" if study.spec.evaluation.checks else "off", "attacks": ", ".join(study.spec.evaluation.attacks),
-                "flat_percent": f"{100 * FLAT:.0f}", "format_note": self.contiguous_note(),
-                "autoattack_group": self.label("autoattack")}
+                "checks": "on" if study.spec.evaluation.checks else "off",
+                "attacks": ", ".join(study.spec.evaluation.attacks), "flat_percent": f"{100 * FLAT:.0f}",
+                "format_note": self.contiguous_note(), "autoattack_group": self.label("autoattack")}
 
     def protocol(self) -> str:
         names = self.names()
@@ -171,14 +176,17 @@ class Page:
 
     def contiguous_note(self) -> str:
         """The records made before channels-last was switched on (they carry no ``channels_last`` key)."""
-        old = [f"{label} seed {seed}" for (label, seed), r in sorted(self.records.items()) if not r.get("channels_last")]
+        old = [f"{label} seed {seed}" for (label, seed), r in sorted(self.records.items())
+               if not r.get("channels_last")]
         return "" if not old else (f"; {', '.join(old)} ran before it was switched on and were trained and "
                                    "evaluated in the default format")
 
     def commands(self) -> str:
-        steps = [shlex.join(["robustlab", *self.study.train_command(j)]) + "\n" + shlex.join(["robustlab", *self.study.eval_command(j)])
+        steps = [shlex.join(["robustlab", *self.study.train_command(j)]) + "\n"
+                 + shlex.join(["robustlab", *self.study.eval_command(j)])
                  for j in self.study.jobs]
-        return ("```\n" + shlex.join(self.study.command_line()) + "\n```\n\n<details><summary>the commands it runs</summary>\n\n```\n"
+        return ("```\n" + shlex.join(self.study.command_line())
+                + "\n```\n\n<details><summary>the commands it runs</summary>\n\n```\n"
                 + "\n".join(steps) + "\n```\n</details>")
 
     def flag_notes(self) -> str:
@@ -195,7 +203,8 @@ class Page:
         finished epochs keep their ``time_s`` in ``metrics.jsonl`` and its attacked batches keep theirs in the
         evaluation record's per-attack ``time_s``; a resumed step's timer counts only its last part."""
         timer = self.study.timings.get(name, {})
-        epochs = sum(e.get("time_s", 0.0) for e in read_metrics_file(self.study.results / f"{name}.metrics.jsonl", "epoch"))
+        epochs = sum(e.get("time_s", 0.0)
+                     for e in read_metrics_file(self.study.results / f"{name}.metrics.jsonl", "epoch"))
         record = self.by_name.get(name, {"attacks": {}})
         attacks = sum(a.get("time_s", 0.0) for a in record["attacks"].values())
         return max(timer.get("train_s", 0.0), epochs), max(timer.get("eval_s", 0.0), attacks)
@@ -205,17 +214,18 @@ class Page:
         lines = ["| run | training s | evaluation s |", "|---|---|---|"]
         lines += [f"| {name} | {train:.0f} | {evaluation:.0f} |" for name, (train, evaluation) in seconds.items()]
         total = sum(train + evaluation for train, evaluation in seconds.values())
-        return ("\n".join(lines) + f"\n\nTotal: {total / 3600:.2f} h of this machine. Each step counts the study's timer, or "
-                "the seconds its records kept when that is more (a step cut short by a session's end loses its timer "
-                "but keeps its finished epochs' and attacked batches' times); work lost inside a cut epoch or batch is "
-                "not counted.")
+        return ("\n".join(lines) + f"\n\nTotal: {total / 3600:.2f} h of this machine. Each step counts the study's "
+                "timer, or the seconds its records kept when that is more (a step cut short by a session's end loses "
+                "its timer but keeps its finished epochs' and attacked batches' times); work lost inside a cut epoch "
+                "or batch is not counted.")
 
     def plots(self, doc: Path) -> tuple[str, list[tuple[str, list[Path], Path]]]:
         """Markdown image links, and (title, run folders, image path) of the plots to draw: a plot is shown when
         its image is in the results folder or all its runs are present (then it is drawn from them)."""
         shown, draw = [], []
         for plot in self.study.spec.page.plots:
-            runs = [self.study.run_dir(self.study.by_key[(lab, self.study.spec.row(lab).seeds[0])]) for lab in plot.rows]
+            runs = [self.study.run_dir(self.study.by_key[(lab, self.study.spec.row(lab).seeds[0])])
+                    for lab in plot.rows]
             path = self.study.results / plot.file
             if runs and all((r / "metrics.jsonl").is_file() for r in runs):
                 draw.append((plot.title, runs, path))
@@ -250,8 +260,9 @@ def page_text(study: Study) -> tuple[str, str, list[tuple[str, list[Path], Path]
     source = study.spec.source
     text = "\n\n".join([
         f"# {study.spec.title}",
-        f"Generated by `robustlab study run {source}` from the records in `{os.path.relpath(study.results, doc.parent)}/` "
-        f"(status: {status}). Do not edit by hand; rerun `robustlab study report {source}`.",
+        f"Generated by `robustlab study run {source}` from the records in "
+        f"`{os.path.relpath(study.results, doc.parent)}/` (status: {status}). Do not edit by hand; rerun "
+        f"`robustlab study report {source}`.",
         "## Protocol\n\n" + page.protocol(),
         "## Commands\n\n" + page.commands(),
         "## Results (accuracy %, mean ± std over seeds)\n\n" + table,
@@ -274,6 +285,7 @@ def write_results(study: Study, log: Callable[[str], None] = print) -> str:
         atomic_write_text(doc, text)
         log(f"results page written to {doc}")
     if study.readme is not None and study.readme.is_file():
-        update_readme(study.readme, study.spec.page.readme_markers, f"Status: {status}. Accuracy in %, mean ± std over seeds; the "
-                      "last column is the paired difference to the base with its 95% bootstrap interval.\n\n" + table, log)
+        update_readme(study.readme, study.spec.page.readme_markers,
+                      f"Status: {status}. Accuracy in %, mean ± std over seeds; the last column is the paired "
+                      "difference to the base with its 95% bootstrap interval.\n\n" + table, log)
     return table

@@ -31,7 +31,8 @@ PROTOCOL = (
     "- Training: {ref.train.epochs} epochs of `{ref.method.name}` (ε {ref.method.attack.eps:g}, "
     "{ref.method.attack.steps} steps) for the reference row; each row's config is listed under Commands.",
     "- Evaluation: the same {n_examples} test images (fixed subset, seed 0) for every model: clean, {attacks}; "
-    "adaptive rows also `--adaptive`; gradient-masking checks {checks}; the worst case is per sample over all attacks of the record.",
+    "adaptive rows also `--adaptive`; gradient-masking checks {checks}; the worst case is per sample over all attacks "
+    "of the record.",
     "- Statistics: mean ± sample standard deviation over seeds; paired differences (method − base, same seed, "
     "same images) with 95% percentile bootstrap intervals over seeds and test images "
     "(`robustlab report --compare`, 10,000 replicates, seed 0).",
@@ -91,7 +92,8 @@ class _Checker:
             return kind, self.label(value)
         if kind == "text":
             return kind, _text(value)
-        if not isinstance(value, dict) or set(value) - {"base", "base_text", "rows", "metric"} or not isinstance(value.get("rows"), list):
+        if (not isinstance(value, dict) or set(value) - {"base", "base_text", "rows", "metric"}
+                or not isinstance(value.get("rows"), list)):
             raise UserError(f"components must be {{base, base_text, rows[, metric]}}, got {value!r}")
         base = self.label(value.get("base"))
         return kind, (base, str(value.get("base_text", base)), tuple(map(self.label, value["rows"])),
@@ -99,17 +101,20 @@ class _Checker:
 
     def claim(self, item: Any) -> Claim:
         if not isinstance(item, dict) or set(item) - {"title", "decisive", "details"} or "decisive" not in item:
-            raise UserError(f"each claim must be {{title, decisive: [base, method, metric], details: [...]}}, got {item!r}")
+            raise UserError(f"each claim must be {{title, decisive: [base, method, metric], details: [...]}}, got "
+                            f"{item!r}")
         decisive = self.triple(item["decisive"], "a claim's decisive")
         details = item.get("details", [])
         if not isinstance(details, list):
             raise UserError(f"a claim's details must be a list, got {details!r}")
-        return Claim(str(item.get("title", f"{decisive[1]} over {decisive[0]}")), decisive, tuple(map(self.detail, details)))
+        return Claim(str(item.get("title", f"{decisive[1]} over {decisive[0]}")), decisive,
+                     tuple(map(self.detail, details)))
 
     def plot(self, item: Any) -> Plot:
         if (not isinstance(item, dict) or set(item) != {"title", "rows", "file"} or not isinstance(item["rows"], list)
                 or Path(str(item["file"])).name not in PLOT_IMAGES):
-            raise UserError(f"each plot must be {{title, rows, file: FOLDER/accuracy.png|FOLDER/feature_gap.png}}, got {item!r}")
+            raise UserError(f"each plot must be {{title, rows, file: FOLDER/accuracy.png|FOLDER/feature_gap.png}}, got "
+                            f"{item!r}")
         return Plot(str(item["title"]), tuple(map(self.label, item["rows"])), str(item["file"]))
 
 
@@ -127,7 +132,8 @@ def _list(data: dict[str, Any], key: str) -> list[Any] | None:
 
 
 def parse_page(data: dict[str, Any], rows: Sequence[Any], attacks: Sequence[str], source: str) -> PageSpec:
-    """Check a study's ``page`` mapping against its rows (objects with ``label``, ``base``, ``adaptive``) and attacks."""
+    """Check a study's ``page`` mapping against its rows (objects with ``label``, ``base``, ``adaptive``) and
+    attacks."""
     check = _Checker([r.label for r in rows], attacks)
     columns = _list(data, "columns")
     if columns is None:
@@ -142,7 +148,8 @@ def parse_page(data: dict[str, Any], rows: Sequence[Any], attacks: Sequence[str]
         parsed = tuple(Claim(f"{r.label} over {r.base}", (r.base, r.label, "worst"), ()) for r in rows if r.base)
     else:
         parsed = tuple(map(check.claim, claims))
-    markers = data.get("readme_markers", [f"<!-- study table: {source} -->", f"<!-- end of the study table: {source} -->"])
+    markers = data.get("readme_markers",
+                       [f"<!-- study table: {source} -->", f"<!-- end of the study table: {source} -->"])
     if not isinstance(markers, list) or len(markers) != 2 or not all(isinstance(m, str) and m for m in markers):
         raise UserError(f"page.readme_markers must be [start, end] strings, got {markers!r}")
     protocol = _list(data, "protocol")

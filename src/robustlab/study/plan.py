@@ -110,7 +110,8 @@ class Study:
             except UserError as exc:
                 raise UserError(f"row {job.row.label!r} seed {job.seed}: {exc}") from None
             if cfg.finetune and job.row.finetune_from is None:
-                raise UserError(f"row {job.row.label!r}: {job.row.config} is a fine-tuning config; give the row finetune_from: ROW")
+                raise UserError(f"row {job.row.label!r}: {job.row.config} is a fine-tuning config; give the row "
+                                "finetune_from: ROW")
             self._configs[job] = cfg
         return self._configs[job]
 
@@ -132,8 +133,9 @@ class Study:
 
     def eval_command(self, job: Job) -> list[str]:
         e = self.spec.evaluation
-        cmd = ["eval", str(self.run_dir(job)), "--attacks", ",".join(e.attacks), "--n-examples", str(e.n_examples),
-               "--batch-size", str(e.batch_size)] + ["--channels-last"] * e.channels_last + ["--no-checks"] * (not e.checks)
+        cmd = (["eval", str(self.run_dir(job)), "--attacks", ",".join(e.attacks), "--n-examples", str(e.n_examples),
+                "--batch-size", str(e.batch_size)] + ["--channels-last"] * e.channels_last
+               + ["--no-checks"] * (not e.checks))
         cmd += ["--verify", str(e.verify)] if e.verify is not None else []
         cmd += ["--out", str(self.eval_out(job))]
         if job.row.adaptive:
@@ -199,7 +201,8 @@ class Study:
         verify = {} if e.verify is None else {"verify": e.verify}  # absent when unset: older records keep matching
         return {**settings, "attacks": list(e.attacks), "n_examples": e.n_examples, "checks": e.checks, **verify,
                 "adaptive": job.row.adaptive, "transfer_from": None if transfer is None else transfer.name,
-                "source": None if job.row.finetune_from is None else self.by_key[(job.row.finetune_from, job.seed)].name}
+                "source": (None if job.row.finetune_from is None
+                           else self.by_key[(job.row.finetune_from, job.seed)].name)}
 
     def check_records(self, adopt: bool = False) -> None:
         """Refuse any existing record made under other settings; ``adopt`` files the settings of records that
@@ -220,8 +223,9 @@ class Study:
             diff = [k for k in {**before, **now} if before.get(k) != now.get(k)]
             if diff:
                 key = diff[0]
-                raise UserError(f"record {path} was made with {key}={before.get(key)!r}, the study now gives {now.get(key)!r}; "
-                                "restore the setting, or delete the record (and its run folder) to redo it")
+                raise UserError(f"record {path} was made with {key}={before.get(key)!r}, the study now gives "
+                                f"{now.get(key)!r}; restore the setting, or delete the record (and its run folder) to "
+                                "redo it")
         if changed:
             update_json(self.settings_path, lambda data: data.update(kept))
 

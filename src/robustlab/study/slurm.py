@@ -3,11 +3,11 @@
 Each step becomes one job (``sbatch`` through submitit) that runs the step's command exactly as the
 local executor does (:mod:`robustlab.study.slurm_job`); a step waits for the steps it needs with
 ``--dependency=afterok:ID[:ID]``. Options: partition, GPUs per job (one task, i.e. one DDP rank, per GPU:
-:mod:`robustlab.study.slurm_job`), time limit (minutes), account, CPUs per job (split among its tasks). Logs and submitit's pickles go to ``RUNS/slurm/``; the job id of every step goes to
-``RUNS/slurm_jobs.json``. On the next ``study run`` a step that is still pending is left alone while its
-job is queued or running (``sacct``), and resubmitted when its job failed, was preempted, timed out, was
-cancelled or is unknown; a queued job that waits on a resubmitted step is cancelled (``scancel``) and
-resubmitted after it; a step whose record exists is never submitted again.
+:mod:`robustlab.study.slurm_job`), time limit (minutes), account, CPUs per job (split among its tasks). Logs and
+submitit's pickles go to ``RUNS/slurm/``; the job id of every step goes to ``RUNS/slurm_jobs.json``. On the next
+``study run`` a step that is still pending is left alone while its job is queued or running (``sacct``), and resubmitted
+when its job failed, was preempted, timed out, was cancelled or is unknown; a queued job that waits on a resubmitted
+step is cancelled (``scancel``) and resubmitted after it; a step whose record exists is never submitted again.
 
 ``cluster="local"`` uses submitit's LocalExecutor for the same code path (no SLURM, no afterok: a step's
 job starts once the jobs it depends on have returned); the tests use it. submitit is imported only here,
@@ -70,7 +70,8 @@ def _executor(submitit: Any, folder: Path, step: Step, options: SlurmOptions, af
     tasks = options.processes_per_job or max(1, options.gpus_per_job)
     if options.cluster != "slurm":
         executor = submitit.LocalExecutor(folder=folder)
-        executor.update_parameters(timeout_min=options.time_limit_min, gpus_per_node=options.gpus_per_job, tasks_per_node=tasks, nodes=1)
+        executor.update_parameters(timeout_min=options.time_limit_min, gpus_per_node=options.gpus_per_job,
+                                   tasks_per_node=tasks, nodes=1)
         return executor
     executor = submitit.SlurmExecutor(folder=folder)
     params: dict[str, Any] = {"job_name": f"robustlab-{step.kind}-{step.job.name}", "time": options.time_limit_min,
@@ -90,7 +91,8 @@ def submit_slurm(study: Study, steps: list[Step], options: SlurmOptions, log: Ca
     folder = study.out / "slurm"
     jobs_path = study.out / JOBS_FILE
     known = _read_json(jobs_path)
-    states = job_states(folder, [known[s.key]["job_id"] for s in steps if s.key in known]) if options.cluster == "slurm" else {}
+    states = (job_states(folder, [known[s.key]["job_id"] for s in steps if s.key in known])
+              if options.cluster == "slurm" else {})
     current: dict[str, Any] = {}  # step key -> job id (slurm) or submitit job (local) of this run
     fresh: set[str] = set()  # steps (re)submitted by this run
     for step in steps:
@@ -134,4 +136,5 @@ def _result(job: Any, key: str) -> None:
     try:
         job.results()  # every task's
     except Exception:  # submitit re-raises the job's own exception, whatever it is
-        raise StepFailed(f"{key} failed in job {job.job_id} (log: {job.paths.stderr}); fix it and rerun the study") from None
+        raise StepFailed(f"{key} failed in job {job.job_id} (log: {job.paths.stderr}); fix it and rerun the "
+                         "study") from None

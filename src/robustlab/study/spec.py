@@ -118,7 +118,8 @@ def resolve_study_path(name_or_path: str) -> Path:
     """A study file as given, or a bundled study by name (``cifar10s``)."""
     from robustlab.config import resolve_named_file
 
-    return resolve_named_file(name_or_path, BUNDLED_STUDIES, "study", f"bundled studies: {', '.join(bundled_study_names())}")
+    return resolve_named_file(name_or_path, BUNDLED_STUDIES, "study",
+                              f"bundled studies: {', '.join(bundled_study_names())}")
 
 
 def _keys(data: Any, allowed: tuple[str, ...], where: str) -> dict[str, Any]:
@@ -181,7 +182,8 @@ def _row(data: Any, index: int, seeds: tuple[int, ...], base_dir: Path) -> Row:
         raise UserError(f"row {label!r}: {exc}") from None
     own = _seeds(data["seeds"], f"row {label!r} seeds") if "seeds" in data else seeds
     if not set(own) <= set(seeds):
-        raise UserError(f"row {label!r} seeds {list(own)} are not all among the study's seeds {list(seeds)}; add them there")
+        raise UserError(f"row {label!r} seeds {list(own)} are not all among the study's seeds {list(seeds)}; add them "
+                        "there")
     name = _typed(data.get("name", ""), str, f"row {label!r} name", "a string")
     return Row(label=label, config=config, base=data.get("base"), finetune_from=data.get("finetune_from"),
                adaptive=_typed(data.get("adaptive", False), bool, f"row {label!r} adaptive", "true or false"),
@@ -193,7 +195,8 @@ def _check_links(rows: tuple[Row, ...], transfer: str) -> None:
     labels = [r.label for r in rows]
     by_label = {r.label: r for r in rows}
     if len(set(labels)) != len(labels):
-        raise UserError(f"row label {next(x for x in labels if labels.count(x) > 1)!r} is used twice; give each row its own label")
+        raise UserError(f"row label {next(x for x in labels if labels.count(x) > 1)!r} is used twice; give each row "
+                        "its own label")
     stems = [r.stem for r in rows]
     if len(set(stems)) != len(stems):
         twice = next(s for s in stems if stems.count(s) > 1)
@@ -210,7 +213,8 @@ def _check_links(rows: tuple[Row, ...], transfer: str) -> None:
             needed = key == "finetune_from" or (row.adaptive and transfer == "base")
             missing = sorted(set(row.seeds) - set(by_label[target].seeds))
             if needed and missing:
-                raise UserError(f"row {row.label!r} needs {key} {target!r} on seeds {missing}; give {target!r} those seeds")
+                raise UserError(f"row {row.label!r} needs {key} {target!r} on seeds {missing}; give {target!r} those "
+                                "seeds")
     for row in rows:
         _follow(by_label, [row.label])
 
@@ -230,7 +234,8 @@ def _evaluation(data: Any) -> Evaluation:
     default = Evaluation()
     attacks = data.get("attacks", list(default.attacks))
     if not isinstance(attacks, list) or not attacks or not all(isinstance(a, str) for a in attacks):
-        raise UserError(f"evaluation.attacks must be a non-empty list of attack names, e.g. [pgd-20, autoattack], got {attacks!r}")
+        raise UserError("evaluation.attacks must be a non-empty list of attack names, e.g. [pgd-20, autoattack], got "
+                        f"{attacks!r}")
     from robustlab.evaluate.suite import check_attack_names, parse_attack_name
 
     for name in attacks:
@@ -242,7 +247,8 @@ def _evaluation(data: Any) -> Evaluation:
     return Evaluation(attacks=tuple(attacks),
                       n_examples=_positive(data.get("n_examples", default.n_examples), "evaluation.n_examples"),
                       batch_size=_positive(data.get("batch_size", default.batch_size), "evaluation.batch_size"),
-                      channels_last=_typed(data.get("channels_last", False), bool, "evaluation.channels_last", "true or false"),
+                      channels_last=_typed(data.get("channels_last", False), bool, "evaluation.channels_last",
+                                           "true or false"),
                       checks=_typed(data.get("checks", True), bool, "evaluation.checks", "true or false"),
                       transfer=transfer,
                       verify=_verify(data.get("verify")))

@@ -24,7 +24,8 @@ class _Template(string.Formatter):
     def get_field(self, field_name: str, args: Any, kwargs: Any) -> tuple[Any, str]:
         head, *path = field_name.split(".")
         if head not in self.names:
-            raise UserError(f"page text names {{{field_name}}} but {head!r} is unknown; use one of {', '.join(sorted(self.names))}")
+            raise UserError(f"page text names {{{field_name}}} but {head!r} is unknown; use one of "
+                            f"{', '.join(sorted(self.names))}")
         value = self.names[head]
         for part in path:
             if isinstance(value, Mapping) and part in value:
@@ -52,4 +53,5 @@ def fill(template: str, names: Mapping[str, Any]) -> str:
     except (ValueError, IndexError, KeyError, TypeError) as exc:
         if isinstance(exc, UserError):
             raise
-        raise UserError(f"page text {template!r} has a bad placeholder ({exc}); write {{name.path}} or {{{{ for a brace}}") from None
+        raise UserError(f"page text {template!r} has a bad placeholder ({exc}); write {{name.path}} or {{{{ for a "
+                        f"brace}}") from None

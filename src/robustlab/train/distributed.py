@@ -32,5 +32,6 @@ def barrier(ranks: Ranks) -> None:
 def per_rank_batch(batch_size: int, ranks: Ranks) -> int:
     """The global ``data.batch_size`` split evenly across ranks."""
     if batch_size % ranks.world:
-        raise UserError(f"data.batch_size={batch_size} does not split over {ranks.world} processes; use a multiple of {ranks.world}")
+        raise UserError(f"data.batch_size={batch_size} does not split over {ranks.world} processes; use a multiple of "
+                        f"{ranks.world}")
     return batch_size // ranks.world

@@ -55,7 +55,8 @@ def feature_gap(
 
     0 when ``eps`` is 0. The model's mode is restored afterwards.
     """
-    gaps, _ = feature_distances(model, x_probe, y_probe, eps=eps, steps=steps, step_size=step_size, norm=norm, seed=seed)
+    gaps, _ = feature_distances(model, x_probe, y_probe, eps=eps, steps=steps, step_size=step_size, norm=norm,
+                                seed=seed)
     return float(gaps.mean().item())
 
 

@@ -57,8 +57,8 @@ def _check_architecture(student_spec: dict[str, Any], source_spec: dict[str, Any
     for key in _ARCH_KEYS:
         if student_spec.get(key) != source_spec.get(key):
             raise UserError(
-                f"source {source} has model {key} {source_spec.get(key)!r} but this config has {student_spec.get(key)!r}; "
-                "fine-tune from a run of the same architecture or change model.* to match"
+                f"source {source} has model {key} {source_spec.get(key)!r} but this config has "
+                f"{student_spec.get(key)!r}; fine-tune from a run of the same architecture or change model.* to match"
             )
 
 
@@ -93,8 +93,8 @@ def _prepare(cfg: RunConfig, source: str | Path, *, which: str, weights: str,
             saved = json.loads(record_path.read_text())
             if saved.get("fingerprint") != fingerprint:
                 raise UserError(
-                    f"run {trainer.run_dir} was fine-tuned from {saved.get('source')}, whose weights differ from {label}; "
-                    "pass the same --from or choose another name=..."
+                    f"run {trainer.run_dir} was fine-tuned from {saved.get('source')}, whose weights differ from "
+                    f"{label}; pass the same --from or choose another name=..."
                 )
     else:
         trainer.prepare_run_dir()  # the folder and config.yaml (or the same-config check); nothing to restore

@@ -104,8 +104,9 @@ class Trainer:
         eval_set = load_dataset(cfg.data.name, cfg.data.eval_split, root=cfg.data.root, download=False, **options)
         if eval_set.classes != train_set.classes:
             raise UserError(
-                f"data {cfg.data.name}: the {cfg.data.eval_split} split has classes {_short(eval_set.classes)} but train has "
-                f"{_short(train_set.classes)}; give both splits the same classes (e.g. data.options.num_classes)"
+                f"data {cfg.data.name}: the {cfg.data.eval_split} split has classes {_short(eval_set.classes)} but "
+                f"train has {_short(train_set.classes)}; give both splits the same classes (e.g. "
+                "data.options.num_classes)"
             )
         wanted = cfg.data.eval_examples or len(eval_set)  # 0 = the whole split; capped at its size
         self.eval_set = fixed_subset(eval_set, min(wanted, len(eval_set)), seed=cfg.seed)
@@ -167,14 +168,16 @@ class Trainer:
     def restore(self, path: Path) -> None:
         tensors, meta = load_checkpoint(path, device="cpu")
         if not is_resumable(meta):
-            raise UserError(f"checkpoint {path} is not a resumable robustlab training checkpoint; delete it to start over")
+            raise UserError(f"checkpoint {path} is not a resumable robustlab training checkpoint; delete it to start "
+                            "over")
         try:
             self.model.load_state_dict(unprefixed(MODEL, tensors))
             self.optimizer.load_state_dict(optimizer_from_flat(unprefixed(OPTIM, tensors), meta["optimizer"]))
             if self.ema is not None:
                 self.ema.load_state_dict(unprefixed(EMA, tensors))
         except (RuntimeError, KeyError, ValueError) as exc:
-            raise UserError(f"checkpoint {path} does not match this config's model ({str(exc).splitlines()[0][:100]}); use another run name") from None
+            raise UserError(f"checkpoint {path} does not match this config's model ({str(exc).splitlines()[0][:100]}); "
+                            "use another run name") from None
         self.loader.load_state_dict({"generator": tensors[LOADER_GENERATOR]})
         self.method.load_state_dict({"generator": tensors[METHOD_GENERATOR]})
         if self.ranks.rank:  # the checkpoint holds rank 0's attack generator; others reseed deterministically
@@ -195,8 +198,9 @@ class Trainer:
 
     def save(self, name: str, *, resumable: bool, metrics: dict[str, float]) -> None:
         tensors = self.checkpoint_tensors()
-        meta = header(epoch=self.epoch, step=self.step, best=self.best, overfit=self.overfit.state_dict(), model=self.spec,
-                      config=to_dict(self.cfg), metrics=metrics, weights=EMA if self.ema is not None else MODEL)
+        meta = header(epoch=self.epoch, step=self.step, best=self.best, overfit=self.overfit.state_dict(),
+                      model=self.spec, config=to_dict(self.cfg), metrics=metrics,
+                      weights=EMA if self.ema is not None else MODEL)
         if resumable:
             optim_tensors, optim_meta = optimizer_to_flat(self.optimizer)
             tensors.update(prefixed(OPTIM, optim_tensors))
@@ -320,7 +324,8 @@ class Trainer:
                 record: dict[str, Any] = {"epoch": self.epoch, "time_s": round(time.perf_counter() - started, 3)}
                 record.update({f"train_{k}": v for k, v in train_means.items()})
                 stop = False
-                if self.ranks.main and (self.epoch % self.cfg.train.eval_every == 0 or self.epoch == self.cfg.train.epochs):
+                if self.ranks.main and (self.epoch % self.cfg.train.eval_every == 0
+                                        or self.epoch == self.cfg.train.epochs):
                     record.update(self.evaluate())
                     stop = self._watch_overfit(record)
                     if not stop and self._is_better(record):
@@ -335,7 +340,8 @@ class Trainer:
                 if after_epoch is not None:
                     after_epoch(self.epoch)
                 if agree(self.ranks, stop, self.device):
-                    self.log(f"stopped (train.stop_on_overfit=true); the checkpoints in {self.ckpt_dir} predate epoch {self.epoch}")
+                    self.log(f"stopped (train.stop_on_overfit=true); the checkpoints in {self.ckpt_dir} predate epoch "
+                             f"{self.epoch}")
                     break
         finally:
             self.metrics.close()

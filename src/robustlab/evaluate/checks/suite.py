@@ -111,8 +111,8 @@ def suite_black_box(
 ) -> tuple[Flag | None, dict[str, Any] | None]:
     """Check 5 from a suite: its ``square`` verdicts against the worst case of its gradient attacks
     (at least one iterative); else a group (``autoattack``) whose ``robust_acc_after`` {member:
-    accuracy after it}, in cascade order, lists ``square`` (or ``fast-square`` in ``fast``) after gradient members: the drop at Square
-    is exactly the fraction it broke among samples those members missed. ``(None, None)`` if neither."""
+    accuracy after it}, in cascade order, lists ``square`` (or ``fast-square`` in ``fast``) after gradient members: the
+    drop at Square is exactly the fraction it broke among samples those members missed. ``(None, None)`` if neither."""
     gradient = [k for k in verdicts if is_gradient(k)]
     if "square" in verdicts and any(is_iterative_gradient(k) for k in gradient):
         g = torch.ones_like(verdicts["square"])
@@ -123,7 +123,8 @@ def suite_black_box(
         return flag, {"source": "suite", "gradient_attacks": gradient, "fraction": fraction}
     for name, entry in (suite_result.get("attacks") or {}).items():
         after = entry.get("robust_acc_after") if isinstance(entry, Mapping) else None
-        black = next((m for m in after if m == "square" or str(m).endswith("-square")), None) if isinstance(after, Mapping) else None
+        black = (next((m for m in after if m == "square" or str(m).endswith("-square")), None)
+                 if isinstance(after, Mapping) else None)
         if black is None:  # Square, or a group's own Square member (fast-square)
             continue
         members = list(after)
