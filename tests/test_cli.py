@@ -31,13 +31,16 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "digits_pgd_at"
 
 
-def test_train_then_eval_writes_a_complete_record(trained_run: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_train_then_eval_writes_a_complete_record(trained_run: Path, capsys: pytest.CaptureFixture[str],
+                                                  tmp_path: Path) -> None:
     record_path = tmp_path / "record.json"
-    code, out, _ = run_cli(["eval", str(trained_run), "--attacks", "fgsm,pgd-5,cw-5", "--n-examples", "40", "--out", str(record_path)], capsys)
+    code, out, _ = run_cli(["eval", str(trained_run), "--attacks", "fgsm,pgd-5,cw-5", "--n-examples", "40", "--out",
+                            str(record_path)], capsys)
     assert code == 0
     assert "worst case" in out and "pgd-5" in out
     record = json.loads(record_path.read_text())
-    for key in ("clean_acc", "robust_acc", "attacks", "eps", "eps_label", "norm", "n_examples", "seed", "flags", "attack_params", "checkpoint"):
+    for key in ("clean_acc", "robust_acc", "attacks", "eps", "eps_label", "norm", "n_examples", "seed", "flags",
+                "attack_params", "checkpoint"):
         assert key in record
     assert record["n_examples"] == 40 and record["eps"] == pytest.approx(0.1)
     worst = record["robust_acc"]
@@ -77,7 +80,8 @@ def test_list_shows_every_registry(capsys: pytest.CaptureFixture[str]) -> None:
         (["frobnicate"], "invalid choice"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str, capsys: pytest.CaptureFixture[str],
+                                          tmp_path: Path) -> None:
     args = [*args, f"out_dir={tmp_path}"] if args[0] == "train" else args
     code, _, err = run_cli(args, capsys)
     assert code == 2
@@ -102,7 +106,8 @@ def test_corrupt_checkpoint_is_one_line_exit_2_via_the_real_entry_point(trained_
     assert "Traceback" not in proc.stderr
 
 
-def test_resuming_with_a_truncated_last_checkpoint_is_a_user_error(trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_resuming_with_a_truncated_last_checkpoint_is_a_user_error(trained_run: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     import shutil
 
     copy = tmp_path / "digits_pgd_at"
@@ -135,14 +140,16 @@ def test_eval_channels_last_runs_the_model_channels_last_with_the_same_verdicts(
 
     def spy(model: torch.nn.Module, *args: object, **kwargs: object) -> object:
         weights = [p for p in model.parameters() if p.dim() == 4]
-        formats.append(any(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in weights))
+        formats.append(any(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+                           for p in weights))
         return original(model, *args, **kwargs)
 
     monkeypatch.setattr(api, "run_suite", spy)
     records = {}
     for flag in ([], ["--channels-last"]):
         path = tmp_path / f"record{len(flag)}.json"
-        code, _, _ = run_cli(["eval", str(trained_run), "--attacks", "fgsm,pgd-5", "--n-examples", "40", "--out", str(path), *flag], capsys)
+        code, _, _ = run_cli(["eval", str(trained_run), "--attacks", "fgsm,pgd-5", "--n-examples", "40", "--out",
+                              str(path), *flag], capsys)
         assert code == 0
         records[bool(flag)] = json.loads(path.read_text())
     assert formats == [False, True]

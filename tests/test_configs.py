@@ -37,13 +37,15 @@ def test_the_other_paper_sets_are_bundled() -> None:
     """Issue 9: CIFAR-100 and Tiny-ImageNet for the seed papers, SVHN for FSR, with the papers' facts."""
     for data in ("cifar100", "tinyimagenet"):
         assert {f"{data}_resnet18_afd", f"{data}_wrn34_10_afd", f"{data}_resnet18_natural"} <= set(NAMES)
-    assert {"tinyimagenet_preact_resnet18_trades_ancra", "svhn_resnet18_pgd_at_fsr", "cifar100_wrn34_10_trades_ancra"} <= set(NAMES)
+    assert {"tinyimagenet_preact_resnet18_trades_ancra", "svhn_resnet18_pgd_at_fsr",
+            "cifar100_wrn34_10_trades_ancra"} <= set(NAMES)
     ancra = load_config("tinyimagenet_preact_resnet18_trades_ancra")
     assert (ancra.optim.lr, ancra.optim.weight_decay, ancra.data.crop_padding, ancra.data.flip) == (0.1, 5e-4, 0, False)
     assert load_config("cifar100_resnet18_trades_ancra").optim.lr == 0.01
     fsr = load_config("svhn_resnet18_pgd_at_fsr")
     assert (fsr.optim.lr, fsr.method.attack.step_size, fsr.data.flip) == (0.01, pytest.approx(1 / 255), False)
-    assert load_config("cifar100_wrn34_10_afd").method.options == {"alpha_dis": 0.1, "beta_excl": 1.0, "gamma_teacher": 50.0}
+    assert load_config("cifar100_wrn34_10_afd").method.options == {"alpha_dis": 0.1, "beta_excl": 1.0,
+                                                                   "gamma_teacher": 50.0}
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +67,8 @@ def tiny_cifar(tmp_path_factory: pytest.TempPathFactory) -> dict[int, str]:
     return paths
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if n.split("_")[0] in PAPER_SETS and "afd" not in n and "finetune" not in n])
+@pytest.mark.parametrize("name",
+                         [n for n in NAMES if n.split("_")[0] in PAPER_SETS and "afd" not in n and "finetune" not in n])
 def test_paper_config_trains_a_few_steps_on_tiny_inputs(name: str, tiny_cifar: dict[int, str], tmp_path) -> None:
     """The paper settings end to end (augmentation, schedule, bf16 autocast, channels_last, the method),
     on a narrow version of the architecture and 16 random images, so it runs on a CPU in seconds."""
@@ -78,8 +81,10 @@ def test_paper_config_trains_a_few_steps_on_tiny_inputs(name: str, tiny_cifar: d
         "wrn34_10": ["model.name=wide_resnet", "model.options={depth: 10, widen_factor: 1}"],
     }[cfg.model.name]
     cfg = load_config(name, [
-        f"out_dir={tmp_path}", "data.name=npz", f"data.root={tiny_cifar[16 if cfg.data.name == 'tinyimagenet' else 32]}", "data.batch_size=8", "data.eval_examples=8",
-        "train.epochs=1", "train.eval_pgd_steps=1", "train.progress=false", "method.attack.steps=1", *shrink,
+        f"out_dir={tmp_path}", "data.name=npz",
+        f"data.root={tiny_cifar[16 if cfg.data.name == 'tinyimagenet' else 32]}", "data.batch_size=8",
+        "data.eval_examples=8", "train.epochs=1", "train.eval_pgd_steps=1", "train.progress=false",
+        "method.attack.steps=1", *shrink,
     ])
     record = train(cfg, log=lambda _: None)
     assert record["epoch"] == 1 and record["train_loss"] == record["train_loss"]  # finite, not NaN
@@ -89,14 +94,16 @@ def test_paper_config_trains_a_few_steps_on_tiny_inputs(name: str, tiny_cifar: d
 # counting from 0): FSR x0.1 at 75, 90 of 100; ANCRA x0.1 at 75, 90, 100 of 120; AFD (and vanilla
 # fine-tuning, same schedule) a new rate at 10, 12, 14, 16, 18 of 20; the standard recipe of
 # PGD-AT/TRADES/MART (and UAD-AT, natural, built on it) x0.1 at 50 and 75 of 100; AWP (Wu et al. 2020)
-# x0.1 at 100 and 150 of 200 on PGD-AT; TRADES-AWP at 99 and 149 of 200 (its code tests 1-based epochs, the config says so).
+# x0.1 at 100 and 150 of 200 on PGD-AT; TRADES-AWP at 99 and 149 of 200 (its code tests 1-based epochs, the config says
+# so).
 OFFICIAL_DECAYS = {"ancra": [75, 90, 100], "fsr": [75, 90], "finetune": [10, 12, 14, 16, 18], "awp": [100, 150],
                    "trades_awp": [99, 149],
                    "standard": [50, 75]}
 
 
 def _family(name: str) -> str:
-    for key, family in (("ancra", "ancra"), ("fsr", "fsr"), ("afd", "finetune"), ("finetune", "finetune"), ("trades_awp", "trades_awp"), ("awp", "awp")):
+    for key, family in (("ancra", "ancra"), ("fsr", "fsr"), ("afd", "finetune"), ("finetune", "finetune"),
+                        ("trades_awp", "trades_awp"), ("awp", "awp")):
         if key in name:
             return family
     return "standard"
@@ -137,5 +144,6 @@ def test_learning_rate_decays_at_the_configured_epoch_boundaries(name: str) -> N
 
 @pytest.mark.parametrize("name", NAMES)
 def test_fine_tuning_configs_say_so(name: str) -> None:
-    """`robustlab train` refuses a config marked ``finetune: true``; every AFD or fine-tuning config carries the mark."""
+    """`robustlab train` refuses a config marked ``finetune: true``; every AFD or fine-tuning config carries the
+    mark."""
     assert load_config(name).finetune == ("afd" in name or "finetune" in name), name

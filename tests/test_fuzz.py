@@ -4,8 +4,8 @@ Properties: config overrides, YAML files, npz arrays, image folders and archives
 argument lists, evaluation output paths, outside model files, evaluation state files and records give a
 value or :class:`UserError` (CLI: exit 0 or 2, one line, no traceback); no file is written outside the
 run folder; an existing good checkpoint, and a file at ``--out`` that is not robustlab's, is never
-changed; a damaged state resumes to the uninterrupted verdicts or starts fresh, never a wrong verdict. The example counts
-are fixed and derandomised so CI time stays flat; ``ROBUSTLAB_FUZZ_SCALE=20`` runs 20× more
+changed; a damaged state resumes to the uninterrupted verdicts or starts fresh, never a wrong verdict. The example
+counts are fixed and derandomised so CI time stays flat; ``ROBUSTLAB_FUZZ_SCALE=20`` runs 20× more
 (``benchmarks/fault_trials.py`` documents the long runs, docs/RELIABILITY.md their counts).
 """
 
@@ -53,15 +53,19 @@ def _count(name: str) -> None:
 KEYS = sorted(to_flat_dict(RunConfig())) + ["model.options", "method.options", "data.options"]
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=12), st.sampled_from(["8/255", "1/0", "0/0", "-1", "1e309", ".nan", "linf", "l2", "", "~", "[]", "{}", "..", "."]),
+    st.text(max_size=12),
+    st.sampled_from(["8/255", "1/0", "0/0", "-1", "1e309", ".nan", "linf", "l2", "", "~", "[]", "{}", "..", "."]),
 )
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=6)
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                                           max_size=3),
+                      max_leaves=6)
 keys = st.one_of(st.sampled_from(KEYS), st.text(max_size=15), st.sampled_from(KEYS).map(lambda k: k + ".x"),
                  st.sampled_from(["name", "out_dir"]))
 
 
 def _as_text(value: object) -> str:
-    return value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+    return (value if isinstance(value, str)
+            else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip())
 
 
 # ------------------------------------------------------------------------------------------ configs
@@ -92,7 +96,8 @@ def test_run_names_give_a_folder_inside_out_dir_or_a_user_error(tmp_path: Path, 
 
 
 yaml_docs = st.one_of(
-    st.dictionaries(st.sampled_from(["name", "seed", "data", "model", "method", "optim", "train", "finetune", "x"]), values, max_size=4),
+    st.dictionaries(st.sampled_from(["name", "seed", "data", "model", "method", "optim", "train", "finetune", "x"]),
+                    values, max_size=4),
     values, st.text(max_size=40), st.just(""), st.just("---\n..."), st.just("a: [1, 2"),
 )
 
@@ -127,10 +132,12 @@ def arrays(draw: st.DrawFn) -> np.ndarray:
 
 
 @fuzz(120)
-@given(st.dictionaries(st.sampled_from(["x", "y", "x_train", "y_train", "x_test", "y_test", "images", "labels", "classes"]),
+@given(st.dictionaries(st.sampled_from(["x", "y", "x_train", "y_train", "x_test", "y_test", "images", "labels",
+                                        "classes"]),
                        arrays(), max_size=5),
        st.sampled_from(["train", "test"]), st.sampled_from([None, "nhwc", "nchw", "bad"]))
-def test_npz_files_load_or_give_a_user_error(tmp_path: Path, content: dict[str, np.ndarray], split: str, layout: str | None) -> None:
+def test_npz_files_load_or_give_a_user_error(tmp_path: Path, content: dict[str, np.ndarray], split: str,
+                                             layout: str | None) -> None:
     _count("npz files")
     path = tmp_path / "set.npz"
     np.savez(path, **content)
@@ -160,7 +167,8 @@ member = st.tuples(
 
 @fuzz(60)
 @given(st.lists(member, max_size=5), st.booleans())
-def test_image_folders_and_archives_load_or_give_a_user_error(tmp_path: Path, members: list[tuple[str, bytes, str]], as_archive: bool) -> None:
+def test_image_folders_and_archives_load_or_give_a_user_error(tmp_path: Path, members: list[tuple[str, bytes, str]],
+                                                              as_archive: bool) -> None:
     _count("image folders and archives")
     root = tmp_path / ("set.tar.gz" if as_archive else "set")
     outside = set(tmp_path.parent.iterdir())
@@ -235,14 +243,17 @@ def _variant(good: bytes, how: str, cut: int, noise: bytes) -> bytes:
 
 
 @fuzz(40)
-@given(st.sampled_from(["truncate", "random", "flip", "pickle", "arch", "classes"]), st.integers(0, 10**6), st.binary(max_size=64))
-def test_damaged_checkpoints_give_exit_2_and_leave_good_ones_alone(good_run: Path, tmp_path: Path, how: str, cut: int, noise: bytes) -> None:
+@given(st.sampled_from(["truncate", "random", "flip", "pickle", "arch", "classes"]), st.integers(0, 10**6),
+       st.binary(max_size=64))
+def test_damaged_checkpoints_give_exit_2_and_leave_good_ones_alone(good_run: Path, tmp_path: Path, how: str, cut: int,
+                                                                   noise: bytes) -> None:
     _count("checkpoints")
     before = _digest(good_run)
     good = (good_run / "checkpoints" / "last.safetensors").read_bytes()
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(_variant(good, how, cut, noise))
-    code, err = _cli(["eval", str(bad), "--attacks", "fgsm", "--n-examples", "8", "--no-checks", "--out", str(tmp_path / "r.json")])
+    code, err = _cli(["eval", str(bad), "--attacks", "fgsm", "--n-examples", "8", "--no-checks", "--out",
+                      str(tmp_path / "r.json")])
     assert code in (0, 2) and (code == 0 or err.count("\n") == 1), err
     assert _digest(good_run) == before
 
@@ -252,11 +263,11 @@ def test_damaged_checkpoints_give_exit_2_and_leave_good_ones_alone(good_run: Pat
 tokens = st.sampled_from([
     "train", "finetune", "eval", "report", "list", "digits_pgd_at", "digits_natural", "digits_finetune_afd", "nope",
     "--quiet", "--from", "--attacks", "fgsm", "pgd-0", "pgd-1", "cw-2", "fgsm,fgsm", "--eps", "2", "8/255", "-1", "nan",
-    "--n-examples", "0", "4", "--batch-size", "--norm", "l2", "--split", "train", "--checkpoint", "best", "--weights", "ema",
-    "--out", "--restarts", "--step-size", "--probe-examples", "--transfer-from", "name=..", "name=x", "name=a/b",
-    "out_dir=runs", "out_dir=..", "train.epochs=0", "method.attack.eps=2", "optim.momentum=1", "model.options={bogus: 1}",
-    "model.name=resnet18", "data.name=npz", "method.name=afd", "train.device=cuda", "train.device=tpu", "seed=x",
-    "methods", "models", "attacks", "configs", "*", "--help", "", "=", "a=b=c",
+    "--n-examples", "0", "4", "--batch-size", "--norm", "l2", "--split", "train", "--checkpoint", "best", "--weights",
+    "ema", "--out", "--restarts", "--step-size", "--probe-examples", "--transfer-from", "name=..", "name=x", "name=a/b",
+    "out_dir=runs", "out_dir=..", "train.epochs=0", "method.attack.eps=2", "optim.momentum=1",
+    "model.options={bogus: 1}", "model.name=resnet18", "data.name=npz", "method.name=afd", "train.device=cuda",
+    "train.device=tpu", "seed=x", "methods", "models", "attacks", "configs", "*", "--help", "", "=", "a=b=c",
 ])
 
 
@@ -272,7 +283,8 @@ def test_cli_argument_lists_exit_0_or_2_and_write_only_inside_the_run_folder(
     monkeypatch.chdir(cwd)
     argv = [str(good_run) if t == "RUN" else t for t in argv]
     if argv[:1] in (["eval"], ["finetune"]):
-        argv += (["--from", str(good_run)] if argv[0] == "finetune" else [str(good_run), "--n-examples", "4", "--no-checks"])
+        argv += (["--from", str(good_run)] if argv[0] == "finetune"
+                 else [str(good_run), "--n-examples", "4", "--no-checks"])
     before = _digest(good_run)
 
     def prepare_only(self: Trainer, **_: object) -> dict:  # the run folder is set up; the epochs are not run
@@ -309,7 +321,7 @@ def _own_folders(argv: list[str]) -> list[Path]:
     return []
 
 
-# ------------------------------------------------------------------------------------------ evaluation outputs, model files, states, records
+# --------------------------------------------------------------------- evaluation outputs, model files, states, records
 
 def _eval(model: tuple[Path, Path], out: Path, n: int = 4) -> tuple[int, str]:
     return _cli(eval_args(*model, "--out", str(out), n=n, attacks="fgsm"))
@@ -330,12 +342,14 @@ def finished(outside_model: tuple[Path, Path], tmp_path_factory: pytest.TempPath
 
 occupant = st.one_of(
     st.none(), st.binary(max_size=40), st.sampled_from(["folder", "record", "state", "pid", "empty"]),
-    st.dictionaries(st.sampled_from(["robustlab_version", "fingerprint", "broken_by", "x"]), values, max_size=3).map(json.dumps),
+    st.dictionaries(st.sampled_from(["robustlab_version", "fingerprint", "broken_by", "x"]), values,
+                    max_size=3).map(json.dumps),
 )
 
 
 @fuzz(40)
-@given(st.sampled_from(["r.json", "r.py", "r.pt", "r", "r.state.json", "weights.pt", "net.py"]), occupant, occupant, occupant)
+@given(st.sampled_from(["r.json", "r.py", "r.pt", "r", "r.state.json", "weights.pt", "net.py"]), occupant, occupant,
+       occupant)
 def test_eval_output_paths_never_overwrite_what_is_not_ours(
     outside_model: tuple[Path, Path], finished: dict[str, str], tmp_path: Path, name: str,
     at_out: object, at_state: object, at_lock: object,
@@ -377,7 +391,8 @@ model_lines = st.sampled_from([
     "__import__('sys').exit(0)", "exec('raise KeyboardInterrupt')", "z.sum()", "z.double()",
 ])
 module_code = st.sampled_from(["", "import sys\nsys.exit(1)\n", "raise KeyboardInterrupt\n", "raise ValueError('x')\n",
-                               "def build(:\n", "build = 3\n", "def build():\n    return 3\n", "def build():\n    raise SystemExit\n"])
+                               "def build(:\n", "build = 3\n", "def build():\n    return 3\n",
+                               "def build():\n    raise SystemExit\n"])
 
 
 @fuzz(40)
@@ -440,7 +455,8 @@ def test_damaged_state_files_resume_to_the_right_verdicts_start_fresh_or_are_ref
     _count("state files")
     out = tmp_path / f"s{TRIED['state files']}" / "r.json"
     out.parent.mkdir()
-    out.with_suffix(".state.json").write_text(data.draw(damaged_json(finished["state"], resign=data.draw(st.booleans()))))
+    out.with_suffix(".state.json").write_text(data.draw(damaged_json(finished["state"],
+                                                                     resign=data.draw(st.booleans()))))
     before = out.with_suffix(".state.json").read_bytes()
     code, err = _eval(outside_model, out)
     assert code in (0, 2) and (code == 0 or err.count("\n") == 1) and "Traceback" not in err, err

@@ -63,7 +63,8 @@ def test_compiled_pgd_at_step_matches_eager() -> None:
     """torch.compile of a PGD-AT loss (attack inside) gives the eager loss and gradients, bf16 + channels_last."""
     device = torch.device("cuda")
     attack = AttackConfig(eps=8 / 255, steps=3, step_size=2 / 255)
-    model = create_model("preact_resnet18", num_classes=10, in_channels=3, width=8).to(device).to(memory_format=torch.channels_last)
+    model = (create_model("preact_resnet18", num_classes=10, in_channels=3, width=8).to(device)
+             .to(memory_format=torch.channels_last))
     x = torch.rand(16, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (16,), device=device)
     compiled = torch.compile(model)
@@ -71,7 +72,8 @@ def test_compiled_pgd_at_step_matches_eager() -> None:
     losses, grads = [], []
     for forward in (model, compiled):
         model.load_state_dict(start)
-        method = create_method(MethodConfig(name="pgd_at", attack=attack), torch.Generator(device=device).manual_seed(0))
+        method = create_method(MethodConfig(name="pgd_at", attack=attack),
+                               torch.Generator(device=device).manual_seed(0))
         model.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss, _ = method.loss(forward, x, y)

@@ -1,4 +1,5 @@
-"""The package layers: ``runs`` below ``train`` and ``evaluate``, which never import each other; ``data`` below ``runs``."""
+"""The package layers: ``runs`` below ``train`` and ``evaluate``, which never import each other; ``data`` below
+``runs``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The failure classes a new user met (issue 20, items 2-3): one line and exit 2, never a traceback, a hang or a wrong default."""
+"""The failure classes a new user met (issue 20, items 2-3): one line and exit 2, never a traceback, a hang or a wrong
+default."""
 
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ def test_hostile_yaml_configs_give_one_line(tmp_path: Path, capsys: pytest.Captu
 
 
 def test_alias_bomb_in_an_override_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    entries = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"] + [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
+    entries = (["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+               + [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)])
     value = "{" + ", ".join(entries) + "}"
     assert main(["train", "digits_natural", f"model.options={value}"]) == 2
     assert "expands to more than" in _one_error_line(capsys.readouterr().err)
@@ -54,7 +56,9 @@ def test_over_long_run_name_and_out_dir_give_one_line(tmp_path: Path, capsys: py
     assert "too long" in _one_error_line(capsys.readouterr().err)
 
 
-def test_model_too_large_for_the_images_is_refused_without_a_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_model_too_large_for_the_images_is_refused_without_a_run_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["train", "digits_natural", f"out_dir={tmp_path}", "name=deep", "model.name=vgg16_bn", "--quiet"]) == 2
     assert "does not fit digits images of 1x8x8" in _one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "deep").exists()
@@ -69,7 +73,8 @@ USER_CODE = {
 
 
 @pytest.mark.parametrize("case", sorted(USER_CODE))
-def test_user_code_that_exits_or_interrupts_is_that_files_failure(tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str) -> None:
+def test_user_code_that_exits_or_interrupts_is_that_files_failure(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                  case: str) -> None:
     model_file, weights = write_model(tmp_path / "m")
     model_file.write_text(USER_CODE[case])
     assert main(eval_args(model_file, weights, "--out", str(tmp_path / "r.json"))) == 2
@@ -84,7 +89,9 @@ def test_missing_factory_message_says_how_many_more(tmp_path: Path, capsys: pyte
     assert "f0, f1, f10, f2, f3, f4, f5, f6 and 3 more" in _one_error_line(capsys.readouterr().err)
 
 
-def test_a_valid_file_that_is_not_a_checkpoint_is_not_called_deletable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_valid_file_that_is_not_a_checkpoint_is_not_called_deletable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     notes = tmp_path / "notes.safetensors"
     notes.write_text("my notes, not a checkpoint\n")
     assert main(["eval", str(notes), "--out", str(tmp_path / "r.json")]) == 2
@@ -96,9 +103,11 @@ def test_a_valid_file_that_is_not_a_checkpoint_is_not_called_deletable(tmp_path:
 def test_offered_fixes_exist_on_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
     from robustlab.cli import build_parser
 
-    eval_flags = {a for action in build_parser()._subparsers._group_actions[0].choices["eval"]._actions for a in action.option_strings}
+    eval_flags = {a for action in build_parser()._subparsers._group_actions[0].choices["eval"]._actions
+                  for a in action.option_strings}
     assert "--download" in eval_flags
-    assert main(["eval", "--model", "x.py:f", "--weights", "w.pt", "--data", "cifar10", "--data-root", "/nonexistent"]) == 2
+    assert main(["eval", "--model", "x.py:f", "--weights", "w.pt", "--data", "cifar10", "--data-root",
+                 "/nonexistent"]) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert "--download" in line
     sources = "".join(p.read_text() for p in (REPO / "src" / "robustlab").rglob("*.py"))
@@ -120,22 +129,27 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cfg.run_dir
 
 
-def test_l2_evaluation_of_an_linf_run_does_not_reuse_the_linf_eps(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_l2_evaluation_of_an_linf_run_does_not_reuse_the_linf_eps(trained: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "l2.json"
-    assert main(["eval", str(trained), "--norm", "l2", "--attacks", "fgsm", "--n-examples", "8", "--no-checks", "--out", str(out)]) == 0
+    assert main(["eval", str(trained), "--norm", "l2", "--attacks", "fgsm", "--n-examples", "8", "--no-checks", "--out",
+                 str(out)]) == 0
     assert "eps is the standard 0.5 for l2" in capsys.readouterr().out
     record = json.loads(out.read_text())
     assert (record["eps"], record["norm"], record["step_size"]) == (0.5, "l2", 0.125)
 
 
-def test_finetune_refuses_a_config_that_is_not_a_finetuning_config(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    fits = ["model.name=small_cnn", "model.options={width: 8}", "train.epochs=1", "method.attack.steps=2", "data.eval_examples=32"]
+def test_finetune_refuses_a_config_that_is_not_a_finetuning_config(trained: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    fits = ["model.name=small_cnn", "model.options={width: 8}", "train.epochs=1", "method.attack.steps=2",
+            "data.eval_examples=32"]
     assert main(["finetune", "digits_pgd_at", "--from", str(trained), f"out_dir={tmp_path}", "--quiet", *fits]) == 2
     assert "lacks finetune: true" in _one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "digits_pgd_at").exists()
 
 
-def test_train_never_resumes_a_finetuning_run_folder(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_never_resumes_a_finetuning_run_folder(trained: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
     folder = tmp_path / "digits_pgd_at"
     folder.mkdir()
     (folder / "finetune.json").write_text("{}")
@@ -147,8 +161,8 @@ def test_train_never_resumes_a_finetuning_run_folder(trained: Path, tmp_path: Pa
 # ------------------------------------------------------------------ parseable but inconsistent state files
 
 def _damage(state: dict, how: str) -> dict:
-    """``state`` damaged as ``how`` says, its digest recomputed (so the consistency checks, not the digest, must catch it),
-    except ``edited_verdict``: an in-range verdict changed by hand, caught by the digest alone."""
+    """``state`` damaged as ``how`` says, its digest recomputed (so the consistency checks, not the digest, must catch
+    it), except ``edited_verdict``: an in-range verdict changed by hand, caught by the digest alone."""
     del state[DIGEST_KEY]
     if how == "edited_verdict":
         state["broken_by"]["fgsm"] = [0 if v == -1 else v for v in state["broken_by"]["fgsm"]]
@@ -170,8 +184,8 @@ def _damage(state: dict, how: str) -> dict:
     return {**state, DIGEST_KEY: content_digest(state)}
 
 
-@pytest.mark.parametrize("how", ["edited_verdict", "cut_list", "cursor_past_end", "unknown_attack", "string_verdicts", "negative_cursor",
-                                 "costs_not_numbers", "verdict_out_of_range"])
+@pytest.mark.parametrize("how", ["edited_verdict", "cut_list", "cursor_past_end", "unknown_attack", "string_verdicts",
+                                 "negative_cursor", "costs_not_numbers", "verdict_out_of_range"])
 def test_parseable_but_inconsistent_state_starts_fresh_with_a_message(tmp_path: Path, how: str) -> None:
     data = fixed_subset(load_dataset("digits", "test"), 12, seed=0)
     model = tiny_model()
@@ -213,7 +227,8 @@ def record_text(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGED_RECORDS))
-def test_report_skips_a_damaged_record_with_a_message(tmp_path: Path, record_text: str, capsys: pytest.CaptureFixture[str], damage: str) -> None:
+def test_report_skips_a_damaged_record_with_a_message(tmp_path: Path, record_text: str,
+                                                      capsys: pytest.CaptureFixture[str], damage: str) -> None:
     run = tmp_path / "run"
     (run / "eval").mkdir(parents=True)
     (run / "eval" / "good.json").write_text(record_text)
@@ -224,7 +239,9 @@ def test_report_skips_a_damaged_record_with_a_message(tmp_path: Path, record_tex
     assert (tmp_path / "report" / "report.md").read_text().count("| run |") == 2  # the header and the good record's row
 
 
-def test_compare_refuses_a_record_whose_per_sample_lists_were_cut_short(tmp_path: Path, record_text: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_compare_refuses_a_record_whose_per_sample_lists_were_cut_short(
+    tmp_path: Path, record_text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     good, cut = tmp_path / "good.json", tmp_path / "cut.json"
     good.write_text(record_text)
     record = json.loads(record_text)

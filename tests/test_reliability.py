@@ -73,7 +73,8 @@ def test_resume_after_a_torn_metrics_line_completes_with_each_epoch_once(tmp_pat
         fh.write('{"kind": "step", "step": 9, "lo')  # what a kill inside a write leaves
     train(cfg, log=_quiet)
     assert [r["epoch"] for r in read_metrics(cfg.run_dir, "epoch")] == [1, 2]
-    assert all(line.startswith("{") and line.endswith("}") for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines())
+    assert all(line.startswith("{") and line.endswith("}")
+               for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines())
 
 
 # ------------------------------------------------------------------------------------------ classes across splits
@@ -81,14 +82,16 @@ def test_resume_after_a_torn_metrics_line_completes_with_each_epoch_once(tmp_pat
 
 def _npz(path: Path, train_labels: list[int], test_labels: list[int]) -> Path:
     rng = np.random.default_rng(0)
-    np.savez(path, x_train=rng.integers(0, 256, (len(train_labels), 8, 8), dtype=np.uint8), y_train=np.array(train_labels),
-             x_test=rng.integers(0, 256, (len(test_labels), 8, 8), dtype=np.uint8), y_test=np.array(test_labels))
+    np.savez(path, x_train=rng.integers(0, 256, (len(train_labels), 8, 8), dtype=np.uint8),
+             y_train=np.array(train_labels), x_test=rng.integers(0, 256, (len(test_labels), 8, 8), dtype=np.uint8),
+             y_test=np.array(test_labels))
     return path
 
 
 def test_npz_classes_are_counted_over_all_splits(tmp_path: Path) -> None:
     path = _npz(tmp_path / "set.npz", [0, 1, 2, 3, 4, 0], [7, 1])
-    assert load_dataset("npz", "train", root=path).num_classes == load_dataset("npz", "test", root=path).num_classes == 8
+    assert (load_dataset("npz", "train", root=path).num_classes == load_dataset("npz", "test", root=path).num_classes
+            == 8)
     folder = tmp_path / "folder"
     folder.mkdir()
     for split, labels in (("train", [0, 1, 2]), ("test", [5, 0])):
@@ -98,7 +101,8 @@ def test_npz_classes_are_counted_over_all_splits(tmp_path: Path) -> None:
 
 def test_training_on_an_npz_whose_test_labels_exceed_train_labels(tmp_path: Path) -> None:
     path = _npz(tmp_path / "set.npz", [k % 5 for k in range(32)], [7, 1, 2, 3])
-    cfg = tiny_config(tmp_path, "npz", **{"data.name": "npz", "data.root": str(path), "train.epochs": 1, "data.batch_size": 16})
+    cfg = tiny_config(tmp_path, "npz",
+                      **{"data.name": "npz", "data.root": str(path), "train.epochs": 1, "data.batch_size": 16})
     assert train(cfg, log=_quiet)["epoch"] == 1
 
 
@@ -106,7 +110,8 @@ def test_splits_with_different_class_lists_are_refused(tmp_path: Path) -> None:
     folder = tmp_path / "folder"
     folder.mkdir()
     for split, names in (("train", list("abc")), ("test", list("abcd"))):
-        np.savez(folder / f"{split}.npz", x=np.zeros((4, 8, 8), np.uint8), y=np.zeros(4, np.int64), classes=np.array(names))
+        np.savez(folder / f"{split}.npz", x=np.zeros((4, 8, 8), np.uint8), y=np.zeros(4, np.int64),
+                 classes=np.array(names))
     with pytest.raises(UserError, match="test split has classes 4"):
         Trainer(tiny_config(tmp_path, "mismatch", **{"data.name": "npz", "data.root": str(folder)}), log=_quiet)
 
@@ -153,7 +158,8 @@ def read_only(monkeypatch: pytest.MonkeyPatch):
     yield apply
 
 
-def test_train_into_a_read_only_out_dir_is_one_line_exit_2(tmp_path: Path, read_only, capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_into_a_read_only_out_dir_is_one_line_exit_2(tmp_path: Path, read_only,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "ro"
     out.mkdir()
     read_only(out)
@@ -177,10 +183,13 @@ def test_eval_of_a_read_only_run_folder_is_one_line_exit_2(
 
 # ------------------------------------------------------------------------------------------ the run-folder lock
 
-HOLD = "import sys, time; from robustlab.runs.lock import RunLock; RunLock.for_run(sys.argv[1]).acquire('x'); print('held', flush=True); time.sleep(60)"
+HOLD = ("import sys, time; from robustlab.runs.lock import RunLock; RunLock.for_run(sys.argv[1]).acquire('x'); "
+        "print('held', flush=True); time.sleep(60)")
 
 
-def test_a_second_train_on_a_busy_run_folder_is_refused_naming_the_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_second_train_on_a_busy_run_folder_is_refused_naming_the_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run_dir = tmp_path / "busy"
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": str(SRC)})
@@ -219,7 +228,9 @@ def test_the_lock_is_shared_within_a_process_and_released_by_the_last_holder(tmp
     first.acquire("run")
     second.acquire("run")
     first.release()
-    probe = [sys.executable, "-c", "import sys; from robustlab.runs.lock import RunLock; RunLock.for_run(sys.argv[1]).acquire('run folder')", str(tmp_path)]
+    probe = [sys.executable, "-c",
+             "import sys; from robustlab.runs.lock import RunLock; RunLock.for_run(sys.argv[1]).acquire('run folder')",
+             str(tmp_path)]
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     assert "in use by process" in subprocess.run(probe, capture_output=True, text=True, env=env).stderr
     second.release()

@@ -197,7 +197,8 @@ def test_compacted_batch_gives_each_sample_its_own_path(monkeypatch: pytest.Monk
     """Broken samples leave the working batch with all their state (step size, momentum, best loss,
     checkpoint counters); the survivors must not notice. The slow reference loop attacks one sample at a
     time (nothing to compact). Samples that break come first, so every compaction shifts the others."""
-    monkeypatch.setattr(APGD_MODULE, "random_start", lambda x, eps, *_: (x + 0.5 * eps * torch.sin(997 * x)).clamp(0, 1))
+    monkeypatch.setattr(APGD_MODULE, "random_start",
+                        lambda x, eps, *_: (x + 0.5 * eps * torch.sin(997 * x)).clamp(0, 1))
     ids = [1, 4, 7, 0, 2, 3, 5, 6]
     x = _scripted_inputs(ids)
     y = torch.zeros(len(ids), dtype=torch.long)

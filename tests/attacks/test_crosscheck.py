@@ -128,8 +128,8 @@ def test_rand_version_equals_the_reference_rand_version() -> None:
     ref = 0.0
     for seed in RAND_SEEDS:
         torch.manual_seed(seed)
-        record = evaluate_model(model, data, attacks=["autoattack", "autoattack-rand+"], eps=0.05, batch_size=len(data.labels),
-                                device="cpu", checks=False, seed=seed, log=lambda _: None)
+        record = evaluate_model(model, data, attacks=["autoattack", "autoattack-rand+"], eps=0.05,
+                                batch_size=len(data.labels), device="cpu", checks=False, seed=seed, log=lambda _: None)
         assert "autoattack_rand" in [f["code"] for f in record["flags"]]  # chosen automatically
         for name in ours:
             ours[name] += record["attacks"][name]["robust_acc"] / len(RAND_SEEDS)

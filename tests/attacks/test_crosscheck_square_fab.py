@@ -35,7 +35,8 @@ def setting() -> dict:
     models = {}
     for name, fgsm_eps in (("natural", 0.0), ("adversarial", 0.1)):  # FGSM training at ε = 0.1: a second or two
         g = torch.Generator().manual_seed(0)
-        models[name] = train_digits_mlp(x, y, (torch.randint(0, 1400, (128,), generator=g) for _ in range(300)), g, fgsm_eps)
+        models[name] = train_digits_mlp(x, y, (torch.randint(0, 1400, (128,), generator=g) for _ in range(300)), g,
+                                        fgsm_eps)
     return {
         "models": models,
         "x": x[1400 : 1400 + N],
@@ -79,7 +80,8 @@ def test_fab_t_alone(setting, model_name: str, norm: str) -> None:
                        device="cpu", n_target_classes=9)
     theirs = _robust(model, ref.perturb(x, y), y).sum()
     run = {search: _robust(model, fab_targeted(model, x, y, eps=eps, norm=norm, steps=FAB_STEPS, final_search=search,
-                                               generator=torch.Generator().manual_seed(0)), y).sum() for search in (3, 0)}
+                                               generator=torch.Generator().manual_seed(0)), y).sum()
+           for search in (3, 0)}
     assert 0 < theirs < N, "the setting must leave something to compare"
     assert run[3] <= theirs + 1, (run, theirs)  # ours, with the final search: at least as strong
     assert abs(run[0] - theirs) <= 1, (run, theirs)  # as autoattack runs it (no final search): the reference's

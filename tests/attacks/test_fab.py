@@ -270,4 +270,5 @@ def test_fab_t_tries_nine_targets_here_and_in_the_suite() -> None:
     assert not broken(fab_targeted(model, x, y, eps=eps, steps=10, n_target_classes=8))
     assert broken(fab_targeted(model, x, y, eps=eps, steps=10))
     spec = build_attack("fab-t", eps=eps, norm="linf", step_size=0.0)
-    assert spec.fn.keywords["n_target_classes"] == 9 and broken(spec.fn(model, x, y, steps=10, generator=torch.Generator()))
+    assert (spec.fn.keywords["n_target_classes"] == 9
+            and broken(spec.fn(model, x, y, steps=10, generator=torch.Generator())))

@@ -423,7 +423,8 @@ def test_loader_state_dict_resumes_between_and_within_epochs() -> None:
     resumed.load_state_dict(between)
     assert _same(_epoch(resumed)[3:], tail)
     resumed.load_state_dict(within)
-    assert torch.equal(resumed.state_dict()["generator"], within["generator"]) and int(resumed.state_dict()["batch"]) == 3
+    assert (torch.equal(resumed.state_dict()["generator"], within["generator"])
+            and int(resumed.state_dict()["batch"]) == 3)
     assert _same(_epoch(resumed), tail)
     assert _same(_epoch(resumed), following)
     with pytest.raises(UserError, match="generator"):

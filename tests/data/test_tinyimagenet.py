@@ -85,7 +85,8 @@ def _check(root: Path, cache_dir: Path) -> None:
     for split in ("val", "test"):  # test = the labelled val split
         val = load_dataset("tinyimagenet", split, root=root, cache_dir=cache_dir)
         assert val.labels.tolist() == [SORTED.index(VAL[f"val_{i}.JPEG"]) for i in range(4)]
-        assert np.allclose(val.images.float().mean(dim=(1, 2, 3)).numpy(), [_colour(VAL[f"val_{i}.JPEG"], 3) for i in range(4)], atol=3)
+        assert np.allclose(val.images.float().mean(dim=(1, 2, 3)).numpy(),
+                           [_colour(VAL[f"val_{i}.JPEG"], 3) for i in range(4)], atol=3)
 
 
 def test_folder_release_has_sorted_wnid_labels(tmp_path: Path) -> None:

@@ -20,7 +20,8 @@ def plugin_model(name: str) -> nn.Module:
 
 
 def member_names(model: nn.Module, **kwargs: object) -> list[str]:
-    group = build_adaptive(model, torch.rand(4, 1, 8, 8), eps=0.1, norm="linf", step_size=0.025, num_classes=10, **kwargs)
+    group = build_adaptive(model, torch.rand(4, 1, 8, 8), eps=0.1, norm="linf", step_size=0.025, num_classes=10,
+                           **kwargs)
     return [] if group is None else [m.name for m in group.members]
 
 

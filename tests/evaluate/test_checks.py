@@ -403,7 +403,8 @@ def test_the_square_probe_names_the_gradient_runs_it_is_compared_with(digits) ->
     """The probe's label is built from the same constants as the runs it names (check 3's runs and the sweep's)."""
     from robustlab.evaluate.checks.common import PROBE_RESTARTS, PROBE_STEPS, SWEEP_STEPS
 
-    _, values = run_checks(digits["model"], digits["x"][:8], digits["y"][:8], eps=EPS, norm="linf", step_size=STEP, square_queries=20)
+    _, values = run_checks(digits["model"], digits["x"][:8], digits["y"][:8], eps=EPS, norm="linf", step_size=STEP,
+                           square_queries=20)
     few, many = PROBE_STEPS
     assert list(values["steps_monotone"]) == [f"pgd-{few}", f"pgd-{many}", f"pgd-{few}x{PROBE_RESTARTS}"]
     label = values["black_box"]["gradient_attacks"]

@@ -1,4 +1,5 @@
-"""Never overwrite what is not ours: ``eval --out`` guards, record identity of outside models, the record lock (issue 20, item 1)."""
+"""Never overwrite what is not ours: ``eval --out`` guards, record identity of outside models, the record lock (issue
+20, item 1)."""
 
 from __future__ import annotations
 
@@ -60,7 +61,8 @@ def test_eval_out_at_something_not_ours_exits_2_and_leaves_it_byte_identical(
     assert after == before  # byte-identical, and no state, lock or record file appeared
 
 
-def test_eval_out_over_its_own_record_reruns_and_resumes(tmp_path: Path, model: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_out_over_its_own_record_reruns_and_resumes(tmp_path: Path, model: tuple[Path, Path],
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "r.json"
     assert main(eval_args(*model, "--out", str(out))) == 0
     first = json.loads(out.read_text())
@@ -105,7 +107,8 @@ def test_two_outside_models_with_the_same_file_name_keep_two_records(
     assert sources == {str(a[1]), str(b[1])}
 
 
-def test_outside_evaluations_take_the_record_lock(tmp_path: Path, model: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_outside_evaluations_take_the_record_lock(tmp_path: Path, model: tuple[Path, Path],
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "r.json"
     fd = os.open(tmp_path / "r.lock", os.O_RDWR | os.O_CREAT)  # another evaluation holding the lock
     try:
@@ -126,7 +129,8 @@ import time
 
 
 def gate(x, z):
-    \"\"\"With GATE set, the first 16-image forward (evaluate_model's probe, under the record's lock) waits for GATE.go.\"\"\"
+    \"\"\"With GATE set, the first 16-image forward (evaluate_model's probe, under the record's lock) waits for
+    GATE.go.\"\"\"
     if x.shape[0] == 16 and os.environ.get("GATE") and not os.path.exists(os.environ["GATE"] + ".started"):
         open(os.environ["GATE"] + ".started", "w").close()
         deadline = time.monotonic() + 120

@@ -60,13 +60,15 @@ def test_eps_zero_warns_and_negative_eps_is_refused(tmp_path: Path, capsys: pyte
     assert "negative" in _one_error_line(capsys.readouterr().err)
 
 
-@pytest.mark.parametrize("eps, label", [(8 / 255, "8/255"), (100.0, "100"), (-0.0, "0"), (0.0, "0"), (1.0, "1"), (0.5, "0.5"), (0.1, "0.1")])
+@pytest.mark.parametrize("eps, label", [(8 / 255, "8/255"), (100.0, "100"), (-0.0, "0"), (0.0, "0"), (1.0, "1"),
+                                        (0.5, "0.5"), (0.1, "0.1")])
 def test_eps_labels(eps: float, label: str) -> None:
     assert eps_label(eps) == label
 
 
 @pytest.mark.parametrize("device", ["meta", "cuda:x", "", "xla", "cpu:-1"])
-def test_bad_eval_devices_give_one_line_naming_the_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str], device: str) -> None:
+def test_bad_eval_devices_give_one_line_naming_the_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                        device: str) -> None:
     assert main(eval_args(*write_model(tmp_path / "m"), "--out", str(tmp_path / "r.json"), f"--device={device}")) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert "--device" in line and "train.device" not in line

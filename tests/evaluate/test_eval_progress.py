@@ -55,11 +55,13 @@ def test_progress_lines_are_at_most_one_per_interval() -> None:
     assert lines[0] == "eval: pgd-20 on batch 1/4: 100 of 100 sample-attacks left, elapsed 0:00:30, ETA unknown"
     now[0] = 125.0
     progress.heartbeat()
-    assert stream.getvalue().splitlines()[-1] == "eval: pgd-20 on batch 1/4: 75 of 100 sample-attacks left, elapsed 0:02:05, ETA 0:06:15"
+    assert stream.getvalue().splitlines()[-1] == ("eval: pgd-20 on batch 1/4: 75 of 100 sample-attacks left, "
+                                                  "elapsed 0:02:05, ETA 0:06:15")
 
 
 def _kill_between_attacks(tmp_path: Path, attacks: str, n: int) -> tuple[dict, dict, EvalState, str]:
-    """Reference record, then an evaluation killed inside its 2nd state write (after the 1st attack or member), then the rerun."""
+    """Reference record, then an evaluation killed inside its 2nd state write (after the 1st attack or member), then the
+    rerun."""
     model = write_model(tmp_path / "m")
     ref = tmp_path / "ref.json"
     common = ["--batch-size", str(n), "--eps", "0.03"]
@@ -94,16 +96,19 @@ def test_kill_between_two_members_of_a_group_does_not_repeat_the_first(
     assert main(args) == 0
     record = json.loads(Path(out).read_text())
     assert record["per_sample"] == reference["per_sample"]
-    assert record["attacks"]["apgd-ce-t"]["forward_per_sample"] == reference["attacks"]["apgd-ce-t"]["forward_per_sample"]
+    assert (record["attacks"]["apgd-ce-t"]["forward_per_sample"]
+            == reference["attacks"]["apgd-ce-t"]["forward_per_sample"])
 
 
-def test_automatic_checks_announce_themselves_and_their_cost(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_automatic_checks_announce_themselves_and_their_cost(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
     args = eval_args(*write_model(tmp_path / "m"), "--out", str(tmp_path / "r.json"), n=8)
     args.remove("--no-checks")
     assert main(args) == 0
     out = capsys.readouterr().out
     announce = next(line for line in out.splitlines() if line.startswith("checks: gradient-masking checks"))
-    assert "on 8 probe samples" in announce and "about 170 forward+backward passes" in announce and "--no-checks" in announce
+    assert ("on 8 probe samples" in announce and "about 170 forward+backward passes" in announce
+            and "--no-checks" in announce)
     done = next(line for line in out.splitlines() if line.startswith("checks: done in"))
     assert "forward and" in done and "backward sample passes" in done
     assert out.index(announce) < out.index(done) < out.index("record written")

@@ -51,7 +51,8 @@ def spec(name: str, kind: str) -> AttackSpec:
 def test_worst_case_is_per_sample_and_out_of_ball_points_are_not_breaks() -> None:
     data = dataset([0.1, 0.2, 0.8, 0.9, 0.45, 0.55])
     model = ThresholdModel()
-    specs = [spec("noop", "noop"), spec("cheat", "jump"), *build_suite(["pgd-10"], eps=0.1, norm="linf", step_size=0.03)]
+    specs = [spec("noop", "noop"), spec("cheat", "jump"),
+             *build_suite(["pgd-10"], eps=0.1, norm="linf", step_size=0.03)]
     state = run_suite(model, data, specs, eps=0.1, norm="linf", batch_size=4, device=torch.device("cpu"), seed=0)
     result = summarise(state, specs)
     assert result["clean_acc"] == 1.0
@@ -69,7 +70,8 @@ def test_worst_case_is_per_sample_and_out_of_ball_points_are_not_breaks() -> Non
 def test_autoattack_group_runs_members_on_survivors_and_reports_each_step() -> None:
     data = dataset([0.1, 0.3, 0.45, 0.55, 0.7, 0.9])
     specs = build_suite(["apgd-ce-t"], eps=0.12, norm="linf", step_size=0.03)
-    state = run_suite(ThresholdModel(), data, specs, eps=0.12, norm="linf", batch_size=6, device=torch.device("cpu"), seed=0)
+    state = run_suite(ThresholdModel(), data, specs, eps=0.12, norm="linf", batch_size=6, device=torch.device("cpu"),
+                      seed=0)
     result = summarise(state, specs)
     entry = result["attacks"]["apgd-ce-t"]
     assert entry["robust_acc"] == pytest.approx(4 / 6)
@@ -83,7 +85,8 @@ def test_unknown_sample_clean_errors_are_not_attacked() -> None:
     data = dataset([0.1, 0.9])
     data.labels[:] = torch.tensor([1, 1])  # first sample misclassified
     specs = build_suite(["pgd-5"], eps=0.01, norm="linf", step_size=0.01)
-    state = run_suite(ThresholdModel(), data, specs, eps=0.01, norm="linf", batch_size=2, device=torch.device("cpu"), seed=0)
+    state = run_suite(ThresholdModel(), data, specs, eps=0.01, norm="linf", batch_size=2, device=torch.device("cpu"),
+                      seed=0)
     assert state.clean == [0, 1] and state.broken_by["pgd-5"] == [-2, -1]
 
 
@@ -127,7 +130,8 @@ def test_resumed_evaluation_gives_the_same_record(tmp_path: Path) -> None:
     assert any("resuming" in m for m in messages)
     for key in ("clean_acc", "robust_acc", "per_sample"):
         assert resumed[key] == straight[key]
-    assert {k: v["robust_acc"] for k, v in resumed["attacks"].items()} == {k: v["robust_acc"] for k, v in straight["attacks"].items()}
+    assert ({k: v["robust_acc"] for k, v in resumed["attacks"].items()}
+            == {k: v["robust_acc"] for k, v in straight["attacks"].items()})
 
 
 @pytest.mark.parametrize("changed", [{"eps": 0.2}, {"channels_last": True}])
@@ -143,11 +147,12 @@ def test_changed_setting_starts_fresh_with_a_message(tmp_path: Path, changed: di
 
 def test_every_record_has_the_robustbench_style_block() -> None:
     """Not only outside models: an in-memory model's record carries ``model_info`` over the requested attacks."""
-    record = evaluate_model(ThresholdModel(), dataset([0.1, 0.45, 0.9]), attacks=["FGSM", "pgd-3"], eps=0.1, device="cpu",
-                            checks=False, log=lambda _: None)
+    record = evaluate_model(ThresholdModel(), dataset([0.1, 0.45, 0.9]), attacks=["FGSM", "pgd-3"], eps=0.1,
+                            device="cpu", checks=False, log=lambda _: None)
     info = record["model_info"]
     assert info["robust_acc_attacks"] == ["fgsm", "pgd-3"] and info["autoattack_acc"] is None
-    assert (info["clean_acc"], info["robust_acc"]) == (round(100 * record["clean_acc"], 2), round(100 * record["robust_acc"], 2))
+    assert (info["clean_acc"], info["robust_acc"]) == (round(100 * record["clean_acc"], 2),
+                                                       round(100 * record["robust_acc"], 2))
     assert info["threat_model"] == "Linf" and "(no autoattack)" in info["attack_version"]
 
 
@@ -158,7 +163,8 @@ def test_eps_labels() -> None:
 
 
 # The reference AutoAttack's (pyautoattack 0.2.0) _set_version: attacks_to_run and their settings.
-REFERENCE_VERSIONS = {"autoattack": ["apgd-ce", "apgd-t", "fab-t", "square"], "autoattack-rand": ["apgd-ce", "apgd-dlr"]}
+REFERENCE_VERSIONS = {"autoattack": ["apgd-ce", "apgd-t", "fab-t", "square"],
+                      "autoattack-rand": ["apgd-ce", "apgd-dlr"]}
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])

@@ -1,4 +1,5 @@
-"""Outside models through ``robustlab eval --model FILE.py:factory --weights W``: same record as the API, one-line failures."""
+"""Outside models through ``robustlab eval --model FILE.py:factory --weights W``: same record as the API, one-line
+failures."""
 
 from __future__ import annotations
 
@@ -119,7 +120,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     paths["list"] = root / "list.pt"
     torch.save([torch.zeros(3)], paths["list"])
     paths["missing_key"] = root / "missing_key.pt"
-    torch.save({k: v for k, v in model.state_dict().items() if k != "fc.bias"} | {"head.weight": torch.zeros(1)}, paths["missing_key"])
+    torch.save({k: v for k, v in model.state_dict().items() if k != "fc.bias"} | {"head.weight": torch.zeros(1)},
+               paths["missing_key"])
     paths["syntax"] = root / "syntax.py"
     paths["syntax"].write_text("def factory(:\n")
     return paths
@@ -140,7 +142,8 @@ def _cli_args(files: dict[str, Path], out: Path, *extra: str) -> list[str]:
 def test_cli_record_equals_python_api(files: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "record.json"
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "robustlab", *_cli_args(files, out)], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "robustlab", *_cli_args(files, out)], env=env, capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "removed the 'module.' prefix" in proc.stdout
     cli = json.loads(out.read_text())
@@ -150,7 +153,8 @@ def test_cli_record_equals_python_api(files: dict[str, Path], tmp_path: Path) ->
     assert 0.5 < api["clean_acc"] and api["robust_acc"] < api["clean_acc"]  # a trained model that attacks can break
     for key in ("clean_acc", "robust_acc", "per_sample", "attack_params", "eps", "norm", "n_examples", "seed"):
         assert cli[key] == api[key], key
-    assert {k: v["robust_acc"] for k, v in cli["attacks"].items()} == {k: v["robust_acc"] for k, v in api["attacks"].items()}
+    assert ({k: v["robust_acc"] for k, v in cli["attacks"].items()}
+            == {k: v["robust_acc"] for k, v in api["attacks"].items()})
     assert [f["code"] for f in cli["flags"]] == [f["code"] for f in api["flags"]]
 
     source = cli["model_source"]
@@ -158,13 +162,15 @@ def test_cli_record_equals_python_api(files: dict[str, Path], tmp_path: Path) ->
     assert source["model_sha256"] == hashlib.sha256(files["model"].read_bytes()).hexdigest()
     assert source["weights_sha256"] == hashlib.sha256(files["weights"].read_bytes()).hexdigest()
     info = cli["model_info"]
-    assert info["clean_acc"] == round(100 * api["clean_acc"], 2) and info["robust_acc"] == round(100 * api["robust_acc"], 2)
+    assert (info["clean_acc"] == round(100 * api["clean_acc"], 2)
+            and info["robust_acc"] == round(100 * api["robust_acc"], 2))
     assert info["autoattack_acc"] is None and info["robust_acc_attacks"] == ATTACKS
     assert (info["eps"], info["norm"], info["n_examples"], info["threat_model"]) == (EPS, "linf", N, "Linf")
     assert "robustlab" in info["attack_version"] and "fgsm, pgd-5" in info["attack_version"]
 
 
-def test_safetensors_weights_resume_and_autoattack_accuracy(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_safetensors_weights_resume_and_autoattack_accuracy(files: dict[str, Path], tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "r.json"
     args = ["eval", "--model", f"{files['model']}:factory", "--weights", str(files["st"]), "--data", "digits",
             "--n-examples", "4", "--attacks", "fgsm,autoattack", "--eps", str(EPS), "--out", str(out), "--no-checks"]
@@ -226,7 +232,8 @@ def test_unwrap_wrapper_keys_and_prefix() -> None:
         ("{model}:three_classes", "three_classes", [], "outputs 3 classes but digits has 10"),
         ("{model}:cifar_sized", "cifar_sized", [], "fails on digits inputs (1x8x8"),
         ("{model}:summed", "summed", [], "returns (2,) for 2 inputs; it must return logits of shape (N, classes)"),
-        ("{model}:factory", "weights", ["--normalize", "cifar10"], "normalisation has 3 values per statistic but the images have 1 channels"),
+        ("{model}:factory", "weights", ["--normalize", "cifar10"],
+         "normalisation has 3 values per statistic but the images have 1 channels"),
         ("{model}:factory", "weights", ["--normalize", "mnist"], "--normalize 'mnist' is unknown"),
         ("{model}:factory", "weights", ["--mean", "0.5"], "--mean and --std go together"),
         ("{model}:factory", "weights", ["--mean", "0.5", "--std", "0"], "std > 0"),
@@ -237,9 +244,11 @@ def test_unwrap_wrapper_keys_and_prefix() -> None:
     ],
 )
 def test_bad_outside_model_is_one_line_and_exit_2(
-    files: dict[str, Path], model: str, weights: str | None, extra: list[str], needle: str, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+    files: dict[str, Path], model: str, weights: str | None, extra: list[str], needle: str,
+    capsys: pytest.CaptureFixture[str], tmp_path: Path,
 ) -> None:
-    args = ["eval", "--model", model.format(**files), "--data", "digits", "--n-examples", "4", "--attacks", "fgsm", "--out", str(tmp_path / "r.json")]
+    args = ["eval", "--model", model.format(**files), "--data", "digits", "--n-examples", "4", "--attacks", "fgsm",
+            "--out", str(tmp_path / "r.json")]
     if weights is not None:
         args += ["--weights", str(files.get(weights, weights))]
     code = main([*args, *extra])
@@ -258,7 +267,8 @@ def test_bad_outside_model_is_one_line_and_exit_2(
         (["eval", ".", "--weights", "w.pt"], "auto, model or ema"),
     ],
 )
-def test_run_folder_form_rejects_model_options(args: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_folder_form_rejects_model_options(args: list[str], needle: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
     assert main(args) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and needle in err

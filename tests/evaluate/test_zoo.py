@@ -17,9 +17,12 @@ from robustlab.models.robustbench import DMWideResNet, WideResNet, preact_resnet
 # Counted from RobustBench 1.1.1's own classes (robustbench/model_zoo/architectures/): state-dict entries and
 # parameters; our models also loaded their state dicts strictly and gave the same logits (to 1.5e-6).
 LAYOUTS = [
-    (lambda: WideResNet(28, 10), 155, 36_479_194, ["block1.layer.0.convShortcut.weight", "block3.layer.3.bn2.running_var", "fc.bias"]),
-    (lambda: WideResNet(28, 10, sub_block1=True), 204, 38_119_866, ["sub_block1.layer.3.conv2.weight", "bn1.num_batches_tracked"]),
-    (lambda: DMWideResNet(28, 10), 155, 36_479_194, ["init_conv.weight", "layer.2.block.0.shortcut.weight", "layer.1.block.3.batchnorm_1.bias", "logits.weight"]),
+    (lambda: WideResNet(28, 10), 155, 36_479_194,
+     ["block1.layer.0.convShortcut.weight", "block3.layer.3.bn2.running_var", "fc.bias"]),
+    (lambda: WideResNet(28, 10, sub_block1=True), 204, 38_119_866,
+     ["sub_block1.layer.3.conv2.weight", "bn1.num_batches_tracked"]),
+    (lambda: DMWideResNet(28, 10), 155, 36_479_194,
+     ["init_conv.weight", "layer.2.block.0.shortcut.weight", "layer.1.block.3.batchnorm_1.bias", "logits.weight"]),
     (preact_resnet18, 102, 11_171_146, ["layer2.0.shortcut.0.weight", "layer4.1.bn2.running_mean", "linear.weight"]),
 ]
 
@@ -61,7 +64,8 @@ def test_eval_robustbench_loads_the_local_checkpoint_offline(tmp_path: Path) -> 
     assert record["eps_label"] == "8/255" and record["norm"] == "linf" and record["n_examples"] == 6
     assert record["model_info"]["threat_model"] == "Linf" and record["model_info"]["autoattack_acc"] is None
     data = load_dataset("npz", "test", root=tmp_path / "images.npz")
-    loaded, _ = load_zoo_model("Wong2020Fast", "cifar10", "Linf", tmp_path / "models", data, torch.device("cpu"), log=lambda _: None)
+    loaded, _ = load_zoo_model("Wong2020Fast", "cifar10", "Linf", tmp_path / "models", data, torch.device("cpu"),
+                               log=lambda _: None)
     x = data.images.float() / 255
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in ([0.4914, 0.4822, 0.4465], [0.2471, 0.2435, 0.2616]))
     with torch.no_grad():  # the checkpoint's weights, behind RobustBench's CIFAR-10 normalisation
@@ -75,7 +79,8 @@ def test_eval_robustbench_loads_the_local_checkpoint_offline(tmp_path: Path) -> 
 
 def test_missing_checkpoint_is_one_line_naming_the_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["eval", "--robustbench", "Carmon2019Unlabeled", "--dataset", "cifar10", "--threat-model", "Linf",
-                 "--model-dir", str(tmp_path / "models"), "--data-root", str(tmp_path / "no-data"), "--attacks", "fgsm"])  # checked first
+                 "--model-dir", str(tmp_path / "models"), "--data-root", str(tmp_path / "no-data"),
+                 "--attacks", "fgsm"])  # checked first
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert str(tmp_path / "models" / "cifar10" / "Linf" / "Carmon2019Unlabeled.pt") in err
@@ -88,7 +93,8 @@ def test_missing_checkpoint_is_one_line_naming_the_path(tmp_path: Path, capsys: 
     (["--robustbench", "Standard", "--model", "x.py:f"], "drop --model"),
     (["--robustbench", "Standard", "--norm", "l2"], "contradicts --threat-model Linf"),
 ])
-def test_bad_robustbench_arguments_are_one_line(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_robustbench_arguments_are_one_line(argv: list[str], needle: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval", *argv, "--attacks", "fgsm"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and needle in err

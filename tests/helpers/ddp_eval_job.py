@@ -32,9 +32,11 @@ def check_against_single_process(out: Path, processes: int) -> None:
     single = evaluate_model(model, data, **EVAL, log=lambda _: None)
     assert sharded["processes"] == processes and single["processes"] == 1
     assert sharded["per_sample"] == single["per_sample"]
-    assert {k: v["robust_acc"] for k, v in sharded["attacks"].items()} == {k: v["robust_acc"] for k, v in single["attacks"].items()}
+    assert ({k: v["robust_acc"] for k, v in sharded["attacks"].items()}
+            == {k: v["robust_acc"] for k, v in single["attacks"].items()})
     assert (sharded["clean_acc"], sharded["robust_acc"]) == (single["clean_acc"], single["robust_acc"])
-    assert sorted(p.name for p in out.glob("eval.state.rank*.json")) == [f"eval.state.rank{r}.json" for r in range(processes)]
+    assert (sorted(p.name for p in out.glob("eval.state.rank*.json"))
+            == [f"eval.state.rank{r}.json" for r in range(processes)])
 
 
 if __name__ == "__main__":

@@ -38,7 +38,8 @@ def run_jobs(out: Path, methods: list[str], extra: dict[str, str]) -> None:
         # parameters only: BN running statistics are per rank between DDP's buffer broadcasts
         digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in trainer.model.parameters())).hexdigest()
         dist.all_gather_object(hashes, digest)
-        results[entry] = {"parameter_hashes": hashes, "last": last, "per_rank_batch": trainer.loader.batch_size, "steps": trainer.step}
+        results[entry] = {"parameter_hashes": hashes, "last": last, "per_rank_batch": trainer.loader.batch_size,
+                          "steps": trainer.step}
     if dist.get_rank() == 0:
         (out / "result.json").write_text(json.dumps(results))
 

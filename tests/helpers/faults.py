@@ -38,7 +38,8 @@ TINY = [
     "--quiet", "model.options={width: 8}", "method.attack.steps=2", "data.eval_examples=64", "train.eval_pgd_steps=2",
     "train.epochs=2", "data.batch_size=256", "train.log_every=2",
 ]
-SITES = {"train": ("checkpoint", "metrics", "atomic"), "finetune": ("checkpoint", "metrics", "atomic"), "eval": ("atomic",)}
+SITES = {"train": ("checkpoint", "metrics", "atomic"), "finetune": ("checkpoint", "metrics", "atomic"),
+         "eval": ("atomic",)}
 MAX_PASS = {"checkpoint": 4, "metrics": 7, "atomic": 6}
 
 

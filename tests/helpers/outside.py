@@ -1,4 +1,5 @@
-"""Outside-model files for the CLI tests of ``robustlab eval --model``: a tiny digits classifier and its misbehaving kin.
+"""Outside-model files for the CLI tests of ``robustlab eval --model``: a tiny digits classifier and its misbehaving
+kin.
 
 :func:`write_model` writes ``FILE.py`` with the factory ``build`` (one of :data:`FORWARDS`: the logits
 line of a linear 8×8 → 10 model) and seeded weights beside it; :func:`eval_args` is the matching command.
@@ -53,10 +54,12 @@ def write_model(folder: Path, forward: str = "plain", seed: int = 0, name: str =
 
 
 def fitted_weights(seed: int = 0) -> dict[str, torch.Tensor]:
-    """Least-squares fit of one-hot labels on the digits training images (about 90% test accuracy), plus ``seed``-scaled noise."""
+    """Least-squares fit of one-hot labels on the digits training images (about 90% test accuracy), plus ``seed``-scaled
+    noise."""
     train = load_dataset("digits", "train")
     x = torch.cat([train.images.flatten(1).double() / 255, torch.ones(len(train.labels), 1, dtype=torch.double)], 1)
-    solution = (torch.linalg.pinv(x) @ nn.functional.one_hot(train.labels, 10).double()).float()  # pinv: some pixels are always 0
+    # pinv: some pixels are always 0
+    solution = (torch.linalg.pinv(x) @ nn.functional.one_hot(train.labels, 10).double()).float()
     noise = torch.randn(solution.shape, generator=torch.Generator().manual_seed(seed)) * 0.01 * seed
     solution = solution + noise
     return {"fc.weight": solution[:64].t().contiguous(), "fc.bias": solution[64].contiguous()}
@@ -64,5 +67,5 @@ def fitted_weights(seed: int = 0) -> dict[str, torch.Tensor]:
 
 def eval_args(model_file: Path, weights: Path, *extra: str, n: int = 16, attacks: str = "fgsm,pgd-3") -> list[str]:
     """``robustlab eval --model model_file:build`` on ``n`` digits test images, no checks, ε 0.1."""
-    return ["eval", "--model", f"{model_file}:build", "--weights", str(weights), "--data", "digits", "--n-examples", str(n),
-            "--attacks", attacks, "--eps", "0.1", "--no-checks", *extra]
+    return ["eval", "--model", f"{model_file}:build", "--weights", str(weights), "--data", "digits", "--n-examples",
+            str(n), "--attacks", attacks, "--eps", "0.1", "--no-checks", *extra]

@@ -54,7 +54,8 @@ def train_digits_mlp(
     for idx in batches:
         xb, yb = x[idx], y[idx]
         if fgsm_eps > 0:
-            start = (xb + (torch.rand(xb.shape, generator=generator) * 2 - 1) * fgsm_eps).clamp(0, 1).requires_grad_(True)
+            start = ((xb + (torch.rand(xb.shape, generator=generator) * 2 - 1) * fgsm_eps).clamp(0, 1)
+                     .requires_grad_(True))
             (grad,) = torch.autograd.grad(nn.functional.cross_entropy(model(start), yb), start)
             step = (start.detach() - xb + 1.25 * fgsm_eps * grad.sign()).clamp(-fgsm_eps, fgsm_eps)
             xb = (xb + step).clamp(0, 1)

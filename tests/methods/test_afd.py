@@ -18,7 +18,8 @@ from robustlab.models import create_model
 
 def _method(**options: object) -> afd:
     attack = AttackConfig(eps=0.1, steps=2, step_size=0.05)
-    method = create_method(MethodConfig(name="afd", attack=attack, options=dict(options)), torch.Generator().manual_seed(0))
+    method = create_method(MethodConfig(name="afd", attack=attack, options=dict(options)),
+                           torch.Generator().manual_seed(0))
     assert isinstance(method, afd)
     return method
 
@@ -71,7 +72,8 @@ def test_loss_matches_the_formula() -> None:
     head = student.head
     z1, z2 = f1 @ head.weight.T + head.bias, f2 @ head.weight.T + head.bias
     zd = z1.detach()
-    wrong = torch.tensor([max((k for k in range(10) if k != int(y[i])), key=lambda k: float(zd[i, k])) for i in range(8)])
+    wrong = torch.tensor([max((k for k in range(10) if k != int(y[i])), key=lambda k: float(zd[i, k]))
+                          for i in range(8)])
     assert torch.equal(most_likely_wrong(z1, y), wrong)
     expected = (
         F.cross_entropy(z1, y) + 25.0 * (1 - F.cosine_similarity(f1, t).mean())

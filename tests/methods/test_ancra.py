@@ -82,7 +82,8 @@ def test_gate_uses_label_in_train_mode_and_aux_argmax_in_eval_mode(name: str, op
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     for b in range(2):
         torch.testing.assert_close(aux[f"p{b + 1}"], ps[b], rtol=1e-5, atol=1e-5)
-        assert torch.equal(aux[f"gate{b + 1}"], aux[f"p{b + 1}"].argmax(1)) and torch.equal(aux[f"gate{b + 1}"], gates[b])
+        assert (torch.equal(aux[f"gate{b + 1}"], aux[f"p{b + 1}"].argmax(1))
+                and torch.equal(aux[f"gate{b + 1}"], gates[b]))
     # Eval mode never uses labels: giving them changes nothing.
     with capture_aux(model, labels=(y + 1) % K):
         torch.testing.assert_close(model(x), out, rtol=0, atol=0)

@@ -36,7 +36,8 @@ def _optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
 
 
 def _method(name: str, **options: object) -> object:
-    return create_method(MethodConfig(name=name, attack=ATTACK, options=dict(options)), torch.Generator().manual_seed(5))
+    return create_method(MethodConfig(name=name, attack=ATTACK, options=dict(options)),
+                         torch.Generator().manual_seed(5))
 
 
 def test_perturbation_has_relative_size_gamma_per_layer_and_is_undone() -> None:
@@ -97,7 +98,8 @@ def test_step_equals_an_optimiser_step_with_the_gradient_at_the_perturbed_weight
     for got, want in zip(model.parameters(), reference.parameters()):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     # ... and it is not PGD-AT's step (the perturbation matters at this γ).
-    plain_method, plain_opt = _method("pgd_at"), torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    plain_method, plain_opt = _method("pgd_at"), torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9,
+                                                                 weight_decay=5e-4)
     for _ in range(2):
         loss, _ = plain_method.loss(plain, x, y)
         plain_opt.zero_grad()

@@ -92,7 +92,8 @@ def test_watch_flags_a_planted_collapse_only() -> None:
     assert OverfitWatch(watch.state_dict()).state_dict() == watch.state_dict()
 
 
-def test_stop_on_overfit_keeps_the_last_good_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+def test_stop_on_overfit_keeps_the_last_good_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys) -> None:
     planted = iter([(0.5, 0.6), (0.0, 0.9), (0.5, 0.6)])
 
     def fake_evaluate(self: loop.Trainer) -> dict[str, float]:
@@ -107,7 +108,8 @@ def test_stop_on_overfit_keeps_the_last_good_checkpoint(tmp_path: Path, monkeypa
     for name in ("last", "best"):
         _, meta = load_checkpoint(cfg.run_dir / "checkpoints" / f"{name}.safetensors")
         assert meta["epoch"] == 1, name
-    epochs = [r for r in map(json.loads, (cfg.run_dir / "metrics.jsonl").read_text().splitlines()) if r.get("kind") == "epoch"]
+    epochs = [r for r in map(json.loads, (cfg.run_dir / "metrics.jsonl").read_text().splitlines())
+              if r.get("kind") == "epoch"]
     assert [r.get("overfit", False) for r in epochs] == [False, True]
 
 

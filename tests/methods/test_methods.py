@@ -69,7 +69,8 @@ class _BNNet(nn.Module):
 
 def _method(name: str, eps: float = 0.1, bn_mode: str = "eval", **options: object):
     attack = AttackConfig(eps=eps, steps=3, step_size=0.05, bn_mode=bn_mode)
-    return create_method(MethodConfig(name=name, attack=attack, options=dict(options)), torch.Generator().manual_seed(0))
+    return create_method(MethodConfig(name=name, attack=attack, options=dict(options)),
+                         torch.Generator().manual_seed(0))
 
 
 @pytest.mark.parametrize("name", ["natural", "pgd_at", "trades", "mart"])
@@ -170,9 +171,10 @@ def test_each_plug_in_checks_the_bases_it_declares() -> None:
     from robustlab.methods import PLUGINS
     from robustlab.methods.base import PlugIn
 
-    for chain, plugin in (("natural+fsr", "fsr"), ("natural+ancra", "ancra"), ("mart+uad", "uad"), ("natural+awp", "awp"),
-                          ("natural+fsr+awp", "fsr")):  # the first plug-in of the chain refuses
-        with pytest.raises(UserError, match=f"plug-in {plugin} supports bases {', '.join(PLUGINS.get(plugin).supported_bases)}"):
+    for chain, plugin in (("natural+fsr", "fsr"), ("natural+ancra", "ancra"), ("mart+uad", "uad"),
+                          ("natural+awp", "awp"), ("natural+fsr+awp", "fsr")):  # the first plug-in of the chain refuses
+        with pytest.raises(UserError,
+                           match=f"plug-in {plugin} supports bases {', '.join(PLUGINS.get(plugin).supported_bases)}"):
             create_method(MethodConfig(name=chain), torch.Generator())
     assert create_method(MethodConfig(name="pgd_at+fsr+awp"), torch.Generator()).check_base() == "pgd_at"
 
@@ -186,7 +188,8 @@ def test_each_plug_in_checks_the_bases_it_declares() -> None:
 
 
 def test_ancra_applies_its_base_per_head_loss_to_every_head() -> None:
-    """A fourth base needs no edit of ANCRA: its ``head_loss`` is what ANCRA applies to the final and auxiliary heads."""
+    """A fourth base needs no edit of ANCRA: its ``head_loss`` is what ANCRA applies to the final and auxiliary
+    heads."""
     from robustlab.methods.ancra import ancra
     from robustlab.methods.objectives import pgd_at
 
@@ -203,7 +206,8 @@ def test_ancra_applies_its_base_per_head_loss_to_every_head() -> None:
     heads = [torch.randn(6, 10, generator=g) for _ in range(9)]
     args = (y, heads[0], heads[1:3], heads[3], heads[4:6], heads[6], heads[7:9], torch.ones(6, dtype=torch.bool))
     attack = AttackConfig(eps=0.1, steps=1, step_size=0.1)
-    plain, twice = (ancra_any(base(attack, torch.Generator()), zeta=1.0).combine(*args)[0] for base in (pgd_at, doubled))
+    plain, twice = (ancra_any(base(attack, torch.Generator()), zeta=1.0).combine(*args)[0]
+                    for base in (pgd_at, doubled))
     ce_final = F.cross_entropy(heads[3], y, reduction="none")
     ce_aux = torch.stack([F.cross_entropy(h, y, reduction="none") for h in heads[4:6]]).mean(0)
     assert torch.allclose(twice - plain, ce_final + ancra_any(pgd_at(attack, torch.Generator())).lambda_cr * ce_aux)

@@ -27,7 +27,8 @@ from robustlab.models import create_model
 
 def _method(name: str = "pgd_at+uad", eps: float = 0.1, seed: int = 0, **options: object):
     attack = AttackConfig(eps=eps, steps=2, step_size=0.05)
-    return create_method(MethodConfig(name=name, attack=attack, options=dict(options)), torch.Generator().manual_seed(seed))
+    return create_method(MethodConfig(name=name, attack=attack, options=dict(options)),
+                         torch.Generator().manual_seed(seed))
 
 
 def _model(method=None, width: int = 4):
@@ -210,7 +211,8 @@ def test_all_components_off_is_exactly_the_base(base: str) -> None:
 
 def test_alignment_loss_matches_hand_computation_and_is_zero_when_x_adv_is_x() -> None:
     g, h = torch.randn(4, 1, 3, 3), torch.randn(4, 1, 3, 3)
-    expected = torch.stack([1 - torch.dot(g[i].flatten(), h[i].flatten()) / (g[i].norm() * h[i].norm()) for i in range(4)])
+    expected = torch.stack([1 - torch.dot(g[i].flatten(), h[i].flatten()) / (g[i].norm() * h[i].norm())
+                            for i in range(4)])
     torch.testing.assert_close(alignment_loss(g, h), expected)
     method = _method(eps=0.0, dsu=False, refined_reference=False)
     model = _model(method).train()

@@ -17,19 +17,21 @@ from robustlab.evaluate.suite import build_suite
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # RobustBench's model_info keys and their types (model_info/cifar10/Linf/*.json); "external" is optional
-TYPES = {"link": str, "name": str, "authors": str, "additional_data": bool, "number_forward_passes": int, "dataset": str,
-         "venue": str, "architecture": str, "eps": str, "clean_acc": str, "reported": str, "autoattack_acc": (str, type(None)),
-         "footnote": str}
+TYPES = {"link": str, "name": str, "authors": str, "additional_data": bool, "number_forward_passes": int,
+         "dataset": str, "venue": str, "architecture": str, "eps": str, "clean_acc": str, "reported": str,
+         "autoattack_acc": (str, type(None)), "footnote": str}
 PERCENT = re.compile(r"^\d{1,3}\.\d\d$")
 
 
-def _record(tmp_path: Path, name: str, clean: float, groups: dict[str, float], worst: float, flags: tuple[str, ...] = ()) -> Path:
-    """An evaluation record as robustlab eval writes it (only the fields export reads), its groups' member params real."""
+def _record(tmp_path: Path, name: str, clean: float, groups: dict[str, float], worst: float,
+            flags: tuple[str, ...] = ()) -> Path:
+    """An evaluation record as robustlab eval writes it (only the fields export reads), its groups' member params
+    real."""
     specs = build_suite([g for g in groups if g.startswith("autoattack")], eps=8 / 255, norm="linf", step_size=2 / 255)
     record: dict[str, Any] = {
         "robustlab_version": "0.1.0", "run": name, "architecture": "wide_resnet", "dataset": "cifar10", "split": "test",
-        "n_examples": 200, "eps": 8 / 255, "norm": "linf", "eps_label": "8/255", "clean_acc": clean, "robust_acc": worst,
-        "attacks": {g: {"robust_acc": acc} for g, acc in groups.items()},
+        "n_examples": 200, "eps": 8 / 255, "norm": "linf", "eps_label": "8/255", "clean_acc": clean,
+        "robust_acc": worst, "attacks": {g: {"robust_acc": acc} for g, acc in groups.items()},
         "attack_params": {s.name: s.describe() for s in specs},
         "flags": [{"code": f, "message": f"{f} fired", "value": 0.1} for f in flags],
         "per_sample": {"clean": [1] * 200, "broken_by": {g: [-1] * 200 for g in groups}},
@@ -90,7 +92,8 @@ def _rows_in_chromium(page: Path, profile: Path, fragment: str = "") -> list[lis
     return [re.findall(r'<td[^>]*data-value="([^"]*)"', row) for row in re.findall(r"<tr>(.*?)</tr>", body, re.S)]
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Chromium (apt-get install chromium; .ci/run installs it)")
+@pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                    reason="needs Chromium (apt-get install chromium; .ci/run installs it)")
 def test_leaderboard_page_in_headless_chromium(tmp_path: Path) -> None:
     records = [
         _record(tmp_path, "weak", 0.95, {"autoattack": 0.10}, 0.10),

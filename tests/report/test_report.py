@@ -15,7 +15,8 @@ from robustlab.train import train
 def test_report_of_a_trained_and_evaluated_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tiny_config(tmp_path, "r", **{"train.epochs": 2})
     train(cfg, log=lambda _: None)
-    record = evaluate_checkpoint(cfg.run_dir, attacks=["fgsm", "pgd-2"], n_examples=20, checks=False, device="cpu", log=lambda _: None)
+    record = evaluate_checkpoint(cfg.run_dir, attacks=["fgsm", "pgd-2"], n_examples=20, checks=False, device="cpu",
+                                 log=lambda _: None)
     assert main(["report", str(cfg.run_dir)]) == 0
     text = (cfg.run_dir / "report" / "report.md").read_text()
     assert f"pgd-2 {100 * record['attacks']['pgd-2']['robust_acc']:.1f}" in text

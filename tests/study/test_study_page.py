@@ -25,7 +25,8 @@ def test_study_configs_share_one_protocol() -> None:
     configs = {n: load_config(n, ["data.root=/data"]) for n in names}
     reference = configs["cifar10s_pgd_at"]
     for name, cfg in configs.items():
-        assert (cfg.data, cfg.model, cfg.method.attack) == (reference.data, reference.model, reference.method.attack), name
+        assert (cfg.data, cfg.model, cfg.method.attack) == (reference.data, reference.model,
+                                                            reference.method.attack), name
         assert cfg.data.name == "imagefolder" and cfg.data.root == "/data"
         if "finetune" not in name:
             assert (cfg.optim, cfg.schedule) == (reference.optim, reference.schedule), name
@@ -49,15 +50,16 @@ def test_cifar10s_page_regenerates_byte_identical(tmp_path: Path, capsys: pytest
 
 
 def _study(tmp_path: Path, name: str = "cifar10s") -> Study:
-    return Study(load_study(name), Options(data_root="/data", runs=str(tmp_path / "runs"), results=str(tmp_path / "res"),
-                                           page=str(tmp_path / "r.md"), readme=str(tmp_path / "none.md")))
+    return Study(load_study(name), Options(data_root="/data", runs=str(tmp_path / "runs"),
+                                           results=str(tmp_path / "res"), page=str(tmp_path / "r.md"),
+                                           readme=str(tmp_path / "none.md")))
 
 
 def _write_record(study: Study, label: str, seed: int, correct: np.ndarray) -> None:
     """A PGD-20-only evaluation record whose per-sample verdicts are ``correct`` (robust) or broken."""
     verdicts = np.where(correct, -1, 0).tolist()
-    record = {"run": label, "dataset": "imagefolder", "n_examples": len(correct), "seed": 0, "eps": 8 / 255, "norm": "linf",
-              "clean_acc": 1.0, "robust_acc": float(correct.mean()), "flags": [],
+    record = {"run": label, "dataset": "imagefolder", "n_examples": len(correct), "seed": 0, "eps": 8 / 255,
+              "norm": "linf", "clean_acc": 1.0, "robust_acc": float(correct.mean()), "flags": [],
               "attacks": {"pgd-20": {"robust_acc": float(correct.mean())}},
               "per_sample": {"clean": [1] * len(correct), "broken_by": {"pgd-20": verdicts}}}
     path = study.record_path(study.by_key[(label, seed)])
@@ -78,11 +80,14 @@ def test_results_page_from_constructed_records(tmp_path: Path) -> None:
     table = write_results(study, log=lambda _: None)
     fsr = [line for line in table.splitlines() if line.startswith("| pgd_at+fsr |")][0]
     accs = [json.loads(study.record_path(study.by_key[("pgd_at+fsr", s)]).read_text())["robust_acc"] for s in range(3)]
-    assert f"| 3 | 100.0 ± 0.0 | {100 * np.mean(accs):.1f} ± {100 * np.std(accs, ddof=1):.1f} |" in fsr and "vs pgd_at" in fsr
+    assert (f"| 3 | 100.0 ± 0.0 | {100 * np.mean(accs):.1f} ± {100 * np.std(accs, ddof=1):.1f} |" in fsr
+            and "vs pgd_at" in fsr)
     page = (tmp_path / "r.md").read_text()
     assert "status: partial: 6 of 33 evaluations finished" in page
-    assert "**FSR: robust accuracy over its base" in page and "**held** at this scale — pgd_at+fsr − pgd_at (worst, 3 seeds × 400 images)" in page
-    assert "**ANCRA: its gain survives adaptive attacks (worst case incl. adaptive decides)**: not evaluated yet" in page
+    assert ("**FSR: robust accuracy over its base" in page
+            and "**held** at this scale — pgd_at+fsr − pgd_at (worst, 3 seeds × 400 images)" in page)
+    assert ("**ANCRA: its gain survives adaptive attacks (worst case incl. adaptive decides)**: not evaluated yet"
+            in page)
 
 
 @pytest.mark.parametrize("gain", [0.0, 0.3])
@@ -93,7 +98,8 @@ def test_uad_claim_names_the_component_that_carries_the_gain(tmp_path: Path, gai
     rng = np.random.default_rng(1)
     base = rng.random(400) < 0.3
     _write_record(study, "pgd_at", 0, base)
-    ablations = {"pgd_at+uad: dsu only": base & (rng.random(400) < 0.8), "pgd_at+uad: iga only": base & (rng.random(400) < 0.95),
+    ablations = {"pgd_at+uad: dsu only": base & (rng.random(400) < 0.8),
+                 "pgd_at+uad: iga only": base & (rng.random(400) < 0.95),
                  "pgd_at+uad: reference only": base | (rng.random(400) < gain)}
     _write_record(study, "pgd_at+uad: dsu only", 0, ablations["pgd_at+uad: dsu only"])
     write_results(study, log=lambda _: None)
@@ -109,7 +115,8 @@ def test_uad_claim_names_the_component_that_carries_the_gain(tmp_path: Path, gai
                "the best alone is reference only (+0.0 [+0.0, +0.0] points)" in page
 
 
-def test_report_writes_the_page_from_present_records_and_runs_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_writes_the_page_from_present_records_and_runs_nothing(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     """``study report`` on a study with one record: the page says partial, the README block holds the row,
     nothing trains."""
     readme = tmp_path / "README.md"
@@ -118,7 +125,8 @@ def test_report_writes_the_page_from_present_records_and_runs_nothing(tmp_path: 
     study = _study(tmp_path)
     record = {"run": "natural", "dataset": "imagefolder", "n_examples": 1000, "seed": 0, "eps": 8 / 255, "norm": "linf",
               "method": "natural", "epoch": 10, "checks_run": True,
-              "clean_acc": 0.75, "robust_acc": 0.25, "flags": [], "attacks": {"pgd-20": {"robust_acc": 0.25}, "autoattack": {}},
+              "clean_acc": 0.75, "robust_acc": 0.25, "flags": [],
+              "attacks": {"pgd-20": {"robust_acc": 0.25}, "autoattack": {}},
               "per_sample": {"clean": [1, 1, 1, 0] * 250, "broken_by": {"pgd-20": [-1, 0, 0, -1] * 250}}}
     path = study.record_path(study.by_key[("natural", 0)])
     path.parent.mkdir(parents=True)
@@ -141,13 +149,15 @@ def test_wall_times_keep_the_seconds_of_steps_cut_short(tmp_path: Path) -> None:
     _write_record(study, "pgd_at", 0, np.ones(4, dtype=bool))
     record_path = study.record_path(study.by_key[("pgd_at", 0)])
     record = json.loads(record_path.read_text())
-    record["attacks"] = {"pgd-20": {"robust_acc": 1.0, "time_s": 300.0}, "autoattack": {"robust_acc": 1.0, "time_s": 200.0}}
+    record["attacks"] = {"pgd-20": {"robust_acc": 1.0, "time_s": 300.0},
+                         "autoattack": {"robust_acc": 1.0, "time_s": 200.0}}
     record_path.write_text(json.dumps(record))
     epochs = [{"kind": "step", "step": 1, "loss": 1.0}, {"kind": "epoch", "epoch": 1, "time_s": 100.0},
               {"kind": "feature_gap", "epoch": 1, "feature_gap": 1.0}, {"kind": "epoch", "epoch": 2, "time_s": 150.0}]
     name = study.by_key[("pgd_at", 0)].name
     (study.results / f"{name}.metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in epochs))
-    study.timings = {name: {"train_s": 120.0, "eval_s": 450.0}, "cifar10s_trades_s0": {"train_s": 360.0, "eval_s": 90.0}}
+    study.timings = {name: {"train_s": 120.0, "eval_s": 450.0},
+                     "cifar10s_trades_s0": {"train_s": 360.0, "eval_s": 90.0}}
     page = Page(study)
     assert page.step_seconds(name) == (250.0, 500.0)  # both records kept more than the timer
     assert page.step_seconds("cifar10s_trades_s0") == (360.0, 90.0)  # no records: the timer alone
@@ -166,7 +176,8 @@ def test_flags_section_lists_each_flag_with_its_record(tmp_path: Path) -> None:
     assert "No record has a flag." in (tmp_path / "r.md").read_text()
     path = study.record_path(study.by_key[("pgd_at", 1)])
     record = json.loads(path.read_text())
-    record["flags"] = [{"code": "monotonicity", "message": "pgd-50 left 2 more of 64 probe samples accurate", "value": 0.03}]
+    record["flags"] = [{"code": "monotonicity", "message": "pgd-50 left 2 more of 64 probe samples accurate",
+                        "value": 0.03}]
     path.write_text(json.dumps(record))
     table = write_results(study, log=lambda _: None)
     page = (tmp_path / "r.md").read_text()
@@ -178,7 +189,8 @@ def test_flags_section_lists_each_flag_with_its_record(tmp_path: Path) -> None:
 def test_protocol_placeholders_follow_the_configs(tmp_path: Path) -> None:
     """The protocol's numbers come from the row configs: an override of the epochs shows on the page."""
     study = Study(load_study("cifar10s"), Options(overrides=("train.epochs=7",), runs=str(tmp_path / "runs"),
-                                                  results=str(tmp_path / "res"), page=str(tmp_path / "r.md"), readme="none"))
+                                                  results=str(tmp_path / "res"), page=str(tmp_path / "r.md"),
+                                                  readme="none"))
     text = Page(study).protocol()
     assert "- Training: 7 epochs (natural 7, fine-tuning 7 from the natural run)" in text
     assert "PGD-10 ε 8/255, step 2/255, eval mode" in text
@@ -197,14 +209,17 @@ def test_a_torn_record_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
     assert not (tmp_path / "r.md").exists()
 
 
-OLD_PARAMS = {"square": {"queries": 5000, "p_init": 0.8}, "fab-t": {"steps": 100}}  # before the split: no mode, no final_search
-REFERENCE_PARAMS = build_suite(["autoattack"], eps=8 / 255, norm="linf", step_size=2 / 255)[0].describe()  # what a record lists now
+# before the split: no mode, no final_search
+OLD_PARAMS = {"square": {"queries": 5000, "p_init": 0.8}, "fab-t": {"steps": 100}}
+# what a record lists now
+REFERENCE_PARAMS = build_suite(["autoattack"], eps=8 / 255, norm="linf", step_size=2 / 255)[0].describe()
 
 
 @pytest.mark.parametrize("params,group", [(OLD_PARAMS, "autoattack+"), (REFERENCE_PARAMS, "autoattack")])
 def test_autoattack_column_is_labelled_with_the_group_its_params_show(tmp_path: Path, params: dict, group: str) -> None:
     """Old records (no Square mode, no FAB final_search: the stronger then-defaults) are labelled autoattack+,
-    records with the reference's settings autoattack, on the table, the protocol and the claims; records are not rewritten."""
+    records with the reference's settings autoattack, on the table, the protocol and the claims; records are not
+    rewritten."""
     study = _study(tmp_path)
     for label in ("natural", "pgd_at"):
         _write_record(study, label, 0, np.arange(40) % (2 if label == "pgd_at" else 5) == 0)

@@ -22,7 +22,8 @@ ROWS = ("digits_natural", "digits_pgd_at", "digits_pgd_at_fsr")
 
 def robustlab(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "robustlab", *args], capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run([sys.executable, "-m", "robustlab", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
 
 
 def _where(folder: Path) -> list[str]:
@@ -42,10 +43,12 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_run_writes_every_record_and_the_page(study: Path) -> None:
     out = (study / "stdout.txt").read_text()
     assert "12 steps to do (6 trainings, 6 evaluations)" in out and "ETA" in out
-    records = {f"{r}_s{s}": json.loads((study / "results" / f"{r}_s{s}.json").read_text()) for r in ROWS for s in (0, 1)}
+    records = {f"{r}_s{s}": json.loads((study / "results" / f"{r}_s{s}.json").read_text())
+               for r in ROWS for s in (0, 1)}
     assert all(r["n_examples"] == 100 and not r.get("checks_run") for r in records.values())
     assert len({r["data_hash"] for r in records.values()}) == 1  # the same test images for every model
-    assert "adaptive" in records["digits_pgd_at_fsr_s0"]["attacks"] and "adaptive" not in records["digits_pgd_at_s0"]["attacks"]
+    assert ("adaptive" in records["digits_pgd_at_fsr_s0"]["attacks"]
+            and "adaptive" not in records["digits_pgd_at_s0"]["attacks"])
     assert [r["epoch"] for r in records.values()] == [2] * 6
     page = (study / "results.md").read_text()
     assert "(status: complete)" in page and (study / "results" / "plots" / "accuracy.png").is_file()
@@ -59,14 +62,16 @@ def test_page_intervals_match_report_compare(study: Path, base: str, method: str
                                              capsys: pytest.CaptureFixture[str]) -> None:
     """Every interval on the page is what ``robustlab report --compare`` prints for the same records."""
     names = {"natural": "digits_natural", "pgd_at": "digits_pgd_at", "pgd_at+fsr": "digits_pgd_at_fsr"}
-    groups = [",".join(str(study / "results" / f"{names[label]}_s{s}.json") for s in (0, 1)) for label in (base, method)]
+    groups = [",".join(str(study / "results" / f"{names[label]}_s{s}.json") for s in (0, 1))
+              for label in (base, method)]
     assert main(["report", "--compare", *groups, "--metric", metric]) == 0
     row = capsys.readouterr().out.strip().splitlines()[-1].split(" | ")
     interval, verdict = row[4], row[5].rstrip(" |")
     assert re.fullmatch(r"[+-]\d+\.\d \[[+-]\d+\.\d, [+-]\d+\.\d\]", interval)
     page = (study / "results.md").read_text()
     if metric == "worst":  # the table's last numeric column
-        assert f"| {interval} vs {base} |" in [line for line in page.splitlines() if line.startswith(f"| {method} |")][0]
+        assert f"| {interval} vs {base} |" in [line for line in page.splitlines()
+                                               if line.startswith(f"| {method} |")][0]
     assert f"{method} − {base} ({metric}, 2 seeds × 100 images): {interval} points, {verdict}" in page
 
 
@@ -95,8 +100,10 @@ def test_changed_setting_for_an_existing_record_is_refused(study: Path, tmp_path
     assert main(["study", "run", "digits_small", *_where(copy), "--override", "train.epochs=3"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
-    assert "digits_natural_s0.json was made with config train.epochs=2, the study now gives 3; restore the setting" in err
-    spec = (ROOT / "src" / "robustlab" / "studies" / "digits_small.yaml").read_text().replace("n_examples: 100", "n_examples: 50")
+    assert ("digits_natural_s0.json was made with config train.epochs=2, the study now gives 3; restore the setting"
+            in err)
+    spec = (ROOT / "src" / "robustlab" / "studies" / "digits_small.yaml").read_text().replace("n_examples: 100",
+                                                                                              "n_examples: 50")
     (tmp_path / "s.yaml").write_text(spec)
     assert main(["study", "report", str(tmp_path / "s.yaml"), *_where(copy)]) == 2
     assert "was made with n_examples=100, the study now gives 50" in capsys.readouterr().err
@@ -115,4 +122,5 @@ def test_an_interrupted_step_stops_the_study_as_interrupted(tmp_path: Path, monk
     monkeypatch.setattr(cli, "main", lambda argv: 2)
     assert main(["study", "run", "digits_small", *_where(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "step failed: robustlab train digits_natural " in err and "rerun the study to resume" in err
+    assert (err.count("\n") == 1 and "step failed: robustlab train digits_natural " in err
+            and "rerun the study to resume" in err)

@@ -20,18 +20,20 @@ from robustlab.study.slurm import JOBS_FILE, SlurmOptions
 
 pytest.importorskip("submitit")
 
-STEPS = ("train:digits_natural_s0", "eval:digits_natural_s0", "train:digits_finetune_pgd_at_s0", "eval:digits_finetune_pgd_at_s0")
+STEPS = ("train:digits_natural_s0", "eval:digits_natural_s0", "train:digits_finetune_pgd_at_s0",
+         "eval:digits_finetune_pgd_at_s0")
 
 
 def _study_file(folder: Path, finetune: bool = True) -> Path:
     """Natural training, then vanilla fine-tuning from it (adaptive, transfer from the natural run): every kind of
     dependency (source training, own training, transfer source). One seed, one epoch, 20 images."""
     data = {"seeds": [0], "overrides": ["train.epochs=1", "data.eval_examples=20", "train.eval_pgd_steps=2"],
-            "outputs": {"runs": str(folder / "runs"), "results": str(folder / "results"), "page": str(folder / "page.md")},
+            "outputs": {"runs": str(folder / "runs"), "results": str(folder / "results"),
+                        "page": str(folder / "page.md")},
             "evaluation": {"attacks": ["fgsm"], "n_examples": 20, "batch_size": 20, "checks": False},
             "rows": [{"label": "natural", "config": "digits_natural"},
-                     {"label": "vanilla", "config": "digits_finetune_pgd_at", "finetune_from": "natural", "base": "natural",
-                      "adaptive": True}][: 2 if finetune else 1]}
+                     {"label": "vanilla", "config": "digits_finetune_pgd_at", "finetune_from": "natural",
+                      "base": "natural", "adaptive": True}][: 2 if finetune else 1]}
     path = folder / "study.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -139,7 +141,8 @@ def test_fake_slurm_scripts_dependencies_and_resubmission(tmp_path: Path, fake_s
     ids = {k: v["id"] for k, v in scripts.items()}
     for key, script in scripts.items():
         flags = script["flags"]
-        assert (flags["partition"], flags["gpus-per-node"], flags["time"], flags["account"]) == ("gpu", "2", "30", "proj")
+        assert (flags["partition"], flags["gpus-per-node"], flags["time"],
+                flags["account"]) == ("gpu", "2", "30", "proj")
         assert flags["output"].startswith(str(tmp_path / "runs" / "slurm") + "/") and flags["nodes"] == "1"
         assert flags["ntasks-per-node"] == "2"  # one DDP rank per GPU
         assert "-m submitit.core._submit" in script["text"] and "srun" in script["text"]
@@ -148,7 +151,8 @@ def test_fake_slurm_scripts_dependencies_and_resubmission(tmp_path: Path, fake_s
         "train:digits_natural_s0": None,
         "eval:digits_natural_s0": f"afterok:{ids['train:digits_natural_s0']}",
         "train:digits_finetune_pgd_at_s0": f"afterok:{ids['train:digits_natural_s0']}",
-        "eval:digits_finetune_pgd_at_s0": f"afterok:{ids['train:digits_finetune_pgd_at_s0']}:{ids['train:digits_natural_s0']}",
+        "eval:digits_finetune_pgd_at_s0": f"afterok:{ids['train:digits_finetune_pgd_at_s0']}:"
+                                          f"{ids['train:digits_natural_s0']}",
     }
     jobs_path = tmp_path / "runs" / JOBS_FILE
     assert {k: v["job_id"] for k, v in json.loads(jobs_path.read_text()).items()} == ids
@@ -160,9 +164,11 @@ def test_fake_slurm_scripts_dependencies_and_resubmission(tmp_path: Path, fake_s
     after = _scripts(fake_slurm)
     assert len(list((fake_slurm / "submitted").glob("*.sh"))) == 5
     resubmitted = after["eval:digits_natural_s0"]
-    assert resubmitted["id"] == "5" and resubmitted["flags"]["dependency"] == f"afterok:{ids['train:digits_natural_s0']}"
+    assert (resubmitted["id"] == "5"
+            and resubmitted["flags"]["dependency"] == f"afterok:{ids['train:digits_natural_s0']}")
     jobs = json.loads(jobs_path.read_text())
-    assert jobs["eval:digits_natural_s0"] == {"job_id": "5", "submissions": 2, "previous": {"job_id": ids["eval:digits_natural_s0"], "state": "FAILED"}}
+    assert jobs["eval:digits_natural_s0"] == {"job_id": "5", "submissions": 2,
+                                              "previous": {"job_id": ids["eval:digits_natural_s0"], "state": "FAILED"}}
     assert all(jobs[k]["submissions"] == 1 for k in STEPS if k != "eval:digits_natural_s0")
     assert "left alone" in capsys.readouterr().out
 
@@ -200,7 +206,8 @@ def test_submitit_is_imported_only_by_the_slurm_executor(tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def test_no_slurm_here_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_no_slurm_here_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
     """--executor slurm where there is no srun/sbatch: one line suggesting --executor local, exit 2."""
     (tmp_path / "bin").mkdir()
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))

@@ -26,36 +26,49 @@ def _bad(change: Any) -> dict[str, Any]:
 
 
 CASES = {
-    "unknown row": (lambda d: d["rows"][1].update(base="natral"), "base 'natral' is not a row of the study; did you mean 'natural'?"),
-    "unknown source row": (lambda d: d["rows"][1].update(finetune_from="nope"), "finetune_from 'nope' is not a row of the study"),
-    "cycle": (lambda d: d["rows"][0].update(base="pgd_at"), "rows form a cycle through base/finetune_from: natural -> pgd_at -> natural; break it"),
-    "self cycle": (lambda d: d["rows"][0].update(base="natural"), "cycle through base/finetune_from: natural -> natural; break it"),
-    "missing config": (lambda d: d["rows"][1].update(config="digits_pgd_att"), "row 'pgd_at': config 'digits_pgd_att' is neither a file nor a bundled config; did you mean digits_pgd_at"),
+    "unknown row": (lambda d: d["rows"][1].update(base="natral"),
+                    "base 'natral' is not a row of the study; did you mean 'natural'?"),
+    "unknown source row": (lambda d: d["rows"][1].update(finetune_from="nope"),
+                           "finetune_from 'nope' is not a row of the study"),
+    "cycle": (lambda d: d["rows"][0].update(base="pgd_at"),
+              "rows form a cycle through base/finetune_from: natural -> pgd_at -> natural; break it"),
+    "self cycle": (lambda d: d["rows"][0].update(base="natural"),
+                   "cycle through base/finetune_from: natural -> natural; break it"),
+    "missing config": (lambda d: d["rows"][1].update(config="digits_pgd_att"),
+                       "row 'pgd_at': config 'digits_pgd_att' is neither a file nor a bundled config; did you mean "
+                       "digits_pgd_at"),
     "seeds empty": (lambda d: d.update(seeds=[]), "seeds must be a non-empty list of integers"),
     "seeds missing": (lambda d: d.pop("seeds"), "needs seeds, e.g. seeds: [0, 1, 2]"),
-    "row seeds outside": (lambda d: d["rows"][1].update(seeds=[3]), "row 'pgd_at' seeds [3] are not all among the study's seeds [0, 1]"),
+    "row seeds outside": (lambda d: d["rows"][1].update(seeds=[3]),
+                          "row 'pgd_at' seeds [3] are not all among the study's seeds [0, 1]"),
     "source lacks seeds": (lambda d: (d["rows"][0].update(seeds=[0]), d["rows"][1].update(finetune_from="natural")),
                            "row 'pgd_at' needs finetune_from 'natural' on seeds [1]"),
     "unknown top key": (lambda d: d.update(sedes=[0]), "unknown key 'sedes' in study"),
     "unknown row key": (lambda d: d["rows"][0].update(bse="x"), "unknown key 'bse' in rows[0]; did you mean base?"),
     "unknown evaluation key": (lambda d: d["evaluation"].update(n_images=5), "unknown key 'n_images' in evaluation"),
     "unknown attack": (lambda d: d["evaluation"].update(attacks=["pgdd-20"]), "pgdd"),
-    "bad n_examples": (lambda d: d["evaluation"].update(n_examples=0), "evaluation.n_examples must be a positive integer"),
+    "bad n_examples": (lambda d: d["evaluation"].update(n_examples=0),
+                       "evaluation.n_examples must be a positive integer"),
     "duplicate label": (lambda d: d["rows"][1].update(label="natural"), "row label 'natural' is used twice"),
-    "shared run folder": (lambda d: d["rows"][1].update(config="digits_natural"), "two rows would share the run folder digits_natural_s*"),
+    "shared run folder": (lambda d: d["rows"][1].update(config="digits_natural"),
+                          "two rows would share the run folder digits_natural_s*"),
     "no outputs": (lambda d: d.pop("outputs"), "needs outputs: {runs, results, page}"),
-    "claim names unknown metric": (lambda d: d.update(page={"claims": [{"title": "t", "decisive": ["natural", "pgd_at", "autoattack"]}]}),
-                                   "page names metric 'autoattack'; use one of clean, worst, adaptive, pgd-20"),
-    "plot names unknown row": (lambda d: d.update(page={"plots": [{"title": "t", "rows": ["x"], "file": "p/accuracy.png"}]}),
+    "claim names unknown metric": (
+        lambda d: d.update(page={"claims": [{"title": "t", "decisive": ["natural", "pgd_at", "autoattack"]}]}),
+        "page names metric 'autoattack'; use one of clean, worst, adaptive, pgd-20"),
+    "plot names unknown row": (lambda d: d.update(page={"plots": [{"title": "t", "rows": ["x"],
+                                                                   "file": "p/accuracy.png"}]}),
                                "page names row 'x', which is not a row of the study"),
     "fine-tuning config without a source": (lambda d: d["rows"][1].update(config="digits_finetune_pgd_at"),
-                                            "row 'pgd_at': digits_finetune_pgd_at is a fine-tuning config; give the row finetune_from: ROW"),
+                                            "row 'pgd_at': digits_finetune_pgd_at is a fine-tuning config; give the "
+                                            "row finetune_from: ROW"),
     "not a mapping": (lambda d: d["rows"].append("digits_trades"), "rows[2] must be a mapping"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_study_file_gives_one_line_and_exit_2(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_study_file_gives_one_line_and_exit_2(case: str, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
     change, message = CASES[case]
     data = _bad(change)
     data["outputs"] = {k: v.replace("RUNS", str(tmp_path / "runs")) for k, v in data.get("outputs", {}).items()} or None
@@ -72,12 +85,14 @@ def test_bad_study_file_gives_one_line_and_exit_2(case: str, tmp_path: Path, cap
 
 def test_good_study_file_plans_every_step(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The unbroken file of the cases above is accepted: ``plan`` lists 2 trainings and 2 evaluations per seed."""
-    data = _bad(lambda d: d.update(outputs={"runs": str(tmp_path / "runs"), "results": str(tmp_path / "res"), "page": str(tmp_path / "p.md")}))
+    data = _bad(lambda d: d.update(outputs={"runs": str(tmp_path / "runs"), "results": str(tmp_path / "res"),
+                                            "page": str(tmp_path / "p.md")}))
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(data))
     assert main(["study", "plan", str(tmp_path / "study.yaml")]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[-1] == "8 steps to do"
-    assert sum(line.startswith("robustlab train ") for line in out) == 4 and sum(" eval " in f" {line}" for line in out) == 4
+    assert (sum(line.startswith("robustlab train ") for line in out) == 4
+            and sum(" eval " in f" {line}" for line in out) == 4)
 
 
 def test_unknown_study_name_suggests_a_bundled_one(capsys: pytest.CaptureFixture[str]) -> None:
@@ -100,7 +115,8 @@ def test_invalid_yaml_names_its_line(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_bad_page_text_fails_before_anything_runs(text: str, message: str, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     """A claim's text is filled when the page is built, which ``run`` does before its first step."""
-    data = _bad(lambda d: d.update(page={"claims": [{"decisive": ["natural", "pgd_at", "worst"], "details": [{"text": text}]}]}))
+    data = _bad(lambda d: d.update(page={"claims": [{"decisive": ["natural", "pgd_at", "worst"],
+                                                     "details": [{"text": text}]}]}))
     data["outputs"] = {k: v.replace("RUNS", str(tmp_path / "runs")) for k, v in data["outputs"].items()}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
     for action in ("run", "report"):

@@ -34,7 +34,8 @@ def test_two_process_training_keeps_ranks_in_sync(tmp_path: Path) -> None:
 
 
 def test_every_method_keeps_ranks_in_sync(tmp_path: Path) -> None:
-    """Every listed method (plug-ins' feature-level forwards included) and AFD fine-tuning (both updates): 2 steps each."""
+    """Every listed method (plug-ins' feature-level forwards included) and AFD fine-tuning (both updates): 2 steps
+    each."""
     names = method_names()
     ordered = ["natural"] + [m for m in names if m not in ("natural", "afd")] + ["afd", "afd:update=released"]
     assert "afd" in names and "pgd_at+uad" in names

@@ -124,7 +124,8 @@ def test_resumed_finetune_equals_uninterrupted_and_is_not_reinitialised(tmp_path
     other = _cfg(other_root, "natural", "natural", "train.epochs=1", "seed=3")
     train(other, log=_quiet)
     with pytest.raises(UserError, match="same --from"):
-        finetune(_cfg(tmp_path, "interrupted", "afd", "train.epochs=3", "train.ema_decay=0.999"), other.run_dir, log=_quiet)
+        finetune(_cfg(tmp_path, "interrupted", "afd", "train.epochs=3", "train.ema_decay=0.999"), other.run_dir,
+                 log=_quiet)
 
 
 def test_source_of_another_architecture_is_refused(tmp_path: Path, source: Path) -> None:
@@ -170,7 +171,8 @@ def test_bundled_configs_load(name: str) -> None:
         assert cfg.schedule.milestones == pytest.approx([0.5, 0.6, 0.7, 0.8, 0.9])
 
 
-def test_only_rank_zero_writes_the_finetune_record(tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_only_rank_zero_writes_the_finetune_record(tmp_path: Path, source: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Under torchrun every rank prepares the fine-tune, but rank 0's ``fit()`` clears stale temp files in the
     run folder: a second writer's in-flight temp file vanished under it. Rank 1 (simulated in this process,
     the run folder made as rank 0 would) must write nothing; rank 0 writes the record."""

@@ -32,9 +32,9 @@ def two_nodes(script: str, *args: str) -> list[subprocess.CompletedProcess[str]]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(rank),
-             "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", f"robustlab-test-{port}",
-             "--local_addr", "127.0.0.1", "--max_restarts", "0", str(TESTS / script), *args],
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1", "--node_rank",
+             str(rank), "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id",
+             f"robustlab-test-{port}", "--local_addr", "127.0.0.1", "--max_restarts", "0", str(TESTS / script), *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         for rank in (0, 1)
     ]

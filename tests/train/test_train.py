@@ -57,7 +57,8 @@ def test_checkpoint_is_tensors_only_with_json_header_and_no_temp_files(tmp_path:
     cfg = tiny_config(tmp_path, **{"train.epochs": 1})
     train(cfg, log=lambda _: None)
     ckpt_dir = cfg.run_dir / "checkpoints"
-    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["best.json", "best.safetensors", "last.json", "last.safetensors"]
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["best.json", "best.safetensors", "last.json",
+                                                          "last.safetensors"]
     with safe_open(str(ckpt_dir / "last.safetensors"), framework="pt") as fh:
         keys = list(fh.keys())
         meta = json.loads(fh.metadata()["robustlab"])
@@ -94,7 +95,8 @@ def test_nan_loss_stops_with_a_user_error(tmp_path: Path) -> None:
 
 def test_piecewise_cosine_and_warmup_schedules() -> None:
     piecewise = ScheduleConfig(name="piecewise", milestones=[0.5, 0.75], gamma=0.1)
-    assert [lr_factor(s, 100, 10, piecewise) for s in (0, 49, 50, 79, 80, 99)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    assert ([lr_factor(s, 100, 10, piecewise) for s in (0, 49, 50, 79, 80, 99)]
+            == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01]))
     afd = ScheduleConfig(name="piecewise", milestones=[0.5, 0.6, 0.7, 0.8, 0.9], factors=[0.8, 0.4, 0.2, 0.1, 0.05])
     assert [lr_factor(s, 20, 1, afd) for s in (9, 10, 11, 12, 19)] == pytest.approx([1, 0.8, 0.8, 0.4, 0.05])
     cosine = ScheduleConfig(name="cosine", warmup_epochs=1)
@@ -121,7 +123,8 @@ def test_ema_decay_schedule_and_update() -> None:
 
 
 def test_trainer_builds_everything_from_the_config(tmp_path: Path) -> None:
-    trainer = Trainer(tiny_config(tmp_path, **{"method.name": "trades", "method.options": "{beta: 3}"}), log=lambda _: None)
+    trainer = Trainer(tiny_config(tmp_path, **{"method.name": "trades", "method.options": "{beta: 3}"}),
+                      log=lambda _: None)
     assert trainer.method.beta == 3.0
     assert trainer.spec == {
         "name": "small_cnn", "options": {"width": 8}, "num_classes": 10, "in_channels": 1,
