@@ -84,7 +84,8 @@ def main() -> None:
             print(row(config, evaluate(run_dir, pgd_at, False)), flush=True)
             gaps[config] = [(r["epoch"], r["feature_gap"]) for r in read_metrics(run_dir, "feature_gap")]
         for config, values in gaps.items():
-            print(f"feature gap {config}: start {values[0][1]:.3f}, end {values[-1][1]:.3f} (epochs 0..{values[-1][0]})")
+            print(f"feature gap {config}: start {values[0][1]:.3f}, end {values[-1][1]:.3f} "
+                  f"(epochs 0..{values[-1][0]})")
     if "uad" in args.groups:
         print("\n## PGD-AT / TRADES vs UAD-AT (built from the abstract; 20 epochs)\n" + HEADER, flush=True)
         for config in UAD:

@@ -154,15 +154,16 @@ def main() -> None:
     parser.add_argument("--out-dir", default="runs/bench")
     parser.add_argument("--norms", default="linf,l2", help="comma-separated: linf, l2")
     parser.add_argument("--attacks", default=",".join(ATTACKS), help=f"comma-separated, from: {', '.join(ATTACKS)}")
-    parser.add_argument("--cifar", default=None, help="the CIFAR-10 study's run folder (adds its natural and PGD-AT models)")
+    parser.add_argument("--cifar", default=None,
+                        help="the CIFAR-10 study's run folder (adds its natural and PGD-AT models)")
     parser.add_argument("--cifar-n", type=int, default=100)
     args = parser.parse_args()
     norms, attacks = args.norms.split(","), args.attacks.split(",")
     data = fixed_subset(load_dataset("digits", "test"), args.n, seed=0)
     x, y = data.images.float() / 255, data.labels
     print(f"digits test subset n={args.n}, eps {EPS}, CPU threads {torch.get_num_threads()}")
-    print(f"{'model':<11} {'norm':<5} {'attack':<11} {'ours acc':>8} {'ref acc':>8} {'ours s':>8} {'ref s':>8} {'ratio':>6}"
-          f"   {'cl acc':>8} {'cl s':>8} {'ratio':>6}   {'ref cl acc':>8} {'ref cl s':>8} {'cl/ref cl':>6}")
+    print(f"{'model':<11} {'norm':<5} {'attack':<11} {'ours acc':>8} {'ref acc':>8} {'ours s':>8} {'ref s':>8} "
+          f"{'ratio':>6}   {'cl acc':>8} {'cl s':>8} {'ratio':>6}   {'ref cl acc':>8} {'ref cl s':>8} {'cl/ref cl':>6}")
     misses: dict[str, list[str]] = {"same model": [], "both channels-last": []}
     for method, epochs in (("natural", 4), ("pgd_at", 6)):
         model = trained_model(Path(args.out_dir), method, epochs).eval()

@@ -34,7 +34,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="fault_trials_") as work:
         tally = run_trials(Path(work), args.trials, seed=args.seed, kinds=tuple(args.kinds.split(",")))
     print(f"trials {tally.trials}  kills {tally.kills}  resumes {tally.resumes}  mismatches {len(tally.mismatches)}  "
-          f"corrupt files {len(tally.corrupt)}  temp files left {tally.temp_files_left}  ({time.monotonic() - started:.0f}s)")
+          f"corrupt files {len(tally.corrupt)}  temp files left {tally.temp_files_left}  "
+          f"({time.monotonic() - started:.0f}s)")
     print("kills by place: " + ", ".join(f"{k} {v}" for k, v in sorted(tally.kill_places.items())))
     for line in tally.mismatches + [f"corrupt: {p}" for p in tally.corrupt]:
         print(f"  {line}")

@@ -58,7 +58,8 @@ FULL = Scale(
 )
 TINY = Scale(
     batch=8, size=16, backend="eager", warmup=1, repeats=2, train_steps=15, aa_images=8,
-    models=(("preact_resnet18 w4", "preact_resnet18", {"width": 4}), ("wrn10-1", "wide_resnet", {"depth": 10, "widen_factor": 1})),
+    models=(("preact_resnet18 w4", "preact_resnet18", {"width": 4}),
+            ("wrn10-1", "wide_resnet", {"depth": 10, "widen_factor": 1})),
     aa_model=("preact_resnet18", {"width": 4}),
 )
 
@@ -87,16 +88,17 @@ def step_rows(scale: Scale, device: torch.device) -> list[str]:
     for label, name, options in scale.models:
         for backend in (None, scale.backend):
             reset_peak(device)
-            step, _ = make_step(name, "pgd_at", batch_size=scale.batch, channels=3, size=scale.size, num_classes=CLASSES,
-                                device=device, steps=10, model_options=options, amp="bf16", channels_last=True,
-                                compile_backend=backend)
+            step, _ = make_step(name, "pgd_at", batch_size=scale.batch, channels=3, size=scale.size,
+                                num_classes=CLASSES, device=device, steps=10, model_options=options, amp="bf16",
+                                channels_last=True, compile_backend=backend)
             start = time.perf_counter()
             step()
             sync(device)
             first = time.perf_counter() - start
             seconds, _ = median_seconds(step, warmup=scale.warmup - 1, repeats=scale.repeats, device=device)
             what = f"PGD-10 AT {label} bf16 cl " + (f"compile({backend})" if backend else "eager")
-            rows.append(f"{what:<50} {1000 * seconds:>9.1f} {scale.batch / seconds:>9.0f} {first:>8.1f} {peak_gib(device):>8}")
+            rows.append(f"{what:<50} {1000 * seconds:>9.1f} {scale.batch / seconds:>9.0f} {first:>8.1f} "
+                        f"{peak_gib(device):>8}")
     return rows
 
 

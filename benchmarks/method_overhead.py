@@ -48,7 +48,8 @@ def main() -> None:
     small = args.model == "small_cnn"
     size, channels = args.size or (8 if small else 32), args.channels or (1 if small else 3)
     device = torch.device(args.device)
-    common = dict(batch_size=args.batch_size, channels=channels, size=size, num_classes=10, device=device, steps=args.steps)
+    common = dict(batch_size=args.batch_size, channels=channels, size=size, num_classes=10, device=device,
+                  steps=args.steps)
     cache: dict[str, float] = {}
 
     def timed(name: str) -> float:

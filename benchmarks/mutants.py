@@ -58,7 +58,8 @@ MUTANTS = (
            '_STANDARD = ("square", "fab-t", "apgd-t", "apgd-ce")', ("tests/evaluate/test_evaluate.py",)),
     Mutant("fab_t_one_target", "src/robustlab/evaluate/suite.py",
            '"fab-t": (fab_targeted, {"steps": 100, "n_target_classes": 9,',
-           '"fab-t": (fab_targeted, {"steps": 100, "n_target_classes": 1,', ("tests/attacks/test_fab.py", "tests/evaluate/test_evaluate.py")),
+           '"fab-t": (fab_targeted, {"steps": 100, "n_target_classes": 1,',
+           ("tests/attacks/test_fab.py", "tests/evaluate/test_evaluate.py")),
     Mutant("square_50_queries", "src/robustlab/evaluate/suite.py", '"square": (square, {"queries": 5000,',
            '"square": (square, {"queries": 50,', ("tests/attacks/test_square.py", "tests/evaluate/test_evaluate.py")),
     Mutant("square_per_pixel_init", "src/robustlab/attacks/square.py",
@@ -81,8 +82,8 @@ MUTANTS = (
            "g = pooled_features(model, x)", ("tests/methods/test_afd.py",)),
     Mutant("ancra_attack_train_mode", "src/robustlab/methods/ancra.py",
            "return self.craft(AuxStack(model, keys, labels=y), x, y, loss=_AnchorCE(self.lambda_cr), x_init=start)",
-           "a = self.attack\n        return pgd(AuxStack(model, keys, labels=y), x, y, eps=a.eps, norm=a.norm, steps=a.steps,"
-           " step_size=a.step_size, loss=_AnchorCE(self.lambda_cr), random_start=False, x_init=start,"
+           "a = self.attack\n        return pgd(AuxStack(model, keys, labels=y), x, y, eps=a.eps, norm=a.norm, "
+           "steps=a.steps, step_size=a.step_size, loss=_AnchorCE(self.lambda_cr), random_start=False, x_init=start,"
            " early_stop=False, generator=self.generator)", ("tests/methods/test_ancra.py",)),
     # ------------------------------------------------------------------ methods (more, same issue's fixes)
     Mutant("mart_uniform_start", "src/robustlab/methods/objectives.py",

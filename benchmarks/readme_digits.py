@@ -51,7 +51,8 @@ def table(runs: list[dict[str, dict[str, Any]]], threads: int = DEMO_THREADS) ->
                 "equal. The demo pins one thread because CPU training is bit-reproducible only at a fixed thread count "
                 "(two threads moved the table by up to 1.9 points); another CPU type may round differently.")
     else:
-        note = f"{len(runs)} fresh runs ({threads} torch thread); spread over runs: " + ("; ".join(spread) or "none") + "."
+        note = (f"{len(runs)} fresh runs ({threads} torch thread); spread over runs: " + ("; ".join(spread) or "none")
+                + ".")
     return "\n".join([*lines, "", note])
 
 

@@ -45,8 +45,8 @@ def main() -> None:
     adv, adv_spread = median_seconds(step_fn(args.model, "pgd_at", **common), warmup=args.warmup,
                                      repeats=max(args.repeats // 4, 3), device=device)
     ratio = adv / ((args.steps + 1) * natural)
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, model {args.model} {args.model_options}, "
-          f"batch {args.batch_size}, input {channels}x{size}x{size}, amp {args.amp}")
+    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, model {args.model} "
+          f"{args.model_options}, batch {args.batch_size}, input {channels}x{size}x{size}, amp {args.amp}")
     print(f"natural step    median {1000 * natural:9.2f} ms (spread {1000 * natural_spread:.2f})")
     print(f"PGD-{args.steps} AT step  median {1000 * adv:9.2f} ms (spread {1000 * adv_spread:.2f})")
     print(f"ratio PGD-{args.steps} step / ({args.steps + 1} x natural step) = {ratio:.3f}  (target <= 1.10)")
