@@ -22,7 +22,7 @@ from robustlab.cli import main
 from robustlab.data import ImageDataset
 from robustlab.errors import UserError
 from robustlab.evaluate import evaluate_model, suite
-from robustlab.evaluate.verify import clopper_pearson, parse_verify
+from robustlab.evaluate.verify import hypergeometric_interval, parse_verify
 from robustlab.models.masking import InputStep, ScaledLogits
 
 EPS = 0.1
@@ -91,10 +91,29 @@ def test_verify_k_interval_covers_the_true_gap_and_the_flag_fires(crippled: None
     assert _eval(["fast"], verify=8, seed=1)["verify"]["indices"] != v["indices"]  # random, not the first K
 
 
-def test_clopper_pearson_matches_closed_forms_and_tables() -> None:
-    assert clopper_pearson(0, 10) == pytest.approx((0.0, 1 - 0.025 ** (1 / 10)))
-    assert clopper_pearson(10, 10) == pytest.approx((0.025 ** (1 / 10), 1.0))
-    assert clopper_pearson(5, 10) == pytest.approx((0.1871, 0.8129), abs=1e-4)
+def test_hypergeometric_interval_in_a_large_population_is_the_binomial_one() -> None:
+    """Drawing 10 from 100,000 is drawing with replacement: the Clopper-Pearson tables' values."""
+    big = 100_000
+    assert hypergeometric_interval(0, 10, big)[1] / big == pytest.approx(1 - 0.025 ** (1 / 10), abs=2e-5)
+    assert hypergeometric_interval(10, 10, big)[0] / big == pytest.approx(0.025 ** (1 / 10), abs=2e-5)
+    lo, hi = hypergeometric_interval(5, 10, big)
+    assert (lo / big, hi / big) == pytest.approx((0.1871, 0.8129), abs=1e-4)
+
+
+@pytest.mark.parametrize("population,sampled", [(40, 10), (60, 30), (25, 24)])
+def test_hypergeometric_interval_covers_every_true_count_at_least_95_percent(population: int, sampled: int) -> None:
+    """Exact coverage, summed over the law of the observed count: >= 95% for every true count M, and the
+    interval narrows as the sample grows to a census (the point)."""
+    from scipy.stats import hypergeom
+
+    intervals = [hypergeometric_interval(b, sampled, population) for b in range(sampled + 1)]
+    for marked in range(population + 1):
+        law = hypergeom(population, marked, sampled)
+        coverage = sum(law.pmf(b) for b, (lo, hi) in enumerate(intervals) if lo <= marked <= hi)
+        assert coverage >= 0.95 - 1e-9, (marked, coverage)
+    assert hypergeometric_interval(3, population, population) == (3, 3)
+    wide, narrow = hypergeometric_interval(2, sampled // 2, population), hypergeometric_interval(4, sampled, population)
+    assert narrow[1] - narrow[0] < wide[1] - wide[0]
 
 
 @pytest.mark.parametrize("bad", ["0", "-3", "ten", "2.5"])

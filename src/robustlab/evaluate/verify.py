@@ -5,10 +5,12 @@ suite's survivors (``all``: on every survivor). With ``S`` survivors out of ``n`
 of the ``K`` sampled survivors broken by the full suite, the record gets
 
 * ``gap = (b / K) * S / n``: the estimated share of all samples the protocol missed;
-* ``gap_ci95``: the Clopper–Pearson 95% interval of the sampled fraction ``b / K``, scaled by
-  ``S / n`` (exact binomial, two-sided; conservative for a sample drawn without replacement, where the
-  hypergeometric interval would be narrower). When every survivor is verified there is no sampling
-  error: the interval is the point ``b / n``.
+* ``gap_ci95``: the exact 95% interval of ``M / n``, where ``M`` is the number of the ``S`` survivors
+  the full suite would break: the ``K`` are drawn without replacement, so ``b`` is hypergeometric
+  (``S``, ``M``, ``K``) and the interval holds every ``M`` that a two-sided test at 5% does not reject
+  (the Clopper–Pearson construction with the hypergeometric in place of the binomial, which is
+  narrower when ``K`` is a large share of ``S``). When every survivor is verified there is no sampling
+  error and the interval is the point ``b / n``.
 * a ``verify_gap`` flag when the interval's upper end exceeds 0.5 points (0.005);
 * the worst case ``robust_acc`` lowered by ``b / n``: a sample the verification broke is broken.
 
@@ -21,8 +23,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
-from scipy.stats import beta
+from scipy.stats import hypergeom
 from torch import nn
 
 from robustlab.data import ImageDataset
@@ -51,14 +54,22 @@ def parse_verify(text: str | int | None) -> int | str | None:
     return k
 
 
-def clopper_pearson(broken: int, sampled: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Exact two-sided binomial interval for ``broken / sampled`` (Clopper & Pearson 1934)."""
-    if sampled == 0:
-        return 0.0, 1.0
+def hypergeometric_interval(
+    broken: int, sampled: int, population: int, confidence: float = CONFIDENCE,
+) -> tuple[int, int]:
+    """Exact two-sided interval ``(lo, hi)`` for the number ``M`` of marked items in a population of
+    ``population``, from ``broken`` marked among ``sampled`` drawn without replacement: every ``M`` with
+    ``P(X >= broken) > alpha / 2`` and ``P(X <= broken) > alpha / 2`` under the hypergeometric
+    (``population``, ``M``, ``sampled``) law (the tail-inversion of Clopper & Pearson 1934, for a finite
+    population). A census (``sampled == population``) gives ``(broken, broken)``."""
+    if not 0 <= broken <= sampled <= population:
+        raise ValueError(f"need 0 <= broken <= sampled <= population, got {broken}, {sampled}, {population}")
     alpha = 1.0 - confidence
-    lo = 0.0 if broken == 0 else float(beta.ppf(alpha / 2, broken, sampled - broken + 1))
-    hi = 1.0 if broken == sampled else float(beta.ppf(1 - alpha / 2, broken + 1, sampled - broken))
-    return lo, hi
+    marked = np.arange(population + 1)
+    upper_tail = hypergeom.sf(broken - 1, population, marked, sampled)  # P(X >= broken | M)
+    lower_tail = hypergeom.cdf(broken, population, marked, sampled)  # P(X <= broken | M)
+    kept = marked[(upper_tail > alpha / 2) & (lower_tail > alpha / 2)]
+    return int(kept.min()), int(kept.max())
 
 
 def survivors(result: dict[str, Any]) -> torch.Tensor:
@@ -82,12 +93,12 @@ def gap_summary(n: int, n_survivors: int, sampled: int, broken: int) -> dict[str
     """Point estimate and 95% interval of the gap, as shares of all ``n`` samples."""
     scale = n_survivors / n if n else 0.0
     census = sampled >= n_survivors
-    lo, hi = (broken / max(sampled, 1),) * 2 if census else clopper_pearson(broken, sampled)
+    lo, hi = hypergeometric_interval(broken, sampled, n_survivors)
     return {
         "survivors": n_survivors, "sampled": sampled, "broken": broken,
-        "gap": broken / max(sampled, 1) * scale, "gap_ci95": [lo * scale, hi * scale],
+        "gap": broken / max(sampled, 1) * scale, "gap_ci95": [lo / n if n else 0.0, hi / n if n else 0.0],
         "interval": "exact: every survivor verified" if census else
-                    "Clopper-Pearson 95% on the sampled fraction, scaled by survivors / n",
+                    "exact hypergeometric 95% for the survivors the full suite would break, as a share of n",
     }
 
 
