@@ -134,8 +134,66 @@ def test_ranked_targets_follow_the_linearised_distance_not_the_logit() -> None:
         model[1].weight.copy_(w)
         model[1].bias.copy_(b)
     x = torch.full((1, 1, 1, 2), 0.05)
-    targets, use = ranked_targets(model, x, torch.tensor([0]), norm="linf", candidates=2, max_targets=2, ratio=2.0)
-    assert targets.tolist() == [[2, 1]] and use.tolist() == [[True, False]]
+    assert ranked_targets(model, x, torch.tensor([0]), norm="linf", candidates=2).tolist() == [[2, 1]]
+
+
+class _Rounds:
+    """A stand-in for the targeted member's descent: records each round's (sample count, objective) and
+    breaks the first ``wins[r]`` samples of round ``r``."""
+
+    def __init__(self, wins: list[int]) -> None:
+        self.wins, self.rounds = wins, []
+
+    def __call__(self, model, ball, y, target, x0, *, objective, **_):
+        r, n = len(self.rounds), y.shape[0]
+        self.rounds.append((n, objective))
+        ok = torch.arange(n) < (self.wins[r] if r < len(self.wins) else 0)
+        return torch.where(ok.view(-1, 1, 1, 1), 1 - ball.x, x0), ok, torch.zeros(n, dtype=torch.float64)
+
+
+class _Ten(nn.Module):
+    """Ten classes on 4x4 images: class 0 wins above grey, class 1 below it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = (x.flatten(1) - 0.5).sum(1, keepdim=True)
+        return torch.cat([s, -s, -s - torch.arange(1.0, 9.0)], 1)
+
+
+@pytest.mark.parametrize("wins, min_yield, rounds", [
+    ([0] * 9, 0.01, 2),  # nothing pays: the first min_targets ranks only
+    ([1] * 9, 0.01, 9),  # every rank pays: all of them
+    ([2, 0, 0, 0], 0.05, 3),  # 2 of 20, then 2 of 38 (5.3%), then 2 of 56 (3.6% < 5%): the pooled yield stops it
+])
+def test_targeted_ranks_go_on_while_they_pay(monkeypatch: pytest.MonkeyPatch, wins, min_yield, rounds) -> None:
+    import robustlab.attacks.fast as fast
+    from robustlab.attacks.losses import dlr_targeted
+
+    fake = _Rounds(wins)
+    monkeypatch.setattr(fast, "_descend", fake)
+    x = torch.full((20, 1, 4, 4), 0.7)
+    ranked_targeted(_Ten(), x, torch.zeros(20, dtype=torch.long), eps=EPS, min_targets=2, max_targets=9,
+                    min_yield=min_yield, generator=torch.Generator().manual_seed(0))
+    assert len(fake.rounds) == rounds
+    assert [n for n, _ in fake.rounds] == [20 - sum(wins[:r]) for r in range(rounds)]  # each rank on the survivors
+    assert all(objective is dlr_targeted for _, objective in fake.rounds)  # APGD-T's loss at >= 4 classes
+
+
+def test_square_spends_the_standard_budget_on_all_survivors_when_it_breaks_many() -> None:
+    """6 of 24 planted samples break at once (25%): above escalate_yield the second Square runs all 18
+    survivors with escalated_queries; below it only the nearest quarter (5) with near_queries."""
+    x, y = planted().images.float() / 255, torch.zeros(N, dtype=torch.long)
+    forwards = []
+    for escalate_yield in (0.2, 0.3):
+        model = Linear2()
+        with count_passes(model) as passes:
+            x_adv = square_escalating(model, x, y, eps=EPS, queries=10, escalated_queries=50,
+                                      escalate_yield=escalate_yield, near_share=0.25, near_queries=40,
+                                      generator=torch.Generator().manual_seed(0))
+        assert int((model(x_adv).argmax(1) != y).sum()) == BREAKABLE
+        forwards.append(passes.forward)
+    # the first Square is the same draws in both; the second costs each of its samples a clean forward, its
+    # queries and the check of what it broke: 18 x (1 + 50 + 1) against 5 x (1 + 40 + 1)
+    assert forwards[0] - forwards[1] == 18 * 52 - 5 * 42
 
 
 def test_cosine_sizes_follow_a3() -> None:
@@ -162,7 +220,8 @@ def test_square_escalates_only_when_gradients_vanish() -> None:
         with count_passes(model) as passes:
             square_escalating(model, safe, y[:1], eps=EPS, queries=30, escalated_queries=90, near_share=0,
                               generator=torch.Generator().manual_seed(0))
-        assert passes.forward == queries + 2  # the gradient probe, the clean check, then the queries
+        # the gradient probe, the clean check, the queries, then the check of what they broke
+        assert passes.forward == queries + 3
 
 
 def test_square_tries_again_only_on_the_survivors_nearest_the_boundary() -> None:
@@ -193,16 +252,21 @@ def digits_model() -> tuple[nn.Module, ImageDataset]:
     g = torch.Generator().manual_seed(0)
     perm = torch.randperm(len(y), generator=g)
     train, test = perm[:1400], perm[1400:1496]
-    batches = [train[torch.randperm(len(train), generator=g)][i:i + 100] for _ in range(8) for i in range(0, len(train), 100)]
+    batches = [train[torch.randperm(len(train), generator=g)][i:i + 100]
+               for _ in range(8) for i in range(0, len(train), 100)]
     model = train_digits_mlp(x, y, batches, g, fgsm_eps=EPS)
     images = (x[test] * 255).round().to(torch.uint8)
     return model, ImageDataset(images=images, labels=y[test], classes=[str(c) for c in range(10)], name="digits")
 
 
-@pytest.mark.parametrize("wrapper, expected", [(ScaledLogits, {"zero_gradients"}), (InputStep, {"zero_gradients", "black_box"})])
-def test_masking_checks_fire_under_fast_alone(digits_model: tuple[nn.Module, ImageDataset], wrapper: type, expected: set[str]) -> None:
+@pytest.mark.parametrize("wrapper, expected",
+                         [(ScaledLogits, {"zero_gradients"}), (InputStep, {"zero_gradients", "black_box"})])
+def test_masking_checks_fire_under_fast_alone(
+    digits_model: tuple[nn.Module, ImageDataset], wrapper: type, expected: set[str],
+) -> None:
     model, data = digits_model
-    record = evaluate_model(wrapper(model), data, attacks=["fast"], eps=EPS, batch_size=96, device="cpu", log=lambda _: None)
+    record = evaluate_model(wrapper(model), data, attacks=["fast"], eps=EPS, batch_size=96, device="cpu",
+                            log=lambda _: None)
     codes = {f["code"] for f in record["flags"]}
     assert expected <= codes, codes
     if wrapper is InputStep:
@@ -217,7 +281,8 @@ def test_a_refilled_working_batch_gives_the_same_points(digits_model: tuple[nn.M
     runs = []
     for batch in (None, 7):
         with count_passes(model) as passes:
-            runs.append((attack(model, x, y, eps=EPS, steps=10, batch=batch, generator=torch.Generator().manual_seed(0)), passes.backward))
+            x_adv = attack(model, x, y, eps=EPS, steps=10, batch=batch, generator=torch.Generator().manual_seed(0))
+            runs.append((x_adv, passes.backward))
     assert torch.equal(runs[0][0], runs[1][0])
     assert runs[1][1] <= runs[0][1] * 1.15  # at most a gradient at some samples' last step more
 
