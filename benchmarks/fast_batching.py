@@ -38,7 +38,8 @@ def measure(model: torch.nn.Module, fn: Callable[[], object], n: int, repeats: i
             started = time.perf_counter()
             fn()
             times.append(time.perf_counter() - started)
-    return f"{statistics.median(times):7.2f} s  fwd/sample {passes.forward / n:7.1f}  bwd/sample {passes.backward / n:7.1f}"
+    return (f"{statistics.median(times):7.2f} s  fwd/sample {passes.forward / n:7.1f}  "
+            f"bwd/sample {passes.backward / n:7.1f}")
 
 
 def main() -> None:
@@ -65,10 +66,13 @@ def main() -> None:
 
     print(f"{n} clean-correct digits, working batch {args.batch}, L∞ eps {args.eps}, {args.threads} thread(s)")
     print("fast-margin, shrinking batches: " + measure(model, shrinking, n, args.repeats))
-    print("fast-margin, refilled batch:    " + measure(model, lambda: margin(x, y, batch=args.batch, generator=gen()), n, args.repeats))
+    refilled = measure(model, lambda: margin(x, y, batch=args.batch, generator=gen()), n, args.repeats)
+    print("fast-margin, refilled batch:    " + refilled)
     targeted = functools.partial(ranked_targeted, model, x, y, eps=args.eps, norm="linf")
-    print("fast-targeted, in sequence:     " + measure(model, lambda: targeted(stack=False, generator=gen()), n, args.repeats))
-    print("fast-targeted, stacked:         " + measure(model, lambda: targeted(stack=True, generator=gen()), n, args.repeats))
+    print("fast-targeted, in sequence:     "
+          + measure(model, lambda: targeted(stack=False, generator=gen()), n, args.repeats))
+    print("fast-targeted, stacked:         "
+          + measure(model, lambda: targeted(stack=True, generator=gen()), n, args.repeats))
 
 
 if __name__ == "__main__":

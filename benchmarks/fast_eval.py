@@ -2,8 +2,9 @@
 
 The zoo, trained here with the configs' fixed seeds (seed 0) and cached under ``--out-dir``:
 
-* digits (``--digits-examples`` fixed test images, subset seed 0; 360 = all): natural, pgd_at, trades, trades+ancra, pgd_at+uad, fgsm_rs,
-  pgd_at+fsr, afd (fine-tuned from natural); L∞ eps 0.1 and L2 eps 0.5 (``eval_speed.py``'s budgets);
+* digits (``--digits-examples`` fixed test images, subset seed 0; 360 = all): natural, pgd_at, trades,
+  trades+ancra, pgd_at+uad, fgsm_rs, pgd_at+fsr, afd (fine-tuned from natural); L∞ eps 0.1 and L2 eps 0.5
+  (``eval_speed.py``'s budgets);
 * two masking wrappers of the digits pgd_at model (:mod:`robustlab.models.masking`): logits x 1000 and
   a non-differentiable input step (round(4x)/4); L∞ and L2;
 * CIFAR-10 at the study's CPU scale (``cifar10s_*``, seed 0; ``--data-root``; ``--cifar-runs``): natural, pgd_at,
@@ -15,11 +16,14 @@ JSON record per (model, norm) goes to ``--results`` (robust accuracy of each, th
 and forward passes per sample, attack wall time, flags, each protocol's settings hash). Resumable: a
 record whose two settings hashes match today's is skipped; a protocol whose settings changed reruns while
 the other's result stays cached under ``--out-dir``. The CIFAR-10 models train into ``--cifar-runs``
-under the study's run names (``cifar10s_pgd_at_s0``), so the study's fast re-evaluation reuses them. Prints the table and the totals; the acceptance is fast <= autoattack + 0.2 points on
-every model, and summed fast <= 0.2x autoattack's backward passes and <= 0.3x its wall time.
+under the study's run names (``cifar10s_pgd_at_s0``), so the study's fast re-evaluation reuses them. Prints
+the table and the totals; the acceptance is fast <= autoattack + 0.2 points on every model, and summed
+fast <= 0.2x autoattack's backward passes and <= 0.3x its wall time.
 ``--report`` prints the table of every record so far and writes it to ``--results``/table.md.
 
-``--ablate MEMBER`` reruns ``fast`` without that member (no checks, nothing written but the line).
+``--ablate MEMBER`` reruns ``fast`` without that member, ``--ablate MEMBER.KEY=VALUE`` with one of its
+settings changed (e.g. ``fast-targeted.max_targets=2``, ``fast-square.escalate_yield=2``: never); no checks,
+nothing written but the line.
 
     python benchmarks/fast_eval.py --part digits
     nohup nice -n 5 python benchmarks/fast_eval.py --part cifar --data-root /work/shared/data/cifar10-jpeg.tar.gz &
@@ -37,6 +41,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+import yaml
 from torch import nn
 
 from robustlab.atomic import atomic_write_text
@@ -124,24 +129,39 @@ def compare(label: str, model: nn.Module, data: ImageDataset, *, eps: float, nor
     return record
 
 
-def ablate(model: nn.Module, data: ImageDataset, member: str, *, eps: float, norm: str) -> dict[str, Any]:
-    """``fast`` without ``member``: robust accuracy and costs (no checks, nothing cached)."""
+def ablated(member: str, eps: float, norm: str):
+    """``fast`` without ``member``, or with one setting changed (``MEMBER.KEY=VALUE``, the value read as YAML)."""
     spec = build_attack("fast", eps=eps, norm=norm, step_size=eps / 4)
-    spec = dataclasses.replace(spec, members=tuple(m for m in spec.members if m.name != member))
-    state = run_suite(model, data, [spec], eps=eps, norm=norm, batch_size=len(data.labels), device=torch.device("cpu"), seed=0)
+    if "=" not in member:
+        return dataclasses.replace(spec, members=tuple(m for m in spec.members if m.name != member))
+    target, value = member.split("=", 1)
+    name, key = target.split(".", 1)
+    members = tuple(build_attack(m.name, eps=eps, norm=norm, step_size=eps / 4,
+                                 settings={key: yaml.safe_load(value)} if m.name == name else None)
+                    for m in spec.members)
+    return dataclasses.replace(spec, members=members)
+
+
+def ablate(model: nn.Module, data: ImageDataset, member: str, *, eps: float, norm: str) -> dict[str, Any]:
+    """``fast`` ablated by ``member`` (:func:`ablated`): robust accuracy and costs (no checks, nothing cached)."""
+    spec = ablated(member, eps, norm)
+    state = run_suite(model, data, [spec], eps=eps, norm=norm, batch_size=len(data.labels),
+                      device=torch.device("cpu"), seed=0)
     return cost({**summarise(state, [spec]), "flags": []}, "fast")
 
 
 def ablation_row(label: str, model: nn.Module, data: ImageDataset, member: str, *, eps: float, norm: str,
                  results: Path) -> str:
-    """One line: fast without ``member`` against the full fast and autoattack (from the model's record)."""
+    """One line: fast ablated by ``member`` against the full fast and autoattack (from the model's record)."""
     started = time.perf_counter()
     r = ablate(model, data, member, eps=eps, norm=norm)
     full = json.loads((results / f"{label}_{norm}_n{len(data.labels)}.json".replace("+", "_")).read_text())
-    return (f"| {label} | {norm} | without {member}: {100 * r['robust_acc']:.2f} (fast {100 * full['fast']['robust_acc']:.2f}, "
-            f"AA {100 * full['autoattack']['robust_acc']:.2f}) | bwd {r['backward_per_sample']:.0f} (fast "
-            f"{full['fast']['backward_per_sample']:.0f}) | fwd {r['forward_per_sample']:.0f} (fast "
-            f"{full['fast']['forward_per_sample']:.0f}) | {time.perf_counter() - started:.1f} s |")
+    fa, aa = full["fast"], full["autoattack"]
+    what = f"without {member}" if "=" not in member else member
+    return (f"| {label} | {norm} | {what}: {100 * r['robust_acc']:.2f} (fast {100 * fa['robust_acc']:.2f}, "
+            f"AA {100 * aa['robust_acc']:.2f}) | bwd {r['backward_per_sample']:.0f} (fast "
+            f"{fa['backward_per_sample']:.0f}) | fwd {r['forward_per_sample']:.0f} (fast "
+            f"{fa['forward_per_sample']:.0f}) | {time.perf_counter() - started:.1f} s |")
 
 
 def zoo(args: argparse.Namespace) -> Iterator[tuple[str, nn.Module, ImageDataset, list[str], float | None, bool]]:
@@ -150,7 +170,8 @@ def zoo(args: argparse.Namespace) -> Iterator[tuple[str, nn.Module, ImageDataset
     out = Path(args.out_dir)
     if args.part in ("digits", "all"):
         digits = load_dataset("digits", "test")
-        digits = digits if args.digits_examples >= len(digits.labels) else fixed_subset(digits, args.digits_examples, seed=0)
+        if args.digits_examples < len(digits.labels):
+            digits = fixed_subset(digits, args.digits_examples, seed=0)
         natural = out / DIGITS["natural"] if args.only else trained(DIGITS["natural"], out, [])
         for label, config in DIGITS.items():
             if args.only and f"digits_{label}" not in args.only:
@@ -166,7 +187,8 @@ def zoo(args: argparse.Namespace) -> Iterator[tuple[str, nn.Module, ImageDataset
         for label, config in CIFAR.items():
             if args.only and f"cifar10s_{label}" not in args.only:
                 continue
-            run = trained(config, Path(args.cifar_runs), [f"data.root={args.data_root}", f"name={config}_s0", "seed=0"])
+            run = trained(config, Path(args.cifar_runs),
+                          [f"data.root={args.data_root}", f"name={config}_s0", "seed=0"])
             cfg = load_config(config, [f"data.root={args.data_root}"])
             test = load_dataset(cfg.data.name, "test", root=cfg.data.root, **cfg.data.options)
             data = fixed_subset(test, args.cifar_examples, seed=0)
@@ -175,14 +197,15 @@ def zoo(args: argparse.Namespace) -> Iterator[tuple[str, nn.Module, ImageDataset
 
 def row(r: dict[str, Any]) -> str:
     aa, fa = r["autoattack"], r["fast"]
-    return (f"| {r['model']} | {r['norm']} | {100 * r['clean_acc']:.1f} | {100 * aa['robust_acc']:.2f} | {100 * fa['robust_acc']:.2f} | "
-            f"{r['difference_points']:+.2f} | {aa['backward_per_sample']:.0f} / {fa['backward_per_sample']:.0f} | "
-            f"{aa['forward_per_sample']:.0f} / {fa['forward_per_sample']:.0f} | {aa['time_s']:.1f} / {fa['time_s']:.1f} | "
-            f"{', '.join(fa['flags']) or 'none'} |")
+    return (f"| {r['model']} | {r['norm']} | {100 * r['clean_acc']:.1f} | {100 * aa['robust_acc']:.2f} | "
+            f"{100 * fa['robust_acc']:.2f} | {r['difference_points']:+.2f} | "
+            f"{aa['backward_per_sample']:.0f} / {fa['backward_per_sample']:.0f} | "
+            f"{aa['forward_per_sample']:.0f} / {fa['forward_per_sample']:.0f} | "
+            f"{aa['time_s']:.1f} / {fa['time_s']:.1f} | {', '.join(fa['flags']) or 'none'} |")
 
 
-HEADER = ("| model | norm | clean | autoattack | fast | fast - AA (points) | bwd/sample AA / fast | fwd/sample AA / fast | "
-          "attack time s AA / fast | fast flags |\n|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| model | norm | clean | autoattack | fast | fast - AA (points) | bwd/sample AA / fast | "
+          "fwd/sample AA / fast | attack time s AA / fast | fast flags |\n|---|---|---|---|---|---|---|---|---|---|")
 
 
 def totals(records: list[dict[str, Any]]) -> str:
@@ -195,7 +218,8 @@ def totals(records: list[dict[str, Any]]) -> str:
     worst = max(r["difference_points"] for r in records)
     return (f"totals over {len(records)} evaluations: backward passes fast/AA = {bwd:.3f} (<= 0.2: {bwd <= 0.2}), "
             f"forward {fwd:.3f}, attack wall time fast/AA = {wall:.3f} (<= 0.3: {wall <= 0.3}) "
-            f"[{s['fast']['time_s']:.0f} s vs {s['autoattack']['time_s']:.0f} s]; largest fast - AA = {worst:+.2f} points "
+            f"[{s['fast']['time_s']:.0f} s vs {s['autoattack']['time_s']:.0f} s]; "
+            f"largest fast - AA = {worst:+.2f} points "
             f"(<= +0.2 on every model: {worst <= 0.2})")
 
 
@@ -206,14 +230,18 @@ def main() -> None:
     parser.add_argument("--results", default="docs/fast_eval")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--cifar-runs", default="runs/cifar_study",
-                        help="CIFAR-10 run folders, named as the study names them ({config}_s0), so both share one training")
+                        help="CIFAR-10 run folders, named as the study names them ({config}_s0), so both share "
+                             "one training")
     parser.add_argument("--cifar-examples", type=int, default=200)
-    parser.add_argument("--report", action="store_true", help="print and write the table of the records so far; run nothing")
+    parser.add_argument("--report", action="store_true",
+                        help="print and write the table of the records so far; run nothing")
     parser.add_argument("--only", nargs="+", default=None, help="evaluate only these zoo labels, e.g. digits_pgd_at")
     parser.add_argument("--norms", nargs="+", choices=["linf", "l2"], default=["linf", "l2"])
     parser.add_argument("--digits-examples", type=int, default=360, help="fixed test subset (seed 0); 360 = all")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--ablate", default=None, help="a fast member to leave out: fast-margin, fast-targeted, fast-square")
+    parser.add_argument("--ablate", default=None,
+                        help="a fast member to leave out (fast-margin, fast-targeted, fast-square), or "
+                             "MEMBER.KEY=VALUE to change one setting")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -236,9 +264,11 @@ def main() -> None:
                 continue
             budget = eps if eps is not None else DIGITS_EPS[norm]
             if args.ablate:
-                print(ablation_row(label, model, data, args.ablate, eps=budget, norm=norm, results=results), flush=True)
+                print(ablation_row(label, model, data, args.ablate, eps=budget, norm=norm, results=results),
+                      flush=True)
                 continue
-            record = compare(label, model, data, eps=budget, norm=norm, channels_last=channels_last, out=out, results=results)
+            record = compare(label, model, data, eps=budget, norm=norm, channels_last=channels_last, out=out,
+                             results=results)
             records.append(record)
             print(row(record), flush=True)
     if records:
