@@ -319,12 +319,13 @@ def ranked_targeted(
 ) -> torch.Tensor:
     """Targeted PGD (cosine steps, random start) on the MALT-ranked targets, one rank per round, each
     round on the samples still robust; the number of rounds adapts to what they pay: after the first
-    ``min_targets`` ranks, the next rank runs only while the last one broke at least ``min_yield`` of the
-    samples it attacked (at most ``max_targets`` ranks of the ``candidates`` largest other logits).
+    ``min_targets`` ranks, the next rank runs only while the ranks so far, pooled, broke at least
+    ``min_yield`` of the (sample, target) runs they made (at most ``max_targets`` ranks of the
+    ``candidates`` largest other logits).
     ``loss``: APGD-T's targeted DLR (needs 4 classes; fewer use the targeted margin) or the targeted
     margin ``z_t - z_y``. ``stack=True`` runs the first ``min_targets`` ranks as one batch of every
-    (sample, target) pair (larger batches, for devices that prefer them; more passes; the last of them
-    is judged by what it broke on its own). ``batch`` as in :func:`margin_restarts`. Success means
+    (sample, target) pair (larger batches, for devices that prefer them; more passes; its yield counts
+    every pair that broke its sample). ``batch`` as in :func:`margin_restarts`. Success means
     misclassified (any class)."""
     norm = check_norm(norm)
     _check(steps, 1, patience)
