@@ -138,17 +138,17 @@ def test_ranked_targets_follow_the_linearised_distance_not_the_logit() -> None:
 
 
 class _Rounds:
-    """A stand-in for the targeted member's descent: records each round's (sample count, objective) and
+    """A stand-in for the targeted member's APGD attempt: records each round's (sample count, objective) and
     breaks the first ``wins[r]`` samples of round ``r``."""
 
     def __init__(self, wins: list[int]) -> None:
         self.wins, self.rounds = wins, []
 
-    def __call__(self, model, ball, y, target, x0, *, objective, **_):
+    def __call__(self, model, x, y, target, eps, *, objective, **_):
         r, n = len(self.rounds), y.shape[0]
         self.rounds.append((n, objective))
         ok = torch.arange(n) < (self.wins[r] if r < len(self.wins) else 0)
-        return torch.where(ok.view(-1, 1, 1, 1), 1 - ball.x, x0), ok, torch.zeros(n, dtype=torch.float64)
+        return torch.where(ok.view(-1, 1, 1, 1), 1 - x, x), ok, torch.zeros(n, dtype=torch.float64)
 
 
 class _Ten(nn.Module):
@@ -169,7 +169,7 @@ def test_targeted_ranks_go_on_while_they_pay(monkeypatch: pytest.MonkeyPatch, wi
     from robustlab.attacks.losses import dlr_targeted
 
     fake = _Rounds(wins)
-    monkeypatch.setattr(fast, "_descend", fake)
+    monkeypatch.setattr(fast, "_apgd_attempt", fake)
     x = torch.full((20, 1, 4, 4), 0.7)
     ranked_targeted(_Ten(), x, torch.zeros(20, dtype=torch.long), eps=EPS, min_targets=2, max_targets=9,
                     min_yield=min_yield, generator=torch.Generator().manual_seed(0))
@@ -178,9 +178,22 @@ def test_targeted_ranks_go_on_while_they_pay(monkeypatch: pytest.MonkeyPatch, wi
     assert all(objective is dlr_targeted for _, objective in fake.rounds)  # APGD-T's loss at >= 4 classes
 
 
-def test_square_spends_the_standard_budget_on_all_survivors_when_it_breaks_many() -> None:
+def test_square_spends_the_standard_budget_on_all_survivors_when_it_breaks_many(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """6 of 24 planted samples break at once (25%): above escalate_yield the second Square runs all 18
-    survivors with escalated_queries; below it only the nearest quarter (5) with near_queries."""
+    survivors with escalated_queries and the reference's draws; below it only the nearest quarter (5) with
+    near_queries and the first pass's draws."""
+    import robustlab.attacks.fast as fast
+
+    calls: list[tuple[int, int, str]] = []
+    real = fast.square
+
+    def square(model, x, y, **kwargs):
+        calls.append((x.shape[0], kwargs["queries"], kwargs.get("mode", "strong")))
+        return real(model, x, y, **kwargs)
+
+    monkeypatch.setattr(fast, "square", square)
     x, y = planted().images.float() / 255, torch.zeros(N, dtype=torch.long)
     forwards = []
     for escalate_yield in (0.2, 0.3):
@@ -191,6 +204,7 @@ def test_square_spends_the_standard_budget_on_all_survivors_when_it_breaks_many(
                                       generator=torch.Generator().manual_seed(0))
         assert int((model(x_adv).argmax(1) != y).sum()) == BREAKABLE
         forwards.append(passes.forward)
+    assert calls == [(24, 10, "strong"), (18, 50, "reference"), (24, 10, "strong"), (5, 40, "strong")]
     # the first Square is the same draws in both; the second costs each of its samples a clean forward, its
     # queries and the check of what it broke: 18 x (1 + 50 + 1) against 5 x (1 + 40 + 1)
     assert forwards[0] - forwards[1] == 18 * 52 - 5 * 42
@@ -273,15 +287,15 @@ def test_masking_checks_fire_under_fast_alone(
         assert record["checks"]["black_box"].get("group") == "fast"  # fast's own Square was compared
 
 
-@pytest.mark.parametrize("attack", [margin_restarts, ranked_targeted])
-def test_a_refilled_working_batch_gives_the_same_points(digits_model: tuple[nn.Module, ImageDataset], attack) -> None:
+def test_a_refilled_working_batch_gives_the_same_points(digits_model: tuple[nn.Module, ImageDataset]) -> None:
     """Samples join a refilled batch on their own schedule, so the batch size changes nothing per sample."""
     model, data = digits_model
     x, y = data.images[:40].float() / 255, data.labels[:40]
     runs = []
     for batch in (None, 7):
         with count_passes(model) as passes:
-            x_adv = attack(model, x, y, eps=EPS, steps=10, batch=batch, generator=torch.Generator().manual_seed(0))
+            x_adv = margin_restarts(model, x, y, eps=EPS, steps=10, batch=batch,
+                                    generator=torch.Generator().manual_seed(0))
             runs.append((x_adv, passes.backward))
     assert torch.equal(runs[0][0], runs[1][0])
     assert runs[1][1] <= runs[0][1] * 1.15  # at most a gradient at some samples' last step more

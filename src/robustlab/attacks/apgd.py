@@ -72,6 +72,7 @@ from robustlab.errors import UserError
 __all__ = ["apgd", "apgd_targeted", "checkpoints", "OUTPUTS"]
 
 MOMENTUM = 0.75
+RHO = 0.75  # condition 1's threshold: the share of increasing steps since the last checkpoint (Croce & Hein 2020)
 OUTPUTS = ("best", "reference")  # the output rule under EOT (module docstring)
 STARTS = ("ball", "surface")  # the random start (module docstring)
 
@@ -257,7 +258,7 @@ def _apgd_attempt(
     return x_out, success, best_loss
 
 
-def _check_args(steps: int, restarts: int, rho: float = 0.75, eot: int = 1, output: str = "best",
+def _check_args(steps: int, restarts: int, rho: float = RHO, eot: int = 1, output: str = "best",
                 start: str = "ball") -> None:
     if start not in STARTS:
         raise UserError(f"apgd start must be one of {', '.join(STARTS)}, got {start!r}")
@@ -326,7 +327,7 @@ def apgd(
     steps: int = 100,
     restarts: int = 1,
     loss: str | LossFn = "ce",
-    rho: float = 0.75,
+    rho: float = RHO,
     eot: int = 1,
     output: str = "best",
     start: str = "ball",
@@ -370,7 +371,7 @@ def apgd_targeted(
     steps: int = 100,
     n_target_classes: int = 9,
     restarts: int = 1,
-    rho: float = 0.75,
+    rho: float = RHO,
     eot: int = 1,
     output: str = "best",
     start: str = "ball",
