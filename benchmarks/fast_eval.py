@@ -21,9 +21,10 @@ the table and the totals; the acceptance is fast <= autoattack + 0.2 points on e
 fast <= 0.2x autoattack's backward passes and <= 0.3x its wall time.
 ``--report`` prints the table of every record so far and writes it to ``--results``/table.md.
 
-``--ablate MEMBER`` reruns ``fast`` without that member, ``--ablate MEMBER.KEY=VALUE`` with one of its
-settings changed (e.g. ``fast-targeted.max_targets=2``, ``fast-square.escalate_yield=2``: never); no checks,
-nothing written but the line.
+``--seeds N`` evaluates each protocol with seeds 0..N-1 and prints the robust counts (the spread of each
+protocol's own random draws). ``--ablate MEMBER`` reruns ``fast`` without that member, ``--ablate
+MEMBER.KEY=VALUE`` with one of its settings changed (e.g. ``fast-targeted.max_targets=2``,
+``fast-square.escalate_yield=2``: never); no checks, nothing written but the line.
 
     python benchmarks/fast_eval.py --part digits
     nohup nice -n 5 python benchmarks/fast_eval.py --part cifar --data-root /work/shared/data/cifar10-jpeg.tar.gz &
@@ -164,6 +165,19 @@ def ablation_row(label: str, model: nn.Module, data: ImageDataset, member: str, 
             f"{fa['forward_per_sample']:.0f}) | {time.perf_counter() - started:.1f} s |")
 
 
+def spread_row(label: str, model: nn.Module, data: ImageDataset, seeds: int, *, eps: float, norm: str,
+               channels_last: bool) -> str:
+    """One line: each protocol's robust count with seeds 0..seeds-1 (checks off, nothing written), the spread of
+    its own random draws, which a single run's difference between the protocols has to be read against."""
+    cells = []
+    for protocol in PROTOCOLS:
+        counts = [round(evaluate_model(model, data, attacks=[protocol], eps=eps, norm=norm, batch_size=len(data.labels),
+                                       device="cpu", seed=seed, channels_last=channels_last, checks=False,
+                                       log=lambda _: None)["robust_acc"] * len(data.labels)) for seed in range(seeds)]
+        cells.append(f"{protocol}: {', '.join(map(str, counts))} (mean {sum(counts) / seeds:.2f})")
+    return f"| {label} | {norm} | robust of {len(data.labels)}, seeds 0-{seeds - 1} | " + " | ".join(cells) + " |"
+
+
 def zoo(args: argparse.Namespace) -> Iterator[tuple[str, nn.Module, ImageDataset, list[str], float | None, bool]]:
     """(label, model, data, norms, eps or None for the digits budgets, channels_last) for each member of
     the zoo, each trained when it is reached (so evaluations start before the whole zoo is trained)."""
@@ -242,6 +256,9 @@ def main() -> None:
     parser.add_argument("--ablate", default=None,
                         help="a fast member to leave out (fast-margin, fast-targeted, fast-square), or "
                              "MEMBER.KEY=VALUE to change one setting")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="evaluate each protocol with seeds 0..N-1 (checks off, nothing written) and print the "
+                             "robust count per seed")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -263,6 +280,10 @@ def main() -> None:
             if norm not in norms or (args.only and label not in args.only):
                 continue
             budget = eps if eps is not None else DIGITS_EPS[norm]
+            if args.seeds:
+                print(spread_row(label, model, data, args.seeds, eps=budget, norm=norm, channels_last=channels_last),
+                      flush=True)
+                continue
             if args.ablate:
                 print(ablation_row(label, model, data, args.ablate, eps=budget, norm=norm, results=results),
                       flush=True)

@@ -142,11 +142,12 @@ class _Rounds:
     breaks the first ``wins[r]`` samples of round ``r``."""
 
     def __init__(self, wins: list[int]) -> None:
-        self.wins, self.rounds = wins, []
+        self.wins, self.rounds, self.targets = wins, [], []
 
     def __call__(self, model, x, y, target, eps, *, objective, **_):
         r, n = len(self.rounds), y.shape[0]
         self.rounds.append((n, objective))
+        self.targets.append(target)
         ok = torch.arange(n) < (self.wins[r] if r < len(self.wins) else 0)
         return torch.where(ok.view(-1, 1, 1, 1), 1 - x, x), ok, torch.zeros(n, dtype=torch.float64)
 
@@ -171,9 +172,11 @@ def test_targeted_ranks_go_on_while_they_pay(monkeypatch: pytest.MonkeyPatch, wi
     fake = _Rounds(wins)
     monkeypatch.setattr(fast, "_apgd_attempt", fake)
     x = torch.full((20, 1, 4, 4), 0.7)
-    ranked_targeted(_Ten(), x, torch.zeros(20, dtype=torch.long), eps=EPS, min_targets=2, max_targets=9,
+    ranked_targeted(_Ten(), x, torch.zeros(20, dtype=torch.long), eps=EPS, min_targets=2, max_targets=len(wins),
                     min_yield=min_yield, generator=torch.Generator().manual_seed(0))
     assert len(fake.rounds) == rounds
+    # MALT's order is the logits' here (equal gradients)
+    assert [int(t[-1]) for t in fake.targets] == list(range(1, rounds + 1))
     assert [n for n, _ in fake.rounds] == [20 - sum(wins[:r]) for r in range(rounds)]  # each rank on the survivors
     assert all(objective is dlr_targeted for _, objective in fake.rounds)  # APGD-T's loss at >= 4 classes
 
@@ -181,16 +184,16 @@ def test_targeted_ranks_go_on_while_they_pay(monkeypatch: pytest.MonkeyPatch, wi
 def test_square_spends_the_standard_budget_on_all_survivors_when_it_breaks_many(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """6 of 24 planted samples break at once (25%): above escalate_yield the second Square runs all 18
-    survivors with escalated_queries and the reference's draws; below it only the nearest quarter (5) with
-    near_queries and the first pass's draws."""
+    """6 of 24 planted samples break at once (25%): after the near-boundary pass (the nearest quarter of the
+    18 survivors: 5, near_queries), above escalate_yield a last Square runs all 18 survivors with
+    escalated_queries; below it, nothing more."""
     import robustlab.attacks.fast as fast
 
-    calls: list[tuple[int, int, str]] = []
+    calls: list[tuple[int, int]] = []
     real = fast.square
 
     def square(model, x, y, **kwargs):
-        calls.append((x.shape[0], kwargs["queries"], kwargs.get("mode", "strong")))
+        calls.append((x.shape[0], kwargs["queries"]))
         return real(model, x, y, **kwargs)
 
     monkeypatch.setattr(fast, "square", square)
@@ -204,10 +207,11 @@ def test_square_spends_the_standard_budget_on_all_survivors_when_it_breaks_many(
                                       generator=torch.Generator().manual_seed(0))
         assert int((model(x_adv).argmax(1) != y).sum()) == BREAKABLE
         forwards.append(passes.forward)
-    assert calls == [(24, 10, "strong"), (18, 50, "reference"), (24, 10, "strong"), (5, 40, "strong")]
-    # the first Square is the same draws in both; the second costs each of its samples a clean forward, its
-    # queries and the check of what it broke: 18 x (1 + 50 + 1) against 5 x (1 + 40 + 1)
-    assert forwards[0] - forwards[1] == 18 * 52 - 5 * 42
+    near = [(24, 10), (5, 40)]
+    assert calls == [*near, (18, 50), *near]
+    # the passes before are the same draws in both; the last costs each of its 18 samples a clean forward, its
+    # queries and the check of what it broke: 18 x (1 + 50 + 1)
+    assert forwards[0] - forwards[1] == 18 * 52
 
 
 def test_cosine_sizes_follow_a3() -> None:

@@ -48,19 +48,20 @@ Deviations and choices [ours]:
 * ``square_escalating`` measures, on its own inputs, the share of samples whose margin-loss input
   gradient is all zero or non-finite (one counted forward and backward); above ``zero_fraction`` it
   spends ``escalated_queries`` (the standard 5,000) instead of ``queries``: on a model whose gradients
-  are masked (e.g. a quantised input) only the black-box member can break samples. Then a second,
-  fresh Square: when the first broke at least ``escalate_yield`` of its samples (all of which survived
-  the gradient members: the ``black_box`` check's sign of masking, so the cheap budget is not to be
-  trusted) on all its survivors with ``escalated_queries``; otherwise on its survivors nearest the
-  boundary (the ``near_share`` with the highest margin) with ``near_queries``: on the digits
-  trades+ancra model a 1,000-query Square broke one sample that the 5,000-query one breaks in 2 of 4
-  seeds, a 2,000-query one in 4 of 4.
+  are masked (e.g. a quantised input) only the black-box member can break samples. Its survivors
+  nearest the boundary (the ``near_share`` with the highest margin) get a second, fresh Square with
+  ``near_queries``: on the digits trades+ancra model a 1,000-query Square broke one sample that the
+  5,000-query one breaks in 2 of 4 seeds, a 2,000-query one in 4 of 4. When these two broke at least
+  ``escalate_yield`` of their samples (all of which survived the gradient members: the ``black_box``
+  check's sign of masking, so the cheap budget is not to be trusted), a third, fresh Square spends the
+  standard budget on all survivors.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -376,25 +377,22 @@ def square_escalating(
     *,
     eps: float | torch.Tensor,
     norm: str = "linf",
-    queries: int = 1000,
+    queries: int = 500,
     escalated_queries: int = 5000,
     zero_fraction: float = 0.0,
-    escalate_yield: float = 0.02,
-    escalated_mode: str = "reference",
+    escalate_yield: float = 0.01,
     near_share: float = 0.25,
     near_queries: int = 2000,
     p_init: float = 0.8,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Square Attack with ``queries`` queries, or ``escalated_queries`` when more than ``zero_fraction`` of
-    the samples have an all-zero or non-finite margin-loss input gradient (masked gradients). Then a
-    fresh Square on some of its survivors: on all of them with ``escalated_queries`` and the draws of
-    ``escalated_mode`` (:func:`robustlab.attacks.square.square`; by default the reference's, as
-    AutoAttack's Square draws them, another scheme than the first pass's) when the first one broke at
-    least ``escalate_yield`` of its samples (the black-box member finds what the gradient members
-    missed, a sign that their estimate cannot be trusted, so it gets the standard budget), else
-    with ``near_queries`` on the ``near_share`` of them with the highest margin (nearest the boundary,
-    A³'s rule for restarts applied to Square; 0 turns it off)."""
+    the samples have an all-zero or non-finite margin-loss input gradient (masked gradients); then a
+    fresh Square with ``near_queries`` on the ``near_share`` of its survivors with the highest margin
+    (nearest the boundary, A³'s rule for restarts applied to Square; 0 turns it off); then, when these
+    two broke at least ``escalate_yield`` of the samples (the black-box member finds what the gradient
+    members missed, a sign that their estimate cannot be trusted) and the budget was not escalated
+    already, a last fresh Square on all survivors with ``escalated_queries``."""
     if x.shape[0] == 0:
         return x.detach().clone()
     x_in = x.detach().requires_grad_(True)
@@ -404,20 +402,25 @@ def square_escalating(
     masked = (~torch.isfinite(flat)).any(1) | (flat == 0).all(1)
     budget = escalated_queries if masked.float().mean().item() > zero_fraction else queries
     x_adv = square(model, x, y, eps=eps, norm=norm, queries=budget, p_init=p_init, generator=generator)
-    eps_t = per_sample(eps, x)
+    eps_t = per_sample(eps, x).flatten()
+
+    def again(pick: torch.Tensor, **settings: Any) -> torch.Tensor:
+        """A fresh Square on ``pick``; keeps and returns the indices it broke."""
+        if pick.numel() == 0:
+            return pick
+        x_new = square(model, x[pick], y[pick], eps=eps_t[pick], norm=norm, p_init=p_init, generator=generator,
+                       **settings)
+        with torch.no_grad():
+            broke = model(x_new).argmax(1) != y[pick]
+        x_adv[pick[broke]] = x_new[broke]
+        return pick[broke]
+
     with torch.no_grad():
         logits = model(x_adv)
     alive = (logits.argmax(1) == y).nonzero().squeeze(1)
+    share = math.ceil(near_share * alive.numel()) if near_queries >= 1 else 0
+    broke = again(alive[margin(logits[alive], y[alive]).argsort(descending=True)[:share]], queries=near_queries)
+    alive = alive[~torch.isin(alive, broke)]
     if budget < escalated_queries and x.shape[0] - alive.numel() >= escalate_yield * x.shape[0]:
-        pick, settings = alive, {"queries": escalated_queries, "mode": escalated_mode}
-    else:
-        share = math.ceil(near_share * alive.numel()) if near_queries >= 1 else 0
-        pick = alive[margin(logits[alive], y[alive]).argsort(descending=True)[:share]]
-        settings = {"queries": near_queries}
-    if pick.numel():
-        again = square(model, x[pick], y[pick], eps=eps_t.flatten()[pick], norm=norm, p_init=p_init,
-                       generator=generator, **settings)
-        with torch.no_grad():
-            broke = model(again).argmax(1) != y[pick]
-        x_adv[pick[broke]] = again[broke]
+        again(alive, queries=escalated_queries)
     return x_adv

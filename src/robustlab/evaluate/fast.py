@@ -9,12 +9,12 @@ Members, run as a cascade on the samples still robust (settings of each in :mod:
    per target, the targets ranked by MALT's linearised distance (Melamed et al., NeurIPS 2024) among the
    9 largest other logits: the first 2 ranks, then one more while the ranks so far broke at least 1% of
    their runs (at most 9).
-3. ``fast-square``: Square (Andriushchenko et al., ECCV 2020) with 1,000 queries on the final
+3. ``fast-square``: Square (Andriushchenko et al., ECCV 2020) with 500 queries on the final
    survivors, 5,000 (the standard budget) when any of them has a zero or non-finite input gradient,
    so the ``black_box`` check has a member to compare and a masked model is still broken; then a fresh
-   Square: 5,000 queries with the reference's draws on all its survivors when the first broke at least
-   2% of its samples (what the gradient members missed), else 2,000 on the quarter nearest the
-   boundary (highest margin).
+   2,000-query Square on the quarter of its survivors nearest the boundary (highest margin); then, when
+   these two broke at least 1% of their samples (what the gradient members missed; the ``black_box``
+   check's threshold), 5,000 queries on all survivors.
 
 Every iteration count and threshold is ours (tuned on the zoo of ``benchmarks/fast_eval.py``, digits and
 CIFAR-10, where the acceptance bound fast <= autoattack + 0.2 points is measured); early stops (cycles, 10 iterations
@@ -27,14 +27,15 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from robustlab.attacks.fast import margin_restarts, ranked_targeted, square_escalating
+from robustlab.evaluate.checks.common import BLACK_BOX_THRESHOLD
 
 FAST_PARTS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
     "fast-margin": (margin_restarts, {"steps": 20, "restarts": 4, "start_steps": 7, "keep": 0.5, "patience": 10}),
     "fast-targeted": (ranked_targeted, {"steps": 50, "min_targets": 2, "max_targets": 9, "candidates": 9,
                                          "min_yield": 0.01, "loss": "dlr", "stack": False}),
-    "fast-square": (square_escalating, {"queries": 1000, "escalated_queries": 5000, "zero_fraction": 0.0,
-                                        "escalate_yield": 0.02, "escalated_mode": "reference", "near_share": 0.25,
-                                        "near_queries": 2000, "p_init": 0.8}),
+    "fast-square": (square_escalating, {"queries": 500, "near_share": 0.25, "near_queries": 2000,
+                                        "escalate_yield": BLACK_BOX_THRESHOLD, "escalated_queries": 5000,
+                                        "zero_fraction": 0.0, "p_init": 0.8}),
 }
 FAST_MEMBERS: tuple[str, ...] = tuple(FAST_PARTS)
 FAST_FORMS = {
@@ -44,6 +45,6 @@ FAST_FORMS = {
                    "survivors",
     "fast-targeted": "APGD-T, 50 iterations per target, MALT-ranked targets (Jacobian score): 2, then more while "
                      "they pay (up to 9)",
-    "fast-square": "Square, 1000 queries (5000 when gradients vanish), then 5000 more on all survivors when it broke "
-                   ">= 2% (else 2000 on the quarter nearest the boundary)",
+    "fast-square": "Square, 500 queries (5000 when gradients vanish), 2000 more on the quarter nearest the "
+                   "boundary, then 5000 on all survivors when these broke >= 1%",
 }
