@@ -184,9 +184,8 @@ def test_targeted_ranks_go_on_while_they_pay(monkeypatch: pytest.MonkeyPatch, wi
 def test_square_spends_the_standard_budget_on_all_survivors_when_it_breaks_many(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """6 of 24 planted samples break at once (25%): after the near-boundary pass (the nearest quarter of the
-    18 survivors: 5, near_queries), above escalate_yield a last Square runs all 18 survivors with
-    escalated_queries; below it, nothing more."""
+    """6 of 24 planted samples break at once (25%): above escalate_yield a second Square runs the 18
+    survivors with escalated_queries; below it, nothing more."""
     import robustlab.attacks.fast as fast
 
     calls: list[tuple[int, int]] = []
@@ -202,14 +201,14 @@ def test_square_spends_the_standard_budget_on_all_survivors_when_it_breaks_many(
     for escalate_yield in (0.2, 0.3):
         model = Linear2()
         with count_passes(model) as passes:
-            x_adv = square_escalating(model, x, y, eps=EPS, queries=10, escalated_queries=50,
-                                      escalate_yield=escalate_yield, near_share=0.25, near_queries=40,
+            x_adv = square_escalating(model, x, y, eps=EPS, queries=10, escalated_queries=50, near_share=0.25,
+                                      near_restarts=1, escalate_yield=escalate_yield,
                                       generator=torch.Generator().manual_seed(0))
         assert int((model(x_adv).argmax(1) != y).sum()) == BREAKABLE
         forwards.append(passes.forward)
-    near = [(24, 10), (5, 40)]
-    assert calls == [*near, (18, 50), *near]
-    # the passes before are the same draws in both; the last costs each of its 18 samples a clean forward, its
+    first = (24 + 6, 10)  # every sample, and one more run of the nearest quarter
+    assert calls == [first, (18, 50), first]
+    # the first Square is the same draws in both; the second costs each of its 18 samples a clean forward, its
     # queries and the check of what it broke: 18 x (1 + 50 + 1)
     assert forwards[0] - forwards[1] == 18 * 52
 
@@ -242,19 +241,22 @@ def test_square_escalates_only_when_gradients_vanish() -> None:
         assert passes.forward == queries + 3
 
 
-def test_square_tries_again_only_on_the_survivors_nearest_the_boundary() -> None:
-    """Four safe samples at different margins: the second Square (40 queries) goes to the nearest one only."""
-    d = torch.tensor([0.12, 0.2, 0.3, 0.4])  # margins 16 d - all above eps * 16, so none breaks
+def test_square_runs_again_only_on_the_samples_nearest_the_boundary() -> None:
+    """Four safe samples at different margins: with 3 restarts on the nearest quarter, the one Square batch
+    holds the four samples and 3 more rows of the nearest one (d = 0.12), each row with its own draws."""
+    d = torch.tensor([0.3, 0.12, 0.4, 0.2])  # margins 16 d - all above eps * 16, so none breaks
     x = (0.5 + d).view(4, 1, 1, 1).expand(4, 1, 4, 4).contiguous()
     y = torch.zeros(4, dtype=torch.long)
     seen: list[torch.Tensor] = []
     model = Linear2()
-    model.register_forward_pre_hook(lambda _m, args: seen.append(args[0].flatten(1)[:, 0].clone()))
-    square_escalating(model, x, y, eps=EPS, queries=10, near_share=0.25, near_queries=40,
+    model.register_forward_pre_hook(lambda _m, args: seen.append(args[0].flatten(1).clone()))
+    square_escalating(model, x, y, eps=EPS, queries=10, near_share=0.25, near_restarts=3,
                       generator=torch.Generator().manual_seed(0))
-    second = [s for s in seen[-39:]]
-    assert all(s.shape[0] == 1 for s in second)
-    assert all(float(s[0] - 0.5) < 0.12 + EPS + 1e-6 for s in second)
+    assert len(seen) == 1 + 1 + 10 + 1  # the gradient probe, the clean rows, 10 queries, the check of the result
+    assert seen[1][:, 0].tolist() == pytest.approx([0.8, 0.62, 0.9, 0.7, 0.62, 0.62, 0.62])
+    queried = torch.stack(seen[2:-1])  # (queries, rows, pixels)
+    copies = [queried[:, r] for r in (1, 4, 5, 6)]
+    assert all(not torch.equal(a, b) for i, a in enumerate(copies) for b in copies[i + 1:])  # their own draws
 
 
 def test_fast_is_listed_with_its_members() -> None:

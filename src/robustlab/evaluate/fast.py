@@ -9,12 +9,13 @@ Members, run as a cascade on the samples still robust (settings of each in :mod:
    per target, the targets ranked by MALT's linearised distance (Melamed et al., NeurIPS 2024) among the
    9 largest other logits: the first 2 ranks, then one more while the ranks so far broke at least 1% of
    their runs (at most 9).
-3. ``fast-square``: Square (Andriushchenko et al., ECCV 2020) with 500 queries on the final
-   survivors, 5,000 (the standard budget) when any of them has a zero or non-finite input gradient,
-   so the ``black_box`` check has a member to compare and a masked model is still broken; then a fresh
-   2,000-query Square on the quarter of its survivors nearest the boundary (highest margin); then, when
-   these two broke at least 1% of their samples (what the gradient members missed; the ``black_box``
-   check's threshold), 5,000 queries on all survivors.
+3. ``fast-square``: Square (Andriushchenko et al., ECCV 2020) with 1,000 queries on the final
+   survivors, and 2 more independent 1,000-query runs on the quarter of them nearest the boundary
+   (highest clean margin), all in one batch; 5,000 queries (the standard budget) on each instead when
+   any survivor has a zero or non-finite input gradient, so the ``black_box`` check has a member to
+   compare and a masked model is still broken; then, when it broke at least 5% of its samples (what
+   the gradient members missed, five times the ``black_box`` check's threshold), 5,000 queries on the
+   rest.
 
 Every iteration count and threshold is ours (tuned on the zoo of ``benchmarks/fast_eval.py``, digits and
 CIFAR-10, where the acceptance bound fast <= autoattack + 0.2 points is measured); early stops (cycles, 10 iterations
@@ -27,15 +28,14 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from robustlab.attacks.fast import margin_restarts, ranked_targeted, square_escalating
-from robustlab.evaluate.checks.common import BLACK_BOX_THRESHOLD
 
 FAST_PARTS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
     "fast-margin": (margin_restarts, {"steps": 20, "restarts": 4, "start_steps": 7, "keep": 0.5, "patience": 10}),
     "fast-targeted": (ranked_targeted, {"steps": 50, "min_targets": 2, "max_targets": 9, "candidates": 9,
                                          "min_yield": 0.01, "loss": "dlr", "stack": False}),
-    "fast-square": (square_escalating, {"queries": 500, "near_share": 0.25, "near_queries": 2000,
-                                        "escalate_yield": BLACK_BOX_THRESHOLD, "escalated_queries": 5000,
-                                        "zero_fraction": 0.0, "p_init": 0.8}),
+    "fast-square": (square_escalating, {"queries": 1000, "near_share": 0.25, "near_restarts": 2,
+                                        "escalate_yield": 0.05, "escalated_queries": 5000, "zero_fraction": 0.0,
+                                        "p_init": 0.8}),
 }
 FAST_MEMBERS: tuple[str, ...] = tuple(FAST_PARTS)
 FAST_FORMS = {
@@ -45,6 +45,6 @@ FAST_FORMS = {
                    "survivors",
     "fast-targeted": "APGD-T, 50 iterations per target, MALT-ranked targets (Jacobian score): 2, then more while "
                      "they pay (up to 9)",
-    "fast-square": "Square, 500 queries (5000 when gradients vanish), 2000 more on the quarter nearest the "
-                   "boundary, then 5000 on all survivors when these broke >= 1%",
+    "fast-square": "Square, 1000 queries (+2 runs on the quarter nearest the boundary; 5000 when gradients "
+                   "vanish), then 5000 on the rest when it broke >= 5%",
 }
