@@ -142,12 +142,13 @@ class _Rounds:
     breaks the first ``wins[r]`` samples of round ``r``."""
 
     def __init__(self, wins: list[int]) -> None:
-        self.wins, self.rounds, self.targets = wins, [], []
+        self.wins, self.rounds, self.targets, self.steps = wins, [], [], []
 
-    def __call__(self, model, x, y, target, eps, *, objective, **_):
+    def __call__(self, model, x, y, target, eps, *, objective, steps, **_):
         r, n = len(self.rounds), y.shape[0]
         self.rounds.append((n, objective))
         self.targets.append(target)
+        self.steps.append(steps)
         ok = torch.arange(n) < (self.wins[r] if r < len(self.wins) else 0)
         return torch.where(ok.view(-1, 1, 1, 1), 1 - x, x), ok, torch.zeros(n, dtype=torch.float64)
 
@@ -179,6 +180,26 @@ def test_targeted_ranks_go_on_while_they_pay(monkeypatch: pytest.MonkeyPatch, wi
     assert [int(t[-1]) for t in fake.targets] == list(range(1, rounds + 1))
     assert [n for n, _ in fake.rounds] == [20 - sum(wins[:r]) for r in range(rounds)]  # each rank on the survivors
     assert all(objective is dlr_targeted for _, objective in fake.rounds)  # APGD-T's loss at >= 4 classes
+
+
+@pytest.mark.parametrize("wins, rounds", [
+    ([0] * 10, 2),  # the sweep breaks nothing: then the first min_targets ranks only
+    ([18] + [0] * 9, 9),  # it broke 18 of its 180 pairs (10%): the pooled yield carries every rank
+])
+def test_the_sweep_tries_every_candidate_target_first(monkeypatch: pytest.MonkeyPatch, wins, rounds) -> None:
+    """sweep_steps: one short attempt on each (sample, candidate target) pair in one batch before the ranked
+    rounds, its pairs in the pooled yield (a digits sample broke only at the target MALT ranked 6th)."""
+    import robustlab.attacks.fast as fast
+
+    fake = _Rounds(wins)
+    monkeypatch.setattr(fast, "_apgd_attempt", fake)
+    x = torch.full((20, 1, 4, 4), 0.7)
+    ranked_targeted(_Ten(), x, torch.zeros(20, dtype=torch.long), eps=EPS, steps=50, min_targets=2, max_targets=9,
+                    min_yield=0.01, sweep_steps=5, generator=torch.Generator().manual_seed(0))
+    assert fake.steps == [5] + [50] * rounds
+    assert fake.rounds[0][0] == 20 * 9  # every sample at each of the 9 candidates
+    assert sorted(fake.targets[0].tolist()) == sorted(list(range(1, 10)) * 20)
+    assert [n for n, _ in fake.rounds[1:]] == [20 - wins[0]] * rounds  # the ranks on the sweep's survivors
 
 
 def test_square_spends_the_standard_budget_on_all_survivors_when_it_breaks_many(

@@ -40,6 +40,8 @@ def test_cifar10s_page_regenerates_byte_identical(tmp_path: Path, capsys: pytest
     monkeypatch.chdir(tmp_path)
     results = tmp_path / "results"
     shutil.copytree(ROOT / "docs" / "results", results)
+    if (ROOT / "docs" / "results_fast").is_dir():  # the companion's records, once its study has run
+        shutil.copytree(ROOT / "docs" / "results_fast", tmp_path / "docs" / "results_fast")
     before = sorted(p.relative_to(results) for p in results.rglob("*"))
     page = tmp_path / "results.md"
     code = main(["study", "report", "cifar10s", "--results", str(results), "--page", str(page), "--readme", "none"])
@@ -235,3 +237,52 @@ def test_autoattack_column_is_labelled_with_the_group_its_params_show(tmp_path: 
     page = (tmp_path / "r.md").read_text()
     assert f"pgd_at − natural ({group}, 1 seed × 40 images)" in page and f"as the group `{group}`" in page
     assert path.read_text() == before
+
+
+def _verified_record(study: Study, label: str, seed: int, *, clean: float, fast: float, worst: float,
+                     gap: tuple[float, float, float], sampled: int, survivors: int) -> None:
+    """A ``fast --verify`` record: fast's robust accuracy, the worst case after verification, the gap."""
+    record = {"run": label, "n_examples": 1, "seed": seed, "clean_acc": clean, "robust_acc": worst, "flags": [],
+              "attacks": {"fast": {"robust_acc": fast, "time_s": 41.6, "backward_per_sample": 61.3}},
+              "verify": {"gap": gap[0], "gap_ci95": [gap[1], gap[2]], "sampled": sampled, "survivors": survivors,
+                         "broken": 3, "time_s": 512.4, "backward_per_sample": 148.7},
+              "per_sample": {"clean": [1], "broken_by": {"fast": [-1]}}}
+    path = study.record_path(study.by_key[(label, seed)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+
+
+def test_measured_gap_section_lists_each_verified_record(tmp_path: Path) -> None:
+    """A study evaluated with --verify gets a section with the protocol's number, the worst case after the
+    verification, the gap in points with its interval, the survivors verified and both costs."""
+    study = _study(tmp_path, "cifar10s_fast")
+    _verified_record(study, "pgd_at", 0, clean=0.312, fast=0.215, worst=0.212, gap=(0.003, 0.001, 0.0085),
+                     sampled=200, survivors=215)
+    write_results(study, log=lambda _: None)
+    page = (tmp_path / "r.md").read_text()
+    assert "## Measured gap" in page
+    assert "| pgd_at | 0 | 31.2 | 21.5 | 21.2 | 0.3 [0.1, 0.9] | 200 of 215 | 61 / 149 | 42 / 512 |" in page
+
+
+def test_a_companion_study_shows_its_gap_beside_this_studys_record(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CIFAR-10 page's section from ``cifar10s_fast`` (its records in its own results folder): the gap line
+    of each verified row and seed, with this study's clean, AutoAttack, worst case and attack seconds."""
+    monkeypatch.chdir(tmp_path)
+    main_study = _study(tmp_path)
+    assert main_study.spec.page.companions == ("cifar10s_fast",)
+    _write_record(main_study, "trades+ancra", 0, np.array([True, False, False, False]))
+    record_path = main_study.record_path(main_study.by_key[("trades+ancra", 0)])
+    record = json.loads(record_path.read_text())
+    record["attacks"]["autoattack"] = {"robust_acc": 0.25, "time_s": 800.0, "backward_per_sample": 522.9}
+    record_path.write_text(json.dumps(record))
+    companion = Study(load_study("cifar10s_fast"))
+    assert companion.results == Path("docs/results_fast")  # read relative to the working folder, as the study runs
+    _verified_record(companion, "trades+ancra", 0, clean=0.4, fast=0.27, worst=0.26, gap=(0.01, 0.004, 0.02),
+                     sampled=200, survivors=270)
+    write_results(main_study, log=lambda _: None)
+    page = (tmp_path / "r.md").read_text()
+    assert "## Re-evaluated by `cifar10s_fast`" in page
+    assert ("| trades+ancra | 0 | 40.0 | 27.0 | 26.0 | 1.0 [0.4, 2.0] | 200 of 270 | 61 / 149 | 42 / 512 | 100.0 "
+            "| 25.0 | 25.0 | 523, 800 |") in page
+    assert "## Measured gap" not in page  # the main study's own records ran no verification

@@ -24,6 +24,7 @@ from robustlab.report import write_report
 from robustlab.report.compare import PairedDifference, compare_records, format_mean_std, load_record
 from robustlab.runs.metrics import read_metrics_file
 from robustlab.study.plan import Study
+from robustlab.study.spec import load_study
 from robustlab.study.text import fill
 
 FLAT = 0.10  # ours: a feature gap "stays flat" when its last value is within ±10% of its first
@@ -197,6 +198,64 @@ class Page:
                  "the test images; it asks for a look, it is not a verdict.")
         return intro + "\n\n" + ("\n".join(notes) if notes else "No record has a flag.")
 
+    def gap_table(self, reference: "Page | None" = None) -> str:
+        """One line per record with a measured gap (``--verify``, :mod:`robustlab.evaluate.verify`): the
+        protocol's robust accuracy, the worst case once the verification's breaks count, the estimated gap
+        with its 95% interval (points of all images), the survivors verified, and the cost of the protocol and
+        of the verification (backward passes per image, which another process on the machine cannot inflate,
+        and seconds); with ``reference`` (another study's page), that study's record of the same row and seed
+        beside it: its clean accuracy, ``autoattack`` and worst case, and its ``autoattack``'s cost."""
+        attacks = list(self.study.spec.evaluation.attacks)
+        head = ["configuration", "seed", "clean", *(f"`{a}`" for a in attacks), "worst case after verification",
+                "gap, points [95% CI]", "survivors verified", "backward passes per image: protocol / verification",
+                "seconds: protocol / verification"]
+        if reference is not None:
+            group = reference.label("autoattack")
+            head += ["its clean", f"its AutoAttack (`{group}`)", "its worst case", f"its `{group}`: backward passes "
+                     "per image, seconds"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for (label, seed), record in sorted(self.records.items(), key=lambda kv: (kv[0][1], self._order(kv[0][0]))):
+            verify = record.get("verify")
+            if verify is None:
+                continue
+            lo, hi = verify["gap_ci95"]
+            ran = [record["attacks"][a] for a in attacks if a in record["attacks"]]
+            backward = sum(cost["backward_per_sample"] for cost in ran)
+            seconds = sum(cost["time_s"] for cost in ran)
+            cells = [label, str(seed), _percent(record["clean_acc"]),
+                     *(_percent(accuracy(record, a)) for a in attacks), _percent(record["robust_acc"]),
+                     f"{100 * verify['gap']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]",
+                     f"{verify['sampled']} of {verify['survivors']}",
+                     f"{backward:.0f} / {verify['backward_per_sample']:.0f}", f"{seconds:.0f} / {verify['time_s']:.0f}"]
+            if reference is not None:
+                other = reference.records.get((label, seed))
+                theirs = None if other is None else other["attacks"].get("autoattack")
+                cells += (["–"] * 4 if other is None else [
+                    _percent(other["clean_acc"]), _percent(accuracy(other, "autoattack")),
+                    _percent(other["robust_acc"]),
+                    "–" if theirs is None else f"{theirs['backward_per_sample']:.0f}, {theirs['time_s']:.0f}"])
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines) if len(lines) > 2 else ""
+
+    def _order(self, label: str) -> int:
+        return [r.label for r in self.study.spec.rows].index(label)
+
+    def companion(self, source: str) -> str:
+        """The section of a companion study (``page.companions``): its measured gaps beside this study's records."""
+        other = Page(Study(load_study(source)))
+        table = other.gap_table(reference=self)
+        attacks = ", ".join(f"`{a}`" for a in other.study.spec.evaluation.attacks)
+        verify = other.study.spec.evaluation.verify
+        intro = (f"`robustlab study run {source}` evaluates the models of its rows with {attacks} on "
+                 f"{other.study.spec.evaluation.n_examples} test images, then the reference `autoattack` on "
+                 f"{verify} seeded survivors (`--verify {verify}`); the gap is the share of all images that the "
+                 "verification still broke, scaled from the sample, with its exact 95% interval, and the worst case "
+                 "counts those breaks. Beside it, this study's record of the same row and seed. Both studies name "
+                 "their runs alike in one runs folder, so on one machine they share the trained model; where the "
+                 "clean accuracies differ the companion's model was trained anew (CPU training repeats exactly "
+                 "only at one thread count).")
+        return intro + "\n\n" + (table or "(no record with a measured gap yet)")
+
     def step_seconds(self, name: str) -> tuple[float, float]:
         """(training s, evaluation s) of run ``name``: the study's own timer of each finished step, or what the
         copied records kept when that is more. A step cut short by a session's end loses its timer, but its
@@ -235,6 +294,10 @@ class Page:
         return "\n".join(f"![{t}]({os.path.relpath(p, doc.parent)})" for t, p in shown), draw
 
 
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
 def update_readme(path: Path, markers: tuple[str, str], block: str, log: Callable[[str], None] = print) -> None:
     """Replace the text between the README's study markers by ``block`` (nothing when the markers are absent)."""
     start, end = markers
@@ -267,6 +330,8 @@ def page_text(study: Study) -> tuple[str, str, list[tuple[str, list[Path], Path]
         "## Commands\n\n" + page.commands(),
         "## Results (accuracy %, mean ± std over seeds)\n\n" + table,
         "## Claims\n\n" + "\n".join(f"- {c}" for c in page.claims()),
+        *(["## Measured gap\n\n" + gaps] if (gaps := page.gap_table()) else []),
+        *(f"## Re-evaluated by `{name}`\n\n" + page.companion(name) for name in study.spec.page.companions),
         "## Flags\n\n" + page.flag_notes(),
         "## Plots\n\n" + (plot_text or "(none yet)"),
         "## Wall times\n\n" + page.wall_times(),

@@ -13,6 +13,9 @@ Keys, all optional (defaults in brackets):
   ``FOLDER/feature_gap.png`` under the results folder, drawn by :func:`robustlab.report.write_report` from
   the rows' first-seed runs ([]).
 - ``readme_markers``: ``[start, end]`` around the study table in ``outputs.readme``.
+- ``companions``: other studies (bundled names or paths) that evaluate some of the same rows and seeds
+  with another protocol under ``--verify``; the page gets a section per companion with its measured gap
+  beside this study's record of the same row and seed ([]).
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ class PageSpec:
     claims: tuple[Claim, ...]
     plots: tuple[Plot, ...]
     readme_markers: tuple[str, str]
+    companions: tuple[str, ...] = ()
 
 
 class _Checker:
@@ -155,4 +159,5 @@ def parse_page(data: dict[str, Any], rows: Sequence[Any], attacks: Sequence[str]
     protocol = _list(data, "protocol")
     return PageSpec(columns=tuple(cols), protocol=tuple(map(_text, protocol)) if protocol is not None else PROTOCOL,
                     claims=parsed, plots=tuple(map(check.plot, _list(data, "plots") or [])),
-                    readme_markers=(markers[0], markers[1]))
+                    readme_markers=(markers[0], markers[1]),
+                    companions=tuple(map(_text, _list(data, "companions") or [])))

@@ -46,7 +46,7 @@ TOP_KEYS = ("title", "seeds", "data_root", "overrides", "outputs", "evaluation",
 ROW_KEYS = ("label", "config", "base", "finetune_from", "adaptive", "overrides", "name", "seeds")
 EVAL_KEYS = ("attacks", "n_examples", "batch_size", "channels_last", "checks", "transfer", "verify")
 OUTPUT_KEYS = ("runs", "results", "page", "readme")
-PAGE_KEYS = ("columns", "protocol", "claims", "plots", "readme_markers")
+PAGE_KEYS = ("columns", "protocol", "claims", "plots", "readme_markers", "companions")
 TRANSFER = ("base", "none")
 
 
