@@ -286,3 +286,13 @@ def test_a_companion_study_shows_its_gap_beside_this_studys_record(tmp_path: Pat
     assert ("| trades+ancra | 0 | 40.0 | 27.0 | 26.0 | 1.0 [0.4, 2.0] | 200 of 270 | 61 / 149 | 42 / 512 | 100.0 "
             "| 25.0 | 25.0 | 523, 800 |") in page
     assert "## Measured gap" not in page  # the main study's own records ran no verification
+
+
+def test_studies_sharing_a_runs_folder_evaluate_into_files_of_their_own() -> None:
+    """cifar10s and cifar10s_fast train the same run folders; each evaluates into its own file, so neither
+    resumes or overwrites the other's evaluation."""
+    main_study, fast = Study(load_study("cifar10s")), Study(load_study("cifar10s_fast"))
+    main_job, fast_job = main_study.by_key[("trades+ancra", 0)], fast.by_key[("trades+ancra", 0)]
+    assert main_study.run_dir(main_job) == fast.run_dir(fast_job)
+    assert main_study.eval_out(main_job) != fast.eval_out(fast_job)
+    assert fast.eval_out(fast_job).parent == fast.run_dir(fast_job) / "eval"

@@ -233,7 +233,7 @@ class Page:
                 cells += (["–"] * 4 if other is None else [
                     _percent(other["clean_acc"]), _percent(accuracy(other, "autoattack")),
                     _percent(other["robust_acc"]),
-                    "–" if theirs is None else f"{theirs['backward_per_sample']:.0f}, {theirs['time_s']:.0f}"])
+                    _cost(theirs or {})])
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines) if len(lines) > 2 else ""
 
@@ -296,6 +296,11 @@ class Page:
 
 def _percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
+
+
+def _cost(attack: dict[str, Any]) -> str:
+    """An attack entry's backward passes per image and seconds ("–" for what an older record lacks)."""
+    return ", ".join("–" if attack.get(k) is None else f"{attack[k]:.0f}" for k in ("backward_per_sample", "time_s"))
 
 
 def update_readme(path: Path, markers: tuple[str, str], block: str, log: Callable[[str], None] = print) -> None:

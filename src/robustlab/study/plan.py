@@ -1,7 +1,7 @@
 """A study's plan: its (row, seed) jobs, the ``robustlab`` commands of each step, and what is left to do.
 
 Every job is one run folder trained by ``robustlab train`` (or ``finetune --from`` its source row's run of
-the same seed) and evaluated by ``robustlab eval`` into ``RUN/eval/study.json``; the record is then copied
+the same seed) and evaluated by ``robustlab eval`` into ``RUN/eval/<results folder>.json``; the record is then copied
 to the results folder, last and atomically, so its presence marks the job finished. A step is skipped
 when its outcome exists (a finished training's last epoch in ``metrics.jsonl``, a copied record), and a
 run is trained only when an unfinished evaluation or fine-tuning needs it. Training and evaluation resume
@@ -148,7 +148,9 @@ class Study:
         return self.train_command(step.job) if step.kind == "train" else self.eval_command(step.job)
 
     def eval_out(self, job: Job) -> Path:
-        return self.run_dir(job) / "eval" / "study.json"
+        """``RUN/eval/<results folder>.json``: studies that share a runs folder (``cifar10s`` and
+        ``cifar10s_fast``) evaluate the same run into files of their own."""
+        return self.run_dir(job) / "eval" / f"{self.results.name}.json"
 
     # ------------------------------------------------------------------ state
     def record_path(self, job: Job) -> Path:
