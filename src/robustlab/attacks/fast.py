@@ -363,28 +363,24 @@ def ranked_targeted(
     ranks = min(max_targets, targets.shape[1])
     first = min(min_targets, ranks)
 
-    def attempt(block: list[int], iterations: int) -> int:
-        """APGD-T on every (surviving sample, rank in ``block``) pair in one batch; returns the pairs run."""
-        nonlocal won_total
+    def attempt(block: list[int], iterations: int) -> tuple[int, int]:
+        """APGD-T on every (surviving sample, rank in ``block``) pair in one batch: (pairs run, pairs broken)."""
         alive = (~broken).nonzero().squeeze(1)
         rows = alive.repeat(len(block))
         cols = torch.tensor(block, device=x.device).repeat_interleave(alive.numel())
-        if rows.numel():
-            x_sub, ok, _ = _apgd_attempt(model, x[rows], y[rows], targets[rows, cols], eps_t[rows], norm=norm,
-                                         steps=iterations, rho=RHO, objective=objective, generator=generator)
-            broken[_keep_first_success(rows, ok, x_sub, x_adv)] = True  # pairs ordered by rank: each sample's best
-            won_total += int(ok.sum())
-        return rows.numel()
+        x_sub, ok, _ = _apgd_attempt(model, x[rows], y[rows], targets[rows, cols], eps_t[rows], norm=norm,
+                                     steps=iterations, rho=RHO, objective=objective, generator=generator)
+        broken[_keep_first_success(rows, ok, x_sub, x_adv)] = True  # pairs ordered by rank: each sample's best
+        return rows.numel(), int(ok.sum())
 
-    attacked = won_total = 0
-    if sweep_steps:
-        attacked += attempt(list(range(targets.shape[1])), sweep_steps)
+    attacked, won_total = attempt(list(range(targets.shape[1])), sweep_steps) if sweep_steps else (0, 0)
     blocks = [list(range(first))] if stack else [[r] for r in range(first)]
     blocks += [[r] for r in range(first, ranks)]
     for block in blocks:
         if (block[0] >= first and won_total < min_yield * attacked) or broken.all():
             break
-        attacked += attempt(block, steps)
+        pairs, won = attempt(block, steps)
+        attacked, won_total = attacked + pairs, won_total + won
     return x_adv
 
 

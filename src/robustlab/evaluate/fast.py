@@ -9,10 +9,9 @@ Members, run as a cascade on the samples still robust (settings of each in :mod:
    breaks in 7 of 8 seeds: it was never restarted).
 2. ``fast-targeted``: APGD-T (Croce & Hein 2020: targeted DLR loss, APGD's step sizes): first a 5-iteration
    sweep of every candidate target in one batch (a digits trades+ancra sample broke only at the target
-   MALT ranks 6th, at 5 iterations as at 100), then 50 iterations
-   per target, the targets ranked by MALT's linearised distance (Melamed et al., NeurIPS 2024) among the
-   9 largest other logits: the first 2 ranks, then one more while the ranks so far broke at least 1% of
-   their runs (at most 9).
+   MALT ranks 6th, at 5 iterations as at 100), then 50 iterations per target, the targets ranked by
+   MALT's linearised distance (Melamed et al., NeurIPS 2024) among the 9 largest other logits: the first
+   2 ranks, then one more while the sweep and the ranks so far broke at least 1% of their runs (at most 9).
 3. ``fast-square``: Square (Andriushchenko et al., ECCV 2020) with 1,000 queries on the final survivors, and
    2 more independent 1,000-query runs on the half of them nearest the boundary (highest clean margin), all
    in one batch (on the CIFAR-10 trades+ancra model, seeds 0-2, the half left 48, 47, 47 of 200 robust, the

@@ -214,8 +214,10 @@ class Page:
             head += ["its clean", f"its AutoAttack (`{group}`)", "its worst case", f"its `{group}`: backward passes "
                      "per image, seconds"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for (label, seed), record in sorted(self.records.items(), key=lambda kv: (kv[0][1], self._order(kv[0][0]))):
-            verify = record.get("verify")
+        for job in self.study.jobs:  # seed by seed, rows in the study's order
+            label, seed = job.row.label, job.seed
+            record = self.records.get((label, seed))
+            verify = None if record is None else record.get("verify")
             if verify is None:
                 continue
             lo, hi = verify["gap_ci95"]
@@ -229,16 +231,11 @@ class Page:
                      f"{backward:.0f} / {verify['backward_per_sample']:.0f}", f"{seconds:.0f} / {verify['time_s']:.0f}"]
             if reference is not None:
                 other = reference.records.get((label, seed))
-                theirs = None if other is None else other["attacks"].get("autoattack")
                 cells += (["–"] * 4 if other is None else [
                     _percent(other["clean_acc"]), _percent(accuracy(other, "autoattack")),
-                    _percent(other["robust_acc"]),
-                    _cost(theirs or {})])
+                    _percent(other["robust_acc"]), _cost(other["attacks"].get("autoattack", {}))])
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines) if len(lines) > 2 else ""
-
-    def _order(self, label: str) -> int:
-        return [r.label for r in self.study.spec.rows].index(label)
 
     def companion(self, source: str) -> str:
         """The section of a companion study (``page.companions``): its measured gaps beside this study's records."""
@@ -295,7 +292,7 @@ class Page:
 
 
 def _percent(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.1f}"
+    return "–" if value is None else format_mean_std([value])
 
 
 def _cost(attack: dict[str, Any]) -> str:
