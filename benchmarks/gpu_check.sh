@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One command for the first GPU: install, run the tests that touch the CUDA/bf16/fp16/compile paths,
 # then print one timing table (benchmarks/gpu_check.py: PGD-10 AT steps of PreAct-ResNet-18 and
-# WRN-34-10, standard AutoAttack ours vs pyautoattack). Stops at the first error (set -euo pipefail).
+# WRN-34-10, standard AutoAttack ours vs pyautoattack), then (CUDA only) benchmarks/fast_batching.py's
+# refilled/stacked batching of `fast` at working batches 32 and 256. Stops at the first error (set -euo pipefail).
 #
-#   bash benchmarks/gpu_check.sh              # CUDA machine; estimate 5-6 minutes on one H100 (never run yet)
+#   bash benchmarks/gpu_check.sh              # CUDA machine; estimate 6-8 minutes on one H100 (never run yet)
 #   bash benchmarks/gpu_check.sh --cpu --tiny # CPU smoke test in seconds (tests/test_gpu_check.py)
 #
 # Options: --cpu (no GPU needed), --tiny (tiny models and batches), --no-install (skip `make install`).
@@ -46,3 +47,12 @@ flags=()
 [[ $cpu == 1 ]] && flags+=(--cpu)
 [[ $tiny == 1 ]] && flags+=(--tiny)
 "$python" benchmarks/gpu_check.py ${flags[@]+"${flags[@]}"}  # (safe with set -u on old bash)
+
+if [[ $cpu == 0 ]]; then
+  echo "== fast batching on the GPU (issue 18: refilled vs shrinking batches, stacked vs sequential targets)"
+  # the digits PGD-AT model of benchmarks/fast_eval.py's zoo: trained here in seconds, or found finished
+  "$python" -m robustlab train digits_pgd_at out_dir=runs/fast_eval name=digits_pgd_at --quiet
+  for batch in 32 256; do
+    "$python" benchmarks/fast_batching.py --model runs/fast_eval/digits_pgd_at --device cuda --batch "$batch"
+  done
+fi
