@@ -3,6 +3,7 @@ records, and the page's tables, claims, flags and wall times from constructed re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -286,6 +287,20 @@ def test_a_companion_study_shows_its_gap_beside_this_studys_record(tmp_path: Pat
     assert ("| trades+ancra | 0 | 40.0 | 27.0 | 26.0 | 1.0 [0.4, 2.0] | 200 of 270 | 61 / 149 | 42 / 512 | 100.0 "
             "| 25.0 | 25.0 | 523, 800 |") in page
     assert "## Measured gap" not in page  # the main study's own records ran no verification
+
+
+def test_the_companion_section_warns_only_when_the_companion_has_no_adaptive_row(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The companion's numbers go beside this study's AutoAttack, not its worst case, when the companion runs
+    no adaptive attack (cifar10s_fast); a companion with an adaptive row gets no such warning."""
+    monkeypatch.chdir(tmp_path)
+    page = Page(_study(tmp_path))
+    warning = "The companion runs no adaptive attack"
+    assert warning in page.companion("cifar10s_fast")
+    spec = load_study("cifar10s_fast")
+    adaptive = dataclasses.replace(spec, rows=tuple(dataclasses.replace(r, adaptive=True) for r in spec.rows))
+    monkeypatch.setattr("robustlab.study.page.load_study", lambda _name: adaptive)
+    assert warning not in page.companion("cifar10s_fast")
 
 
 def test_studies_sharing_a_runs_folder_evaluate_into_files_of_their_own() -> None:

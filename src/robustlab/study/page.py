@@ -250,9 +250,10 @@ class Page:
                  "counts those breaks. Beside it, this study's record of the same row and seed. Both studies name "
                  "their runs alike in one runs folder, so on one machine they share the trained model; where the "
                  "clean accuracies differ the companion's model was trained anew (CPU training repeats exactly "
-                 "only at one thread count). The companion runs no adaptive attack: set its numbers beside this "
-                 "study's AutoAttack column; this study's worst case also counts its adaptive attacks where the row "
-                 "ran them.")
+                 "only at one thread count).")
+        if not any(row.adaptive for row in other.study.spec.rows):
+            intro += (" The companion runs no adaptive attack: set its numbers beside this study's AutoAttack "
+                      "column; this study's worst case also counts its adaptive attacks where the row ran them.")
         return intro + "\n\n" + (table or "(no record with a measured gap yet)")
 
     def step_seconds(self, name: str) -> tuple[float, float]:
