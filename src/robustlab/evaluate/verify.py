@@ -23,7 +23,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from scipy.stats import hypergeom
 from torch import nn
@@ -65,11 +64,29 @@ def hypergeometric_interval(
     if not 0 <= broken <= sampled <= population:
         raise ValueError(f"need 0 <= broken <= sampled <= population, got {broken}, {sampled}, {population}")
     alpha = 1.0 - confidence
-    marked = np.arange(population + 1)
-    upper_tail = hypergeom.sf(broken - 1, population, marked, sampled)  # P(X >= broken | M)
-    lower_tail = hypergeom.cdf(broken, population, marked, sampled)  # P(X <= broken | M)
-    kept = marked[(upper_tail > alpha / 2) & (lower_tail > alpha / 2)]
-    return int(kept.min()), int(kept.max())
+
+    def upper_tail(m: int) -> float:  # P(X >= broken | M = m): non-decreasing in m
+        return float(hypergeom.sf(broken - 1, population, m, sampled))
+
+    def lower_tail(m: int) -> float:  # P(X <= broken | M = m): non-increasing in m
+        return float(hypergeom.cdf(broken, population, m, sampled))
+
+    # the kept set is an interval (the hypergeometric law is stochastically increasing in M), so each end
+    # is found by bisection: log2(population) evaluations instead of one per M
+    lo = _first_true(lambda m: upper_tail(m) > alpha / 2, broken, population)
+    hi = _first_true(lambda m: lower_tail(m) <= alpha / 2, broken, population + 1) - 1
+    return lo, hi
+
+
+def _first_true(test: Callable[[int], bool], start: int, stop: int) -> int:
+    """The smallest m in [start, stop) with ``test(m)``, for a ``test`` false then true; ``stop`` if none."""
+    while start < stop:
+        mid = (start + stop) // 2
+        if test(mid):
+            stop = mid
+        else:
+            start = mid + 1
+    return start
 
 
 def survivors(result: dict[str, Any]) -> torch.Tensor:
