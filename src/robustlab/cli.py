@@ -61,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a run folder, a checkpoint or an outside model (--model) under attacks")
     p.add_argument("path", nargs="?", default=None, help="run folder or .safetensors checkpoint (or use --model)")
-    p.add_argument("--attacks", type=_csv, default=["fgsm", "pgd-20", "cw-20"],
-                   help="comma-separated, e.g. fgsm,pgd-20,cw-20")
+    p.add_argument("--attacks", type=_csv, default=["fast"],
+                   help="comma-separated (default: fast; e.g. autoattack or fgsm,pgd-20,cw-20); robustlab list attacks")
     p.add_argument("--eps", type=_number, default=None,
                    help="budget in pixel units, e.g. 8/255 (default: the run's training eps)")
     p.add_argument("--norm", choices=["linf", "l2"], default=None)

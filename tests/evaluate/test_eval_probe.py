@@ -26,18 +26,26 @@ def test_non_finite_or_integer_logits_are_refused_with_one_line(
     assert not out.exists()
 
 
-@pytest.mark.parametrize("forward", ["detached", "constant", "no_grad"])
-def test_gradient_free_model_gets_the_zero_gradient_flag_and_only_square(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], forward: str
+@pytest.mark.parametrize("forward, repaired", [("detached", True), ("no_grad", True), ("constant", False)])
+def test_gradient_free_model_gets_square_on_the_model_and_the_straight_through_entry_where_it_repairs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], forward: str, repaired: bool
 ) -> None:
     out = tmp_path / "r.json"
     args = eval_args(*write_model(tmp_path / "m", forward), "--out", str(out), n=8)
     args.remove("--no-checks")  # the checks must be skipped, not crash
     assert main(args) == 0
     record = json.loads(out.read_text())
-    assert list(record["attacks"]) == ["square"]
-    assert [f["code"] for f in record["flags"]] == ["zero_gradients"]
-    assert "fgsm, pgd-3 skipped" in capsys.readouterr().out
+    assert list(record["attacks"]) == ["square", "straight-through"] if repaired else ["square"]
+    assert [f["code"] for f in record["flags"]] == ["zero_gradients"] + (["straight_through"] if repaired else [])
+    said = capsys.readouterr().out
+    assert "fgsm, pgd-3 skipped on the model" in said
+    assert ("ran through the straight-through surrogate" in said) == repaired
+    if repaired:  # the members are the listed gradient attacks, run on the surrogate and named so
+        assert list(record["attacks"]["straight-through"]["robust_acc_after"]) == ["fgsm", "pgd-3"]
+        assert record["attack_params"]["straight-through"]["pgd-3"]["gradients"] == "straight-through"
+        assert record["straight_through"]["replaced"][0]["call"] == "Tensor.detach"
+    else:
+        assert "mark the component with robustlab.straight_through" in said
 
 
 @pytest.mark.parametrize("value", ["0", "-0.01", "-1/255"])

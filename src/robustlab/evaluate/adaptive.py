@@ -24,6 +24,7 @@ from torch import nn
 
 from robustlab.attacks.pgd import pgd
 from robustlab.evaluate.checks import check_randomness
+from robustlab.evaluate.masking import through_surrogate
 from robustlab.evaluate.state import model_hash
 from robustlab.evaluate.suite import AttackSpec
 from robustlab.methods.aux import AuxStack, capture_aux
@@ -81,8 +82,13 @@ def _transfer(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, source: nn.
 def build_adaptive(
     model: nn.Module, probe: torch.Tensor, *, eps: float, norm: str, step_size: float, steps: int = 20,
     num_classes: int, transfer_source: nn.Module | None = None, eot_draws: int = 8,
+    through: nn.Module | None = None, gradients: bool = True,
 ) -> AttackSpec | None:
-    """The adaptive group for ``model`` (``None`` when nothing applies to a plain deterministic model)."""
+    """The adaptive group for ``model`` (``None`` when nothing applies to a plain deterministic model).
+
+    The routing of :mod:`robustlab.evaluate.masking`: ``through`` (the straight-through surrogate in use)
+    is what the members driven by ``model``'s gradients attack; ``gradients=False`` (no input gradient and no
+    surrogate) leaves them out. Transfer is crafted on its source either way."""
     attack = {"eps": eps, "norm": norm, "steps": steps, "step_size": step_size}
     recorded = recorded_outputs(model, probe)
     keys = tuple(k for k in AUX_KEYS if k in recorded)
@@ -91,17 +97,23 @@ def build_adaptive(
     def add(name: str, fn: Any, recorded: dict[str, Any] | None = None, **params: Any) -> None:
         """A member calling ``fn`` with the attack settings and ``params``; the record lists ``recorded`` too."""
         shown = {k: v for k, v in params.items() if not isinstance(v, nn.Module)}
-        members.append(AttackSpec(name, functools.partial(fn, **attack, **params),
-                                  {**attack, **shown, **(recorded or {})}))
+        spec = AttackSpec(name, functools.partial(fn, **attack, **params), {**attack, **shown, **(recorded or {})})
+        if fn is _transfer or through is None:
+            members.append(spec)
+        elif gradients:
+            members.append(through_surrogate(spec, through, name))
+
+    if not gradients:
+        keys = ()
 
     for key in keys:
         add(f"pgd-aux:{key}", _pgd_surrogate, surrogate="aux", keys=(key,), gate=None, draws=1)
     if keys:
         add("pgd-final+aux", _pgd_surrogate, surrogate="final+aux", keys=keys, gate=None, draws=1)
-    if any(k.startswith("gate") for k in recorded):
+    if gradients and any(k.startswith("gate") for k in recorded):
         for c in range(num_classes):
             add(f"pgd-gate:{c}", _pgd_surrogate, surrogate="gate", keys=(), gate=c, draws=1)
-    if check_randomness(model, probe) is not None:
+    if gradients and check_randomness(model, probe) is not None:
         add("pgd-eot", _pgd_surrogate, surrogate="eot", keys=(), gate=None, draws=eot_draws)
     if transfer_source is not None:
         add("transfer", _transfer, recorded={"source_sha256": model_hash(transfer_source)},

@@ -18,13 +18,14 @@ from robustlab.data import ImageDataset, fixed_subset, load_dataset
 from robustlab.errors import UserError
 from robustlab.evaluate.adaptive import build_adaptive
 from robustlab.evaluate.checks import announce_checks, run_checks
+from robustlab.evaluate.masking import ENTRY, inspect_masking, masking_flag, routed_suite
 from robustlab.evaluate.output import check_output, claim_output
-from robustlab.evaluate.probe import gradient_free_suite, probe_forward
+from robustlab.evaluate.probe import probe_forward
 from robustlab.evaluate.progress import Progress
 from robustlab.evaluate.runner import run_suite, summarise
 from robustlab.evaluate.sharding import gather_states, shard_batches
 from robustlab.evaluate.state import EvalState, finished_work, labels_hash, model_hash
-from robustlab.evaluate.suite import autoattack_version, build_suite, check_attack_names, group_that_ran
+from robustlab.evaluate.suite import autoattack_version, check_attack_names, group_that_ran
 from robustlab.evaluate.verify import parse_verify, verify_survivors
 from robustlab.rules import STANDARD_EPS, budget_warnings, check_budget, check_step_size, eval_budget_warnings
 from robustlab.runs.checkpoint import run_folder
@@ -100,19 +101,24 @@ def evaluate_model(
     check_step_size(step_size)
     for warning in budget_warnings(eps, step_size, key="evaluation") + eval_budget_warnings(eps):
         log(f"warning: {warning}")
-    probe = data.images[: min(len(data.labels), 16)].to(dev).float() / 255
+    n_probe = min(len(data.labels), 16)
+    probe, probe_y = data.images[:n_probe].to(dev).float() / 255, data.labels[:n_probe].to(dev)
     if channels_last:
         _check_channels_last(model, probe)
-    gradient_flag = None
-    if probe_forward(model, probe):
-        attacks, gradient_flag = gradient_free_suite(attacks)
-        log(f"warning: {gradient_flag.message}")
+    probe_forward(model, probe)
+    masking = inspect_masking(model, probe, probe_y)  # no input gradient, hidden ones: the straight-through surrogate
     attacks, version_flag = autoattack_version(model, probe, attacks)  # randomized model: the rand version
-    specs = build_suite(attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts)
+    specs, gradient_flag = routed_suite(masking, attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts)
+    if gradient_flag is not None:
+        log(f"warning: {gradient_flag.message}")
+    elif masking.surrogate is not None:
+        log(f"straight-through: gradients hidden from autograd ({masking.calls()}); every gradient attack also runs "
+            f"through a straight-through surrogate, judged on the real model (entry {ENTRY})")
     if adaptive or transfer_source is not None:
         group = build_adaptive(
             model, probe, eps=eps, norm=norm, step_size=step_size, num_classes=data.num_classes,
             transfer_source=None if transfer_source is None else _placed(transfer_source, dev, channels_last),
+            through=masking.surrogate, gradients=masking.surrogate is not None or not masking.no_graph,
         )
         if group is None:
             log("adaptive: no auxiliary heads, gates, randomness or transfer source; nothing model-specific to add")
@@ -123,6 +129,8 @@ def evaluate_model(
         "attacks": {s.name: s.describe() for s in specs}, "eps": eps, "norm": norm, "seed": seed,
         "batch_size": batch_size, "channels_last": channels_last, "version": robustlab.__version__,
     }
+    if masking.surrogate is not None:
+        fingerprint["straight_through"] = masking.report["replaced"]
     first, end = shard_batches(len(data.labels), batch_size, ranks)
     shard = (data.select(torch.arange(first * batch_size, min(end * batch_size, len(data.labels)))) if end > first
              else None)
@@ -145,14 +153,16 @@ def evaluate_model(
             if progress is not None:
                 progress.close()
     result = summarise(gather_states(state, ranks), specs)
-    for flag in (version_flag, gradient_flag):
+    for flag in (version_flag, gradient_flag, masking_flag(masking, result)):
         if flag is not None:
             result["flags"].append(flag.to_dict())
+    if masking.found:
+        result["straight_through"] = masking.report
     if verify is not None and ranks.main:
         verify_survivors(model, data, result, verify, eps=eps, norm=norm, step_size=step_size, batch_size=batch_size,
-                         device=dev, seed=seed, fingerprint=fingerprint, log=log,
+                         device=dev, seed=seed, fingerprint=fingerprint, log=log, masking=masking,
                          state_path=None if path is None else path.with_suffix(".verify.json"))
-    if checks and ranks.main and gradient_flag is None:
+    if checks and ranks.main and not masking.no_graph:
         probe = fixed_subset(data, min(probe_size, len(data.labels)), seed=seed)
         x_probe, y_probe = probe.images.to(dev).float() / 255, probe.labels.to(dev)
         log(announce_checks(len(probe.labels)))

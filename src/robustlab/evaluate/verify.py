@@ -30,6 +30,7 @@ from torch import nn
 from robustlab.data import ImageDataset
 from robustlab.errors import UserError
 from robustlab.evaluate.flags import Flag
+from robustlab.evaluate.masking import Masking, routed_suite
 from robustlab.evaluate.runner import run_suite
 from robustlab.evaluate.state import EvalState
 from robustlab.evaluate.suite import build_suite
@@ -126,9 +127,9 @@ def gap_flag(summary: dict[str, Any]) -> Flag | None:
         return None
     return Flag(
         "verify_gap",
-        f"{VERIFY_PROTOCOL} broke {summary['broken']} of {summary['sampled']} verified survivors: the protocol may "
-        f"miss up to {100 * hi:.2f} points (95% upper end; estimate {100 * summary['gap']:.2f}); verify more "
-        "survivors or evaluate with autoattack",
+        f"{summary.get('protocol', VERIFY_PROTOCOL)} broke {summary['broken']} of {summary['sampled']} verified "
+        f"survivors: the protocol may miss up to {100 * hi:.2f} points (95% upper end; estimate "
+        f"{100 * summary['gap']:.2f}); verify more survivors or evaluate with autoattack",
         hi,
     )
 
@@ -136,9 +137,14 @@ def gap_flag(summary: dict[str, Any]) -> Flag | None:
 def verify_survivors(
     model: nn.Module, data: ImageDataset, result: dict[str, Any], k: int | str, *, eps: float, norm: str,
     step_size: float, batch_size: int, device: torch.device, seed: int, fingerprint: dict[str, Any],
-    state_path: Path | None = None, log: Callable[[str], None] = print,
+    state_path: Path | None = None, log: Callable[[str], None] = print, masking: Masking | None = None,
 ) -> dict[str, Any]:
     """Run the full ``autoattack`` on a seeded sample of the survivors of ``result`` and fold it in.
+
+    ``masking``: the evaluation's probe (:func:`robustlab.evaluate.masking.routed_suite`): the verification goes
+    through the same routing (Square and the straight-through entry on a model without input gradients, the
+    straight-through entry beside ``autoattack`` when the surrogate is in use), and a sample counts as broken
+    when any of its entries broke it.
 
     Adds ``result["verify"]`` (the gap summary, costs, sampled indices and per-index verdicts), lowers
     ``result["robust_acc"]`` by what the verification broke, and appends the ``verify_gap`` flag when it
@@ -148,21 +154,27 @@ def verify_survivors(
     n = len(data.labels)
     found = survivors(result)
     picked = sample_survivors(found, k, seed)
-    specs = build_suite([VERIFY_PROTOCOL], eps=eps, norm=norm, step_size=step_size)
+    if masking is None:
+        specs = build_suite([VERIFY_PROTOCOL], eps=eps, norm=norm, step_size=step_size)
+    else:
+        specs, _ = routed_suite(masking, [VERIFY_PROTOCOL], eps=eps, norm=norm, step_size=step_size)
+    names = [s.name for s in specs]
     print_ = {**fingerprint, "verify": picked.tolist()}
-    state = EvalState.resume_or_new(state_path, print_, picked.numel(), batch_size, [VERIFY_PROTOCOL], log=log)
+    state = EvalState.resume_or_new(state_path, print_, picked.numel(), batch_size, names, log=log)
     if picked.numel():
         state = run_suite(model, data.select(picked), specs, eps=eps, norm=norm, batch_size=batch_size, device=device,
                           seed=seed, state=state, state_path=state_path)
-    verdicts = torch.tensor(state.broken_by[VERIFY_PROTOCOL], dtype=torch.long)
     clean = torch.tensor(state.clean, dtype=torch.long)
-    broke = ((verdicts != ROBUST) | (clean != 1)) if picked.numel() else torch.zeros(0, dtype=torch.bool)
+    broke = clean != 1
+    for name in names:
+        broke |= torch.tensor(state.broken_by[name], dtype=torch.long) != ROBUST
     summary = gap_summary(n, found.numel(), picked.numel(), int(broke.sum()))
-    cost = state.costs[VERIFY_PROTOCOL]
+    costs = [state.costs[name] for name in names]
     summary.update({
-        "protocol": VERIFY_PROTOCOL, "k": k, "indices": picked.tolist(), "broken_indices": picked[broke].tolist(),
-        "time_s": round(cost.seconds, 4), "forward_per_sample": cost.forward / max(n, 1),
-        "backward_per_sample": cost.backward / max(n, 1),
+        "protocol": " + ".join(names), "k": k, "indices": picked.tolist(), "broken_indices": picked[broke].tolist(),
+        "time_s": round(sum(c.seconds for c in costs), 4),
+        "forward_per_sample": sum(c.forward for c in costs) / max(n, 1),
+        "backward_per_sample": sum(c.backward for c in costs) / max(n, 1),
     })
     result["verify"] = summary
     result["robust_acc"] = (found.numel() - summary["broken"]) / n if n else float("nan")
