@@ -98,6 +98,23 @@ MUTANTS = (
            'with eval_mode(model, a.bn_mode == "eval"):', ("tests/train/test_train.py",)),
     Mutant("lr_decay_one_epoch_late", "src/robustlab/train/optim.py", "if step // steps_per_epoch >= e)",
            "if step // steps_per_epoch > e)", ("tests/test_configs.py",)),
+    # ------------------------------------------------------------------ straight-through surrogate (issue 32)
+    Mutant("st_no_identity_backward", "src/robustlab/surrogate/mode.py", "        return None, grad\n",
+           "        return None, torch.zeros_like(grad)\n", ("tests/surrogate/test_straight_through.py",)),
+    Mutant("st_round_replaced_by_no_gradient", "src/robustlab/surrogate/mode.py",
+           "rules[getattr(Tensor, op)] = rules[getattr(torch, op)] = identity_rule",
+           "rules[getattr(Tensor, op)] = rules[getattr(torch, op)] = _no_gradient_rule",
+           ("tests/surrogate/test_straight_through.py",)),
+    Mutant("st_relu_and_clamp_replaced", "src/robustlab/surrogate/mode.py",
+           "rules[torch.where] = rules[Tensor.where] = _where_rule",
+           "rules[torch.where] = rules[Tensor.where] = rules[Tensor.relu] = rules[Tensor.clamp] = identity_rule",
+           ("tests/surrogate/test_straight_through.py",)),
+    Mutant("st_forward_gate_skipped", "src/robustlab/evaluate/masking.py", "    if not change <= FORWARD_TOLERANCE:",
+           "    if False:", ("tests/evaluate/test_masking.py",)),
+    Mutant("st_gradient_gate_skipped", "src/robustlab/evaluate/masking.py", "    if not bool(adds.any()):",
+           "    if False:", ("tests/evaluate/test_masking.py",)),
+    Mutant("st_entry_left_out", "src/robustlab/evaluate/masking.py", "            specs = [*specs, entry]",
+           "            specs = specs", ("tests/evaluate/test_masking.py",)),
 )
 
 

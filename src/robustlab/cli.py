@@ -11,6 +11,12 @@ from typing import TYPE_CHECKING, NoReturn, Sequence
 
 from robustlab.errors import UserError, file_system_problem
 
+# ``robustlab eval`` without --attacks (issue 32): a number printed without flags should be one a user can publish.
+# ``fast`` has gradient members with restarts and ranked targets and a black-box member (fgsm,pgd-20,cw-20 before:
+# PGD strength, no black-box member), and on a masked model its gradient members also run through the
+# straight-through surrogate (robustlab.evaluate.masking).
+DEFAULT_ATTACKS = ("fast",)
+
 if TYPE_CHECKING:
     from robustlab.config import RunConfig
 
@@ -61,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a run folder, a checkpoint or an outside model (--model) under attacks")
     p.add_argument("path", nargs="?", default=None, help="run folder or .safetensors checkpoint (or use --model)")
-    p.add_argument("--attacks", type=_csv, default=["fast"],
+    p.add_argument("--attacks", type=_csv, default=list(DEFAULT_ATTACKS),
                    help="comma-separated (default: fast; e.g. autoattack or fgsm,pgd-20,cw-20); robustlab list attacks")
     p.add_argument("--eps", type=_number, default=None,
                    help="budget in pixel units, e.g. 8/255 (default: the run's training eps)")

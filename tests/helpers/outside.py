@@ -40,6 +40,10 @@ FORWARDS = {
     "detached": "z.detach()",
     "constant": "self.fc.bias.expand(x.shape[0], 10) * 1.0",
     "no_grad": "self.fc(x.flatten(1).detach())",
+    "rounded": "self.fc(torch.round(x.flatten(1) * 255) / 255)",  # 8-bit quantisation: a no-op on the values
+    "numpy": "self.fc(torch.from_numpy(x.detach().flatten(1).numpy().copy()))",
+    "numpy_marked": "self.fc(__import__('robustlab').straight_through(lambda t: torch.from_numpy(t.detach().numpy()"
+                    ".copy()))(x.flatten(1)))",
 }
 
 

@@ -33,7 +33,7 @@ probe, outside every attack's counted passes.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
@@ -210,6 +210,16 @@ def through_surrogate(spec: AttackSpec, surrogate: nn.Module, name: str) -> Atta
     return AttackSpec(name, functools.partial(_through, attack=spec.fn, surrogate=surrogate),
                       {**spec.params, "gradients": ENTRY}, uses_generator=spec.uses_generator,
                       min_classes=spec.min_classes)
+
+
+def crafted_on(specs: list[AttackSpec], source: nn.Module) -> list[AttackSpec]:
+    """``specs`` with every gradient attack and gradient member of a group run on ``source`` (a hand-written
+    differentiable twin of the evaluated model), names kept; gradient-free members still query the evaluated
+    model, and the runner judges every output on it (the oracle of ``benchmarks/masking_zoo.py``)."""
+    def one(spec: AttackSpec) -> AttackSpec:
+        return through_surrogate(spec, source, spec.name) if is_gradient(spec.name) else spec
+
+    return [replace(s, members=tuple(one(m) for m in s.members)) if s.members else one(s) for s in specs]
 
 
 def straight_through_entry(specs: list[AttackSpec], surrogate: nn.Module, eps: float, norm: str) -> AttackSpec | None:

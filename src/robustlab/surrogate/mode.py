@@ -230,7 +230,8 @@ RULES = _rules()
 DATA = torch._C.TensorBase.__dict__["data"]  # ``x.data`` reaches the mode as this descriptor's ``__get__``
 # calls that cut the graph and are only made to run here (their module is found and given the identity)
 NUMPY = (Tensor.numpy, Tensor.__array__)
-SILENT = (Tensor.argmax, torch.argmax, Tensor.argmin, torch.argmin)  # logged where their tag is used, if ever
+# logged where their tag is used, if ever
+SILENT = (Tensor.argmax, torch.argmax, Tensor.argmin, torch.argmin, torch.nn.functional.one_hot)
 
 
 @dataclass
