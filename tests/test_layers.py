@@ -17,6 +17,7 @@ FORBIDDEN = {
     "train": ("robustlab.evaluate",),
     "runs": ("robustlab.train", "robustlab.evaluate"),
     "data": ("robustlab.runs", "robustlab.train", "robustlab.evaluate", "robustlab.report"),
+    "surrogate": ("robustlab.runs", "robustlab.train", "robustlab.evaluate", "robustlab.report"),
 }
 
 

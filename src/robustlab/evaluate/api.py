@@ -106,7 +106,8 @@ def evaluate_model(
     if channels_last:
         _check_channels_last(model, probe)
     probe_forward(model, probe)
-    masking = inspect_masking(model, probe, probe_y)  # no input gradient, hidden ones: the straight-through surrogate
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):  # the attacks' draws stay as they were
+        masking = inspect_masking(model, probe, probe_y)  # hidden gradients: the straight-through surrogate
     attacks, version_flag = autoattack_version(model, probe, attacks)  # randomized model: the rand version
     specs, gradient_flag = routed_suite(masking, attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts)
     if gradient_flag is not None:

@@ -93,11 +93,12 @@ class Masking:
     probe: int
     surrogate: StraightThroughModel | None = None
     report: dict[str, Any] = field(default_factory=dict)
+    refused: bool = False  # hiding calls were replaced but a gate other than "adds no gradient" refused the surrogate
 
     @property
     def found(self) -> bool:
-        """Masking worth a record block: no graph, a dead gradient on the probe, or a surrogate in use."""
-        return self.no_graph or self.masked > 0 or self.surrogate is not None
+        """Masking worth a record block: no graph, a dead gradient on the probe, a surrogate in use or refused."""
+        return self.no_graph or self.masked > 0 or self.surrogate is not None or self.refused
 
     def calls(self) -> str:
         """The replaced and unrepaired calls in words, for flags."""
@@ -173,15 +174,18 @@ def inspect_masking(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Maski
         change = float((fake.float() - real.float()).abs().max()) / max(1.0, float(real.float().abs().max()))
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         report["reason"] = f"its forward fails ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+        found.refused = True
         return found
     report["gates"]["forward_change"] = change
     if not change <= FORWARD_TOLERANCE:
         report["reason"] = (f"its logits differ from the model's (relative change {change:.3g} > "
                             f"{FORWARD_TOLERANCE:g}): the forward depends on how the replaced calls behave")
+        found.refused = True
         return found
     sur_grad, sur_why = margin_gradients(surrogate, x, y)
     if sur_grad is None or not bool(torch.isfinite(sur_grad).all()):
         report["reason"] = f"its input gradient is {'missing: ' + str(sur_why) if sur_grad is None else 'not finite'}"
+        found.refused = True
         return found
     alive = ~_dead(sur_grad, n)
     if grad is None:
@@ -278,9 +282,10 @@ def masking_flag(masking: Masking, result: dict[str, Any]) -> Flag | None:
     if masking.surrogate is None:
         return Flag(
             "masking_unrepaired",
-            f"{masking.masked} of {masking.probe} probe samples have no usable input gradient and no straight-through "
-            f"surrogate repairs it ({masking.report.get('reason', '')}; calls: {masking.calls()}): mark the "
-            f"non-differentiable component with robustlab.straight_through ({DOC})",
+            f"gradients may be hidden and no straight-through surrogate repairs them: {masking.masked} of "
+            f"{masking.probe} probe samples have no usable input gradient, calls: {masking.calls()}, surrogate "
+            f"refused: {masking.report.get('reason', '')}; mark the non-differentiable component with "
+            f"robustlab.straight_through ({DOC})",
             masking.masked / max(masking.probe, 1),
         )
     broken_by = result["per_sample"]["broken_by"]
