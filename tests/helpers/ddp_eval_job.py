@@ -19,10 +19,20 @@ from robustlab.runs.ranks import leave  # noqa: E402
 EVAL = dict(attacks=["fgsm", "pgd-5", "apgd-ce"], eps=0.1, batch_size=8, seed=3, device="cpu", checks=False)
 
 
+class Quantised(torch.nn.Module):
+    """A linear model behind 8-bit rounding (zero input gradient): the straight-through entry runs, on every rank."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.round(x.flatten(1) * 255) / 255)
+
+
 def setup() -> tuple[torch.nn.Module, object]:
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
-    return model, fixed_subset(load_dataset("digits", "test"), 50, seed=0)
+    return Quantised(), fixed_subset(load_dataset("digits", "test"), 50, seed=0)
 
 
 def check_against_single_process(out: Path, processes: int) -> None:
@@ -31,6 +41,7 @@ def check_against_single_process(out: Path, processes: int) -> None:
     model, data = setup()
     single = evaluate_model(model, data, **EVAL, log=lambda _: None)
     assert sharded["processes"] == processes and single["processes"] == 1
+    assert "straight-through" in sharded["attacks"] and sharded["straight_through"]["used"]
     assert sharded["per_sample"] == single["per_sample"]
     assert ({k: v["robust_acc"] for k, v in sharded["attacks"].items()}
             == {k: v["robust_acc"] for k, v in single["attacks"].items()})

@@ -187,3 +187,28 @@ def test_a_component_marked_by_hand_gets_its_stand_in_only_inside_the_surrogate(
     assert straight_through(marked.pre) is marked.pre  # a module is marked in place, its state-dict keys unchanged
     assert torch.allclose(_gradient(StraightThroughModel(marked), x), marked.fc.weight.sum(0).expand_as(x), atol=1e-6)
     assert _gradient(marked, x) is None
+
+
+class InferenceBlock(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return x * 1
+
+
+class InferenceInside(Head):
+    def __init__(self) -> None:
+        super().__init__(lambda x: x)
+        self.pre = InferenceBlock()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pre(x).clone())
+
+
+def test_an_inference_mode_block_is_found_by_the_output_it_cuts() -> None:
+    """The mode does not see ``inference_mode``: the module whose output it cuts is found and given the identity."""
+    x = _inputs().requires_grad_(True)
+    seen = inspect_forward(StraightThroughModel(InferenceInside()), x)
+    assert seen.cut == {"pre": {"class": "InferenceBlock", "same_shape": True}} and seen.log.replaced == {}
+    model = InferenceInside()
+    assert torch.allclose(_gradient(StraightThroughModel(model, ["pre"]), x.detach()),
+                          model.fc.weight.sum(0).expand_as(x), atol=1e-6)

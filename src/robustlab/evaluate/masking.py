@@ -150,8 +150,15 @@ def inspect_masking(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Maski
     grad, why = margin_gradients(model, x, y)
     dead = _dead(grad, n)
     found = Masking(no_graph=grad is None, why=why, masked=int(dead.sum()), probe=n)
-    with eval_mode(model):
-        surrogate, log, left = _inspect(model, x)
+    try:
+        with eval_mode(model):
+            surrogate, log, left = _inspect(model, x)
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        why_not = f"its forward fails under the surrogate ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+        found.report = {"used": False, "reason": why_not, "replaced": [], "unrepaired": [],
+                        "gates": {"probe": n, "masked": found.masked}}
+        found.refused = True
+        return found
     report: dict[str, Any] = {
         "used": False,
         "replaced": [{"call": c, "module": _where(p, classes), "count": k} for (c, p), k in log.replaced.items()],

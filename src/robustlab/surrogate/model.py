@@ -39,16 +39,17 @@ def _first_tensor(args: Sequence[Any], kwargs: dict[str, Any]) -> torch.Tensor |
     return next((v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)), None)
 
 
-def _bypass(out: Any, x: torch.Tensor | None, stand_in: torch.Tensor | None) -> Any:
-    """``out`` with the gradient of ``stand_in`` (``x`` when None) where shapes allow, else ``out`` unchanged."""
+def _bypass(out: Any, x: torch.Tensor | None, stand_in: torch.Tensor | None, call: str | None = MARKED) -> Any:
+    """``out`` with the gradient of ``stand_in`` (``x`` when None) where shapes allow, else ``out`` unchanged;
+    ``call``: the name logged for it (None: not logged)."""
     ref = x if stand_in is None else stand_in
     if not (_ON.get() and carries_graph(ref) and isinstance(out, torch.Tensor) and out.is_floating_point()):
         return out
     if ref.shape != out.shape:
         return out
     log = _ACTIVE.get()
-    if log is not None:
-        log.add(MARKED)
+    if log is not None and call is not None:
+        log.add(call)
     return straight(out, ref)
 
 
@@ -116,9 +117,10 @@ class StraightThroughModel(nn.Module):
     @contextlib.contextmanager
     def active(self, log: CallLog | None = None) -> Iterator[None]:
         """The surrogate's forward context: frozen parameters, identity modules, the mode (logging to ``log``)."""
-        handles = [m.register_forward_hook(lambda _m, args, kwargs, out: _bypass(out, _first_tensor(args, kwargs),
-                                                                                  None), with_kwargs=True)
-                   for m in self._modules_by_path.values()]
+        def identity(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Any:
+            return _bypass(out, _first_tensor(args, kwargs), None, call=None)  # logged by whoever found the cut
+
+        handles = [m.register_forward_hook(identity, with_kwargs=True) for m in self._modules_by_path.values()]
         on, logging = _ON.set(True), _ACTIVE.set(log)
         try:
             with _frozen(self.model), StraightThroughMode(keep_grad=True, log=log):
