@@ -210,3 +210,31 @@ def test_a_numpy_round_trip_in_the_forward_is_named_and_marking_it_by_hand_repai
     record = json.loads((marked / "r.json").read_text())
     assert record["straight_through"]["used"] and list(record["attacks"]) == ["square", "straight-through"]
     assert "robustlab.straight_through" in [r["call"] for r in record["straight_through"]["replaced"]]
+
+
+class ClampsInPlace(nn.Module):
+    """A normalisation bug (issue 33): the input clamped in place under ``no_grad``, then a linear model."""
+
+    def __init__(self, in_place: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc, self.in_place = nn.Linear(64, 10), in_place
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.in_place:
+            with torch.no_grad():
+                x.clamp_(0.2, 0.8)
+        else:  # the same values and the same (identity) gradient, without writing into x
+            x = x + (x.clamp(0.2, 0.8) - x).detach()
+        return self.fc(x.flatten(1))
+
+
+def test_a_model_that_writes_into_its_input_is_named_and_judged_on_the_real_images() -> None:
+    data = load_dataset("digits", "test").select(torch.arange(40))
+    run = {"attacks": ["fgsm", "pgd-5"], "eps": 0.1, "checks": False, "log": lambda _: None}
+    writes, pure = evaluate_model(ClampsInPlace(True), data, **run), evaluate_model(ClampsInPlace(False), data, **run)
+    assert writes["per_sample"] == pure["per_sample"] and writes["robust_acc"] == pure["robust_acc"] < 0.9
+    flag = next(f for f in writes["flags"] if f["code"] == "input_modified")
+    assert "its own forward (ClampsInPlace)" in flag["message"]
+    assert all(a["out_of_bounds"] == 0 for a in writes["attacks"].values())
+    assert "input_modified" not in [f["code"] for f in pure["flags"]]

@@ -18,9 +18,10 @@ from robustlab.data import ImageDataset, fixed_subset, load_dataset
 from robustlab.errors import UserError
 from robustlab.evaluate.adaptive import build_adaptive
 from robustlab.evaluate.checks import announce_checks, run_checks
+from robustlab.evaluate.flags import Flag
 from robustlab.evaluate.masking import ENTRY, inspect_masking, masking_flag, routed_suite
 from robustlab.evaluate.output import check_output, claim_output
-from robustlab.evaluate.probe import probe_forward
+from robustlab.evaluate.probe import InputCopy, input_writer, probe_forward
 from robustlab.evaluate.progress import Progress
 from robustlab.evaluate.runner import run_suite, summarise
 from robustlab.evaluate.sharding import gather_states, shard_batches
@@ -48,6 +49,15 @@ def _check_channels_last(model: nn.Module, probe: torch.Tensor) -> None:
     except RuntimeError as err:
         raise UserError(f"the model fails in channels-last memory format ({str(err).splitlines()[0]}); "
                         "evaluate without --channels-last") from None
+
+
+def _writer_flag(path: str, model: nn.Module) -> Flag:
+    """``input_modified``: the model writes into the tensor it is given (module ``path``; "" its own forward)."""
+    where = f"module {path}" if path else f"its own forward ({type(model).__name__})"
+    return Flag("input_modified",
+                f"the model writes into its input ({where}, e.g. an in-place clamp or an edit through x.data): "
+                "every forward was given its own copy, so neither the images it is judged on nor the attacks' "
+                "iterates moved; write the forward without in-place ops on its input")
 
 
 def evaluate_model(
@@ -106,6 +116,11 @@ def evaluate_model(
     if channels_last:
         _check_channels_last(model, probe)
     probe_forward(model, probe)
+    writer = input_writer(model, probe)
+    writes = None if writer is None else _writer_flag(writer, model)
+    if writes is not None:
+        log(f"warning: {writes.message}")
+        model = InputCopy(model)
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):  # the attacks' draws stay as they were
         masking = inspect_masking(model, probe, probe_y)  # hidden gradients: the straight-through surrogate
     attacks, version_flag = autoattack_version(model, probe, attacks)  # randomized model: the rand version
@@ -154,7 +169,7 @@ def evaluate_model(
             if progress is not None:
                 progress.close()
     result = summarise(gather_states(state, ranks), specs)
-    for flag in (version_flag, gradient_flag, masking_flag(masking, result)):
+    for flag in (writes, version_flag, gradient_flag, masking_flag(masking, result)):
         if flag is not None:
             result["flags"].append(flag.to_dict())
     if masking.found:

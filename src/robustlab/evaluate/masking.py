@@ -174,7 +174,7 @@ def inspect_masking(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Maski
         report["reason"] = "no call that hides the input from autograd could be replaced"
         return found
     with eval_mode(model), torch.no_grad():
-        real = _same_draws(lambda: model(x), x.device)
+        real = _same_draws(lambda: model(x.clone()), x.device)
     try:
         with eval_mode(surrogate), torch.enable_grad():
             fake = _same_draws(lambda: surrogate(x.detach().clone().requires_grad_(True)), x.device).detach()

@@ -46,3 +46,46 @@ def probe_forward(model: nn.Module, x: torch.Tensor) -> None:
     if bad:
         raise UserError(f"the model returns NaN or infinite logits for {bad} of {x.shape[0]} probe inputs; "
                         "check its weights (NaN or inf entries?) and its forward")
+
+
+def input_writer(model: nn.Module, x: torch.Tensor) -> str | None:
+    """The innermost module whose forward wrote into the tensor it was given, when a forward of a copy of ``x``
+    changes that copy (``""``: the model's own forward); None when nothing writes into the input.
+
+    Every evaluation forward gets its own copy of the images (:mod:`robustlab.evaluate.runner`), so such a write
+    cannot move the images a verdict is judged against; this only names the module, for the ``input_modified``
+    flag."""
+    names = {id(m): name for name, m in model.named_modules()}
+    given = x.detach().clone()
+    snapshots: list[torch.Tensor] = []
+    writers: list[str] = []
+
+    def before(module: nn.Module, args: tuple[object, ...]) -> None:
+        snapshots.append(given.clone())
+
+    def after(module: nn.Module, args: tuple[object, ...], out: object) -> None:
+        if not torch.equal(snapshots.pop(), given) and id(module) in names:
+            writers.append(names[id(module)])  # post-order: the innermost first
+
+    handles = [h for m in model.modules()
+               for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(given)
+    finally:
+        for h in handles:
+            h.remove()
+    return writers[0] if writers else None
+
+
+class InputCopy(nn.Module):
+    """``model`` given a copy of its input at every forward (autograd follows the copy), for a model that writes
+    into its input (:func:`input_writer`): neither the images nor an attack's iterates move under it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.training = model.training
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.clone())

@@ -152,6 +152,7 @@ class PlantedDefense(nn.Module):
     """
 
     TRUE_IS_SELF = False
+    IDENTITY_IS_TRUE = False  # the identity backward is the true gradient (a detached input): one twin is enough
 
     def __init__(self, base: nn.Module) -> None:
         super().__init__()
@@ -172,6 +173,8 @@ class PlantedDefense(nn.Module):
 class DetachedInput(PlantedDefense):
     """``base(x.detach())``: no input gradient at all."""
 
+    IDENTITY_IS_TRUE = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x.detach())
 
@@ -181,6 +184,8 @@ class DetachedInput(PlantedDefense):
 
 class DataInput(PlantedDefense):
     """``base(x.data)``: no input gradient at all."""
+
+    IDENTITY_IS_TRUE = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x.data)
