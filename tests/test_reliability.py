@@ -285,3 +285,34 @@ def test_a_finetuning_config_given_to_train_is_refused(tmp_path: Path, capsys: p
     code, err = _cli(["train", "digits_finetune_pgd_at", f"out_dir={tmp_path}"], capsys)
     assert code == 2 and "robustlab finetune digits_finetune_pgd_at --from RUN" in err
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "folder"])
+def test_the_one_atomic_write_never_replaces_what_is_not_a_regular_file(tmp_path: Path, kind: str) -> None:
+    """Issue 33: temp file + os.replace turned a device node (``/dev/null`` as root), a FIFO or a symlink into a
+    regular file. Every writer goes through atomic_fill, so it refuses them there, before writing anything; the
+    CLI says so in one line (export here)."""
+    import json
+    import stat
+
+    from robustlab.atomic import atomic_write_text
+
+    target, outside = tmp_path / "out.json", tmp_path / "theirs.txt"
+    outside.write_text("not ours")
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "symlink":
+        target.symlink_to(outside)
+    else:
+        target.mkdir()
+    with pytest.raises(UserError, match="not a regular file"):
+        atomic_write_text(target, "new")
+    record = tmp_path / "r.json"
+    record.write_text(json.dumps({"robustlab_version": "0.1.0", "dataset": "digits", "n_examples": 1, "eps": 0.1,
+                                  "norm": "linf", "eps_label": "0.1", "clean_acc": 1.0, "robust_acc": 1.0,
+                                  "attacks": {"fgsm": {"robust_acc": 1.0}}, "flags": [],
+                                  "per_sample": {"clean": [1], "broken_by": {"fgsm": [-1]}}}))
+    assert main(["export", str(record), "--robustbench", "--out", str(target)]) == 2
+    assert outside.read_text() == "not ours" and list(tmp_path.glob(".*.tmp")) == []
+    mode = os.lstat(target).st_mode
+    assert {"fifo": stat.S_ISFIFO, "symlink": stat.S_ISLNK, "folder": stat.S_ISDIR}[kind](mode)

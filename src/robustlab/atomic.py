@@ -9,11 +9,29 @@ A reader (or a process resumed after a kill) sees either the old file or the new
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable
 
+from robustlab.errors import UserError
 from robustlab.faults import fault_point
+
+_KINDS = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def check_replaceable(path: Path) -> None:
+    """Refuse, in one line, a target that is anything but a regular file or absent: ``os.replace`` would turn a
+    symlink, a FIFO or a device node (``/dev/null`` when run as root) into a regular file."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    for test, kind in _KINDS:
+        if test(mode):
+            raise UserError(f"{path} is {kind}, not a regular file; robustlab writes only regular files it can "
+                            "replace, so choose another output path")
 
 
 def temp_beside(path: Path) -> tuple[int, str]:
@@ -30,13 +48,17 @@ def atomic_fill(path: Path, fill: Callable[[str], Any]) -> None:
     """Publish ``path`` atomically: ``fill(temp_name)`` writes the temp file beside it, which is fsynced and renamed.
 
     Whatever ``fill`` raises (a failed checksum, an interrupt) removes the temp file and leaves ``path`` as it was.
+    A target that exists and is not a regular file is refused before anything is written, and again just before
+    the rename (:func:`check_replaceable`).
     """
+    check_replaceable(path)
     fd, tmp = temp_beside(path)
     os.close(fd)
     try:
         fill(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        check_replaceable(path)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
