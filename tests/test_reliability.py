@@ -269,6 +269,23 @@ def test_pgd_with_zero_steps_is_refused() -> None:
         parse_attack_name("pgd-0")
 
 
+def test_counts_are_bounded_on_both_sides_of_the_limit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 33: pgd-99999999999999999999 and --restarts 999999999999 ran until killed; the limits refuse them
+    in one line, and the limit itself is allowed."""
+    from outside import eval_args, write_model
+
+    from robustlab.rules import MAX_RESTARTS, MAX_STEPS
+
+    assert parse_attack_name(f"cw-{MAX_STEPS}") == ("cw", MAX_STEPS)
+    for name in (f"pgd-{MAX_STEPS + 1}", "pgd-99999999999999999999"):
+        with pytest.raises(UserError, match="above the limit of 100,000"):
+            parse_attack_name(name)
+    args = eval_args(*write_model(tmp_path / "m"), "--out", str(tmp_path / "r.json"), n=2, attacks="fgsm")
+    assert main([*args, "--restarts", str(MAX_RESTARTS + 1)]) == 2
+    assert "--restarts=1001 is above the limit of 1,000" in capsys.readouterr().err
+    assert main([*args, "--restarts", str(MAX_RESTARTS)]) == 0
+
+
 def test_eval_eps_above_1_is_refused(one_epoch_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, err = _cli(["eval", str(one_epoch_run), "--eps", "2", "--attacks", "fgsm"], capsys)
     assert code == 2 and "eps=2 is above 1 for linf" in err

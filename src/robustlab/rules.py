@@ -35,6 +35,20 @@ def check_step_size(step_size: float, *, key: str = "--step-size") -> None:
                         "robust); omit it for the default eps/4")
 
 
+# Bounds on the counts a user types (issue 33: pgd-99999999999999999999 and --restarts 999999999999 ran until
+# killed). Ours, generous: 1,000x AutoAttack's 100 iterations per run and its largest restart count (apgd-ce at
+# 5 restarts in its "plus" version) times 200.
+MAX_STEPS = 100_000
+MAX_RESTARTS = 1_000
+
+
+def check_count(value: int, limit: int, *, key: str) -> None:
+    """Refuse a count above ``limit`` in one line (an evaluation that cannot finish is never started)."""
+    if value > limit:
+        raise UserError(f"{key}={value} is above the limit of {limit:,}; an evaluation that long would not finish, "
+                        f"use at most {limit:,}")
+
+
 def eval_budget_warnings(eps: float) -> list[str]:
     """ε = 0 is a clean evaluation under an attack's name."""
     return (["eps is 0: every attack returns the clean input, so robust accuracy equals clean accuracy"] if eps == 0

@@ -28,7 +28,15 @@ from robustlab.evaluate.sharding import gather_states, shard_batches
 from robustlab.evaluate.state import EvalState, finished_work, labels_hash, model_hash
 from robustlab.evaluate.suite import autoattack_version, check_attack_names, group_that_ran
 from robustlab.evaluate.verify import parse_verify, verify_survivors
-from robustlab.rules import STANDARD_EPS, budget_warnings, check_budget, check_step_size, eval_budget_warnings
+from robustlab.rules import (
+    MAX_RESTARTS,
+    STANDARD_EPS,
+    budget_warnings,
+    check_budget,
+    check_count,
+    check_step_size,
+    eval_budget_warnings,
+)
 from robustlab.runs.checkpoint import run_folder
 from robustlab.runs.model import load_model
 from robustlab.runs.ranks import join, ranks_from_env, resolve_device
@@ -109,6 +117,7 @@ def evaluate_model(
     step_size = eps / 4 if step_size is None else step_size
     check_budget(eps, norm, key="eps")
     check_step_size(step_size)
+    check_count(restarts, MAX_RESTARTS, key="--restarts")
     for warning in budget_warnings(eps, step_size, key="evaluation") + eval_budget_warnings(eps):
         log(f"warning: {warning}")
     n_probe = min(len(data.labels), 16)

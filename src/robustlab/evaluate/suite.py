@@ -58,6 +58,7 @@ from robustlab.evaluate.checks import check_randomness
 from robustlab.evaluate.fast import FAST_FORMS, FAST_MEMBERS, FAST_PARTS
 from robustlab.evaluate.flags import Flag
 from robustlab.evaluate.names import attack_family
+from robustlab.rules import MAX_STEPS, check_count
 
 AttackFn = Callable[..., torch.Tensor]
 
@@ -140,6 +141,7 @@ def parse_attack_name(name: str) -> tuple[str, int | None]:
     if steps is not None:
         if steps == 0:
             raise UserError(f"attack {name!r} runs no steps; use {key}-K with K >= 1, e.g. {key}-20")
+        check_count(steps, MAX_STEPS, key=f"the step count of {key}-K")
         return key, steps
     if key in RENAMED:
         raise UserError(f"attack {name!r} is now called {RENAMED[key]} (it is not a version of the reference "
