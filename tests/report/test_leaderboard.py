@@ -112,3 +112,24 @@ def test_leaderboard_page_in_headless_chromium(tmp_path: Path) -> None:
     assert [r[1] for r in by_clean] == ["weak", "strong", "flagged"]
     markdown = (out / "leaderboard.md").read_text().splitlines()
     assert markdown[2].startswith("| 1 | strong |") and "black_box" in markdown[3]
+
+
+@pytest.mark.parametrize("field, value",
+                         [("clean_acc", float("nan")), ("robust_acc", 7.5), ("autoattack", float("inf"))])
+def test_records_with_accuracies_outside_0_1_are_refused_by_every_reader(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], field: str, value: float
+) -> None:
+    """Issue 33: export and --leaderboard took NaN, infinity and 750%, and one NaN scrambled the whole ranking;
+    the one record reader refuses them."""
+    good = _record(tmp_path, "good", 0.8, {"autoattack": 0.5}, 0.5)
+    bad = _record(tmp_path, "bad", 0.8, {"autoattack": 0.5}, 0.5)
+    record = json.loads(bad.read_text())
+    if field == "autoattack":
+        record["attacks"]["autoattack"]["robust_acc"] = value
+    else:
+        record[field] = value
+    bad.write_text(json.dumps(record))
+    assert main(["export", str(bad), "--robustbench", "--out", str(tmp_path / "o.json")]) == 2
+    assert "not an accuracy in [0, 1]" in capsys.readouterr().err
+    assert main(["report", "--leaderboard", str(good), str(bad), "--out", str(tmp_path / "board")]) == 2
+    assert not (tmp_path / "o.json").exists() and not (tmp_path / "board").exists()

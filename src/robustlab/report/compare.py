@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from robustlab.errors import UserError
-from robustlab.runs.record import ROBUST, per_sample_problem, read_record
+from robustlab.runs.record import ROBUST, accuracy_problem, per_sample_problem, read_record
 
 PAIRING_KEYS = ("dataset", "n_examples", "seed", "eps", "norm", "data_hash")
 
@@ -156,7 +156,7 @@ def load_record(path: str | Path) -> dict[str, Any]:
         p = found[0]
     if not p.is_file():
         raise UserError(f"{p} not found; pass an evaluation record (.json) or a run folder with one record")
-    record, problem = read_record(p, per_sample_problem)
+    record, problem = read_record(p, lambda r: per_sample_problem(r) or accuracy_problem(r))
     if record is None:
         raise UserError(f"{p} is not a usable evaluation record ({problem}); pass a file written by robustlab eval, or "
                         "rerun it")

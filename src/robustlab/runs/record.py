@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable
@@ -116,6 +117,24 @@ def _number(value: Any) -> bool:
     return isinstance(value, NUMBER) and not isinstance(value, bool)
 
 
+def _share(value: Any) -> bool:
+    return _number(value) and math.isfinite(value) and 0 <= value <= 1
+
+
+def accuracy_problem(record: Any) -> str | None:
+    """An accuracy of a parsed record that is not a share in [0, 1] (NaN, infinity, 7.5 for 750%), or None: every
+    reader refuses such a record (one NaN used to scramble a whole leaderboard's ranking)."""
+    if not isinstance(record, dict):
+        return "not a JSON object with a record's fields"
+    shares = {key: record[key] for key in ("clean_acc", "robust_acc") if key in record}
+    attacks = record.get("attacks")
+    if isinstance(attacks, dict):
+        shares.update({f"attacks.{k}.robust_acc": a["robust_acc"] for k, a in attacks.items()
+                       if isinstance(a, dict) and "robust_acc" in a})
+    bad = next((k for k, v in shares.items() if not _share(v)), None)
+    return None if bad is None else f"{bad} is {shares[bad]!r}, not an accuracy in [0, 1]"
+
+
 def per_sample_problem(record: Any) -> str | None:
     """What is wrong with a parsed record's per-sample verdicts (``report --compare`` reads only those), or None."""
     if not isinstance(record, dict) or not isinstance(record.get("per_sample"), dict):
@@ -150,7 +169,7 @@ def table_problem(record: Any) -> str | None:
     if (type(record.get("n_examples")) is not int or not isinstance(record.get("eps_label"), str)
             or not isinstance(record.get("norm"), str)):
         return "n_examples, eps_label or norm is missing"
-    return per_sample_problem(record) if "per_sample" in record else None
+    return accuracy_problem(record) or (per_sample_problem(record) if "per_sample" in record else None)
 
 
 def read_record(
