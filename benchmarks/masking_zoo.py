@@ -10,7 +10,10 @@ real defense does (``--only`` names, in table order):
 * ``jpeg``: JPEG-like DCT quantisation in torch (8x8 blocks, the JPEG luminance table at ``quality``, torch.round);
 * ``meansparse``: a MeanSparse-like mask on the last feature map (``torch.where(|f - mu| < alpha * std, mu, f)``);
 * ``nograd``: a 3x3 binomial blur run under ``torch.no_grad()`` in a submodule (``preprocess``);
-* ``numpy``: a 3x3 median through numpy / scipy in a submodule (``preprocess``);
+* ``numpy``: a 3x3 median through numpy / scipy in a submodule (``preprocess``): robustlab gives the module it
+  finds cut the identity backward on its own;
+* ``numpy_marked``: the same, its ``preprocess`` marked by hand as docs/EVALUATION.md says
+  (``robustlab.straight_through(preprocess, stand_in=<the torch median>)``);
 * ``numpy_inline``: the same numpy round trip inline in the defense's own forward: robustlab cannot repair it
   (no submodule to give the identity backward), and its record's flag should name the module and the call.
 
@@ -30,10 +33,12 @@ Per defense, at each scale, on the same fixed test images (subset seed 0), L∞,
 6. digits only: ``evaluate_model(attacks=["fast"], verify=20, adaptive=True)`` must return a record: ``ok`` or the
    exception's first line.
 
-The acceptance: on every defense robustlab can repair (all but ``numpy_inline``), robustlab's automatic
-``autoattack`` worst case is at most 1 point above the oracle (column ``auto AA - oracle``; a last line per scale
-says whether it holds and lists the exceptions); on the ones it cannot, the table shows the flag's message
-(shortened), naming the module and the call. A second line lists defenses whose clean accuracy is more than
+The acceptance (issue 32): on every defense whose hiding calls the surrogate replaces (:data:`REPAIR`: detach,
+data, median, bitdepth, jpeg, meansparse, nograd), robustlab's automatic ``autoattack`` worst case is at most 1
+point above the oracle (column ``auto AA - oracle``; a last line per scale says whether it holds and lists the
+exceptions). Numpy round trips are outside those calls (the mode cannot see numpy): a second line gives their gaps
+(module identity, marked by hand), and for the inline one the table shows the flag's message (shortened), naming
+the module and the call. A second line lists defenses whose clean accuracy is more than
 :data:`CLEAN_DROP` below the base's (a setting to revisit, not part of the acceptance).
 
 Scales and settings (each says where it comes from):
@@ -108,6 +113,7 @@ from robustlab.models.masking import (
     MedianInput,
     NumpyMedian,
     NumpyMedianInline,
+    NumpyMedianMarked,
 )
 from robustlab.runs.model import load_model
 from robustlab.train import train
@@ -131,8 +137,15 @@ SCALES = {
     "cifar": Scale("cifar", "cifar10s_pgd_at", 8 / 255, bits=5, quality=75, channels_last=True,
                    verify_adaptive=False),
 }
-DEFENSES = ("none", "detach", "data", "median", "bitdepth", "jpeg", "meansparse", "nograd", "numpy", "numpy_inline")
-UNREPAIRABLE = ("numpy_inline",)  # robustlab cannot repair these by design: the acceptance leaves them out
+DEFENSES = ("none", "detach", "data", "median", "bitdepth", "jpeg", "meansparse", "nograd", "numpy", "numpy_marked",
+            "numpy_inline")
+# What repairs each defense. The acceptance (auto AA - oracle <= 1 point) is over the calls the surrogate replaces
+# (issue 32, item 1); a numpy round trip is outside them by the issue's own terms (the mode cannot see numpy): in a
+# submodule robustlab gives it the identity backward on its own, marked by hand it gets the author's stand-in, and
+# inline in the forward it is named, not repaired.
+REPAIR = {"none": "nothing to repair", "detach": "call", "data": "call", "median": "call", "bitdepth": "call",
+          "jpeg": "call", "meansparse": "call", "nograd": "call", "numpy": "module identity",
+          "numpy_marked": "marked by hand", "numpy_inline": "not repairable"}
 STATS_IMAGES = 300  # MeanSparse statistics: this many fixed training images (subset seed 0); ours
 ALPHA_GRID = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5)  # MeanSparse thresholds tried, in feature standard deviations; ours
 ALPHA_TOLERANCE = 0.02  # the calibration keeps accuracy on the statistics images within 2 points of the base's
@@ -211,7 +224,8 @@ def build_defense(name: str, base: nn.Module, scale: Scale, stats: ImageDataset)
         "none": lambda: base, "detach": lambda: DetachedInput(base), "data": lambda: DataInput(base),
         "median": lambda: MedianInput(base), "bitdepth": lambda: BitDepth(base, bits=scale.bits),
         "jpeg": lambda: JpegInput(base, quality=scale.quality), "nograd": lambda: BlurredInput(base),
-        "numpy": lambda: NumpyMedian(base), "numpy_inline": lambda: NumpyMedianInline(base),
+        "numpy": lambda: NumpyMedian(base), "numpy_marked": lambda: NumpyMedianMarked(base),
+        "numpy_inline": lambda: NumpyMedianInline(base),
     }
     if name == "meansparse":
         defense, settings = calibrate_alpha(base, stats)
@@ -364,7 +378,7 @@ def evaluate_defense(name: str, defense: nn.Module, settings: dict[str, Any], sc
         "seed": SEED, "subset_seed": 0, "batch_size": n, "step_size": eps / 4, "base_run": str(run),
         "base_hash": base_hash[:16], "defense_class": type(defense).__name__, "settings": settings,
         "protocol_settings": {"autoattack": aa, "fast": fast}, "robustlab_version": robustlab.__version__,
-        "repairable": name not in UNREPAIRABLE,
+        "repairable": REPAIR[name] in ("call", "nothing to repair"), "repair": REPAIR[name],
         "clean": lean(clean),
         "oracle": {"robust_acc": oracle, "twin": best, "per_twin": {k: lean(v) for k, v in per_twin.items()}},
         "auto_fast": lean(auto_fast), "auto_autoattack": lean(auto_aa), "pyautoattack": lean(reference),
@@ -442,14 +456,16 @@ def row(r: dict[str, Any]) -> str:
 
 def verdict(records: list[dict[str, Any]]) -> list[str]:
     """The acceptance line (and the clean-accuracy note) for one scale's records."""
-    checked = [r for r in records if r["repairable"]]
+    checked = [r for r in records if REPAIR.get(r["defense"]) in ("call", "nothing to repair")]
     late = [f"{r['defense']} ({r['auto_aa_minus_oracle_points']:+.2f})" for r in checked
             if r["auto_aa_minus_oracle_points"] > ACCEPT_POINTS + 1e-9]
     holds = "yes" if checked and not late else "no" if late else "nothing checked"
-    left = [r["defense"] for r in records if not r["repairable"]]
-    lines = [f"acceptance (auto AA - oracle <= {ACCEPT_POINTS:g} point on every repairable defense, "
-             f"{len(checked)} checked{'; not repairable: ' + ', '.join(left) if left else ''}): {holds}"
-             + (f"; exceptions: {', '.join(late)}" if late else "")]
+    beyond = [f"{r['defense']} ({REPAIR.get(r['defense'])}: {r['auto_aa_minus_oracle_points']:+.2f})"
+              for r in records if r not in checked]
+    lines = [f"acceptance (auto AA - oracle <= {ACCEPT_POINTS:g} point on every defense whose hiding calls the "
+             f"surrogate replaces, {len(checked)} checked): {holds}"
+             + (f"; exceptions: {', '.join(late)}" if late else ""),
+             f"beyond those calls (auto AA - oracle in points): {', '.join(beyond) or 'none'}"]
     base = next((r["clean"]["clean_acc"] for r in records if r["defense"] == "none"), None)
     if base is not None:
         low = [f"{r['defense']} ({100 * r['clean']['clean_acc']:.1f})" for r in records

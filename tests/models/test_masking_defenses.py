@@ -21,6 +21,7 @@ from robustlab.models.masking import (
     MedianInput,
     NumpyMedian,
     NumpyMedianInline,
+    NumpyMedianMarked,
     PlantedDefense,
     dct_matrix,
     jpeg_table,
@@ -38,9 +39,10 @@ DEFENSES: dict[str, Build] = {
     "meansparse": lambda base, x: MeanSparse.fit(base, x, alpha=0.5),
     "nograd": lambda base, _x: BlurredInput(base),
     "numpy": lambda base, _x: NumpyMedian(base),
+    "numpy_marked": lambda base, _x: NumpyMedianMarked(base),
     "numpy_inline": lambda base, _x: NumpyMedianInline(base),
 }
-MISSING = ("detach", "data", "median", "nograd", "numpy", "numpy_inline")  # no input gradient at all
+MISSING = ("detach", "data", "median", "nograd", "numpy", "numpy_marked", "numpy_inline")  # no input gradient at all
 ZERO = ("bitdepth", "jpeg")  # an input gradient that is zero almost everywhere
 SHAPES = {"digits": (1, 8, 8), "odd": (3, 12, 12)}  # 12 x 12: the JPEG padding to a multiple of 8
 

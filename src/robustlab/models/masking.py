@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustlab.surrogate import straight_through
+
 
 class ScaledLogits(nn.Module):
     """``scale * base(x)``: the softmax saturates, so cross-entropy gradients underflow to zero (a
@@ -348,6 +350,16 @@ class NumpyMedian(PlantedDefense):
         if kind == "true":
             return self.base(median3x3(x, "replicate"))
         return self.base(identity_backward(self.preprocess(x), x))
+
+
+class NumpyMedianMarked(NumpyMedian):
+    """:class:`NumpyMedian` whose numpy step its author marked by hand, as docs/EVALUATION.md (check 8) says:
+    ``robustlab.straight_through(preprocess, stand_in=torch median)``, so robustlab's surrogate backpropagates
+    through the torch median instead of the identity it gives a cut module on its own (forward unchanged)."""
+
+    def __init__(self, base: nn.Module) -> None:
+        super().__init__(base)
+        straight_through(self.preprocess, stand_in=lambda x: median3x3(x, "replicate"))
 
 
 class NumpyMedianInline(PlantedDefense):
