@@ -396,7 +396,8 @@ def evaluate_defense(name: str, defense: nn.Module, settings: dict[str, Any], sc
 
 # --- the table -----------------------------------------------------------------------------------------------------
 
-HEADER = ("| defense | settings | clean | oracle (twin) | auto fast (ST) | auto AA worst | AA entry | auto AA - oracle "
+HEADER = ("| defense | settings | clean | oracle (twin) | auto fast (ST) | auto AA worst | without ST (entry) "
+          "| auto AA - oracle "
           "| pyautoattack | verify+adaptive | flags | time s: oracle / fast / AA / ref / v+a |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|---|")
 
@@ -437,7 +438,8 @@ def clip(text: str, limit: int = 100) -> str:
 def row(r: dict[str, Any]) -> str:
     settings = ", ".join(f"{k}={v}" for k, v in r["settings"].items() if k in ("bits", "quality", "alpha")) or "–"
     fast, aa, ref, va = r["auto_fast"], r["auto_autoattack"], r["pyautoattack"], r["verify_adaptive"]
-    entry = aa["entries"].get("autoattack", {}).get("robust_acc")
+    alone = {k: v["robust_acc"] for k, v in aa["entries"].items() if k != "straight-through"}
+    without = min(alone, key=alone.__getitem__) if alone else None  # what robustlab printed before the surrogate
     st = "ST" if fast["straight_through_used"] else "no ST"
     codes = sorted({f["code"] for f in aa["flags"]} | {f["code"] for f in fast["flags"]})
     note = unrepaired_note(aa) or unrepaired_note(fast)
@@ -450,7 +452,8 @@ def row(r: dict[str, Any]) -> str:
              + (f"{t['verify_adaptive']:.0f}" if t.get("verify_adaptive") is not None else "–"))
     return (f"| {r['defense']} | {settings} | {pct(r['clean']['clean_acc'])} | "
             f"{pct(r['oracle']['robust_acc'])} ({r['oracle']['twin']}) | {pct(fast['robust_acc'])} ({st}) | "
-            f"{pct(aa['robust_acc'])} | {pct(entry)} | {r['auto_aa_minus_oracle_points']:+.2f} | {reference} | "
+            f"{pct(aa['robust_acc'])} | {pct(alone.get(without))} ({without or '–'}) | "
+            f"{r['auto_aa_minus_oracle_points']:+.2f} | {reference} | "
             f"{clip(va['status']) if va else '–'} | {flags} | {times} |")
 
 
