@@ -150,6 +150,7 @@ STATS_IMAGES = 300  # MeanSparse statistics: this many fixed training images (su
 ALPHA_GRID = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5)  # MeanSparse thresholds tried, in feature standard deviations; ours
 ALPHA_TOLERANCE = 0.02  # the calibration keeps accuracy on the statistics images within 2 points of the base's
 ACCEPT_POINTS = 1.0  # robustlab's automatic autoattack at most this many points above the oracle
+ROUNDING_POINTS = 1e-4  # accuracies stored as float32 ratios (0.16 is 0.15999999642): 17 - 16 of 100 is 1.0000005
 CLEAN_DROP = 3.0  # points of clean accuracy below the base's that the note line lists
 NORM = "linf"
 SEED = 0
@@ -461,7 +462,7 @@ def verdict(records: list[dict[str, Any]]) -> list[str]:
     """The acceptance line (and the clean-accuracy note) for one scale's records."""
     checked = [r for r in records if REPAIR.get(r["defense"]) in ("call", "nothing to repair")]
     late = [f"{r['defense']} ({r['auto_aa_minus_oracle_points']:+.2f})" for r in checked
-            if r["auto_aa_minus_oracle_points"] > ACCEPT_POINTS + 1e-9]
+            if r["auto_aa_minus_oracle_points"] > ACCEPT_POINTS + ROUNDING_POINTS]
     holds = "yes" if checked and not late else "no" if late else "nothing checked"
     beyond = [f"{r['defense']} ({REPAIR.get(r['defense'])}: {r['auto_aa_minus_oracle_points']:+.2f})"
               for r in records if r not in checked]
