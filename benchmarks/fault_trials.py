@@ -27,7 +27,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--kinds", default="train,finetune,eval", help="comma-separated: train, finetune, eval")
+    parser.add_argument("--kinds", default="train,finetune,eval,verify,study",
+                        help="comma-separated: train, finetune, eval, verify (eval --verify), study (study run)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # forked children inherit it; tiny models, many processes
     started = time.monotonic()

@@ -7,7 +7,10 @@ copy's ``src``, and prints a table: mutant, killed (the tests failed) / survived
 stale (the snippet is not in the file: the code moved on, refresh the mutant) / error (pytest
 could not even collect: the replacement is not valid code), seconds. The exit status is 0 only when
 every mutant run was killed. The mutants are issue 11's list plus a few more
-on the same methods; the working tree itself is never modified.
+on the same methods, the straight-through surrogate's (issue 32), and issue 33's: ``thr_*`` moves each
+documented threshold 10x up and down, ``fast_*`` reverses or drops each documented choice of the ``fast``
+protocol (they run tests/evaluate/test_thresholds.py or tests/attacks/test_fast_rules.py, seconds each); the
+working tree itself is never modified.
 
     python benchmarks/mutants.py --list
     python benchmarks/mutants.py --only trades_ce_attack --only afd_clean_x
@@ -45,6 +48,23 @@ class Mutant:
     old: str
     new: str
     tests: tuple[str, ...]
+
+
+THRESHOLD_TESTS = ("tests/evaluate/test_thresholds.py",)
+FAST_RULE_TESTS = ("tests/attacks/test_fast_rules.py",)
+
+
+def _moved(name: str, path: str, setting: str, value: str, up: str, down: str,
+           tests: tuple[str, ...]) -> tuple[Mutant, Mutant]:
+    """A documented threshold (``setting`` followed by ``value`` in ``path``) moved 10x up and 10x down (issue 33):
+    ``thr_NAME_x10`` and ``thr_NAME_div10``."""
+    return (Mutant(f"thr_{name}_x10", path, setting + value, setting + up, tests),
+            Mutant(f"thr_{name}_div10", path, setting + value, setting + down, tests))
+
+
+_RUNNER, _VERIFY, _MASKING = (f"src/robustlab/evaluate/{m}.py" for m in ("runner", "verify", "masking"))
+_CHECKS = "src/robustlab/evaluate/checks/common.py"
+_FAST_SETTINGS, _FAST_MEMBERS = "src/robustlab/evaluate/fast.py", "src/robustlab/attacks/fast.py"
 
 
 MUTANTS = (
@@ -115,6 +135,62 @@ MUTANTS = (
            "    if False:", ("tests/evaluate/test_masking.py",)),
     Mutant("st_entry_left_out", "src/robustlab/evaluate/masking.py", "            specs = [*specs, entry]",
            "            specs = specs", ("tests/evaluate/test_masking.py",)),
+    # ------------------------------------------------------------------ thresholds of the evaluation (issue 33)
+    *_moved("ball_tolerance", _RUNNER, "TOLERANCE = ", "1e-5", "1e-4", "1e-6", THRESHOLD_TESTS),
+    *_moved("verify_gap_limit", _VERIFY, "GAP_LIMIT = ", "0.005", "0.05", "0.0005", THRESHOLD_TESTS),
+    *_moved("randomness_tolerance", _CHECKS, "RANDOMNESS_TOLERANCE = ", "1e-5", "1e-4", "1e-6", THRESHOLD_TESTS),
+    *_moved("monotonicity_tolerance", _CHECKS, "MONOTONICITY_TOLERANCE = ", "0.005", "0.05", "0.0005",
+            THRESHOLD_TESTS),
+    *_moved("tolerance_samples", _CHECKS, "TOLERANCE_SAMPLES = ", "1", "10", "0.1", THRESHOLD_TESTS),
+    *_moved("plateau", _CHECKS, "PLATEAU = ", "0.1", "1.0", "0.01", THRESHOLD_TESTS),
+    *_moved("black_box_threshold", _CHECKS, "BLACK_BOX_THRESHOLD = ", "0.01", "0.1", "0.001", THRESHOLD_TESTS),
+    *_moved("square_probe_threshold", _CHECKS, "SQUARE_PROBE_THRESHOLD = ", "0.02", "0.2", "0.002", THRESHOLD_TESTS),
+    *_moved("black_box_min_samples", _CHECKS, "BLACK_BOX_MIN_SAMPLES = ", "3", "30", "0.3", THRESHOLD_TESTS),
+    *_moved("probability_tolerance", _CHECKS, "PROBABILITY_TOLERANCE = ", "1e-3", "1e-2", "1e-4", THRESHOLD_TESTS),
+    # 0 ("any sample") cannot move 10x: raised to 1% instead
+    Mutant("thr_gradient_threshold_raised", _CHECKS, "GRADIENT_THRESHOLD = 0.0", "GRADIENT_THRESHOLD = 0.01",
+           THRESHOLD_TESTS),
+    *_moved("forward_tolerance", _MASKING, "FORWARD_TOLERANCE = ", "1e-5", "1e-4", "1e-6", THRESHOLD_TESTS),
+    *_moved("gradient_change", _MASKING, "GRADIENT_CHANGE = ", "1e-3", "1e-2", "1e-4", THRESHOLD_TESTS),
+    *_moved("progress_interval", "src/robustlab/evaluate/progress.py", "PIPE_INTERVAL_S = ", "30.0", "300.0", "3.0",
+            THRESHOLD_TESTS),
+    *_moved("apgd_rho", "src/robustlab/attacks/apgd.py", "RHO = ", "0.75", "7.5", "0.075", FAST_RULE_TESTS),
+    # ------------------------------------------------------------------ the fast protocol's rules (issue 33)
+    *_moved("fast_keep", _FAST_SETTINGS, '"keep": ', "0.75", "7.5", "0.075", FAST_RULE_TESTS),
+    *_moved("fast_patience", _FAST_SETTINGS, '"patience": ', "10", "100", "1", FAST_RULE_TESTS),
+    *_moved("fast_min_yield", _FAST_SETTINGS, '"min_yield": ', "0.01", "0.1", "0.001", FAST_RULE_TESTS),
+    *_moved("fast_near_share", _FAST_SETTINGS, '"near_share": ', "0.5", "5.0", "0.05", FAST_RULE_TESTS),
+    *_moved("fast_escalate_yield", _FAST_SETTINGS, '"escalate_yield": ', "0.05", "0.5", "0.005", FAST_RULE_TESTS),
+    # 0 ("any survivor") cannot move 10x: raised to 5% instead
+    Mutant("thr_fast_zero_fraction_raised", _FAST_SETTINGS, '"zero_fraction": 0.0', '"zero_fraction": 0.05',
+           FAST_RULE_TESTS),
+    *_moved("fast_odi_target_weight", _FAST_MEMBERS, "ODI_TARGET_WEIGHT = ", "0.8", "8.0", "0.08", FAST_RULE_TESTS),
+    *_moved("fast_odi_label_range", _FAST_MEMBERS, "ODI_LABEL_RANGE = ", "(-0.1, 0.5)", "(-1.0, 5.0)",
+            "(-0.01, 0.05)", FAST_RULE_TESTS),
+    *_moved("fast_cosine_cut", _FAST_MEMBERS, "low = 0.1 if steps <= ", "10", "100", "1", FAST_RULE_TESTS),
+    *_moved("fast_cosine_short_low", _FAST_MEMBERS, "low = ", "0.1 if", "1.0 if", "0.01 if", FAST_RULE_TESTS),
+    *_moved("fast_cosine_long_low", _FAST_MEMBERS, "low = 0.1 if steps <= 10 else ", "0.001", "0.01", "0.0001",
+            FAST_RULE_TESTS),
+    # documented choices of the fast protocol, each reversed or dropped
+    Mutant("fast_restarts_farthest_first", _FAST_MEMBERS, "idx = idx[best[idx].argsort(descending=True)[:share]]",
+           "idx = idx[best[idx].argsort(descending=False)[:share]]", FAST_RULE_TESTS),
+    Mutant("fast_margin_two_restarts", _FAST_SETTINGS, '"restarts": 4,', '"restarts": 3,', FAST_RULE_TESTS),
+    Mutant("fast_odi_target_last_first", _FAST_MEMBERS, "target = ranked[idx, (r - 1) % (num_classes - 1)]",
+           "target = ranked[idx, -r % (num_classes - 1)]", FAST_RULE_TESTS),
+    Mutant("fast_margin_no_cycle_stop", _FAST_MEMBERS,
+           "cycle = (flat == w.x_cur.flatten(1)).all(1) | (flat == w.x_prev.flatten(1)).all(1)",
+           "cycle = torch.zeros_like(last)", FAST_RULE_TESTS),
+    Mutant("fast_targets_farthest_first", _FAST_MEMBERS, "return pool.gather(1, distance.argsort(1))",
+           "return pool.gather(1, distance.argsort(1, descending=True))", FAST_RULE_TESTS),
+    Mutant("fast_targeted_one_first_rank", _FAST_SETTINGS, '"min_targets": 2', '"min_targets": 1', FAST_RULE_TESTS),
+    Mutant("fast_targeted_eight_ranks", _FAST_SETTINGS, '"max_targets": 9', '"max_targets": 8', FAST_RULE_TESTS),
+    Mutant("fast_targeted_no_sweep", _FAST_SETTINGS, '"sweep_steps": 5', '"sweep_steps": 0', FAST_RULE_TESTS),
+    Mutant("fast_square_near_farthest_first", _FAST_MEMBERS, "near = clean_margin.detach().argsort(descending=True)",
+           "near = clean_margin.detach().argsort(descending=False)", FAST_RULE_TESTS),
+    Mutant("fast_square_one_near_restart", _FAST_SETTINGS, '"near_restarts": 2', '"near_restarts": 1',
+           FAST_RULE_TESTS),
+    Mutant("fast_square_escalates_unmasked", _FAST_MEMBERS, "if masked.float().mean().item() > zero_fraction:",
+           "if masked.float().mean().item() >= zero_fraction:", FAST_RULE_TESTS),
 )
 
 
@@ -146,19 +222,19 @@ def main(argv: list[str] | None = None) -> int:
     by_name = {m.name: m for m in MUTANTS}
     if args.list:
         for m in MUTANTS:
-            print(f"{m.name:<28} {m.path}  [{', '.join(m.tests)}]")
+            print(f"{m.name:<34} {m.path}  [{', '.join(m.tests)}]")
         return 0
     unknown = [n for n in args.only or [] if n not in by_name]
     if unknown:
         print(f"unknown mutant {unknown[0]!r}; see --list", file=sys.stderr)
         return 2
     chosen = [by_name[n] for n in args.only] if args.only else list(MUTANTS)
-    print(f"{'mutant':<28} {'result':<9} {'seconds':>8}")
+    print(f"{'mutant':<34} {'result':<9} {'seconds':>8}")
     results = []
     for mutant in chosen:
         verdict, seconds = run_mutant(mutant, args.python)
         results.append(verdict)
-        print(f"{mutant.name:<28} {verdict:<9} {seconds:8.1f}", flush=True)
+        print(f"{mutant.name:<34} {verdict:<9} {seconds:8.1f}", flush=True)
     counts = {v: results.count(v) for v in ("killed", "survived", "stale", "error")}
     print(f"{len(results)} mutants: " + ", ".join(f"{n} {v}" for v, n in counts.items()))
     return 0 if counts["killed"] == len(results) else 1

@@ -260,9 +260,8 @@ def _eval_external(args: argparse.Namespace) -> None:
         raise UserError("robustlab eval needs a run folder, or --model FILE.py:factory --weights FILE --data NAME")
     if args.path is not None:
         raise UserError(f"give either a run folder ({args.path}) or --model, not both")
-    for flag, value in (("--weights", args.weights), ("--data", args.data)):
-        if value is None:
-            raise UserError(f"--model needs {flag}; e.g. --weights model.pt --data cifar10")
+    if args.data is None:
+        raise UserError("--model needs --data; e.g. --weights model.pt --data cifar10")
     evaluate_external(
         args.model, args.weights, data=args.data, data_root=args.data_root, download=args.download, split=args.split,
         attacks=args.attacks, eps=args.eps, norm=args.norm or "linf", step_size=args.step_size, restarts=args.restarts,

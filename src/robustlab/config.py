@@ -361,20 +361,25 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def load_yaml_file(path: Path, what: str) -> Any:
+    """The YAML document in ``path`` (UTF-8, aliases bounded: :func:`safe_load_bounded`), with one UserError line
+    naming ``what`` for a file that is not text or not YAML. Every YAML file robustlab reads goes through here."""
+    try:
+        return safe_load_bounded(path.read_text(encoding="utf-8"), f"{what} {path}")
+    except UnicodeDecodeError:
+        raise UserError(f"{what} {path} is not a text (UTF-8) file; pass a YAML file") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{what} {path} is not valid YAML{where}; fix the syntax") from None
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping from a file, with UserError for a missing file or bad YAML."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"config file {p} not found; pass a YAML path or a bundled name (robustlab list configs)")
-    try:
-        data = safe_load_bounded(p.read_text(encoding="utf-8"), f"config file {p}")
-    except UnicodeDecodeError:
-        raise UserError(f"config file {p} is not a text (UTF-8) file; pass a YAML config "
-                        "(robustlab list configs)") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"config file {p} is not valid YAML{where}; fix the syntax") from None
+    data = load_yaml_file(p, "config file")
     if data is None:
         raise UserError(f"config file {p} is empty; copy a bundled config (robustlab list configs) and edit it")
     if not isinstance(data, dict):

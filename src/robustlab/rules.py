@@ -40,6 +40,7 @@ def check_step_size(step_size: float, *, key: str = "--step-size") -> None:
 # 5 restarts in its "plus" version) times 200.
 MAX_STEPS = 100_000
 MAX_RESTARTS = 1_000
+MAX_SEED = 2**32 - 1  # numpy's seed range; a larger one overflowed torch's 64-bit seeds with a traceback
 
 
 def check_count(value: int, limit: int, *, key: str) -> None:
@@ -47,6 +48,12 @@ def check_count(value: int, limit: int, *, key: str) -> None:
     if value > limit:
         raise UserError(f"{key}={value} is above the limit of {limit:,}; an evaluation that long would not finish, "
                         f"use at most {limit:,}")
+
+
+def check_seed(seed: int, *, key: str) -> None:
+    """Refuse a seed outside ``[0, MAX_SEED]`` in one line."""
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"{key}={seed} is outside 0..{MAX_SEED:,}; use a seed in that range")
 
 
 def eval_budget_warnings(eps: float) -> list[str]:
@@ -65,6 +72,7 @@ def budget_warnings(eps: float, step_size: float, *, key: str) -> list[str]:
 def check_config(cfg: RunConfig) -> None:
     """The refusals for a training config (called by :func:`robustlab.config.build_config`)."""
     attack = cfg.method.attack
+    check_seed(cfg.seed, key="seed")
     check_budget(attack.eps, attack.norm, key="method.attack.eps")
     base = cfg.method.name.partition("+")[0]
     if base != "natural" and attack.steps == 0:

@@ -63,6 +63,9 @@ def test_eps_zero_warns_and_negative_eps_is_refused(tmp_path: Path, capsys: pyte
     assert main([*args, "--step-size", "0.01"]) == 0
     out = capsys.readouterr().out
     assert "warning: eps is 0" in out and "eps=0 (linf)" in out
+    # issue 33: without --step-size, eps 0 was refused with a message about --step-size=0, never given
+    assert main([*args, "--out", str(tmp_path / "z.json")]) == 0
+    assert "warning: eps is 0" in capsys.readouterr().out
     args[args.index("--eps") + 1] = "-0.1"
     assert main([*args, "--out", str(tmp_path / "s.json")]) == 2
     assert "negative" in _one_error_line(capsys.readouterr().err)

@@ -238,7 +238,7 @@ def test_unwrap_wrapper_keys_and_prefix() -> None:
         ("{model}:factory", "weights", ["--mean", "0.5"], "--mean and --std go together"),
         ("{model}:factory", "weights", ["--mean", "0.5", "--std", "0"], "std > 0"),
         ("{model}:factory", "weights", ["--normalize", "cifar10", "--mean", "0.5"], "not both"),
-        ("{model}:factory", None, [], "--model needs --weights"),
+        ("{model}:factory", None, [], "parameter and buffer tensors; pass its weights with --weights"),
         ("{model}:factory", "weights", ["--data", "nope"], "dataset"),
         ("{model}:factory", "weights", [".", "--no-checks"], "not both"),
     ],

@@ -45,7 +45,8 @@ def _images(tmp_path: Path, n: int = 6) -> Path:
     return path
 
 
-def test_eval_robustbench_loads_the_local_checkpoint_offline(tmp_path: Path) -> None:
+def test_eval_robustbench_loads_the_local_checkpoint_offline(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
     """Random PreAct-ResNet-18 weights saved as RobustBench's Wong2020Fast file (DataParallel keys under
     'state_dict', as some zoo files are): evaluated through the CLI, record and model_info as outside models'."""
     torch.manual_seed(0)
@@ -75,6 +76,15 @@ def test_eval_robustbench_loads_the_local_checkpoint_offline(tmp_path: Path) -> 
     assert main(["export", str(out), "--robustbench", "--dataset", "cifar10", "--out", str(tmp_path / "rb.json")]) == 0
     entry = json.loads((tmp_path / "rb.json").read_text())  # a zoo model's record exports like any other
     assert entry["architecture"] == "PreActResNet-18" and entry["dataset"] == "cifar10" and entry["eps"] == "8/255"
+    # issue 33: without --dataset/--name the entry was named after its architecture, its data set "npz"
+    assert main(["export", str(out), "--robustbench", "--out", str(tmp_path / "rb2.json")]) == 0
+    entry = json.loads((tmp_path / "rb2.json").read_text())
+    assert entry["name"] == "Wong2020Fast" and entry["dataset"] == "cifar10"
+    # a zoo model on 1-channel data: told what the zoo model takes, not to give one normalisation value
+    code = main(["eval", "--robustbench", "Wong2020Fast", "--dataset", "cifar10", "--threat-model", "Linf",
+                 "--model-dir", str(tmp_path / "models"), "--data", "digits", "--attacks", "fgsm", "--no-checks",
+                 "--out", str(tmp_path / "digits.json")])
+    assert code == 2 and "takes 3-channel cifar10 images, but the data has 1 channel(s)" in capsys.readouterr().err
 
 
 def test_missing_checkpoint_is_one_line_naming_the_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

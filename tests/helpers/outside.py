@@ -44,6 +44,10 @@ FORWARDS = {
     "numpy": "self.fc(torch.from_numpy(x.detach().flatten(1).numpy().copy()))",
     "numpy_marked": "self.fc(__import__('robustlab').straight_through(lambda t: torch.from_numpy(t.detach().numpy()"
                     ".copy()))(x.flatten(1)))",
+    # the same logits, reshaped into pairs of inputs: fails on an odd batch of three or more (an attack's survivors)
+    "pairs": "z if x.shape[0] == 1 else self.fc(x.flatten(1).view(-1, 2, 64).flatten(0, 1))",
+    # batch statistics at evaluation time: logits depend on the batch, and a batch of one raises
+    "batch_norm": "torch.nn.functional.batch_norm(z, None, None, training=True)",
 }
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from robustlab.cli import main
 from robustlab.evaluate.suite import build_suite
+from robustlab.ownership import MARK
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # RobustBench's model_info keys and their types (model_info/cifar10/Linf/*.json); "external" is optional
@@ -110,7 +111,8 @@ def test_leaderboard_page_in_headless_chromium(tmp_path: Path) -> None:
     assert ranked[1][4:7] == ["50.00", "30.00", "30.0"] and ranked[1][-1] == "black_box"
     by_clean = _rows_in_chromium(page, tmp_path / "p2", "#sort=-clean_acc")
     assert [r[1] for r in by_clean] == ["weak", "strong", "flagged"]
-    markdown = (out / "leaderboard.md").read_text().splitlines()
+    mark, *markdown = (out / "leaderboard.md").read_text().splitlines()
+    assert mark == MARK
     assert markdown[2].startswith("| 1 | strong |") and "black_box" in markdown[3]
 
 

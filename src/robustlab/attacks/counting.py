@@ -27,7 +27,8 @@ class PassCount:
     backward: int = 0
 
 
-def _first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+def first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """The first tensor among a forward's arguments (the input batch), or None."""
     for value in (*args, *kwargs.values()):
         if isinstance(value, torch.Tensor):
             return value
@@ -54,7 +55,7 @@ def count_passes(model: nn.Module) -> Iterator[PassCount]:
         return hook
 
     def on_forward(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        x = _first_tensor(args, kwargs)
+        x = first_tensor(args, kwargs)
         if x is None:
             return
         n = int(x.shape[0]) if x.ndim else 1

@@ -17,7 +17,9 @@ from robustlab.config import RunConfig, from_dict
 from robustlab.data import ImageDataset, fixed_subset, load_dataset
 from robustlab.errors import UserError
 from robustlab.evaluate.adaptive import build_adaptive
+from robustlab.evaluate.batch import BatchCompany, batch_dependence
 from robustlab.evaluate.checks import announce_checks, run_checks
+from robustlab.evaluate.failures import forward_failures
 from robustlab.evaluate.flags import Flag
 from robustlab.evaluate.masking import ENTRY, inspect_masking, masking_flag, routed_suite
 from robustlab.evaluate.output import check_output, claim_output
@@ -34,6 +36,7 @@ from robustlab.rules import (
     budget_warnings,
     check_budget,
     check_count,
+    check_seed,
     check_step_size,
     eval_budget_warnings,
 )
@@ -98,7 +101,10 @@ def evaluate_model(
     heads, fixed gates, EOT, transfer from ``transfer_source``) as one more entry, ``adaptive``.
     ``checks``: run the cheap gradient-masking checks of EVALUATION.md (1–6) on a probe of
     ``probe_size`` samples; their flags join the record's and their measurements go under ``checks``.
-    ``autoattack`` on a randomized model runs as ``autoattack-rand``, flagged ``autoattack_rand``.
+    ``autoattack`` on a randomized model runs as ``autoattack-rand``, flagged ``autoattack_rand``. A model whose
+    logits depend on the rest of its batch is flagged ``batch_dependent`` and never given a batch of one
+    (:mod:`robustlab.evaluate.batch`); an exception from the model's forward inside an attack is one UserError line
+    naming the model and the batch size (:mod:`robustlab.evaluate.failures`).
     ``channels_last``: convert ``model`` (in place) and the transfer source to the channels-last memory
     format, which makes convolutions much faster on CPU (1.5-1.75x per forward for the study's ResNet);
     the logits agree to float rounding. Recorded under ``channels_last``.
@@ -114,10 +120,13 @@ def evaluate_model(
     dev = join(ranks, resolve_device(device, key="--device") if isinstance(device, str) else device)
     log = log if ranks.main else (lambda _: None)
     model = _placed(model, dev, channels_last)
-    step_size = eps / 4 if step_size is None else step_size
     check_budget(eps, norm, key="eps")
-    check_step_size(step_size)
+    if step_size is None:
+        step_size = eps / 4  # 0 at eps 0, where the attacks cannot move anyway: warned below, not refused
+    else:
+        check_step_size(step_size)
     check_count(restarts, MAX_RESTARTS, key="--restarts")
+    check_seed(seed, key="--seed")
     for warning in budget_warnings(eps, step_size, key="evaluation") + eval_budget_warnings(eps):
         log(f"warning: {warning}")
     n_probe = min(len(data.labels), 16)
@@ -130,6 +139,10 @@ def evaluate_model(
     if writes is not None:
         log(f"warning: {writes.message}")
         model = InputCopy(model)
+    batch_flag = batch_dependence(model, probe)  # logits that depend on the batch: never a batch of one
+    if batch_flag is not None:
+        log(f"warning: {batch_flag.message}")
+        model = BatchCompany(model, probe)
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):  # the attacks' draws stay as they were
         masking = inspect_masking(model, probe, probe_y)  # hidden gradients: the straight-through surrogate
     attacks, version_flag = autoattack_version(model, probe, attacks)  # randomized model: the rand version
@@ -178,7 +191,7 @@ def evaluate_model(
             if progress is not None:
                 progress.close()
     result = summarise(gather_states(state, ranks), specs)
-    for flag in (writes, version_flag, gradient_flag, masking_flag(masking, result)):
+    for flag in (writes, batch_flag, version_flag, gradient_flag, masking_flag(masking, result)):
         if flag is not None:
             result["flags"].append(flag.to_dict())
     if masking.found:
@@ -191,9 +204,11 @@ def evaluate_model(
         probe = fixed_subset(data, min(probe_size, len(data.labels)), seed=seed)
         x_probe, y_probe = probe.images.to(dev).float() / 255, probe.labels.to(dev)
         log(announce_checks(len(probe.labels)))
-        with count_passes(model) as passes, Stopwatch(dev) as watch:
-            flags, values = run_checks(model, x_probe, y_probe, eps=eps, norm=norm, step_size=step_size,
-                                       suite_result=result, generator=torch.Generator(device=dev).manual_seed(seed))
+        with forward_failures(model, "inside the automatic checks"):
+            with count_passes(model) as passes, Stopwatch(dev) as watch:
+                flags, values = run_checks(model, x_probe, y_probe, eps=eps, norm=norm, step_size=step_size,
+                                           suite_result=result,
+                                           generator=torch.Generator(device=dev).manual_seed(seed))
         log(f"checks: done in {watch.seconds:.1f} s ({passes.forward:,} forward and {passes.backward:,} backward "
             "sample passes)")
         result["flags"] += [f.to_dict() for f in flags]
@@ -280,8 +295,8 @@ def evaluate_checkpoint(
         log(f"--norm {norm} differs from the run's training norm {attack_cfg.norm}, so eps is the standard "
             f"{eps_label(eps)} for {norm}, not the training eps {eps_label(attack_cfg.eps)}; pass --eps to choose")
     eps = attack_cfg.eps if eps is None else eps
-    if step_size is None:
-        step_size = attack_cfg.step_size if eps == attack_cfg.eps else eps / 4
+    if step_size is None and eps == attack_cfg.eps:
+        step_size = attack_cfg.step_size
     check_budget(eps, norm, key="eps")
     data = load_dataset(cfg.data.name, split, root=cfg.data.root, **cfg.data.options)
     if data.num_classes != meta["model"]["num_classes"]:

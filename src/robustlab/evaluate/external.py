@@ -46,6 +46,8 @@ USER_CODE_FAILURES = (Exception, SystemExit, KeyboardInterrupt)
 WRAPPER_KEYS = ("state_dict", "model", "net")
 PREFIX = "module."
 SHOWN = 3  # names listed in a key mismatch message
+NO_WEIGHTS = "none"  # the weights hash of a model without parameters or buffers
+BATCHES_TRACKED = "num_batches_tracked"  # a BatchNorm counter older files lack (load_weights)
 LISTED = 8  # callables listed when the factory is missing
 DEFAULT_OUT = Path("runs") / "eval"
 
@@ -175,8 +177,13 @@ def unwrap_state_dict(obj: Any, source: str, log: Callable[[str], None] = print)
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` strictly; a mismatch names the first few missing, unexpected or mis-shaped keys."""
+    """Load ``state`` strictly; a mismatch names the first few missing, unexpected or mis-shaped keys.
+
+    Exception, as torch makes it for a file without version metadata: BatchNorm's ``num_batches_tracked`` counters,
+    which PyTorch before 0.4.1 did not save, may be absent; they keep the model's own value (it only steers a
+    momentum-free running average during training, never an evaluation)."""
     expected = model.state_dict()
+    state = {**{k: v for k, v in expected.items() if k.rpartition(".")[2] == BATCHES_TRACKED}, **state}
     problems = []
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -240,19 +247,34 @@ def check_outputs(model: nn.Module, data: ImageDataset, device: torch.device, pr
                         "for this data set")
 
 
+def check_real_tensors(model: nn.Module, spec: str) -> None:
+    """Refuse a model whose parameters or buffers hold no data (built on the ``meta`` device): nothing can run it."""
+    meta = next((name for name, t in model.state_dict().items() if t.is_meta), None)
+    if meta is not None:
+        raise UserError(f"--model {spec} builds a model on the meta device ({meta} holds no data); build it on the "
+                        "CPU (drop .to('meta') / device='meta'), robustlab moves it to --device")
+
+
 def load_external(
-    spec: str, weights: str | Path, data: ImageDataset, *, stats: tuple[list[float], list[float]] | None = None,
-    device: torch.device = torch.device("cpu"), log: Callable[[str], None] = print,
+    spec: str, weights: str | Path | None, data: ImageDataset, *,
+    stats: tuple[list[float], list[float]] | None = None, device: torch.device = torch.device("cpu"),
+    log: Callable[[str], None] = print,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The model of ``spec`` with ``weights``, normalised by ``stats`` and checked on ``data``; plus its source
-    record."""
+    record. ``weights`` may be None only for a model without parameters or buffers (nothing to load)."""
     factory, source = import_factory(spec)
     model = call_factory(factory, spec)
-    load_weights(model, unwrap_state_dict(read_weights(weights), str(weights), log), str(weights))
+    check_real_tensors(model, spec)
+    if weights is not None:
+        load_weights(model, unwrap_state_dict(read_weights(weights), str(weights), log), str(weights))
+    elif model.state_dict():
+        raise UserError(f"--model {spec} builds a model with {len(model.state_dict())} parameter and buffer tensors; "
+                        "pass its weights with --weights FILE.pt (or FILE.safetensors)")
     source["architecture"] = type(model).__name__
     model = wrap_normalize(model, stats, data.image_shape[0]).to(device)
     check_outputs(model, data, device)
-    source.update(weights=str(weights), weights_sha256=sha256_file(weights))
+    source.update(weights=None if weights is None else str(weights),
+                  weights_sha256=NO_WEIGHTS if weights is None else sha256_file(weights))
     if stats is not None:
         source["normalization"] = {"mean": stats[0], "std": stats[1]}
     return model.eval(), source
@@ -284,7 +306,7 @@ def record_file_name(data: str, split: str, attacks: list[str], eps: float, norm
 
 def evaluate_external(
     spec: str,
-    weights: str | Path,
+    weights: str | Path | None,
     *,
     data: str,
     attacks: list[str],

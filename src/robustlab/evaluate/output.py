@@ -8,8 +8,8 @@ one of the three exists and is not ours: a folder, a file that is not a robustla
 before the check, so a refused path is left byte-identical. Under its lock it then removes the temp
 files a killed writer of these files left.
 
-"Ours" is judged by content: a record is a JSON object with a version string, an ``attacks``
-mapping and a numeric ``clean_acc``; a state one with ``fingerprint`` and ``broken_by`` (an edited
+"Ours" is judged by content: a record is a JSON object with an ``attacks`` mapping and a numeric ``clean_acc``
+(:func:`robustlab.runs.record.looks_like_record`); a state one with ``fingerprint`` and ``broken_by`` (an edited
 or inconsistent one is ours but not trusted: the resume starts fresh, see
 :mod:`robustlab.evaluate.state`); a lock file is empty or holds a pid. Deviation: a hand-made JSON
 file with those keys would be taken for ours.
@@ -17,14 +17,15 @@ file with those keys would be taken for ours.
 
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
-from robustlab.atomic import remove_stale_temps
+from robustlab.atomic import check_replaceable, remove_stale_temps
 from robustlab.errors import UserError
+from robustlab.ownership import json_object
 from robustlab.runs.lock import RunLock
+from robustlab.runs.record import looks_like_record
 
 STATE_KEYS = ("fingerprint", "broken_by")
 LOCK_MAX_BYTES = 32  # a lock file holds at most a pid and a newline
@@ -35,29 +36,19 @@ def state_path(out: Path) -> Path:
     return out.with_suffix(".state.json")
 
 
+def verify_state_path(out: Path) -> Path:
+    """The verification's resumable state beside the record ``out`` (``--verify``)."""
+    return state_path(out).with_suffix(".verify.json")
+
+
 def lock_path(out: Path) -> Path:
     """The lock file beside the record ``out``."""
     return out.with_suffix(".lock")
 
 
-def _json_object(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_bytes())
-    except (ValueError, OSError, RecursionError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _is_record(path: Path) -> bool:
-    """A JSON object with a version string, an ``attacks`` mapping and a numeric ``clean_acc``, as records have."""
-    data = _json_object(path)
-    return (data is not None and isinstance(data.get("robustlab_version"), str)
-            and isinstance(data.get("attacks"), dict) and isinstance(data.get("clean_acc"), (int, float)))
-
-
 def _is_state(path: Path) -> bool:
     """A JSON object with a state's ``fingerprint`` and ``broken_by`` (damaged or not: resuming checks the rest)."""
-    data = _json_object(path)
+    data = json_object(path)
     return data is not None and all(k in data for k in STATE_KEYS)
 
 
@@ -82,10 +73,10 @@ def check_output(out: Path) -> None:
                         f"--out {out.with_suffix('.json')}")
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; pass a record file path such as {out / 'eval.json'}")
-    for path, ours, what in ((out, _is_record, "not a robustlab evaluation record"),
-                             (state_path(out), _is_state, "not a robustlab evaluation state")):
-        if path.is_dir():
-            raise _refusal(path, "a folder", out)
+    for path, ours, what in ((out, looks_like_record, "not a robustlab evaluation record"),
+                             (state_path(out), _is_state, "not a robustlab evaluation state"),
+                             (verify_state_path(out), _is_state, "not a robustlab verification state")):
+        check_replaceable(path)
         if path.exists() and not ours(path):
             raise _refusal(path, what, out)
     lock = lock_path(out)
@@ -110,7 +101,7 @@ def claim_output(out: Path, *, main: bool = True, log: Callable[[str], None] = p
         log(f"took over the lock of process {stale}, which is gone")
     try:
         check_output(out)  # again under the lock: another process may have written meanwhile
-        remove_stale_temps(out.parent, (out.name, state_path(out).name))
+        remove_stale_temps(out.parent, (out.name, state_path(out).name, verify_state_path(out).name))
         yield state_path(out)
     finally:
         lock.release()

@@ -14,6 +14,7 @@ from torch import nn
 
 from robustlab.attacks._common import eval_mode
 from robustlab.errors import UserError
+from robustlab.models import Normalize
 
 
 def one_line(exc: BaseException) -> str:
@@ -78,14 +79,30 @@ def input_writer(model: nn.Module, x: torch.Tensor) -> str | None:
     return writers[0] if writers else None
 
 
-class InputCopy(nn.Module):
-    """``model`` given a copy of its input at every forward (autograd follows the copy), for a model that writes
-    into its input (:func:`input_writer`): neither the images nor an attack's iterates move under it."""
+class Wrapper(nn.Module):
+    """A model robustlab put around the user's ``model`` for the evaluation; its mode is the model's."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
         self.training = model.training
+
+
+def model_name(model: nn.Module) -> str:
+    """The class name of the user's network inside robustlab's wrappers (a :class:`Wrapper`, a ``Normalize`` put in
+    front by ``--mean/--std``), for messages."""
+    while True:
+        if isinstance(model, Wrapper):
+            model = model.model
+        elif isinstance(model, nn.Sequential) and len(model) == 2 and isinstance(model[0], Normalize):
+            model = model[1]
+        else:
+            return type(model).__name__
+
+
+class InputCopy(Wrapper):
+    """``model`` given a copy of its input at every forward (autograd follows the copy), for a model that writes
+    into its input (:func:`input_writer`): neither the images nor an attack's iterates move under it."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x.clone())

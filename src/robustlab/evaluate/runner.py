@@ -6,7 +6,9 @@ samples still robust). Outputs are judged here, not by the attack: a point outsi
 [0, 1] (beyond a 1e-5 tolerance) is not counted as a break and is flagged as an attack bug. A sample
 is robust under the suite only if no attack broke it (docs/EVALUATION.md). Each attack's generator is
 seeded from (seed, batch, attack, member), so results do not depend on interruptions, and the state is
-saved after each attack and group member of a batch.
+saved after each attack and group member of a batch. An exception from the model's forward inside an attack (or
+the clean forward) ends the run with one line naming the model and the batch size
+(:mod:`robustlab.evaluate.failures`); the state saved before it stays valid.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import nn
 from robustlab.attacks._common import eval_mode, flat_norm
 from robustlab.attacks.counting import Stopwatch, count_passes
 from robustlab.data import DeviceLoader, ImageDataset
+from robustlab.evaluate.failures import forward_failures
 from robustlab.evaluate.flags import Flag
 from robustlab.evaluate.progress import Progress
 from robustlab.evaluate.state import AttackCost, EvalState
@@ -67,12 +70,14 @@ def _attack_batch(
         kwargs: dict[str, Any] = {}
         if member.uses_generator:
             kwargs["generator"] = torch.Generator(device=x.device).manual_seed(_seed(seed, batch, index, k))
+        label = f"{spec.name}/{member.name}" if spec.members else spec.name
         if progress is not None and spec.members:
-            progress.name(f"{spec.name}/{member.name}")
-        with count_passes(model) as passes, Stopwatch(x.device) as watch:
-            x_adv = member.fn(model, x[todo], y[todo], **kwargs)
-        with torch.no_grad():
-            broken = model(x_adv).argmax(1) != y[todo]
+            progress.name(label)
+        with forward_failures(model, f"inside {label}"):
+            with count_passes(model) as passes, Stopwatch(x.device) as watch:
+                x_adv = member.fn(model, x[todo], y[todo], **kwargs)
+            with torch.no_grad():
+                broken = model(x_adv).argmax(1) != y[todo]
         valid = within_threat_model(x[todo], x_adv, eps, norm)
         cost.out_of_bounds += int((~valid).sum())
         verdict[todo[broken & valid]] = k
@@ -115,7 +120,7 @@ def run_suite(
                 continue
             start = b * batch_size
             rows = slice(start, start + len(y))
-            with torch.no_grad():
+            with forward_failures(model, f"on the clean images of batch {batch_offset + b + 1}"), torch.no_grad():
                 logits = model(x.clone())  # its own copy: a forward that writes into its input cannot move the images
             correct = logits.argmax(1) == y
             state.clean[rows] = correct.long().tolist()

@@ -66,6 +66,8 @@ def _dm(depth: int, width: int) -> Callable[[], nn.Module]:
 
 
 # (dataset, threat model) -> name -> entry; every row from RobustBench's model_zoo/cifar10.py (1.1.1)
+ZOO_CHANNELS = 3  # every data set of the table is RGB (CIFAR-10 here)
+
 ZOO: dict[tuple[str, str], dict[str, ZooEntry]] = {
     ("cifar10", "Linf"): {
         "Standard": ZooEntry("WideResNet-28-10", _wrn(28, 10), None, "1t98aEuzeTL8P7Kpd5DIrCoCL21BNZUhC"),
@@ -139,6 +141,9 @@ def load_zoo_model(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The entry's model with its local checkpoint, normalised and checked on ``data``; plus its source record."""
     entry = zoo_entry(name, dataset, threat_model)
+    if data.image_shape[0] != ZOO_CHANNELS:  # not wrap_normalize's "give one value per channel": no flag sets it here
+        raise UserError(f"RobustBench's {name} takes {ZOO_CHANNELS}-channel {dataset} images, but the data has "
+                        f"{data.image_shape[0]} channel(s); pass --data {dataset} (or its images with --data-root)")
     path = require_checkpoint(name, dataset, threat_model, model_dir)
     model = entry.build()
     load_weights(model, unwrap_state_dict(read_weights(path), str(path), log), str(path))

@@ -2,7 +2,8 @@
 
 ``write_report([run, ...], out)`` reads each run's ``metrics.jsonl`` (per-epoch clean and PGD accuracy,
 feature-gap records when the run logged them) and its ``eval/*.json`` records, and writes
-``out/report.md`` with ``out/accuracy.png`` and, when present, ``out/feature_gap.png``.
+``out/report.md`` with ``out/accuracy.png`` and, when present, ``out/feature_gap.png``. Those three paths are
+claimed before anything is read (:func:`robustlab.ownership.claim`: absent or robustlab's own page and plots).
 """
 
 from __future__ import annotations
@@ -10,19 +11,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from robustlab.atomic import atomic_write_text
+from robustlab.atomic import atomic_fill, atomic_write_text
 from robustlab.errors import UserError
+from robustlab.ownership import MARK, PAGE, PLOT, PNG_METADATA, Kind, claim_all
+from robustlab.report.markdown import md_text
 from robustlab.runs.metrics import read_metrics
-from robustlab.runs.record import read_record
+from robustlab.runs.record import read_record, record_paths
+
+REPORT_FILES = (("report.md", PAGE), ("accuracy.png", PLOT), ("feature_gap.png", PLOT))
+
+
+def report_outputs(out: Path) -> list[tuple[Path, Kind]]:
+    """The files :func:`write_report` may write into ``out``, with the kind each must be when it exists."""
+    return [(out / name, kind) for name, kind in REPORT_FILES]
 
 
 def eval_records(run_dir: Path, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """The run's evaluation records (state files excluded), oldest first; damaged ones skipped with a message."""
-    paths = sorted((run_dir / "eval").glob("*.json"), key=lambda p: p.stat().st_mtime)
+    """The run's evaluation records (side files excluded: :func:`robustlab.runs.record.record_paths`), oldest first;
+    damaged ones skipped with a message."""
     records = []
-    for path in paths:
-        if path.name.endswith(".state.json"):
-            continue
+    for path in sorted(record_paths(run_dir / "eval"), key=lambda p: p.stat().st_mtime):
         record, problem = read_record(path)
         if record is None:
             log(f"report: skipping damaged record {path} ({problem}); rerun robustlab eval to rewrite it")
@@ -36,14 +44,14 @@ def _pct(value: float | None) -> str:
 
 
 def records_table(runs: dict[str, list[dict[str, Any]]]) -> str:
-    """One row per evaluation record: clean, each attack, worst case, flags."""
+    """One row per evaluation record: clean, each attack, worst case, flags (the record's strings as text)."""
     lines = ["| run | checkpoint | ε | n | clean | attacks | worst case | flags |", "|---|---|---|---|---|---|---|---|"]
     for name, records in runs.items():
         for r in records:
-            attacks = ", ".join(f"{k} {_pct(v['robust_acc'])}" for k, v in r["attacks"].items())
-            flags = "; ".join(f["message"] for f in r["flags"]) or "none"
-            ckpt = Path(r.get("checkpoint", "?")).stem
-            lines.append(f"| {name} | {ckpt} | {r['eps_label']} {r['norm']} | {r['n_examples']} | "
+            attacks = ", ".join(f"{md_text(k)} {_pct(v['robust_acc'])}" for k, v in r["attacks"].items())
+            flags = "; ".join(md_text(f["message"]) for f in r["flags"]) or "none"
+            ckpt, threat = Path(r.get("checkpoint", "?")).stem, f"{r['eps_label']} {r['norm']}"
+            lines.append(f"| {md_text(name)} | {md_text(ckpt)} | {md_text(threat)} | {r['n_examples']} | "
                          f"{_pct(r['clean_acc'])} | {attacks} | **{_pct(r['robust_acc'])}** | {flags} |")
     return "\n".join(lines)
 
@@ -73,7 +81,7 @@ def _plot(curves: dict[str, list[dict[str, Any]]], keys: list[tuple[str, str]], 
         ax.legend(fontsize=7)
         fig.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
+        atomic_fill(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, metadata=PNG_METADATA))
     plt.close(fig)
     return drawn
 
@@ -90,9 +98,11 @@ def write_report(run_dirs: list[str | Path], out: str | Path, log: Callable[[str
         raise UserError(f"{missing[0]} is not a run folder (no metrics.jsonl or eval/); pass folders made by robustlab "
                         "train")
     out = Path(out)
+    claim_all(report_outputs(out), "pass --out ANOTHER_FOLDER or move that file away")
     epochs = {r.name: read_metrics(r, "epoch") for r in runs}
     gaps = {r.name: read_metrics(r, "feature_gap") for r in runs}
-    parts = ["# robustlab report", "", "Runs: " + ", ".join(f"`{r}`" for r in runs), "", "## Evaluations", ""]
+    parts = [MARK, "# robustlab report", "", "Runs: " + ", ".join(f"`{md_text(r)}`" for r in runs), "",
+             "## Evaluations", ""]
     parts.append(records_table({r.name: eval_records(r, log) for r in runs}))
     if _plot(epochs, [("clean_acc", "-"), ("robust_acc", "--")], "held-out accuracy (solid clean, dashed PGD)",
              out / "accuracy.png"):
@@ -101,7 +111,8 @@ def write_report(run_dirs: list[str | Path], out: str | Path, log: Callable[[str
         parts += ["", "## Feature gap (clean vs adversarial penultimate features)", "",
                   "![feature gap](feature_gap.png)"]
         parts += ["", "| run | first | last |", "|---|---|---|"]
-        parts += [f"| {n} | {g[0]['feature_gap']:.3f} | {g[-1]['feature_gap']:.3f} |" for n, g in gaps.items() if g]
+        parts += [f"| {md_text(n)} | {g[0]['feature_gap']:.3f} | {g[-1]['feature_gap']:.3f} |"
+                  for n, g in gaps.items() if g]
     path = out / "report.md"
     atomic_write_text(path, "\n".join(parts) + "\n")
     return path

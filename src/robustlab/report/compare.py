@@ -23,7 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from robustlab.errors import UserError
-from robustlab.runs.record import ROBUST, accuracy_problem, per_sample_problem, read_record
+from robustlab.report.markdown import md_text
+from robustlab.runs.record import ROBUST, accuracy_problem, per_sample_problem, read_record, record_paths
 
 PAIRING_KEYS = ("dataset", "n_examples", "seed", "eps", "norm", "data_hash")
 
@@ -145,17 +146,23 @@ def compare_records(
                             **bootstrap)
 
 
-def load_record(path: str | Path) -> dict[str, Any]:
-    """An evaluation record from its JSON file, or from a run folder holding exactly one record."""
+def record_file(path: str | Path) -> Path:
+    """The record file ``path`` names: itself, or the one record of a run folder (else one line)."""
     p = Path(path)
     if p.is_dir():
-        found = sorted(q for q in (p / "eval").glob("*.json") if not q.name.endswith(".state.json"))
+        found = record_paths(p / "eval")
         if len(found) != 1:
             what = "no evaluation record" if not found else f"{len(found)} evaluation records"
             raise UserError(f"{p} holds {what}; pass the record file RUN/eval/NAME.json instead")
         p = found[0]
     if not p.is_file():
         raise UserError(f"{p} not found; pass an evaluation record (.json) or a run folder with one record")
+    return p
+
+
+def load_record(path: str | Path) -> dict[str, Any]:
+    """An evaluation record from its JSON file, or from a run folder holding exactly one record."""
+    p = record_file(path)
     record, problem = read_record(p, lambda r: per_sample_problem(r) or accuracy_problem(r))
     if record is None:
         raise UserError(f"{p} is not a usable evaluation record ({problem}); pass a file written by robustlab eval, or "
@@ -175,13 +182,13 @@ def compare_table(groups: Sequence[str], metric: str = "worst", level: float = 0
     loaded = [[load_record(p) for p in g.split(",") if p.strip()] for g in groups]
     base = loaded[0]
     lines = [
-        f"| method | seeds | {metric} (mean ± std) | base | difference [{100 * level:g}% CI] | verdict |",
+        f"| method | seeds | {md_text(metric)} (mean ± std) | base | difference [{100 * level:g}% CI] | verdict |",
         "|---|---|---|---|---|---|",
     ]
     for records in loaded[1:]:
         result = compare_records(base, records, metric, level=level, **bootstrap)
         method_acc = [float(correct_vector(r, metric).mean()) for r in records]
         base_acc = [float(correct_vector(r, metric).mean()) for r in base]
-        lines.append(f"| {records[0].get('run', '?')} | {len(records)} | {format_mean_std(method_acc)} | "
+        lines.append(f"| {md_text(records[0].get('run', '?'))} | {len(records)} | {format_mean_std(method_acc)} | "
                      f"{format_mean_std(base_acc)} | {result.points()} | {result.verdict} |")
     return "\n".join(lines)

@@ -15,7 +15,9 @@ from typing import Any, Sequence
 
 from robustlab.atomic import atomic_write_text
 from robustlab.errors import UserError
+from robustlab.ownership import MARK, PAGE, claim_all
 from robustlab.report.compare import load_record
+from robustlab.report.markdown import md_text
 from robustlab.report.robustbench import attacks_that_ran, leaderboard_value, robustbench_entry
 
 # (key, title, numeric): the columns of both outputs, in order
@@ -95,9 +97,9 @@ def _text(row: dict[str, Any], key: str) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """The leaderboard as a Markdown table."""
+    """The leaderboard as a Markdown table (every cell through :func:`~robustlab.report.markdown.md_text`)."""
     lines = ["| " + " | ".join(title for _, title, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_text(row, key).replace("|", "\\|") for key, _, _ in COLUMNS) + " |" for row in rows]
+    lines += ["| " + " | ".join(md_text(_text(row, key)) for key, _, _ in COLUMNS) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -120,18 +122,21 @@ def html_page(rows: list[dict[str, Any]], title: str = "robustlab leaderboard") 
     note = ("Ranked as RobustBench ranks: by the worst case over all attacks of a record (external) where other "
             "attacks broke more than AutoAttack, else by AutoAttack (the reference-faithful group only). Click a "
             "header to sort.")
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+    return (f"<!DOCTYPE html>\n{MARK}\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title>"
             f"<style>{_STYLE}</style></head>\n<body><h1>{html.escape(title)}</h1><p class=\"note\">{note}</p>\n"
             f"<table id=\"leaderboard\"><thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table>\n"
             f"<script>{_SCRIPT}</script></body></html>\n")
 
 
 def write_leaderboard(paths: Sequence[str | Path], out: str | Path) -> tuple[Path, Path]:
-    """Write ``out/leaderboard.md`` and ``out/leaderboard.html`` from the records at ``paths``."""
-    rows = leaderboard_rows(paths)
+    """Write ``out/leaderboard.md`` and ``out/leaderboard.html`` from the records at ``paths`` (both claimed first:
+    absent or robustlab's own pages, :func:`robustlab.ownership.claim`)."""
     folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
     md, page = folder / "leaderboard.md", folder / "leaderboard.html"
-    atomic_write_text(md, markdown_table(rows) + "\n")
+    claim_all([(md, PAGE), (page, PAGE)], "pass --out ANOTHER_FOLDER or move that file away")
+    rows = leaderboard_rows(paths)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(md, f"{MARK}\n{markdown_table(rows)}\n")
     atomic_write_text(page, html_page(rows))
     return md, page

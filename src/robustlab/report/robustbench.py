@@ -27,7 +27,8 @@ from typing import Any
 from robustlab.atomic import atomic_write_text
 from robustlab.errors import UserError
 from robustlab.evaluate.suite import group_that_ran
-from robustlab.report.compare import load_record
+from robustlab.ownership import Kind, claim, json_with
+from robustlab.report.compare import load_record, record_file
 
 FIELDS = ("link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue", "architecture",
           "eps", "clean_acc", "reported", "autoattack_acc", "external", "footnote")
@@ -86,13 +87,15 @@ def robustbench_entry(
     reference = reference_autoattack(record)
     worst = float(record["robust_acc"])
     external = reference is None or worst < reference[1]
+    zoo = record.get("model_source") if isinstance(record.get("model_source"), dict) else {}
+    zoo = zoo if isinstance(zoo.get("robustbench"), str) else {}  # a RobustBench-zoo model keeps its zoo name, data
     entry: dict[str, Any] = {
         "link": paper,
-        "name": name or record.get("run") or record.get("architecture") or "unnamed model",
+        "name": name or zoo.get("robustbench") or record.get("run") or record.get("architecture") or "unnamed model",
         "authors": authors,
         "additional_data": additional_data,
         "number_forward_passes": forward_passes,
-        "dataset": dataset or record.get("dataset", ""),
+        "dataset": dataset or zoo.get("dataset") or record.get("dataset", ""),
         "venue": venue,
         "architecture": architecture or record.get("architecture", ""),
         "eps": record["eps_label"],
@@ -112,12 +115,18 @@ def leaderboard_value(entry: dict[str, Any]) -> float | None:
     return None if value is None else float(value)
 
 
+ENTRY = Kind("a RobustBench entry robustlab exported", json_with("eps", "clean_acc", "autoattack_acc", "footnote"))
+EXPORT_SUFFIX = ".robustbench.json"
+
+
 def export_robustbench(record_path: str | Path, out: str | Path | None = None, **fields: Any) -> Path:
-    """Write the entry of the record at ``record_path`` to ``out`` (default: beside it, ``NAME.robustbench.json``)."""
-    record = load_record(record_path)
+    """Write the entry of the record at ``record_path`` to ``out`` (default: beside it, ``NAME.robustbench.json``,
+    a name record listings skip: :data:`robustlab.runs.record.SIDE_SUFFIXES`); ``out`` is claimed before the record is
+    read (:func:`robustlab.ownership.claim`), so the record itself or a user's file is never overwritten."""
+    source = record_file(record_path)
+    target = Path(out) if out is not None else source.with_suffix(EXPORT_SUFFIX)
+    claim(target, ENTRY, "pass --out NEW.json or move that file away")
+    record = load_record(source)
     entry = robustbench_entry(record, **fields)
-    source = Path(record_path)
-    target = (Path(out) if out is not None
-              else (source if source.is_file() else source / "eval" / "record").with_suffix(".robustbench.json"))
     atomic_write_text(target, json.dumps(entry, indent=2) + "\n")
     return target

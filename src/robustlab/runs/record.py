@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import robustlab
 from robustlab.atomic import atomic_write_text
+from robustlab.ownership import json_object
 
 ROBUST = -1  # no attack (member) broke the sample; k >= 0: member k broke it
 NOT_RUN = -2  # verdict not computed yet (or the sample was clean-wrong)
@@ -182,3 +183,23 @@ def read_record(
         return None, f"unreadable or not JSON ({type(exc).__name__})"
     found = problem(record)
     return (None, found) if found else (record, None)
+
+
+SIDE_SUFFIXES = (".state.json", ".verify.json", ".robustbench.json")  # state, verification state, export
+
+
+def record_paths(folder: Path) -> list[Path]:
+    """The evaluation records in a run's ``eval/`` folder: its ``.json`` files, less the side files an evaluation,
+    its verification and ``export`` write beside them (:data:`SIDE_SUFFIXES`); sorted by name."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*.json") if not p.name.endswith(SIDE_SUFFIXES) and p.is_file())
+
+
+def looks_like_record(path: Path) -> bool:
+    """A JSON object with an ``attacks`` mapping and a numeric ``clean_acc``, as records have (what robustlab may
+    replace at a record's path; whether it is usable is :func:`read_record`'s question)."""
+    data = json_object(path)
+    return (data is not None and isinstance(data.get("attacks"), dict)
+            and isinstance(data.get("clean_acc"), (int, float)))
+

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from robustlab.errors import UserError
 from robustlab.study.local import run_local
-from robustlab.study.page import page_text, write_results
+from robustlab.study.page import claim_outputs, page_text, write_results
 from robustlab.study.plan import Options, Study
 from robustlab.study.slurm import SlurmOptions, submit_slurm
 
@@ -25,10 +25,12 @@ def run_study(study: Study, executor: str = "local", slurm: SlurmOptions | None 
               log: Callable[[str], None] = print) -> None:
     """Run (local) or submit (slurm) every pending step, then write the page from the records present.
 
-    Before anything runs: existing records are checked against the study's settings (and the settings
-    of records that predate the settings file are filed) and the page is built once in memory, so a
-    bad page section fails in seconds, not after the study.
+    Before anything runs: every output path is claimed (:func:`robustlab.study.page.claim_outputs`), existing
+    records are checked against the study's settings (and the settings of records that predate the settings file
+    are filed) and the page is built once in memory, so a bad path or page section fails in seconds, not after the
+    study.
     """
+    claim_outputs(study)
     study.check_records(adopt=True)
     page_text(study)
     steps = study.pending()
@@ -41,6 +43,7 @@ def run_study(study: Study, executor: str = "local", slurm: SlurmOptions | None 
 
 def report_study(study: Study, log: Callable[[str], None] = print) -> None:
     """Write the page from the records present; run nothing."""
+    claim_outputs(study)
     study.check_records()
     log(write_results(study, log=log))
 
@@ -54,9 +57,6 @@ def study_from_args(args: Any) -> None:
         if value is not None and value < (0 if flag == "--gpus-per-job" else 1):
             raise UserError(f"{flag} must be {'>= 0' if flag == '--gpus-per-job' else 'a positive integer'}, got "
                             f"{value}")
-    for item in args.override:
-        if "=" not in item:
-            raise UserError(f"--override takes key=value, got {item!r}")
     options = Options(data_root=args.data_root, overrides=tuple(args.override), runs=args.runs, results=args.results,
                       page=args.page, readme=args.readme)
     study = Study(load_study(args.study), options)

@@ -8,7 +8,9 @@ lies above 0, *not held* below 0, *inconclusive* when it covers 0. The page is r
 changes, so a finished study's rerun writes nothing.
 
 What the page argues (columns, protocol lines, claims, plots) comes from the study file's ``page``
-section (:mod:`robustlab.study.page_spec`).
+section (:mod:`robustlab.study.page_spec`). Every string the page shows from a record, the study file (labels,
+titles, attack names), a config or a path goes through :func:`robustlab.report.markdown.md_text`; the protocol
+lines and claim texts are the study author's Markdown, their filled values escaped by :mod:`robustlab.study.text`.
 """
 
 from __future__ import annotations
@@ -17,11 +19,16 @@ import os
 import shlex
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import quote
 
 from robustlab.atomic import atomic_write_text
+from robustlab.errors import UserError
 from robustlab.evaluate.suite import group_that_ran
-from robustlab.report import write_report
+from robustlab.ownership import MARK, PAGE, Kind, claim_all
+from robustlab.report import report_outputs, write_report
 from robustlab.report.compare import PairedDifference, compare_records, format_mean_std, load_record
+from robustlab.report.markdown import md_fence, md_text
+from robustlab.runs.folder import claim_run_folder
 from robustlab.runs.metrics import read_metrics_file
 from robustlab.study.plan import Study
 from robustlab.study.spec import load_study
@@ -70,7 +77,7 @@ class Page:
 
     def table(self) -> str:
         columns = self.study.spec.page.columns
-        titles = [f"{t} (`{self.label(m)}`)" if m == "autoattack" else t for m, t in columns]
+        titles = [f"{md_text(t)} ({_code(self.label(m))})" if m == "autoattack" else md_text(t) for m, t in columns]
         head = "| configuration | seeds | " + " | ".join(titles) + " | worst case − base [95% CI] | flags |"
         lines = [head, "|" + "---|" * (len(columns) + 4)]
         for row in dict.fromkeys(j.row for j in self.study.jobs):
@@ -79,9 +86,9 @@ class Page:
                 continue
             cells = [self.mean(row.label, metric) for metric, _ in columns]
             result = self.paired(row.base, row.label, "worst") if row.base else None
-            cells.append("–" if result is None else f"{result.points()} vs {row.base}")
+            cells.append("–" if result is None else f"{result.points()} vs {md_text(row.base)}")
             flags = ", ".join(sorted({f["code"] for r in records for f in r["flags"]})) or "none"
-            lines.append(f"| {row.label} | {len(records)} | " + " | ".join(cells) + f" | {flags} |")
+            lines.append(f"| {md_text(row.label)} | {len(records)} | " + " | ".join(cells) + f" | {md_text(flags)} |")
         return "\n".join(lines)
 
     def mean(self, label: str, metric: str) -> str:
@@ -100,30 +107,30 @@ class Page:
 
     def difference(self, base: str, method: str, metric: str) -> str:
         result = self.paired(base, method, metric)
+        pair = f"{md_text(method)} − {md_text(base)}"
         if result is None:
-            return f"{method} − {base} ({metric}): not evaluated"
+            return f"{pair} ({md_text(metric)}): not evaluated"
         seeds = len(result.per_seed)
-        return (f"{method} − {base} ({self.label(metric)}, {seeds} seed{'s' * (seeds > 1)} × {result.n_examples} "
+        return (f"{pair} ({md_text(self.label(metric))}, {seeds} seed{'s' * (seeds > 1)} × {result.n_examples} "
                 f"images): {result.points()} points, {result.verdict}")
 
     def claim(self, title: str, decisive: tuple[str, str, str], details: list[str]) -> str:
         """One sentence: the verdict decided by the interval of ``decisive`` (base, method, metric), then details."""
         result = self.paired(*decisive)
         verdict = "not evaluated yet" if result is None else f"**{result.verdict}** at this scale"
-        return f"**{title}**: {verdict} — " + "; ".join([self.difference(*decisive), *details]) + "."
+        return f"**{md_text(title)}**: {verdict} — " + "; ".join([self.difference(*decisive), *details]) + "."
 
     def feature_gap(self, label: str) -> str:
         """The first seed's feature gap at its first and last probe (``metrics.jsonl`` copied with the record)."""
-        path = (self.study.results
-                / f"{self.study.by_key[(label, self.study.spec.row(label).seeds[0])].name}.metrics.jsonl")
+        path = self.study.metrics_copy(self.study.by_key[(label, self.study.spec.row(label).seeds[0])])
         if not path.is_file():
-            return f"{label}: no feature-gap record yet"
+            return f"{md_text(label)}: no feature-gap record yet"
         gaps = read_metrics_file(path, "feature_gap")
         if len(gaps) < 2:
-            return f"{label}: fewer than two feature-gap records"
+            return f"{md_text(label)}: fewer than two feature-gap records"
         first, last = gaps[0]["feature_gap"], gaps[-1]["feature_gap"]
         trend = "stays flat" if abs(last - first) <= FLAT * abs(first) else ("grows" if last > first else "shrinks")
-        return (f"{label}: feature gap {first:.3f} (epoch {gaps[0]['epoch']}) → {last:.3f} "
+        return (f"{md_text(label)}: feature gap {first:.3f} (epoch {gaps[0]['epoch']}) → {last:.3f} "
                 f"(epoch {gaps[-1]['epoch']}), {trend}")
 
     def detail(self, kind: str, value: Any) -> str:
@@ -148,10 +155,11 @@ class Page:
             return "which component carries it: not every one-component run is evaluated yet"
         held = [a for a, r in done.items() if r.verdict == "held"]
         if held:
-            return f"which component carries it: {', '.join(held)} (alone above {base_text}, interval above 0)"
+            return (f"which component carries it: {md_text(', '.join(held))} (alone above {md_text(base_text)}, "
+                    "interval above 0)")
         best = max(done, key=lambda a: done[a].diff)
-        return (f"which component carries it: none; no component alone lifts {base_text} (no interval above 0), "
-                f"the best alone is {best} ({done[best].points()} points)")
+        return (f"which component carries it: none; no component alone lifts {md_text(base_text)} (no interval above "
+                f"0), the best alone is {md_text(best)} ({done[best].points()} points)")
 
     def names(self) -> dict[str, Any]:
         """What page text may name: each row config's fields (by config stem, the row's first seed), ``ref`` (the
@@ -186,13 +194,13 @@ class Page:
         steps = [shlex.join(["robustlab", *self.study.train_command(j)]) + "\n"
                  + shlex.join(["robustlab", *self.study.eval_command(j)])
                  for j in self.study.jobs]
-        return ("```\n" + shlex.join(self.study.command_line())
-                + "\n```\n\n<details><summary>the commands it runs</summary>\n\n```\n"
-                + "\n".join(steps) + "\n```\n</details>")
+        return (md_fence(shlex.join(self.study.command_line()))
+                + "\n\n<details><summary>the commands it runs</summary>\n\n" + md_fence("\n".join(steps))
+                + "\n</details>")
 
     def flag_notes(self) -> str:
         """Every flag of the automatic checks, per record, with the check's own message (its measurement)."""
-        notes = [f"- {label} seed {seed}: `{f['code']}`: {f['message']}"
+        notes = [f"- {md_text(label)} seed {seed}: {_code(f['code'])}: {md_text(f['message'])}"
                  for (label, seed), record in sorted(self.records.items()) for f in record["flags"]]
         intro = ("A flag is a warning of the automatic gradient-masking checks (EVALUATION.md), raised on a probe of "
                  "the test images; it asks for a look, it is not a verdict.")
@@ -206,12 +214,12 @@ class Page:
         and seconds); with ``reference`` (another study's page), that study's record of the same row and seed
         beside it: its clean accuracy, ``autoattack`` and worst case, and its ``autoattack``'s cost."""
         attacks = list(self.study.spec.evaluation.attacks)
-        head = ["configuration", "seed", "clean", *(f"`{a}`" for a in attacks), "worst case after verification",
+        head = ["configuration", "seed", "clean", *map(_code, attacks), "worst case after verification",
                 "gap, points [95% CI]", "survivors verified", "backward passes per image: protocol / verification",
                 "seconds: protocol / verification"]
         if reference is not None:
-            group = reference.label("autoattack")
-            head += ["its clean", f"its AutoAttack (`{group}`)", "its worst case", f"its `{group}`: backward passes "
+            group = _code(reference.label("autoattack"))
+            head += ["its clean", f"its AutoAttack ({group})", "its worst case", f"its {group}: backward passes "
                      "per image, seconds"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for job in self.study.jobs:  # seed by seed, rows in the study's order
@@ -224,7 +232,7 @@ class Page:
             ran = [record["attacks"][a] for a in attacks if a in record["attacks"]]
             backward = sum(cost["backward_per_sample"] for cost in ran)
             seconds = sum(cost["time_s"] for cost in ran)
-            cells = [label, str(seed), _percent(record["clean_acc"]),
+            cells = [md_text(label), str(seed), _percent(record["clean_acc"]),
                      *(_percent(accuracy(record, a)) for a in attacks), _percent(record["robust_acc"]),
                      f"{100 * verify['gap']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]",
                      f"{verify['sampled']} of {verify['survivors']}",
@@ -241,9 +249,9 @@ class Page:
         """The section of a companion study (``page.companions``): its measured gaps beside this study's records."""
         other = Page(Study(load_study(source)))
         table = other.gap_table(reference=self)
-        attacks = ", ".join(f"`{a}`" for a in other.study.spec.evaluation.attacks)
+        attacks = ", ".join(map(_code, other.study.spec.evaluation.attacks))
         verify = other.study.spec.evaluation.verify
-        intro = (f"`robustlab study run {source}` evaluates the models of its rows with {attacks} on "
+        intro = (f"{_code(f'robustlab study run {source}')} evaluates the models of its rows with {attacks} on "
                  f"{other.study.spec.evaluation.n_examples} test images, then the reference `autoattack` on "
                  f"{verify} seeded survivors (`--verify {verify}`); the gap is the share of all images that the "
                  "verification still broke, scaled from the sample, with its exact 95% interval, and the worst case "
@@ -271,7 +279,8 @@ class Page:
     def wall_times(self) -> str:
         seconds = {name: self.step_seconds(name) for name in sorted(self.study.timings)}
         lines = ["| run | training s | evaluation s |", "|---|---|---|"]
-        lines += [f"| {name} | {train:.0f} | {evaluation:.0f} |" for name, (train, evaluation) in seconds.items()]
+        lines += [f"| {md_text(name)} | {train:.0f} | {evaluation:.0f} |"
+                  for name, (train, evaluation) in seconds.items()]
         total = sum(train + evaluation for train, evaluation in seconds.values())
         return ("\n".join(lines) + f"\n\nTotal: {total / 3600:.2f} h of this machine. Each step counts the study's "
                 "timer, or the seconds its records kept when that is more (a step cut short by a session's end loses "
@@ -291,7 +300,12 @@ class Page:
             elif not path.is_file():
                 continue
             shown.append((plot.title, path))
-        return "\n".join(f"![{t}]({os.path.relpath(p, doc.parent)})" for t, p in shown), draw
+        return "\n".join(f"![{md_text(t)}]({quote(os.path.relpath(p, doc.parent))})" for t, p in shown), draw
+
+
+def _code(value: str) -> str:
+    """``value`` in a code span (see :func:`robustlab.report.markdown.md_text` on escapes inside one)."""
+    return f"`{md_text(value)}`"
 
 
 def _percent(value: float | None) -> str:
@@ -303,13 +317,29 @@ def _cost(attack: dict[str, Any]) -> str:
     return ", ".join("–" if attack.get(k) is None else f"{attack[k]:.0f}" for k in ("backward_per_sample", "time_s"))
 
 
+def _readme_problem(path: Path, markers: tuple[str, str]) -> str | None:
+    """What keeps robustlab from updating the README at ``path`` (not UTF-8, markers in reverse order), or None."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        return "is not a text (UTF-8) file"
+    except OSError:
+        return None  # absent: nothing to update
+    start, end = markers
+    head, found, rest = text.partition(start)
+    return "has its end marker before its start marker" if found and end not in rest and end in head else None
+
+
 def update_readme(path: Path, markers: tuple[str, str], block: str, log: Callable[[str], None] = print) -> None:
     """Replace the text between the README's study markers by ``block`` (nothing when the markers are absent)."""
+    problem = _readme_problem(path, markers)
+    if problem is not None:
+        raise UserError(f"README {path} {problem}; fix it or pass --readme none")
     start, end = markers
-    text = path.read_text()
-    if start not in text or end not in text:
+    text = path.read_text(encoding="utf-8")
+    head, found, rest = text.partition(start)
+    if not found or end not in rest:
         return
-    head, rest = text.split(start, 1)
     tail = rest.split(end, 1)[1]
     new = f"{head}{start}\n{block}\n{end}{tail}"
     if new != text:
@@ -326,22 +356,42 @@ def page_text(study: Study) -> tuple[str, str, list[tuple[str, list[Path], Path]
     plot_text, plots = page.plots(doc)
     table = page.table()
     source = study.spec.source
-    text = "\n\n".join([
-        f"# {study.spec.title}",
-        f"Generated by `robustlab study run {source}` from the records in "
-        f"`{os.path.relpath(study.results, doc.parent)}/` (status: {status}). Do not edit by hand; rerun "
-        f"`robustlab study report {source}`.",
+    text = MARK + "\n" + "\n\n".join([
+        f"# {md_text(study.spec.title)}",
+        f"Generated by {_code(f'robustlab study run {source}')} from the records in "
+        f"{_code(os.path.relpath(study.results, doc.parent) + '/')} (status: {status}). Do not edit by hand; rerun "
+        f"{_code(f'robustlab study report {source}')}.",
         "## Protocol\n\n" + page.protocol(),
         "## Commands\n\n" + page.commands(),
         "## Results (accuracy %, mean ± std over seeds)\n\n" + table,
         "## Claims\n\n" + "\n".join(f"- {c}" for c in page.claims()),
         *(["## Measured gap\n\n" + gaps] if (gaps := page.gap_table()) else []),
-        *(f"## Re-evaluated by `{name}`\n\n" + page.companion(name) for name in study.spec.page.companions),
+        *(f"## Re-evaluated by {_code(name)}\n\n" + page.companion(name) for name in study.spec.page.companions),
         "## Flags\n\n" + page.flag_notes(),
         "## Plots\n\n" + (plot_text or "(none yet)"),
         "## Wall times\n\n" + page.wall_times(),
     ]) + "\n"
     return text, table, plots, status
+
+
+def page_outputs(study: Study) -> list[tuple[Path, Kind]]:
+    """Every file the page step may write: the page, each plot's report folder (:func:`write_report`), the README
+    (robustlab's text only between its markers; the file must be a regular one), and the results folder's copies
+    and bookkeeping (:meth:`robustlab.study.plan.Study.outputs`)."""
+    plots = [o for plot in study.spec.page.plots for o in report_outputs((study.results / plot.file).parent)]
+    markers = study.spec.page.readme_markers
+    readme = [] if study.readme is None else [(study.readme, Kind(
+        "a README robustlab can update (UTF-8 text, its start marker before its end marker)",
+        lambda path: _readme_problem(path, markers) is None))]
+    return [(study.doc, PAGE), *plots, *readme, *study.outputs()]
+
+
+def claim_outputs(study: Study) -> None:
+    """Refuse, before any step runs, a study whose page, plots, README, results or run folders hold what is not
+    ours."""
+    claim_all(page_outputs(study), "point outputs (or --page/--results/--readme) elsewhere or move that file away")
+    for job in study.jobs:
+        claim_run_folder(study.run_dir(job))
 
 
 def write_results(study: Study, log: Callable[[str], None] = print) -> str:

@@ -7,8 +7,8 @@ Keys, all optional (defaults in brackets):
 - ``protocol``: Markdown lines with placeholders (:mod:`robustlab.study.text`) ([:data:`PROTOCOL`]).
 - ``claims``: each ``{title, decisive: [base, method, metric], details: [...]}``; a detail is one of
   ``{difference: [base, method, metric]}``, ``{feature_gap: row}``, ``{components: {base, base_text, rows,
-  metric}}`` (which one-component row carries a gain) or ``{text: ...}`` (one claim per row with a base,
-  decided on the worst case).
+  metric}}`` (which one-component row carries a gain) or ``{text: ...}`` (Markdown with placeholders, as in the
+  protocol) ([one claim per row with a base, decided on the worst case]).
 - ``plots``: each ``{title, rows, file}`` with ``file`` = ``FOLDER/accuracy.png`` or
   ``FOLDER/feature_gap.png`` under the results folder, drawn by :func:`robustlab.report.write_report` from
   the rows' first-seed runs ([]).
@@ -16,6 +16,9 @@ Keys, all optional (defaults in brackets):
 - ``companions``: other studies (bundled names or paths) that evaluate some of the same rows and seeds
   with another protocol under ``--verify``; the page gets a section per companion with its measured gap
   beside this study's record of the same row and seed ([]).
+
+The protocol lines and text details are the study author's Markdown; every value their placeholders fill in, and
+every title, label and column title, is shown as plain text (:func:`robustlab.report.markdown.md_text`).
 """
 
 from __future__ import annotations

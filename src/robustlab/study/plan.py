@@ -25,9 +25,10 @@ from typing import Any, Callable
 from robustlab.atomic import atomic_write_text
 from robustlab.config import RunConfig, load_config, to_flat_dict
 from robustlab.errors import UserError
+from robustlab.ownership import METRICS_LOG, Kind, json_object
 from robustlab.report.compare import load_record
 from robustlab.runs.metrics import read_metrics
-from robustlab.study.spec import Row, StudySpec
+from robustlab.study.spec import Row, StudySpec, check_overrides
 
 SETTINGS_FILE = "study_settings.json"
 # keys of the resolved config that name where a run lives, not what it computes
@@ -87,7 +88,8 @@ class Study:
         self.timings_path = self.results / "timings.json"
         self.timings: dict[str, dict[str, float]] = _read_json(self.timings_path)
         self.settings_path = self.results / SETTINGS_FILE
-        self._configs: dict[Job, RunConfig] = {}
+        check_overrides(options.overrides, "--override")
+        self._configs = {job: self._resolve(job) for job in self.jobs}  # a bad row fails before any step runs
 
     # ------------------------------------------------------------------ commands
     def command_line(self) -> list[str]:
@@ -98,22 +100,31 @@ class Study:
         return line + [f"--override={o}" for o in self.options.overrides]
 
     def overrides(self, job: Job) -> list[str]:
+        """The job's ``key=value`` list, later ones winning: the keys the study sets per job (``spec.RESERVED``),
+        then the study-wide overrides, the row's, the command line's (the most specific wins)."""
         common = [f"data.root={self.data_root}"] if self.data_root else []
         common += [f"out_dir={self.out}", f"name={job.name}", f"seed={job.seed}"]
-        return common + list(job.row.overrides) + list(self.spec.overrides) + list(self.options.overrides)
+        return common + list(self.spec.overrides) + list(job.row.overrides) + list(self.options.overrides)
 
     def config(self, job: Job) -> RunConfig:
-        """The job's resolved config; a fine-tuning config (``finetune: true``) needs ``finetune_from``."""
-        if job not in self._configs:
-            try:
-                cfg = load_config(job.row.config, self.overrides(job))
-            except UserError as exc:
-                raise UserError(f"row {job.row.label!r} seed {job.seed}: {exc}") from None
-            if cfg.finetune and job.row.finetune_from is None:
-                raise UserError(f"row {job.row.label!r}: {job.row.config} is a fine-tuning config; give the row "
-                                "finetune_from: ROW")
-            self._configs[job] = cfg
+        """The job's resolved config (all of them are resolved, and checked, when the study is built)."""
         return self._configs[job]
+
+    def _resolve(self, job: Job) -> RunConfig:
+        """Load the job's config; a fine-tuning config (``finetune: true``) needs ``finetune_from`` and
+        ``finetune_from`` needs a fine-tuning config."""
+        row = job.row
+        try:
+            cfg = load_config(row.config, self.overrides(job))
+        except UserError as exc:
+            raise UserError(f"row {row.label!r} seed {job.seed}: {exc}") from None
+        if cfg.finetune and row.finetune_from is None:
+            raise UserError(f"row {row.label!r}: {row.config} is a fine-tuning config; give the row finetune_from: ROW")
+        if row.finetune_from is not None and not cfg.finetune:
+            raise UserError(f"row {row.label!r}: {row.config} is not a fine-tuning config (it lacks finetune: true), "
+                            f"but the row fine-tunes from {row.finetune_from!r}; give it a fine-tuning config (e.g. "
+                            "digits_finetune_pgd_at), or drop finetune_from to train it from scratch")
+        return cfg
 
     def source(self, job: Job, label: str | None) -> Job | None:
         return None if label is None else self.by_key[(label, job.seed)]
@@ -155,6 +166,17 @@ class Study:
     # ------------------------------------------------------------------ state
     def record_path(self, job: Job) -> Path:
         return self.results / f"{job.name}.json"
+
+    def metrics_copy(self, job: Job) -> Path:
+        """The run's ``metrics.jsonl``, copied beside its record (feature gaps and wall times for the page)."""
+        return self.results / f"{job.name}.metrics.jsonl"
+
+    def outputs(self) -> list[tuple[Path, Kind]]:
+        """The results folder's files this study writes, with the kind each must be when it exists: per job its
+        metrics copy, and the timings and settings files. (A file at a record copy's path is checked by
+        :meth:`check_records`, which refuses anything but a usable record made under the study's settings.)"""
+        return [*((self.metrics_copy(job), METRICS_LOG) for job in self.jobs), (self.timings_path, BOOKKEEPING),
+                (self.settings_path, BOOKKEEPING)]
 
     def done(self, step: Step) -> bool:
         return self.trained(step.job) if step.kind == "train" else self.record_path(step.job).is_file()
@@ -284,4 +306,17 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise UserError(f"{path} is not valid JSON; restore it from version control or delete it") from None
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold a JSON object; restore it from version control or delete it")
+    odd = next((k for k, v in data.items() if not isinstance(v, dict)), None)
+    if odd is not None:
+        raise UserError(f"{path} holds {odd!r}: {data[odd]!r}, where robustlab keeps an object per entry; restore it "
+                        "from version control or delete it")
     return data
+
+
+def _bookkeeping(path: Path) -> bool:
+    """A study's JSON bookkeeping file (timings, settings, SLURM jobs): an object of objects."""
+    data = json_object(path)
+    return data is not None and all(isinstance(v, dict) for v in data.values())
+
+
+BOOKKEEPING = Kind("a robustlab study file (an object per step)", _bookkeeping)

@@ -27,6 +27,11 @@ A row's run folder is ``{config stem}[_{name}]_s{seed}``; ``name`` tells apart t
 ``adaptive``, the transfer source of the same seed); ``finetune_from`` fine-tunes from that row's run of
 the same seed. Everything is checked before anything runs: unknown keys, unknown rows, a cycle through
 ``base``/``finetune_from``, a config that does not exist, empty seeds, a source that lacks a row's seeds.
+
+Overrides: the most specific wins. ``study run --override`` beats a row's ``overrides``, which beat the
+study-wide ``overrides`` (so an ablation row changes what the study sets for every row), which beat the
+config file. The keys the study sets for each job itself (:data:`RESERVED`: ``seed``, ``name``, ``out_dir``,
+``data.root``) are refused in any of them, with where their value comes from instead.
 """
 
 from __future__ import annotations
@@ -34,10 +39,9 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
-import yaml
-
+from robustlab.config import load_yaml_file
 from robustlab.errors import UserError
 from robustlab.study.page_spec import PageSpec, parse_page
 
@@ -48,6 +52,14 @@ EVAL_KEYS = ("attacks", "n_examples", "batch_size", "channels_last", "checks", "
 OUTPUT_KEYS = ("runs", "results", "page", "readme")
 PAGE_KEYS = ("columns", "protocol", "claims", "plots", "readme_markers", "companions")
 TRANSFER = ("base", "none")
+# the keys the study sets for each job (robustlab.study.plan.Study.overrides), and where their values come from:
+# an override of one would train every seed alike, or move a run out of the study's sight
+RESERVED = {
+    "seed": "seeds come from the study's seeds: list (a row may list a subset as its own seeds:)",
+    "name": "run names are the config's stem plus the row's name: (name: tells two rows of one config apart)",
+    "out_dir": "run folders go under outputs.runs (or study run --runs)",
+    "data.root": "give the data with the study's data_root: (or study run --data-root)",
+}
 
 
 @dataclass(frozen=True)
@@ -156,10 +168,25 @@ def _seeds(value: Any, what: str) -> tuple[int, ...]:
 
 
 def _overrides(value: Any, what: str) -> tuple[str, ...]:
-    items = _typed(value, list, what, "a list of key=value strings")
+    return check_overrides(_typed(value, list, what, "a list of key=value strings"), what)
+
+
+def check_overrides(items: Iterable[Any], what: str) -> tuple[str, ...]:
+    """``items`` as key=value strings, none of which sets (or replaces a section holding) a :data:`RESERVED` key;
+    keys are compared as ``load_config`` reads them (``" seed =1"`` sets ``seed``)."""
+    from robustlab.config import parse_override
+
     for item in items:
         if not isinstance(item, str) or "=" not in item:
             raise UserError(f"{what} must hold key=value strings, got {item!r}")
+        try:
+            key = ".".join(parse_override(item)[0])
+        except UserError as exc:
+            raise UserError(f"{what}: {exc}") from None
+        reserved = next((r for r in RESERVED if r == key or r.startswith(f"{key}.")), None)
+        if reserved is not None:
+            raise UserError(f"{what}: {item!r} sets {reserved}, which the study sets for each job itself; "
+                            f"{RESERVED[reserved]}")
     return tuple(items)
 
 
@@ -302,10 +329,4 @@ def parse_study(data: Any, source: str, base_dir: Path = Path(".")) -> StudySpec
 def load_study(name_or_path: str) -> StudySpec:
     """Read and validate a study file or bundled study."""
     path = resolve_study_path(name_or_path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise UserError(f"study file {path} is not valid YAML{where}; fix its syntax") from None
-    return parse_study(data, name_or_path, path.parent)
+    return parse_study(load_yaml_file(path, "study file"), name_or_path, path.parent)

@@ -41,7 +41,7 @@ def execute(study: Study, step: Step, main: bool = True) -> float:
     if step.kind == "eval":
         job = step.job
         run = study.run_dir(job)
-        atomic_write_bytes(study.results / f"{job.name}.metrics.jsonl", (run / "metrics.jsonl").read_bytes())
+        atomic_write_bytes(study.metrics_copy(job), (run / "metrics.jsonl").read_bytes())
         study.file_settings(job)
         atomic_write_bytes(study.record_path(job), study.eval_out(job).read_bytes())
     return seconds

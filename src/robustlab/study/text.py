@@ -5,6 +5,9 @@ the page cannot drift from the configs: ``{cifar10s_pgd_at.train.epochs}`` is th
 ``{mean.pgd_at.clean}`` a row's mean ± std. Only dataclass fields and mapping keys are followed (no
 attributes, no calls). Format specs: Python's, plus ``json`` (``json.dumps``) and ``/255``
 (``0.0314`` → ``8/255``).
+
+The text around the placeholders is the study author's Markdown and stays as written; every filled value is
+shown as text (:func:`robustlab.report.markdown.md_text`), so a config field or a label cannot inject Markdown.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import fields, is_dataclass
 from typing import Any, Mapping
 
 from robustlab.errors import UserError
+from robustlab.report.markdown import md_text
 
 
 class _Template(string.Formatter):
@@ -38,14 +42,15 @@ class _Template(string.Formatter):
 
     def format_field(self, value: Any, format_spec: str) -> str:
         if format_spec == "json":
-            return json.dumps(value)
+            return md_text(json.dumps(value))
         if format_spec == "/255":
             return f"{value * 255:g}/255"
-        return format(value, format_spec)
+        return md_text(format(value, format_spec))
 
 
 def fill(template: str, names: Mapping[str, Any]) -> str:
-    """``template`` with its placeholders filled from ``names`` (one UserError line for a bad one)."""
+    """``template`` with its placeholders filled from ``names``, each value as Markdown text (one UserError line
+    for a bad one)."""
     if not isinstance(template, str):
         raise UserError(f"page text must be strings, got {template!r}; quote it in the study file")
     try:

@@ -47,6 +47,7 @@ from robustlab.runs.checkpoint import (
     save_checkpoint,
     unprefixed,
 )
+from robustlab.runs.folder import claim_run_folder
 from robustlab.runs.lock import RunLock
 from robustlab.runs.metrics import MetricsLog
 from robustlab.runs.model import build_model, check_input_size, model_spec
@@ -140,10 +141,12 @@ class Trainer:
 
     # ----------------------------------------------------------------- resume
     def prepare_run_dir(self) -> bool:
-        """Create the run folder or check it holds this same run; True when a checkpoint was restored."""
+        """Create the run folder or check it holds this same run (a folder holding anything else is refused:
+        :func:`~robustlab.runs.folder.claim_run_folder`); True when a checkpoint was restored."""
         config_path = self.run_dir / "config.yaml"
         last = checkpoint_path(self.run_dir)
         if self.ranks.main:
+            claim_run_folder(self.run_dir)  # before the lock file: a refused folder gains nothing
             stale = self.lock.acquire(f"run folder {self.run_dir}")
             if stale is not None:
                 self.log(f"took over the lock of process {stale}, which is gone")

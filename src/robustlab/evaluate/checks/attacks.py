@@ -23,6 +23,7 @@ from robustlab.evaluate.checks.common import (
     TOLERANCE_SAMPLES,
     accurate_under_pgd,
     clean_correct,
+    exceeds,
     fraction_true,
     pct,
     steps_run_names,
@@ -81,7 +82,7 @@ def steps_flags(
     flags: list[Flag] = []
     for more, what in ((longer, "more steps"), (restarted, "more restarts")):
         excess = values[more] - values[base]
-        if excess > tol + 1e-12:
+        if exceeds(excess, tol):
             flags.append(Flag(
                 "monotonicity",
                 f"{more} left {round(excess * n)} more of {n} probe samples accurate than {base} "
@@ -125,7 +126,7 @@ def sweep_flags(
         ))
     tol = tolerance_samples / n if n else 0.0
     for (m1, r1, a1), (m2, r2, a2) in zip(accs, accs[1:]):
-        if a2 > a1 + tol + 1e-12:
+        if exceeds(a2 - a1, tol):
             flags.append(Flag(
                 "eps_not_monotone",
                 f"PGD-{steps} accuracy rose from {pct(a1)} at eps {r1:.4g} to {pct(a2)} at eps {r2:.4g}: a "
@@ -210,7 +211,7 @@ def black_box_flag(
     fraction: float, n: int | None, threshold: float, min_samples: int, gradient_name: str
 ) -> Flag | None:
     """Flag when ``fraction`` > ``threshold`` and (``n`` known) ``fraction * n`` >= ``min_samples``."""
-    if fraction <= threshold or (n and round(fraction * n) < min_samples):
+    if not exceeds(fraction, threshold) or (n and round(fraction * n) < min_samples):
         return None
     return Flag(
         "black_box",

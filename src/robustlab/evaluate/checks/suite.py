@@ -13,6 +13,7 @@ from robustlab.evaluate.checks.common import (
     DOC,
     MONOTONICITY_TOLERANCE,
     and_list,
+    exceeds,
     fraction_true,
     pct,
 )
@@ -68,7 +69,7 @@ def check_monotonicity(
             continue
         seen.add((hi, lo))
         excess = numbers[lo] - numbers[hi]
-        if excess > tol:
+        if exceeds(excess, tol):
             flags.append(Flag(
                 "monotonicity",
                 f"{lo} accuracy {pct(numbers[lo])} is above {hi} accuracy {pct(numbers[hi])}: a stronger "
