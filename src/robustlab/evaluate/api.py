@@ -13,8 +13,7 @@ from torch import nn
 
 import robustlab
 from robustlab.attacks.counting import Stopwatch, count_passes
-from robustlab.config import RunConfig, from_dict
-from robustlab.data import ImageDataset, fixed_subset, load_dataset
+from robustlab.data import ImageDataset, fixed_subset
 from robustlab.errors import UserError
 from robustlab.evaluate.adaptive import build_adaptive
 from robustlab.evaluate.batch import BatchCompany, batch_dependence
@@ -29,10 +28,10 @@ from robustlab.evaluate.runner import run_suite, summarise
 from robustlab.evaluate.sharding import gather_states, shard_batches
 from robustlab.evaluate.state import EvalState, finished_work, labels_hash, model_hash
 from robustlab.evaluate.suite import autoattack_version, check_attack_names, group_that_ran
+from robustlab.evaluate.target import attack_tag, checkpoint_target
 from robustlab.evaluate.verify import parse_verify, verify_survivors
 from robustlab.rules import (
     MAX_RESTARTS,
-    STANDARD_EPS,
     budget_warnings,
     check_budget,
     check_count,
@@ -40,10 +39,9 @@ from robustlab.rules import (
     check_step_size,
     eval_budget_warnings,
 )
-from robustlab.runs.checkpoint import run_folder
 from robustlab.runs.model import load_model
 from robustlab.runs.ranks import join, ranks_from_env, resolve_device
-from robustlab.runs.record import eps_label, format_table, make_record, write_record
+from robustlab.runs.record import format_table, make_record, write_record
 
 
 def _placed(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
@@ -275,48 +273,22 @@ def evaluate_checkpoint(
     verify: int | str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Evaluate a trained run; ε, norm and step size default to the run's training attack.
-
-    With a ``norm`` other than the training attack's and no ``eps``, ε is the standard budget of that
-    norm (:data:`~robustlab.rules.STANDARD_EPS`: 0.5 for L2, 8/255 for L∞), said in a log line, never the
-    training ε read in the other norm's units.
+    """Evaluate a trained run; ε, norm and step size default to the run's training attack
+    (:func:`~robustlab.evaluate.target.checkpoint_target`).
 
     ``transfer_from``: a run folder or checkpoint whose model crafts transfer attacks (implies adaptive).
     """
     check_attack_names(attacks)
     parse_verify(verify)
     dev = resolve_device(device, key="--device")
-    model, meta = load_model(path, which=which, weights=weights, device=dev)
-    cfg: RunConfig = from_dict(RunConfig, meta["config"])
-    attack_cfg = cfg.method.attack
-    norm = attack_cfg.norm if norm is None else norm
-    if eps is None and norm != attack_cfg.norm:  # the training ε is in the other norm's units
-        eps = STANDARD_EPS[norm]
-        log(f"--norm {norm} differs from the run's training norm {attack_cfg.norm}, so eps is the standard "
-            f"{eps_label(eps)} for {norm}, not the training eps {eps_label(attack_cfg.eps)}; pass --eps to choose")
-    eps = attack_cfg.eps if eps is None else eps
-    if step_size is None and eps == attack_cfg.eps:
-        step_size = attack_cfg.step_size
-    check_budget(eps, norm, key="eps")
-    data = load_dataset(cfg.data.name, split, root=cfg.data.root, **cfg.data.options)
-    if data.num_classes != meta["model"]["num_classes"]:
-        raise UserError(
-            f"the {split} split of {cfg.data.name} has {data.num_classes} classes but the model has "
-            f"{meta['model']['num_classes']}; evaluate on data with the training classes"
-        )
-    if n_examples is not None:
-        data = fixed_subset(data, n_examples, seed=seed)
-    model_info = {
-        "checkpoint": meta["checkpoint"], "weights": meta["weights"], "architecture": meta["model"]["name"],
-        "method": cfg.method.name, "epoch": meta.get("epoch"), "run": cfg.name, "split": split,
-    }
+    target = checkpoint_target(path, eps=eps, norm=norm, step_size=step_size, n_examples=n_examples, seed=seed,
+                               split=split, which=which, weights=weights, device=dev, log=log)
     if out is None:
-        run_dir = run_folder(Path(meta["checkpoint"]))
-        tag = "_".join(a.strip().lower() for a in attacks) + ("_adaptive" if adaptive or transfer_from else "")
-        tag += "" if verify is None else f"_verify{verify}"
-        out = run_dir / "eval" / f"{which}_{tag}_{eps_label(eps).replace('/', 'over')}_{norm}.json"
+        tag = attack_tag(attacks) + ("_adaptive" if adaptive or transfer_from else "")
+        out = target.default_out("eval", tag + ("" if verify is None else f"_verify{verify}"))
     return evaluate_into(
-        Path(out), model, data, attacks=attacks, eps=eps, norm=norm, step_size=step_size, restarts=restarts,
-        batch_size=batch_size, seed=seed, device=dev, model_info=model_info, adaptive=adaptive,
+        Path(out), target.model, target.data, attacks=attacks, eps=target.eps, norm=target.norm,
+        step_size=target.step_size, restarts=restarts, batch_size=batch_size, seed=seed, device=dev,
+        model_info=target.model_info, adaptive=adaptive,
         transfer_from=transfer_from, checks=checks, channels_last=channels_last, verify=verify, log=log,
     )

@@ -36,10 +36,10 @@ from robustlab.evaluate.api import evaluate_into
 from robustlab.evaluate.output import check_output
 from robustlab.evaluate.probe import check_logit_shape, one_line
 from robustlab.evaluate.suite import check_attack_names
+from robustlab.evaluate.target import OUTSIDE_HOME, Target, attack_tag
 from robustlab.models import Normalize
 from robustlab.rules import STANDARD_EPS
 from robustlab.runs.ranks import resolve_device
-from robustlab.runs.record import eps_label
 
 # What a user's file, factory or forward may raise: exiting or interrupting is that code's failure too.
 USER_CODE_FAILURES = (Exception, SystemExit, KeyboardInterrupt)
@@ -49,7 +49,6 @@ SHOWN = 3  # names listed in a key mismatch message
 NO_WEIGHTS = "none"  # the weights hash of a model without parameters or buffers
 BATCHES_TRACKED = "num_batches_tracked"  # a BatchNorm counter older files lack (load_weights)
 LISTED = 8  # callables listed when the factory is missing
-DEFAULT_OUT = Path("runs") / "eval"
 
 # Per-channel statistics of the usual training sets (RGB order), for --normalize NAME.
 NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -287,21 +286,40 @@ def model_identity(source: dict[str, Any]) -> str:
     return hashlib.sha256(both.encode()).hexdigest()[:8]
 
 
-def default_out(spec: str, identity: str, data: str, split: str, attacks: list[str], eps: float, norm: str) -> Path:
-    """``runs/eval/<file stem or module>_<factory>_<identity>/<data>_<split>_<attacks>_<eps>_<norm>.json`` (relative to
-    the working directory).
-
-    ``identity`` is :func:`model_identity`, so ``teamA/net.py:build`` and ``teamB/net.py:build`` keep two records.
-    """
-    source, _, factory = spec.rpartition(":")
-    stem = Path(source).stem if source.endswith(".py") else source
-    return DEFAULT_OUT / f"{stem}_{factory}_{identity}" / record_file_name(data, split, attacks, eps, norm)
+def model_folder(spec: str, source: dict[str, Any]) -> str:
+    """``<file stem or module>_<factory>_<identity>``: the folder of an outside model's default records under
+    ``runs/<command>/`` (relative to the working directory). The identity is :func:`model_identity`, so
+    ``teamA/net.py:build`` and ``teamB/net.py:build`` keep two records."""
+    path, _, factory = spec.rpartition(":")
+    stem = Path(path).stem if path.endswith(".py") else path
+    return f"{stem}_{factory}_{model_identity(source)}"
 
 
-def record_file_name(data: str, split: str, attacks: list[str], eps: float, norm: str) -> str:
-    """``<data>_<split>_<attacks>_<eps>_<norm>.json``, the file name of an outside model's default record."""
-    tag = "_".join(a.strip().lower() for a in attacks)
-    return f"{data}_{split}_{tag}_{eps_label(eps).replace('/', 'over')}_{norm}.json"
+def outside_target(
+    model: nn.Module, source: dict[str, Any], dataset: ImageDataset, *, eps: float, norm: str, split: str,
+    folder: str, data: str,
+) -> Target:
+    """The target of a loaded outside model (any source: a factory, RobustBench's zoo): its record is the run record
+    plus ``model_source``, by default ``runs/<command>/<folder>/<data>_<split>_<tag>_<eps>_<norm>.json``."""
+    model_info = {"model_source": source, "architecture": source["architecture"], "split": split}
+    return Target(model, dataset, eps, norm, None, model_info, home=OUTSIDE_HOME, folder=folder,
+                  prefix=f"{data}_{split}")
+
+
+def external_target(
+    spec: str, weights: str | Path | None, *, data: str, data_root: str | Path | None = None, download: bool = False,
+    split: str = "test", eps: float | None = None, norm: str = "linf", n_examples: int | None = None, seed: int = 0,
+    stats: tuple[list[float], list[float]] | None = None, device: torch.device = torch.device("cpu"),
+    log: Callable[[str], None] = print,
+) -> Target:
+    """The outside model ``spec`` (``FILE.py:factory`` or ``package.module:factory``) with ``weights`` on data set
+    ``data`` (its fixed seeded subset of ``n_examples``); ε defaults to RobustBench's standard budget (8/255 for L∞,
+    0.5 for L2)."""
+    eps = STANDARD_EPS[norm] if eps is None else eps
+    dataset = load_data(data, data_root, split, n_examples, seed, download=download)
+    model, source = load_external(spec, weights, dataset, stats=stats, device=device, log=log)
+    return outside_target(model, source, dataset, eps=eps, norm=norm, split=split, folder=model_folder(spec, source),
+                          data=data)
 
 
 def evaluate_external(
@@ -329,20 +347,18 @@ def evaluate_external(
     ``options`` are :func:`~robustlab.evaluate.api.evaluate_model`'s other keywords (``step_size``,
     ``restarts``, ``batch_size``, ``adaptive``, ``checks``, ``channels_last``) and ``transfer_from``, with
     their defaults there. The record is a run record plus ``model_source`` (file or module, factory,
-    sha256 of the model file and of the weights). It is written to ``out`` (default :func:`default_out`,
-    named with the model's identity) by :func:`evaluate_outside_model` (an existing ``out`` that is not a
-    robustlab record is refused before any work), and the per-sample state beside it makes a rerun resume.
+    sha256 of the model file and of the weights). It is written to ``out`` (default
+    ``runs/eval/<file stem or module>_<factory>_<identity>/<data>_<split>_<attacks>_<eps>_<norm>.json``) by
+    :func:`~robustlab.evaluate.api.evaluate_into` (an existing ``out`` that is not a robustlab record is refused
+    before any work), and the per-sample state beside it makes a rerun resume.
     """
     check_attack_names(attacks)
     dev = resolve_device(device, key="--device")
     if out is not None:
         check_output(Path(out))  # before the user's code runs or any data loads
-    eps = STANDARD_EPS[norm] if eps is None else eps
-    dataset = load_data(data, data_root, split, n_examples, seed, download=download)
-    model, source = load_external(spec, weights, dataset, stats=stats, device=dev, log=log)
-    out = Path(out) if out is not None else default_out(spec, model_identity(source), data, split, attacks, eps, norm)
-    return evaluate_outside_model(model, source, dataset, out, split=split, attacks=attacks, eps=eps, norm=norm,
-                                  seed=seed, device=dev, log=log, **options)
+    target = external_target(spec, weights, data=data, data_root=data_root, download=download, split=split, eps=eps,
+                             norm=norm, n_examples=n_examples, seed=seed, stats=stats, device=dev, log=log)
+    return evaluate_target(target, out, attacks=attacks, seed=seed, device=dev, log=log, **options)
 
 
 def load_data(
@@ -353,11 +369,12 @@ def load_data(
     return dataset if n_examples is None else fixed_subset(dataset, n_examples, seed=seed)
 
 
-def evaluate_outside_model(
-    model: nn.Module, source: dict[str, Any], dataset: ImageDataset, out: Path, *, split: str, **options: Any,
+def evaluate_target(
+    target: Target, out: str | Path | None, *, attacks: list[str], **options: Any,
 ) -> dict[str, Any]:
-    """Evaluate a loaded outside model (any source: a factory, RobustBench's zoo) into a record at ``out``:
-    the run record plus ``model_source``, written by :func:`~robustlab.evaluate.api.evaluate_into` (whose
-    keywords ``options`` are) under the record's lock; resumable from the state beside ``out``."""
-    model_info = {"model_source": source, "architecture": source["architecture"], "split": split}
-    return evaluate_into(out, model, dataset, model_info=model_info, **options)
+    """Evaluate an outside model's ``target`` into the record at ``out`` (default: its ``runs/eval/...`` path) through
+    :func:`~robustlab.evaluate.api.evaluate_into` (whose keywords ``options`` are), under the record's lock;
+    resumable from the state beside ``out``."""
+    out = Path(out) if out is not None else target.default_out("eval", attack_tag(attacks))
+    return evaluate_into(out, target.model, target.data, model_info=target.model_info, attacks=attacks,
+                         eps=target.eps, norm=target.norm, **options)

@@ -1,4 +1,5 @@
-"""Where an evaluation writes: the record, its ``.state.json`` and ``.lock`` siblings, claimed before any work.
+"""Where an evaluation (or an audit) writes: the record, its ``.state.json`` and ``.lock`` siblings, claimed before any
+work.
 
 An evaluation owns three files: the record ``OUT`` (a ``.json`` path), the per-sample state
 ``OUT.state.json`` and the lock ``OUT.lock`` (:class:`~robustlab.runs.lock.RunLock`). :func:`claim_output`
@@ -18,12 +19,13 @@ file with those keys would be taken for ours.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 from robustlab.atomic import check_replaceable, remove_stale_temps
 from robustlab.errors import UserError
-from robustlab.ownership import json_object
+from robustlab.ownership import Kind, json_object
 from robustlab.runs.lock import RunLock
 from robustlab.runs.record import looks_like_record
 
@@ -61,47 +63,66 @@ def _is_lock_file(path: Path) -> bool:
     return len(data) <= LOCK_MAX_BYTES and (not text or text.isdigit())
 
 
+@dataclass(frozen=True)
+class Outputs:
+    """The files one command owns beside its record ``OUT``: the record's :class:`~robustlab.ownership.Kind`, the side
+    files' paths (from ``OUT``) with theirs, and what the lock names in a refusal."""
+
+    record: Kind
+    sides: tuple[tuple[Callable[[Path], Path], Kind], ...]
+    noun: str
+
+
+EVALUATION = Outputs(
+    Kind("a robustlab evaluation record", looks_like_record),
+    ((state_path, Kind("a robustlab evaluation state", _is_state)),
+     (verify_state_path, Kind("a robustlab verification state", _is_state))),
+    "evaluation record",
+)
+
+
 def _refusal(path: Path, what: str, out: Path) -> UserError:
     return UserError(f"{path} exists and is {what}, so it is never overwritten; pass --out NEW.json (another record "
                      f"path) or move that file away (record {out})")
 
 
-def check_output(out: Path) -> None:
-    """Refuse ``out`` unless it is a ``.json`` path whose record, state and lock are absent or robustlab's own."""
+def check_output(out: Path, outputs: Outputs = EVALUATION) -> None:
+    """Refuse ``out`` unless it is a ``.json`` path whose record, side files and lock are absent or robustlab's own."""
     if out.suffix != ".json":
         raise UserError(f"--out {out} must be a .json record path (its state and lock files go beside it); pass e.g. "
                         f"--out {out.with_suffix('.json')}")
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; pass a record file path such as {out / 'eval.json'}")
-    for path, ours, what in ((out, looks_like_record, "not a robustlab evaluation record"),
-                             (state_path(out), _is_state, "not a robustlab evaluation state"),
-                             (verify_state_path(out), _is_state, "not a robustlab verification state")):
+    for path, kind in ((out, outputs.record), *((side(out), kind) for side, kind in outputs.sides)):
         check_replaceable(path)
-        if path.exists() and not ours(path):
-            raise _refusal(path, what, out)
+        if path.exists() and not kind.ours(path):
+            raise _refusal(path, f"not {kind.what}", out)
     lock = lock_path(out)
     if lock.is_dir() or (lock.exists() and not _is_lock_file(lock)):
         raise _refusal(lock, "not a robustlab lock file", out)
 
 
 @contextmanager
-def claim_output(out: Path, *, main: bool = True, log: Callable[[str], None] = print) -> Iterator[Path]:
+def claim_output(
+    out: Path, *, main: bool = True, log: Callable[[str], None] = print, outputs: Outputs = EVALUATION,
+) -> Iterator[Path]:
     """Check ``out`` (:func:`check_output`), hold its lock for the ``with`` block, clear stale temps; yields the state
     path.
 
     ``main``: False on the non-zero ranks of a torchrun job, which only read (rank 0 checks and locks).
+    ``outputs``: the command's files (default: an evaluation's record, state and verification state).
     """
     if not main:
         yield state_path(out)
         return
-    check_output(out)  # before the lock file is created, so a refused path gains no sibling
+    check_output(out, outputs)  # before the lock file is created, so a refused path gains no sibling
     lock = RunLock(lock_path(out))
-    stale = lock.acquire(f"evaluation record {out}")
+    stale = lock.acquire(f"{outputs.noun} {out}")
     if stale is not None:
         log(f"took over the lock of process {stale}, which is gone")
     try:
-        check_output(out)  # again under the lock: another process may have written meanwhile
-        remove_stale_temps(out.parent, (out.name, state_path(out).name, verify_state_path(out).name))
+        check_output(out, outputs)  # again under the lock: another process may have written meanwhile
+        remove_stale_temps(out.parent, (out.name, *(side(out).name for side, _ in outputs.sides)))
         yield state_path(out)
     finally:
         lock.release()

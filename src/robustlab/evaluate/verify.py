@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from scipy.stats import hypergeom
 from torch import nn
 
 from robustlab.data import ImageDataset
 from robustlab.errors import UserError
 from robustlab.evaluate.flags import Flag
+from robustlab.evaluate.intervals import hypergeometric_interval
 from robustlab.evaluate.masking import Masking, routed_suite
 from robustlab.evaluate.runner import run_suite
 from robustlab.evaluate.state import EvalState
@@ -38,7 +38,6 @@ from robustlab.runs.record import ROBUST
 
 VERIFY_PROTOCOL = "autoattack"
 GAP_LIMIT = 0.005  # issue 18: flag when the interval's upper end exceeds 0.5 points
-CONFIDENCE = 0.95
 
 
 def parse_verify(text: str | int | None) -> int | str | None:
@@ -52,42 +51,6 @@ def parse_verify(text: str | int | None) -> int | str | None:
     if k < 1:
         raise UserError(f"--verify must be >= 1 or 'all', got {k}")
     return k
-
-
-def hypergeometric_interval(
-    broken: int, sampled: int, population: int, confidence: float = CONFIDENCE,
-) -> tuple[int, int]:
-    """Exact two-sided interval ``(lo, hi)`` for the number ``M`` of marked items in a population of
-    ``population``, from ``broken`` marked among ``sampled`` drawn without replacement: every ``M`` with
-    ``P(X >= broken) > alpha / 2`` and ``P(X <= broken) > alpha / 2`` under the hypergeometric
-    (``population``, ``M``, ``sampled``) law (the tail-inversion of Clopper & Pearson 1934, for a finite
-    population). A census (``sampled == population``) gives ``(broken, broken)``."""
-    if not 0 <= broken <= sampled <= population:
-        raise ValueError(f"need 0 <= broken <= sampled <= population, got {broken}, {sampled}, {population}")
-    alpha = 1.0 - confidence
-
-    def upper_tail(m: int) -> float:  # P(X >= broken | M = m): non-decreasing in m
-        return float(hypergeom.sf(broken - 1, population, m, sampled))
-
-    def lower_tail(m: int) -> float:  # P(X <= broken | M = m): non-increasing in m
-        return float(hypergeom.cdf(broken, population, m, sampled))
-
-    # the kept set is an interval (the hypergeometric law is stochastically increasing in M), so each end
-    # is found by bisection: log2(population) evaluations instead of one per M
-    lo = _first_true(lambda m: upper_tail(m) > alpha / 2, broken, population)
-    hi = _first_true(lambda m: lower_tail(m) <= alpha / 2, broken, population + 1) - 1
-    return lo, hi
-
-
-def _first_true(test: Callable[[int], bool], start: int, stop: int) -> int:
-    """The smallest m in [start, stop) with ``test(m)``, for a ``test`` false then true; ``stop`` if none."""
-    while start < stop:
-        mid = (start + stop) // 2
-        if test(mid):
-            stop = mid
-        else:
-            start = mid + 1
-    return start
 
 
 def survivors(result: dict[str, Any]) -> torch.Tensor:

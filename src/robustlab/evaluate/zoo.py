@@ -5,9 +5,9 @@ Like RobustBench's ``load_model(model_name, model_dir, dataset, threat_model)`` 
 its ``state_dict`` entry and ``module.`` prefix unwrapped (:func:`robustlab.evaluate.external.unwrap_state_dict`),
 and loaded into the entry's architecture (:mod:`robustlab.models.robustbench`). Unlike it, nothing is ever
 downloaded: a missing file is one line naming the path to put it at and where it comes from, and the file
-is read with ``torch.load(weights_only=True)`` and loaded strictly. The model is then evaluated through the
-outside-model path (:func:`robustlab.evaluate.external.evaluate_outside_model`), so the record has the
-same shape and ``model_info`` block as any outside model's.
+is read with ``torch.load(weights_only=True)`` and loaded strictly. The model is then an outside model's target
+(:func:`robustlab.evaluate.external.outside_target`), so its record has the same shape and ``model_info`` block
+as any outside model's, under ``eval`` and ``audit`` alike.
 
 The table holds a handful of well-known CIFAR-10 entries, each with its architecture, normalisation and
 Google Drive file id as RobustBench's ``robustbench/model_zoo/cifar10.py`` defines them, and the
@@ -21,24 +21,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
 from robustlab.errors import UserError
 from robustlab.evaluate.external import (
-    DEFAULT_OUT,
     NORMALIZATIONS,
     check_outputs,
-    evaluate_outside_model,
+    evaluate_target,
     load_data,
     load_weights,
+    outside_target,
     read_weights,
-    record_file_name,
     sha256_file,
     unwrap_state_dict,
     wrap_normalize,
 )
 from robustlab.evaluate.output import check_output
 from robustlab.evaluate.suite import check_attack_names
+from robustlab.evaluate.target import Target
 from robustlab.models.robustbench import DMWideResNet, WideResNet, preact_resnet18
 from robustlab.rules import STANDARD_EPS
 from robustlab.runs.ranks import resolve_device
@@ -157,28 +158,40 @@ def load_zoo_model(
     return model.eval(), source
 
 
+def zoo_target(
+    name: str, *, dataset: str = "cifar10", threat_model: str = "Linf", model_dir: str | Path = "models",
+    data: str | None = None, data_root: str | Path | None = None, split: str = "test", eps: float | None = None,
+    n_examples: int | None = None, seed: int = 0, device: torch.device = torch.device("cpu"),
+    log: Callable[[str], None] = print,
+) -> Target:
+    """RobustBench entry ``name`` from its local checkpoint on ``data`` (default: ``dataset``, files under
+    ``data_root``); ε defaults to RobustBench's budget of the threat model (8/255, 0.5). A bad name or a missing
+    file fails before any data is read. Records go by default to ``runs/<command>/robustbench_<name>/``."""
+    require_checkpoint(name, dataset, threat_model, model_dir)
+    norm = THREAT_MODELS[threat_model]
+    eps = STANDARD_EPS[norm] if eps is None else eps
+    images = load_data(data or dataset, data_root, split, n_examples, seed)
+    model, source = load_zoo_model(name, dataset, threat_model, model_dir, images, device, log)
+    return outside_target(model, source, images, eps=eps, norm=norm, split=split, folder=f"robustbench_{name}",
+                          data=data or dataset)
+
+
 def evaluate_zoo(
     name: str, *, dataset: str = "cifar10", threat_model: str = "Linf", model_dir: str | Path = "models",
     attacks: list[str], data: str | None = None, data_root: str | Path | None = None, split: str = "test",
     eps: float | None = None, n_examples: int | None = None, seed: int = 0, device: str = "auto",
     out: str | Path | None = None, log: Callable[[str], None] = print, **options: Any,
 ) -> dict[str, Any]:
-    """Evaluate RobustBench entry ``name`` from its local checkpoint on ``data`` (default: ``dataset``, files under
-    ``data_root``). ε defaults to RobustBench's budget of the threat model (8/255, 0.5). The record goes to ``out``
-    (default ``runs/eval/robustbench_<name>/<data>_<split>_<attacks>_<eps>_<norm>.json``). ``options`` are
+    """Evaluate RobustBench entry ``name`` (:func:`zoo_target`). The record goes to ``out`` (default
+    ``runs/eval/robustbench_<name>/<data>_<split>_<attacks>_<eps>_<norm>.json``). ``options`` are
     :func:`~robustlab.evaluate.api.evaluate_model`'s other keywords and ``transfer_from``, as for
     :func:`~robustlab.evaluate.external.evaluate_external`."""
-    # a bad name or a missing file fails before any data is read
-    require_checkpoint(name, dataset, threat_model, model_dir)
+    require_checkpoint(name, dataset, threat_model, model_dir)  # a bad name or a missing file: before the rest
     check_attack_names(attacks)
     if out is not None:
         check_output(Path(out))  # an existing file there that is not a robustlab record: refused before any work
-    norm = THREAT_MODELS[threat_model]
-    eps = STANDARD_EPS[norm] if eps is None else eps
     dev = resolve_device(device, key="--device")
-    images = load_data(data or dataset, data_root, split, n_examples, seed)
-    model, source = load_zoo_model(name, dataset, threat_model, model_dir, images, dev, log)
-    target = (Path(out) if out is not None
-              else DEFAULT_OUT / f"robustbench_{name}" / record_file_name(data or dataset, split, attacks, eps, norm))
-    return evaluate_outside_model(model, source, images, target, split=split, attacks=attacks, eps=eps, norm=norm,
-                                  seed=seed, device=dev, log=log, **options)
+    target = zoo_target(name, dataset=dataset, threat_model=threat_model, model_dir=model_dir, data=data,
+                        data_root=data_root, split=split, eps=eps, n_examples=n_examples, seed=seed, device=dev,
+                        log=log)
+    return evaluate_target(target, out, attacks=attacks, seed=seed, device=dev, log=log, **options)
