@@ -45,6 +45,42 @@ def _csv(text: str) -> list[str]:
     return items
 
 
+def _model_arguments(p: argparse.ArgumentParser, verb: str) -> None:
+    """The arguments that name the model, its data and the budget: the same for eval and audit."""
+    p.add_argument("path", nargs="?", default=None, help="run folder or .safetensors checkpoint (or use --model)")
+    p.add_argument("--eps", type=_number, default=None,
+                   help="budget in pixel units, e.g. 8/255 (default: the run's training eps)")
+    p.add_argument("--norm", choices=["linf", "l2"], default=None)
+    p.add_argument("--step-size", type=_number, default=None, help="PGD/CW step (default: the training step, or eps/4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", choices=["train", "test"], default="test")
+    p.add_argument("--checkpoint", choices=["last", "best"], default="last", help="which checkpoint of a run folder")
+    p.add_argument("--weights", default=None,
+                   help="run folder: auto|model|ema (auto = EMA when the run kept one); --model: the weights file (.pt "
+                        "or .safetensors)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--model", default=None,
+                   help="an outside model: path/to/file.py:factory or package.module:factory (with --weights FILE and "
+                        "--data)")
+    p.add_argument("--data", default=None, help="--model: data set name (robustlab list datasets)")
+    p.add_argument("--data-root", default=None, help="--model: where the data set's files live")
+    p.add_argument("--download", action="store_true",
+                   help="--model: download the data set's official files when missing")
+    p.add_argument("--mean", type=_number, nargs="+", default=None,
+                   help="--model: per-channel mean the model expects (with --std)")
+    p.add_argument("--std", type=_number, nargs="+", default=None, help="--model: per-channel std the model expects")
+    p.add_argument("--normalize", default=None,
+                   help="--model: named statistics instead of --mean/--std: cifar10, cifar100, svhn, imagenet")
+    p.add_argument("--robustbench", default=None, metavar="NAME",
+                   help=f"a RobustBench model-zoo entry to {verb} by name, from MODEL_DIR/DATASET/THREAT_MODEL/NAME.pt "
+                        "(never downloaded)")
+    p.add_argument("--dataset", default="cifar10",
+                   help="--robustbench: the zoo's data set (its images: --data/--data-root)")
+    p.add_argument("--threat-model", default="Linf", choices=["Linf", "L2"],
+                   help="--robustbench: the zoo's threat model")
+    p.add_argument("--model-dir", default="models", help="--robustbench: RobustBench's model_dir")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="robustlab", description="Adversarial training and trustworthy robustness evaluation.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -66,23 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("eval", help="evaluate a run folder, a checkpoint or an outside model (--model) under attacks")
-    p.add_argument("path", nargs="?", default=None, help="run folder or .safetensors checkpoint (or use --model)")
+    _model_arguments(p, "evaluate")
     p.add_argument("--attacks", type=_csv, default=list(DEFAULT_ATTACKS),
                    help="comma-separated (default: fast; e.g. autoattack or fgsm,pgd-20,cw-20); robustlab list attacks")
-    p.add_argument("--eps", type=_number, default=None,
-                   help="budget in pixel units, e.g. 8/255 (default: the run's training eps)")
-    p.add_argument("--norm", choices=["linf", "l2"], default=None)
-    p.add_argument("--step-size", type=_number, default=None, help="PGD/CW step (default: the training step, or eps/4)")
     p.add_argument("--restarts", type=int, default=1)
     p.add_argument("--n-examples", type=int, default=None, help="evaluate a fixed seeded subset of this size")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--split", choices=["train", "test"], default="test")
-    p.add_argument("--checkpoint", choices=["last", "best"], default="last", help="which checkpoint of a run folder")
-    p.add_argument("--weights", default=None,
-                   help="run folder: auto|model|ema (auto = EMA when the run kept one); --model: the weights file (.pt "
-                        "or .safetensors)")
-    p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None,
                    help="record path (default: RUN/eval/...json; with --model: runs/eval/FILE_FACTORY/...json)")
     p.add_argument("--adaptive", action="store_true",
@@ -95,26 +120,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", default=None, metavar="K|all",
                    help="then run the full autoattack on K seeded survivors (or all): records the gap with a 95%% "
                         "interval")
-    p.add_argument("--model", default=None,
-                   help="an outside model: path/to/file.py:factory or package.module:factory (with --weights FILE and "
-                        "--data)")
-    p.add_argument("--data", default=None, help="--model: data set name (robustlab list datasets)")
-    p.add_argument("--data-root", default=None, help="--model: where the data set's files live")
-    p.add_argument("--download", action="store_true",
-                   help="--model: download the data set's official files when missing")
-    p.add_argument("--mean", type=_number, nargs="+", default=None,
-                   help="--model: per-channel mean the model expects (with --std)")
-    p.add_argument("--std", type=_number, nargs="+", default=None, help="--model: per-channel std the model expects")
-    p.add_argument("--normalize", default=None,
-                   help="--model: named statistics instead of --mean/--std: cifar10, cifar100, svhn, imagenet")
-    p.add_argument("--robustbench", default=None, metavar="NAME",
-                   help="a RobustBench model-zoo entry by name, from MODEL_DIR/DATASET/THREAT_MODEL/NAME.pt (never "
-                        "downloaded)")
-    p.add_argument("--dataset", default="cifar10",
-                   help="--robustbench: the zoo's data set (its images: --data/--data-root)")
-    p.add_argument("--threat-model", default="Linf", choices=["Linf", "L2"],
-                   help="--robustbench: the zoo's threat model")
-    p.add_argument("--model-dir", default="models", help="--robustbench: RobustBench's model_dir")
+
+    p = sub.add_parser("audit", help="binarization test (Zimmermann et al. 2022): do the attacks find adversarial "
+                                     "examples known to exist? Same model arguments as eval")
+    _model_arguments(p, "audit")
+    p.add_argument("--attacks", type=_csv, default=list(DEFAULT_ATTACKS),
+                   help="comma-separated, as for eval (default: fast); each is reported with its pass or fail")
+    p.add_argument("--restarts", type=int, default=1)
+    p.add_argument("--n-images", type=int, default=None,
+                   help="clean-correct test images, one binarized task each (default 100)")
+    p.add_argument("--inner-points", type=int, default=None,
+                   help="inner points per task, besides the clean image (default 100; the authors: 999)")
+    p.add_argument("--random-points", type=int, default=None,
+                   help="random points of each kind for the random-sampling baseline (default 200)")
+    p.add_argument("--batch-size", type=int, default=256, help="batch size of the audit's own forwards")
+    p.add_argument("--out", default=None,
+                   help="audit record path (default: RUN/audit/...json; with --model: runs/audit/FILE_FACTORY/...json)")
 
     p = sub.add_parser("demo",
                        help="train natural and PGD-AT models on digits and compare them (< 3 min on 2 CPU cores)")
@@ -223,17 +244,29 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     finetune(cfg, args.source, which=args.checkpoint, weights=args.weights, probe_examples=args.probe_examples)
 
 
-def cmd_eval(args: argparse.Namespace) -> None:
-    from robustlab.evaluate import evaluate_checkpoint
-
-    for name, value in (("--restarts", args.restarts), ("--batch-size", args.batch_size),
-                        ("--n-examples", args.n_examples)):
-        if value is not None and value < 1:
-            raise UserError(f"{name} must be >= 1, got {value}")
+def _model_source(args: argparse.Namespace) -> str:
+    """``"robustbench"``, ``"model"`` or ``"run"``: how eval's and audit's arguments name the model, after refusing
+    combinations that do not apply."""
     if args.robustbench is not None:
-        return _eval_robustbench(args)
+        from robustlab.evaluate.zoo import THREAT_MODELS
+
+        given = [f for f, v in (("a run folder", args.path), ("--model", args.model), ("--weights", args.weights),
+                                ("--mean", args.mean), ("--std", args.std), ("--normalize", args.normalize))
+                 if v is not None]
+        if given:
+            raise UserError(f"--robustbench brings its own architecture, weights and normalisation; drop {given[0]}")
+        if args.norm is not None and args.norm != THREAT_MODELS[args.threat_model]:
+            raise UserError(f"--norm {args.norm} contradicts --threat-model {args.threat_model}; drop --norm")
+        return "robustbench"
     if args.model is not None or args.path is None:
-        return _eval_external(args)
+        if args.model is None:
+            raise UserError(f"robustlab {args.command} needs a run folder, or --model FILE.py:factory --weights FILE "
+                            "--data NAME")
+        if args.path is not None:
+            raise UserError(f"give either a run folder ({args.path}) or --model, not both")
+        if args.data is None:
+            raise UserError("--model needs --data; e.g. --weights model.pt --data cifar10")
+        return "model"
     given = [f for f, v in (("--data", args.data), ("--data-root", args.data_root), ("--mean", args.mean),
                             ("--std", args.std), ("--normalize", args.normalize), ("--download", args.download or None))
              if v is not None]
@@ -243,6 +276,24 @@ def cmd_eval(args: argparse.Namespace) -> None:
         args.weights = "auto"
     if args.weights not in ("auto", "model", "ema"):
         raise UserError(f"--weights for a run folder is auto, model or ema, got {args.weights!r}")
+    return "run"
+
+
+def _check_counts(*pairs: tuple[str, int | None]) -> None:
+    for name, value in pairs:
+        if value is not None and value < 1:
+            raise UserError(f"{name} must be >= 1, got {value}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from robustlab.evaluate import evaluate_checkpoint
+
+    _check_counts(("--restarts", args.restarts), ("--batch-size", args.batch_size), ("--n-examples", args.n_examples))
+    source = _model_source(args)
+    if source == "robustbench":
+        return _eval_robustbench(args)
+    if source == "model":
+        return _eval_external(args)
     evaluate_checkpoint(
         args.path, attacks=args.attacks, eps=args.eps, norm=args.norm, step_size=args.step_size,
         restarts=args.restarts, n_examples=args.n_examples, batch_size=args.batch_size, seed=args.seed,
@@ -256,12 +307,6 @@ def _eval_external(args: argparse.Namespace) -> None:
     """``robustlab eval --model FILE.py:factory --weights W --data NAME``."""
     from robustlab.evaluate.external import evaluate_external, resolve_normalization
 
-    if args.model is None:
-        raise UserError("robustlab eval needs a run folder, or --model FILE.py:factory --weights FILE --data NAME")
-    if args.path is not None:
-        raise UserError(f"give either a run folder ({args.path}) or --model, not both")
-    if args.data is None:
-        raise UserError("--model needs --data; e.g. --weights model.pt --data cifar10")
     evaluate_external(
         args.model, args.weights, data=args.data, data_root=args.data_root, download=args.download, split=args.split,
         attacks=args.attacks, eps=args.eps, norm=args.norm or "linf", step_size=args.step_size, restarts=args.restarts,
@@ -274,15 +319,8 @@ def _eval_external(args: argparse.Namespace) -> None:
 
 def _eval_robustbench(args: argparse.Namespace) -> None:
     """``robustlab eval --robustbench NAME --dataset cifar10 --threat-model Linf [--model-dir models]``."""
-    from robustlab.evaluate.zoo import THREAT_MODELS, evaluate_zoo
+    from robustlab.evaluate.zoo import evaluate_zoo
 
-    given = [f for f, v in (("a run folder", args.path), ("--model", args.model), ("--weights", args.weights),
-                            ("--mean", args.mean), ("--std", args.std), ("--normalize", args.normalize))
-             if v is not None]
-    if given:
-        raise UserError(f"--robustbench brings its own architecture, weights and normalisation; drop {given[0]}")
-    if args.norm is not None and args.norm != THREAT_MODELS[args.threat_model]:
-        raise UserError(f"--norm {args.norm} contradicts --threat-model {args.threat_model}; drop --norm")
     evaluate_zoo(
         args.robustbench, dataset=args.dataset, threat_model=args.threat_model, model_dir=args.model_dir,
         attacks=args.attacks, data=args.data, data_root=args.data_root, split=args.split, eps=args.eps,
@@ -290,6 +328,43 @@ def _eval_robustbench(args: argparse.Namespace) -> None:
         seed=args.seed, device=args.device, out=args.out, adaptive=args.adaptive, transfer_from=args.transfer_from,
         checks=not args.no_checks, channels_last=args.channels_last, verify=args.verify,
     )
+
+
+def cmd_audit(args: argparse.Namespace) -> None:
+    """``robustlab audit RUN | --model ... | --robustbench ...``: the model loaded as eval loads it, then the test."""
+    from pathlib import Path
+
+    from robustlab.evaluate.audit import audit_into
+    from robustlab.evaluate.audit.record import AUDIT
+    from robustlab.evaluate.external import external_target, resolve_normalization
+    from robustlab.evaluate.output import check_output
+    from robustlab.evaluate.suite import check_attack_names
+    from robustlab.evaluate.target import attack_tag, checkpoint_target
+    from robustlab.evaluate.zoo import zoo_target
+    from robustlab.runs.ranks import resolve_device
+
+    _check_counts(("--restarts", args.restarts), ("--batch-size", args.batch_size))
+    check_attack_names(args.attacks)
+    source = _model_source(args)
+    if args.out is not None:
+        check_output(Path(args.out), AUDIT)  # before any model or data loads
+    device = resolve_device(args.device, key="--device")
+    common = {"eps": args.eps, "split": args.split, "seed": args.seed, "device": device}
+    if source == "robustbench":
+        target = zoo_target(args.robustbench, dataset=args.dataset, threat_model=args.threat_model,
+                            model_dir=args.model_dir, data=args.data, data_root=args.data_root, **common)
+    elif source == "model":
+        target = external_target(args.model, args.weights, data=args.data, data_root=args.data_root,
+                                 download=args.download, norm=args.norm or "linf",
+                                 stats=resolve_normalization(args.mean, args.std, args.normalize), **common)
+    else:
+        target = checkpoint_target(args.path, norm=args.norm, step_size=args.step_size, which=args.checkpoint,
+                                   weights=args.weights, **common)
+    counts = {k: v for k, v in (("n_images", args.n_images), ("inner_points", args.inner_points),
+                                ("random_points", args.random_points)) if v is not None}
+    out = Path(args.out) if args.out is not None else target.default_out("audit", attack_tag(args.attacks))
+    audit_into(out, target, attacks=args.attacks, step_size=args.step_size, restarts=args.restarts,
+               batch_size=args.batch_size, seed=args.seed, device=device, **counts)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -347,8 +422,8 @@ def cmd_list(args: argparse.Namespace) -> None:
             print(f"  {name}")
 
 
-COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "eval": cmd_eval, "demo": cmd_demo, "report": cmd_report,
-            "export": cmd_export, "study": cmd_study, "list": cmd_list}
+COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "eval": cmd_eval, "audit": cmd_audit, "demo": cmd_demo,
+            "report": cmd_report, "export": cmd_export, "study": cmd_study, "list": cmd_list}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
