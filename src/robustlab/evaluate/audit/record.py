@@ -56,7 +56,7 @@ def summarise(images: list[dict[str, Any]]) -> dict[str, Any]:
     flags: dict[str, dict[str, Any]] = {}
     for im in built:
         for code, message in im["flags"].items():
-            flags.setdefault(code, {"code": code, "message": message, "images": 0})["images"] += 1
+            flags.setdefault(code, {"code": code, "tasks": 0, "example": message})["tasks"] += 1
     return {
         "images": len(images), "set_up": len(built),
         "setup_failed": dict(Counter(im["setup"] for im in images if im["setup"] != SETUP_OK)),
@@ -100,5 +100,5 @@ def format_audit(record: dict[str, Any]) -> str:
                  "tasks (docs/EVALUATION.md, The binarization test)")
     if record["setup_failed"]:
         lines.append("tasks not set up: " + "; ".join(f"{n} x {why}" for why, n in record["setup_failed"].items()))
-    lines += [f"  {f['code']} ({f['images']} tasks): {f['message']}" for f in record["flags"]]
+    lines += [f"  flag {f['code']} on {f['tasks']} tasks, e.g.: {f['example']}" for f in record["flags"]]
     return "\n".join(lines)
