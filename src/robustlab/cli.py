@@ -349,7 +349,7 @@ def cmd_audit(args: argparse.Namespace) -> None:
     if args.out is not None:
         check_output(Path(args.out), AUDIT)  # before any model or data loads
     device = resolve_device(args.device, key="--device")
-    common = {"eps": args.eps, "split": args.split, "seed": args.seed, "device": device}
+    common = {"eps": args.eps, "split": args.split, "device": device}
     if source == "robustbench":
         target = zoo_target(args.robustbench, dataset=args.dataset, threat_model=args.threat_model,
                             model_dir=args.model_dir, data=args.data, data_root=args.data_root, **common)

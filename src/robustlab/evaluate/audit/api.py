@@ -121,20 +121,20 @@ def _batched(model: nn.Module, layer: str, x: torch.Tensor, batch_size: int) -> 
 
 
 def audit_image(
-    model: nn.Module, layer: str, image: ImageDataset, *, attacks: list[str], eps: float, norm: str,
+    model: nn.Module, layer: str, data: ImageDataset, index: int, *, attacks: list[str], eps: float, norm: str,
     step_size: float | None, restarts: int, inner: int, random: int, batch_size: int, seed: int,
     device: torch.device, log: Callable[[str], None],
 ) -> dict[str, Any]:
-    """One binarized task on the single image of ``image`` (module docs, steps 1-4): its result
+    """One binarized task on image ``index`` of ``data`` (module docs, steps 1-4): its result
     (:data:`robustlab.evaluate.audit.state.IMAGE_KEYS`)."""
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
-    x = image.images[0].float() / 255
+    x = data.images[index].float() / 255
     points = torch.cat([x[None], inner_points(x, inner, eps, norm, generator),
                         boundary_points(x, 1, eps, norm, generator)]).to(device)
     labels = torch.zeros(len(points), dtype=torch.long, device=device)
     labels[-1] = 1
-    result: dict[str, Any] = {"index": 0, "setup": SETUP_OK, "found": {}, "random": {}, "seconds": 0.0,
+    result: dict[str, Any] = {"index": index, "setup": SETUP_OK, "found": {}, "random": {}, "seconds": 0.0,
                               "attack_seconds": {}, "flags": {}}
     with forward_failures(model, "on the audit task's points"):
         features, logits = _batched(model, layer, points, batch_size)
@@ -154,7 +154,8 @@ def audit_image(
             hits = [int((binarized(pts[i:i + batch_size].to(device)).argmax(1) == 1).sum())
                     for i in range(0, len(pts), batch_size)]
             result["random"][kind] = sum(hits)
-    task = ImageDataset(image.images, torch.zeros(1, dtype=torch.long), ["inner", "boundary"], image.name)
+    task = ImageDataset(data.images[index:index + 1], torch.zeros(1, dtype=torch.long), ["inner", "boundary"],
+                        data.name)
     record = evaluate_model(binarized, task, attacks=attacks, eps=eps, norm=norm, step_size=step_size,
                             restarts=restarts, batch_size=1, seed=seed, device=device, checks=False, log=log)
     if record["per_sample"]["clean"][0] != 1:
@@ -200,7 +201,7 @@ def audit_model(
     probe_forward(model, probe)
     layer = last_linear(model, probe)
     with torch.no_grad():
-        width, logits = features_and_logits(model, layer, probe)
+        features, logits = features_and_logits(model, layer, probe)
     if logits.shape[1] < 2:
         raise UserError(f"the model has {logits.shape[1]} class; the audit needs a classifier of at least 2 classes "
                         "(it asks whether an attack changes the class)")
@@ -218,19 +219,19 @@ def audit_model(
         state = AuditState(fingerprint)
     if len(chosen) < n_images:
         log(f"audit: only {len(chosen)} of the {len(data)} images are classified correctly; auditing those")
-    points = inner_points + 2
-    log(f"audit: features are the input of {layer} ({width.shape[1]} values); {len(chosen)} images, {inner_points} "
-        f"inner points each, attacks {', '.join(attacks)}"
-        + ("" if width.shape[1] > points else f"; note: fewer features than the task's {points} points, so some heads "
-           "may not separate them (the reference warns of this too; such tasks are counted as not set up)"))
+    width, points = int(features.shape[1]), inner_points + 2
+    log(f"audit: features are the input of {layer} ({width} values); {len(chosen)} images, {inner_points} inner "
+        f"points each, attacks {', '.join(attacks)}"
+        + ("" if width > points else f"; note: fewer features than the task's {points} points, so some heads may not "
+           "separate them (the reference warns of this too; such tasks are counted as not set up)"))
     started, say = time.perf_counter(), _Once(log)
     for k, index in enumerate(chosen):
         if k < len(state.images):
             continue
-        result = audit_image(model, layer, data.select([index]), attacks=attacks, eps=eps, norm=norm,
+        result = audit_image(model, layer, data, index, attacks=attacks, eps=eps, norm=norm,
                              step_size=step_size, restarts=restarts, inner=inner_points, random=random_points,
                              batch_size=batch_size, seed=image_seed(seed, index), device=dev, log=say)
-        state.images.append({**result, "index": index})
+        state.images.append(result)
         state.save(path)
         found = ", ".join(f"{n} {'found' if v else 'missed'}" for n, v in result["found"].items()) or result["setup"]
         log(f"audit: image {k + 1}/{len(chosen)} (index {index}): {found}; random sampling "
@@ -239,7 +240,7 @@ def audit_model(
         "dataset": data.name, "eps": eps, "norm": norm, "step_size": eps / 4 if step_size is None else step_size,
         "restarts": restarts, "attacks_requested": list(attacks), "n_images": n_images, "inner_points": inner_points,
         "random_points": random_points, "seed": seed, "batch_size": batch_size, "device": str(dev),
-        "feature_layer": layer, "features": int(width.shape[1]), "wall_time_s": round(time.perf_counter() - started, 3),
+        "feature_layer": layer, "features": width, "wall_time_s": round(time.perf_counter() - started, 3),
     }
     return make_audit_record(state.images[:len(chosen)], settings=settings, model_info=dict(model_info or {}))
 
