@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-images", type=int, default=None,
                    help="clean-correct test images, one binarized task each (default 100)")
     p.add_argument("--inner-points", type=int, default=None,
-                   help="inner points per task, besides the clean image (default 100; the authors: 999)")
+                   help="inner points per task, besides the clean image (default 999, as the authors)")
     p.add_argument("--random-points", type=int, default=None,
                    help="random points of each kind for the random-sampling baseline (default 200)")
     p.add_argument("--batch-size", type=int, default=256, help="batch size of the audit's own forwards")

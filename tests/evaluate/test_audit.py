@@ -32,7 +32,7 @@ from robustlab.runs.model import load_model
 
 EPS = 0.1
 QUIET = {"log": lambda _: None}
-SMALL = {"inner_points": 100, "random_points": 50}  # the task as the default, a smaller random baseline
+SMALL = {"random_points": 50}  # the task as the default, a smaller random-sampling baseline
 
 
 @pytest.fixture(scope="module")
@@ -291,4 +291,4 @@ def test_help_states_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
         main(["audit", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert f"(default {audit_api.DEFAULT_IMAGES})" in text and f"(default {audit_api.DEFAULT_RANDOM})" in text
-    assert f"(default {audit_api.DEFAULT_INNER};" in text
+    assert f"(default {audit_api.DEFAULT_INNER}," in text

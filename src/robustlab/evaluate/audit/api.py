@@ -20,10 +20,9 @@ classifies correctly, in a fixed seeded order (:func:`clean_correct`), :func:`au
 The record (:mod:`.record`) gives per entry the share of tasks solved with its exact 95% interval, whether it passes,
 and the random baseline. Resumable per image (:mod:`.state`).
 
-Deviations from the reference: its inner and random points can number more (999 or 9,999 inner points in its scripts,
-on 512- to 640-dimensional features); robustlab's defaults fit a 2-core CPU (:data:`DEFAULT_INNER`), and the count is
-a flag. The reference's "logit difference improvement" is not computed. Every attack runs through robustlab's suite,
-not the defenses' own attack code.
+Deviations from the reference: the features are standardised for the head's fit (:mod:`.head`); the boundary point
+must also be adversarial alone (step 2); the reference's "logit difference improvement" is not computed; every attack
+runs through robustlab's suite, not the defenses' own attack code.
 """
 
 from __future__ import annotations
@@ -55,7 +54,7 @@ from robustlab.runs.ranks import resolve_device
 from robustlab.runs.record import ROBUST, write_record
 
 DEFAULT_IMAGES = 100  # about a minute for fast on a digits CNN on 2 CPU cores
-DEFAULT_INNER = 100  # the reference's scripts: 999 or 9,999 on 512- to 640-dimensional features
+DEFAULT_INNER = 999  # the authors' scripts (9,999 for the RobustBench models of case_studies/robust_models/)
 DEFAULT_RANDOM = 200  # per kind: the reference's n_samples_evaluation (case_studies/evaluate_classifier.py line 486)
 MAX_COUNT = 100_000  # images, inner and random points: beyond it an audit would not finish
 PROBE = 16
