@@ -131,6 +131,10 @@ def test_a_head_that_cannot_separate_is_no_task_and_the_features_are_the_last_li
     assert fit_head(features, labels, torch.randn(12, 3, generator=g)) is not None
     features[-1] = features[3]
     assert fit_head(features, labels, torch.randn(12, 3, generator=g)) is None
+    # features that vary little around a common value, as a randomly initialised WideResNet's do in the ball: the
+    # unscaled fit stops after 5 L-BFGS iterations with the boundary point on the wrong side
+    faint = 1 + 1e-3 * torch.randn(102, 640, generator=g)
+    assert fit_head(faint, torch.tensor([0] * 101 + [1]), torch.randn(102, 10, generator=g)) is not None
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 7), nn.ReLU(), nn.Linear(7, 10))
     assert last_linear(mlp, torch.rand(2, 1, 8, 8)) == "3"
     assert features_and_logits(mlp, "3", torch.rand(2, 1, 8, 8))[0].shape == (2, 7)
@@ -186,6 +190,7 @@ def _model_file(folder: Path, body: str) -> tuple[Path, Path]:
 @pytest.mark.parametrize("case, needle", [
     ("eps0", "eps=0 leaves no ball"),
     ("damaged_record", "is not a robustlab audit record"),
+    ("damaged_record_before_the_model_loads", "is not a robustlab audit record"),
     ("no_linear", "calls no nn.Linear"),
     ("one_class", "outputs 1 classes"),
 ])
@@ -195,8 +200,11 @@ def test_bad_input_is_one_line_and_exit_2(run: Path, tmp_path: Path, capsys: pyt
     args = ["audit", str(run), "--n-images", "2", "--device", "cpu", "--out", str(out)]
     if case == "eps0":
         args += ["--eps", "0"]
-    elif case == "damaged_record":
+    elif case.startswith("damaged_record"):
         out.write_text('{"audit": "binarization test (Zimmermann, Brendel, Tramer & Carlini, NeurIPS 2022)", "att')
+        if case == "damaged_record_before_the_model_loads":  # the record is refused first, as eval's is
+            args = ["audit", "--model", f"{tmp_path / 'missing.py'}:build", "--weights", str(tmp_path / "w.pt"),
+                    "--data", "digits", "--out", str(out)]
     else:
         body = "nn.Sequential(nn.Conv2d(1, 10, 8), nn.Flatten())" if case == "no_linear" else \
             "nn.Sequential(nn.Flatten(), nn.Linear(64, 1))"
