@@ -62,7 +62,8 @@ def summarise(images: list[dict[str, Any]]) -> dict[str, Any]:
         "setup_failed": dict(Counter(im["setup"] for im in images if im["setup"] != SETUP_OK)),
         "attacks": attacks,
         "any": share(sum(any(im["found"].values()) for im in built), len(built)),
-        "random": {**share(sum(any(im["random"].values()) for im in built), len(built)),
+        "random": {**{k: v for k, v in share(sum(any(im["random"].values()) for im in built), len(built)).items()
+                      if k != "pass"},  # a baseline, not an attack: nothing to pass
                    "by_kind": {kind: sum(im["random"].get(kind, 0) > 0 for im in built) for kind in kinds}},
         "flags": list(flags.values()),
     }
