@@ -9,6 +9,7 @@ record and on the leaderboard.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,8 +25,11 @@ from robustlab.errors import UserError
 from robustlab.evaluate import evaluate_checkpoint
 from robustlab.rules import config_warnings
 from robustlab.runs.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from robustlab.study import Options, Study, load_study
+from robustlab.study.plan import SETTINGS_FILE
 from robustlab.train import Trainer, train
 
+ROOT = Path(__file__).resolve().parents[2]
 DIGITS_TRAIN = 1437  # scikit-learn's digits, robustlab's train split
 VAL = 60
 
@@ -55,6 +59,8 @@ def test_holdout_is_stratified_by_class_to_within_one_image() -> None:
     share = torch.bincount(digits).double() * VAL / len(digits)
     counts = torch.bincount(digits[held], minlength=10).double()
     assert len(held) == VAL and (counts - share).abs().max() < 1  # each class its share, to within one image
+    uneven = torch.tensor([0] * 5 + [1] * 4 + [2])  # 1.5, 1.2, 0.3 images due: the seat left goes to the largest .5
+    assert torch.bincount(uneven[holdout_indices(uneven, 3, seed=0)], minlength=3).tolist() == [2, 1, 0]
     ties = holdout_indices(torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2]), 2, seed=0)  # equal remainders: lower classes
     assert torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])[ties].tolist() == [0, 1]
 
@@ -245,6 +251,19 @@ def test_val_examples_makes_the_eval_split_val_and_the_run_resumes_as_itself(run
     assert any("already complete" in m for m in messages)
 
 
+def test_study_records_filed_before_val_examples_existed_still_match(tmp_path: Path) -> None:
+    """The committed CIFAR-10 fast study's settings file predates ``data.val_examples``: left at 0, the key stays out
+    of a record's settings, so the study does not refuse its own records."""
+    results = tmp_path / "results_fast"
+    shutil.copytree(ROOT / "docs" / "results_fast", results)
+    study = Study(load_study("cifar10s_fast"), Options(data_root="/data", runs=str(tmp_path / "runs"),
+                                                      results=str(results), page=str(tmp_path / "p.md"),
+                                                      readme="none"))
+    assert all("config data.val_examples" not in kept for kept in json.loads((results / SETTINGS_FILE).read_text())
+               .values())
+    study.check_records()  # a settings mismatch raises UserError naming the key
+
+
 @pytest.mark.parametrize("args, needle", [
     (["data.val_examples=100", "data.eval_split=test"], "data.eval_split=test asks for another split"),
     (["data.val_examples=100", "data.eval_split=train"], "data.eval_split=train asks for another split"),
@@ -268,3 +287,12 @@ def test_choosing_best_on_test_is_warned_when_the_run_starts(tmp_path: Path) -> 
     assert warned() and warned("train.checkpoint_rule=clean_acc")
     assert not warned("data.val_examples=100") and not warned("train.checkpoint_rule=last")
     assert not warned("data.eval_split=train")
+
+
+def test_best_is_chosen_by_clean_accuracy_when_the_per_epoch_evaluation_attacks_nothing(tmp_path: Path) -> None:
+    def chosen_by(name: str, **extra: object) -> str | None:
+        return Trainer(tiny_config(tmp_path, name, **extra), log=lambda _: None).chosen_by
+
+    assert chosen_by("a") == "robust_acc"
+    assert chosen_by("b", **{"train.eval_pgd_steps": 0}) == "clean_acc"
+    assert chosen_by("c", **{"train.checkpoint_rule": "last"}) is None
