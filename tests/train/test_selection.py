@@ -207,7 +207,9 @@ def test_a_checkpoint_chosen_on_test_is_flagged_in_the_record_and_on_the_leaderb
                                  "examples": 64, "on_test": True}
     (flag,) = [f for f in best["flags"] if f["code"] == "selected_on_test"]
     assert f"best (epoch {epoch}): robust_acc on 64 test images" in flag["message"]
-    assert "FLAG selected_on_test" in capsys.readouterr().out  # printed under the table too
+    printed = capsys.readouterr().out
+    assert f"eps=0.1 (linf), checkpoint best (epoch {epoch}): robust_acc on 64 test images" in printed
+    assert "FLAG selected_on_test" in printed  # printed under the table too
     last = _eval(runs["test"], "last", tmp_path / "test_last.json", capsys)
     assert last["selection"]["on_test"] is False and last["flags"] == []  # last is not chosen by the test split
     _eval(runs["val"], "best", tmp_path / "val_best.json", capsys)
