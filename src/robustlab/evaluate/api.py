@@ -44,6 +44,7 @@ from robustlab.runs.checkpoint import run_folder
 from robustlab.runs.model import load_model
 from robustlab.runs.ranks import join, ranks_from_env, resolve_device
 from robustlab.runs.record import eps_label, format_table, make_record, write_record
+from robustlab.runs.selection import describe, on_test, record_selection
 
 
 def _placed(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
@@ -69,6 +70,17 @@ def _writer_flag(path: str, model: nn.Module) -> Flag:
                 f"the model writes into its input ({where}, e.g. an in-place clamp or an edit through x.data): "
                 "every forward was given its own copy, so neither the images it is judged on nor the attacks' "
                 "iterates moved; write the forward without in-place ops on its input")
+
+
+def _selection_flag(model_info: dict[str, Any]) -> Flag | None:
+    """``selected_on_test``: the checkpoint was chosen on test images (:mod:`robustlab.runs.selection`)."""
+    selection = model_info.get("selection")
+    if not on_test(selection):
+        return None
+    return Flag("selected_on_test",
+                f"the checkpoint was chosen on the test split ({describe(selection)}), so its test accuracy is biased "
+                "upwards (Rice et al. 2020); evaluate last, or train with data.val_examples=1000 to choose on training "
+                "images held out")
 
 
 def evaluate_model(
@@ -108,6 +120,8 @@ def evaluate_model(
     ``channels_last``: convert ``model`` (in place) and the transfer source to the channels-last memory
     format, which makes convolutions much faster on CPU (1.5-1.75x per forward for the study's ResNet);
     the logits agree to float rounding. Recorded under ``channels_last``.
+    ``model_info`` describes the model; a ``selection`` in it saying the test split chose the checkpoint adds the
+    ``selected_on_test`` flag (:mod:`robustlab.runs.selection`).
     ``verify``: a number K of survivors (or ``"all"``) on which the full standard ``autoattack`` then runs
     (:mod:`robustlab.evaluate.verify`): the record gets ``verify`` (the estimated gap and its 95%
     interval), the worst case counts what it broke, and ``verify_gap`` flags an upper end above 0.5
@@ -119,6 +133,9 @@ def evaluate_model(
     ranks = ranks_from_env()
     dev = join(ranks, resolve_device(device, key="--device") if isinstance(device, str) else device)
     log = log if ranks.main else (lambda _: None)
+    selected = _selection_flag(dict(model_info or {}))
+    if selected is not None:
+        log(f"warning: {selected.message}")
     model = _placed(model, dev, channels_last)
     check_budget(eps, norm, key="eps")
     if step_size is None:
@@ -191,7 +208,7 @@ def evaluate_model(
             if progress is not None:
                 progress.close()
     result = summarise(gather_states(state, ranks), specs)
-    for flag in (writes, batch_flag, version_flag, gradient_flag, masking_flag(masking, result)):
+    for flag in (selected, writes, batch_flag, version_flag, gradient_flag, masking_flag(masking, result)):
         if flag is not None:
             result["flags"].append(flag.to_dict())
     if masking.found:
@@ -309,6 +326,7 @@ def evaluate_checkpoint(
     model_info = {
         "checkpoint": meta["checkpoint"], "weights": meta["weights"], "architecture": meta["model"]["name"],
         "method": cfg.method.name, "epoch": meta.get("epoch"), "run": cfg.name, "split": split,
+        "selection": record_selection(meta, Path(meta["checkpoint"])),
     }
     if out is None:
         run_dir = run_folder(Path(meta["checkpoint"]))

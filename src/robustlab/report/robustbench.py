@@ -14,8 +14,9 @@ Choices [ours]:
   a record without one gets ``null`` and a footnote saying so (RobustBench would need an AutoAttack run).
 * ``external`` is the record's per-sample worst case when other attacks ran beside that group and broke
   more (``autoattack+``, adaptive attacks, PGD...); it is left out when the worst case equals ``autoattack_acc``.
-* The footnote names the attacks, the sample count and robustlab's flags, so a subset evaluation or a
-  flagged record is visible in the entry; ``unreliable`` is never set by us (RobustBench's own judgement).
+* The footnote names the attacks, the sample count, the checkpoint and how it was chosen (records that say so:
+  :mod:`robustlab.runs.selection`) and robustlab's flags, so a subset evaluation, a checkpoint chosen on the test
+  split or a flagged record is visible in the entry; ``unreliable`` is never set by us (RobustBench's own judgement).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from robustlab.errors import UserError
 from robustlab.evaluate.suite import group_that_ran
 from robustlab.ownership import Kind, claim, json_with
 from robustlab.report.compare import load_record, record_file
+from robustlab.runs.selection import describe
 
 FIELDS = ("link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue", "architecture",
           "eps", "clean_acc", "reported", "autoattack_acc", "external", "footnote")
@@ -65,6 +67,8 @@ def _footnote(record: dict[str, Any], reference: tuple[str, float] | None, exter
         parts.append("Randomized model: AutoAttack's rand version (APGD-CE, APGD-DLR with 20-pass EOT).")
     if external:
         parts.append("external: the per-sample worst case over all of these attacks.")
+    if "selection" in record:
+        parts.append(f"Checkpoint: {describe(record['selection'])}.")
     flags = sorted({f["code"] for f in record.get("flags", [])})
     if flags:
         parts.append("robustlab flags: " + ", ".join(flags) + ".")

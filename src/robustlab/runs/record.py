@@ -26,6 +26,7 @@ from typing import Any, Callable
 import robustlab
 from robustlab.atomic import atomic_write_text
 from robustlab.ownership import json_object
+from robustlab.runs.selection import describe
 
 ROBUST = -1  # no attack (member) broke the sample; k >= 0: member k broke it
 NOT_RUN = -2  # verdict not computed yet (or the sample was clean-wrong)
@@ -93,7 +94,7 @@ def write_record(path: Path, record: dict[str, Any]) -> None:
 
 
 def format_table(record: dict[str, Any]) -> str:
-    """Plain-text table of a record plus its flags in words."""
+    """Plain-text table of a record plus its flags in words (and, for a run's checkpoint, how it was chosen)."""
     lines = [f"{'attack':<20} {'accuracy':>9} {'time s':>8} {'fwd/smp':>8} {'bwd/smp':>8}"]
     lines.append(f"{'clean':<20} {100 * record['clean_acc']:>8.2f}%")
     for name, a in record["attacks"].items():
@@ -108,6 +109,8 @@ def format_table(record: dict[str, Any]) -> str:
                      f"95% [{100 * v['gap_ci95'][0]:.2f}, {100 * v['gap_ci95'][1]:.2f}]")
     lines.append(f"{'worst case':<20} {100 * record['robust_acc']:>8.2f}%")
     header = f"{record.get('dataset', '?')} n={record['n_examples']} eps={record['eps_label']} ({record['norm']})"
+    if "selection" in record:
+        header += f", checkpoint {describe(record['selection'])}"
     flags = [f"FLAG {f['code']}: {f['message']}" for f in record["flags"]]
     if not flags and record.get("checks_run"):
         flags = ["checks: no sign of gradient masking in the automatic checks"]
