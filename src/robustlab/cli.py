@@ -167,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, help="dataset name as RobustBench writes it (default: the record's)")
     p.add_argument("--architecture", default=None, help="architecture as RobustBench writes it, e.g. WideResNet-28-10")
     p.add_argument("--footnote", default="", help="text added to the footnote")
+    p.add_argument("--adversarial-url", default="",
+                   help="where the record's adversarial file (eval --save-adversarial) is published; the footnote "
+                        "points to it (default: its file name) with its sha256")
 
     p = sub.add_parser("study", help="run a study file (rows × seeds, one evaluation protocol) and write its page")
     p.add_argument("action", choices=["run", "report", "plan"],
@@ -357,6 +360,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         args.record, args.out, name=args.name, paper=args.paper, authors=args.authors, venue=args.venue,
         reported=args.reported, additional_data=args.additional_data, forward_passes=args.forward_passes,
         dataset=args.dataset, architecture=args.architecture, footnote=args.footnote,
+        adversarial_url=args.adversarial_url,
     )
     print(f"RobustBench entry written to {out}")
 
