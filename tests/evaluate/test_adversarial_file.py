@@ -21,10 +21,12 @@ from robustlab.cli import main
 from robustlab.data import load_dataset
 from robustlab.evaluate import state as state_module
 from robustlab.evaluate.adversarial import broken_indices, to_uint8
+from robustlab.evaluate.breaks import SUITE_PREFIX, Keep
 from robustlab.evaluate.external import load_external, sha256_file
 from robustlab.evaluate.runner import within_threat_model
-from robustlab.evaluate.state import model_hash
-from robustlab.runs.record import record_paths
+from robustlab.evaluate.state import EvalState, model_hash
+from robustlab.evaluate.suite import build_suite
+from robustlab.runs.record import ROBUST, record_paths
 from robustlab.train import train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -330,3 +332,38 @@ def test_uint8_copies_stay_inside_the_ball_under_both_norms() -> None:
         x_adv = (clean.float() / 255 + delta).clamp(0, 1)
         copy = to_uint8(x_adv, clean, eps, norm)
         assert within_threat_model(clean.float() / 255, copy.float() / 255, eps, norm).all(), (norm, eps)
+
+
+def test_the_keeper_keeps_only_what_the_state_commits(tmp_path: Path) -> None:
+    """A side file may hold entries the state does not commit (a kill between the two writes, or a rerun that broke
+    other samples): they are never read back, and a committed break without its point is found."""
+    specs = build_suite(["fgsm", "pgd-3"], eps=EPS, norm="linf", step_size=EPS / 4)
+    names = [s.name for s in specs]
+    keep = Keep(tmp_path)
+    writer = keep.stage(SUITE_PREFIX, torch.arange(10, 14), specs, batch_size=4, batch_offset=2)
+    fresh = EvalState.new({}, 4, 4, names)
+    writer.begin(0, fresh)
+    points = torch.rand(4, 1, 8, 8)
+    writer.add(torch.tensor([0, 1]), 0, 0, points[:2])
+    writer.add(torch.tensor([1, 3]), 1, 0, points[[1, 3]] + 1)  # row 1 already broken by fgsm: its fgsm point stays
+    writer.flush()
+    assert (tmp_path / "b000002.safetensors").is_file()
+    state = EvalState.new({}, 4, 4, names)
+    state.broken_by["fgsm"] = [0, 0, ROBUST, ROBUST]
+    state.broken_by["pgd-3"] = [0, 0, ROBUST, 0]
+    found = writer.collect(state)
+    assert [(b.index, b.attack) for b in found] == [(10, "fgsm"), (11, "fgsm"), (13, "pgd-3")]
+    assert torch.equal(found[1].x, points[1]) and torch.equal(found[2].x, points[3] + 1)
+    assert writer.covers(state)
+    state.broken_by["fgsm"][1] = state.broken_by["pgd-3"][1] = ROBUST  # the committed run did not break row 1
+    assert [b.index for b in writer.collect(state)] == [10, 13] and writer.covers(state)
+    state.broken_by["fgsm"][2] = 0  # a committed break whose point the side file lacks
+    assert not writer.covers(state)
+    state.broken_by["fgsm"][:3] = [ROBUST] * 3  # row 0 first broken by pgd-3: the fgsm entry is not its point
+    assert not writer.covers(state)
+    halves = keep.stage(SUITE_PREFIX, torch.arange(10, 14), specs, batch_size=2, batch_offset=2)
+    state = EvalState.new({}, 4, 2, names)
+    state.broken_by["fgsm"] = [0, ROBUST, 0, ROBUST]
+    state.broken_by["pgd-3"] = [ROBUST, ROBUST, ROBUST, 0]
+    found = halves.collect(state)  # b000002 now holds samples 10-11 only: its entry for 13 is another batch's
+    assert [(b.index, b.attack) for b in found] == [(10, "fgsm")] and not halves.covers(state)
