@@ -173,6 +173,23 @@ def test_each_tampered_file_is_refused_in_one_line(team: tuple[Path, Path], copy
     assert (FORGED | PLAIN)[tamper][1] in line, line
 
 
+@pytest.mark.parametrize("given", ["missing", "text", "weights", "two_models"])
+def test_what_is_not_an_adversarial_file_or_two_models_is_one_line(team: tuple[Path, Path], evaluated: Path,
+                                                                   tmp_path: Path, given: str,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    adv, extra = tmp_path / "x.adv.safetensors", []
+    if given == "text":
+        adv.write_text("not a tensor file\n")
+    elif given == "weights":
+        save_file({"fc.weight": torch.zeros(10, 64)}, str(adv))
+    elif given == "two_models":
+        adv, extra = evaluated.with_suffix(".adv.safetensors"), ["--robustbench", "Standard"]
+    assert _check(team, adv, *extra) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert {"missing": "not found", "text": "not a safetensors file", "weights": "not a robustlab adversarial file",
+            "two_models": "got --model and --robustbench"}[given] in line, line
+
+
 def test_a_file_from_another_model_is_refused_by_its_hash_and_by_its_breaks(
         team: tuple[Path, Path], copy: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     record, adv = copy

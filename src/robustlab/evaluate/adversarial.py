@@ -154,12 +154,13 @@ def write_adversarial(
             "uint8_breaks": int(uint8_breaks.sum()), "format": FORMAT}
 
 
-def read_adversarial(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The tensors and metadata of an adversarial file, or a one-line UserError naming what is wrong with it."""
+def read_adversarial(path: Path, tensors: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors (none unless ``tensors``) and metadata of an adversarial file, or a one-line UserError naming what
+    is wrong with it."""
     try:
         with safe_open(str(path), "pt") as handle:
             meta = handle.metadata() or {}
-        tensors = load_file(str(path))
+        found = load_file(str(path)) if tensors else {}
     except FileNotFoundError:
         raise UserError(f"adversarial file {path} not found; pass the RECORD.adv.safetensors that robustlab eval "
                         "--save-adversarial wrote") from None
@@ -169,14 +170,16 @@ def read_adversarial(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     if meta.get("format") != FORMAT or any(k not in meta for k in META_KEYS):
         raise UserError(f"{path} is not a robustlab adversarial file (metadata format {meta.get('format')!r}, "
                         f"expected {FORMAT!r} with {', '.join(META_KEYS)})")
+    if not tensors:
+        return found, meta
     for name, dtype in TENSORS.items():
-        if name not in tensors or tensors[name].dtype != dtype:
+        if name not in found or found[name].dtype != dtype:
             raise UserError(f"adversarial file {path} lacks a {str(dtype).removeprefix('torch.')} tensor {name!r}")
-    n = tensors["index"].shape[0]
-    if any(t.shape[0] != n or (t.ndim != (4 if k.startswith("x_") else 1)) for k, t in tensors.items()) or (
-            tensors["x_adv"].shape != tensors["x_uint8"].shape):
+    n = found["index"].shape[0]
+    if any(t.shape[0] != n or (t.ndim != (4 if k.startswith("x_") else 1)) for k, t in found.items()) or (
+            found["x_adv"].shape != found["x_uint8"].shape):
         raise UserError(f"adversarial file {path} has tensors of inconsistent shapes; it was cut or edited")
-    return tensors, meta
+    return found, meta
 
 
 def is_adversarial_file(path: Path) -> bool:

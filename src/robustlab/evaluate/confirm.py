@@ -167,7 +167,7 @@ def check_adversarial(
     if not str(path).endswith(SUFFIX):
         raise UserError(f"{path} is not an adversarial file (RECORD{SUFFIX}); pass the file eval --save-adversarial "
                         "wrote")
-    split = read_adversarial(Path(path))[1]["split"]
+    split = read_adversarial(Path(path), tensors=False)[1]["split"]
     dev = resolve_device(device, key="--device")
     if run is not None:
         net, meta = load_model(run, which=which, weights=weights or "auto", device=dev)
