@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("adversarial", help="the RECORD.adv.safetensors file")
     p.add_argument("path", nargs="?", default=None, help="the evaluated run folder or checkpoint (or use --model)")
     p.add_argument("--record", default=None, help="the evaluation record (default: the one the file names, beside it)")
+    p.add_argument("--robustbench-pt", default=None, metavar="FILE.pt",
+                   help="then write RobustBench's external-evaluation tensor: the whole test split, each confirmed "
+                        "break's image in its row")
     _model_options(p)
 
     p = sub.add_parser("demo",
@@ -320,7 +323,7 @@ def cmd_check(args: argparse.Namespace) -> None:
         data_root=args.data_root, download=args.download, stats=resolve_normalization(args.mean, args.std,
                                                                                       args.normalize),
         robustbench=args.robustbench, dataset=args.dataset, threat_model=args.threat_model, model_dir=args.model_dir,
-        record=args.record, device=args.device,
+        record=args.record, robustbench_pt=args.robustbench_pt, device=args.device,
     )
 
 

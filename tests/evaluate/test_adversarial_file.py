@@ -326,6 +326,33 @@ def test_export_points_to_the_adversarial_file(evaluated: Path, copy: tuple[Path
     assert "missing or changed" in _one_error_line(capsys.readouterr().err)
 
 
+def test_check_writes_robustbenchs_tensor_for_a_whole_split_only(team: tuple[Path, Path], evaluated: Path,
+                                                                 tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    adv = evaluated.with_suffix(".adv.safetensors")
+    tensor = tmp_path / "external.pt"
+    assert _check(team, adv, "--robustbench-pt", str(tensor)) == 2  # the record evaluated 40 of the 360 images
+    assert "the size of the test set" in _one_error_line(capsys.readouterr().err) and not tensor.exists()
+    out = tmp_path / "whole.json"
+    test = load_dataset("digits", "test")
+    assert _eval(team, out, "--n-examples", str(len(test.labels)), attacks="fgsm") == 0
+    assert _check(team, out.with_suffix(".adv.safetensors"), "--robustbench-pt", str(tensor)) == 0
+    x = torch.load(tensor, weights_only=True)
+    record = json.loads(out.read_text())
+    rows = torch.tensor(broken_indices(record))
+    assert x.shape == (len(test.labels), 1, 8, 8) and x.dtype == torch.float32
+    others = torch.ones(len(test.labels), dtype=torch.bool)
+    others[rows] = False
+    assert torch.equal(x[others], test.images[others].float() / 255)
+    model = load_external(f"{team[0]}:build", team[1], test, log=lambda _: None)[0]
+    with torch.no_grad():  # RobustBench's robust accuracy on the tensor is the record's worst case
+        assert (model(x).argmax(1) == test.labels).float().mean().item() == pytest.approx(record["robust_acc"])
+    before = tensor.read_bytes()
+    capsys.readouterr()
+    assert _check(team, out.with_suffix(".adv.safetensors"), "--robustbench-pt", str(tensor)) == 2
+    assert "never" in _one_error_line(capsys.readouterr().err) and tensor.read_bytes() == before
+
+
 def test_check_loads_a_run_folder_as_eval_does(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tiny_config(tmp_path / "runs", **{"train.epochs": 1})
     train(cfg, log=lambda _: None)

@@ -20,6 +20,12 @@ Hashes alone would catch an accidental mismatch; 3-5 catch a file whose hashes w
 are forwarded through the wrappers the evaluation used (:mod:`robustlab.evaluate.guard`), in batches of the
 record's batch size. Deviation: a break whose margin is below float rounding may flip in another batch
 composition, and a randomized model gives one draw; the writer warns when it sees either.
+
+``robustbench_pt``: once every break is confirmed, also write what RobustBench's "New external evaluation(s)"
+issue template asks for, "a ``.pt`` tensor of the same size of the corresponding test set": the whole split's
+images as float32 (N, C, H, W) in [0, 1], each confirmed break's row replaced by its adversarial image
+(:func:`robustbench_tensor`; ``torch.save``). Only for a record that evaluated the whole split; the path is claimed
+before any work and never replaces an existing file (a tensor file cannot be recognised as robustlab's).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from robustlab.atomic import atomic_write
 from robustlab.data import ImageDataset, load_dataset, subset_indices
 from robustlab.errors import UserError
 from robustlab.evaluate.adversarial import (
@@ -46,11 +53,13 @@ from robustlab.evaluate.external import load_external, sha256_file
 from robustlab.evaluate.runner import within_threat_model
 from robustlab.evaluate.state import labels_hash, model_hash
 from robustlab.evaluate.zoo import load_zoo_model
+from robustlab.ownership import Kind, claim
 from robustlab.runs.model import load_model
 from robustlab.runs.ranks import resolve_device
 from robustlab.runs.record import per_sample_problem, read_record
 
 SHOWN = 5  # indices named in a refusal
+TENSOR_FILE = Kind("absent (robustlab never replaces a tensor file)", lambda _: False)
 RECORD_KEYS = ("n_examples", "seed", "eps", "norm", "batch_size", "data_hash")  # what the check reads from a record
 
 
@@ -105,14 +114,27 @@ def _check_ball(x: torch.Tensor, clean: torch.Tensor, record: dict[str, Any], pa
                         f"({record['eps']:g}) of their clean images or outside [0, 1] (rows {_named(outside)})")
 
 
+def robustbench_tensor(full: ImageDataset, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The split's images (float32 in [0, 1]) with each stored break's row replaced by its adversarial image."""
+    x = full.images.float() / 255
+    x[tensors["source_index"]] = tensors["x_adv"]
+    return x
+
+
 def confirm_adversarial(path: str | Path, model: nn.Module, full: ImageDataset, *, device: torch.device,
-                        record_path: str | Path | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+                        record_path: str | Path | None = None, robustbench_pt: str | Path | None = None,
+                        log: Callable[[str], None] = print) -> dict[str, Any]:
     """Confirm every break stored in the adversarial file ``path`` with ``model`` and ``full`` (the whole split the
-    evaluation drew from), or raise a one-line UserError (module docs); returns a summary."""
+    evaluation drew from), or raise a one-line UserError (module docs); returns a summary. ``robustbench_pt``: then
+    write RobustBench's tensor there (module docs)."""
     path = Path(path)
     tensors, meta = read_adversarial(path)
     where, record = _record(path, meta, record_path)
     _check_hashes(path, meta, where, record)
+    if robustbench_pt is not None and record["n_examples"] != len(full.labels):
+        raise UserError(f"RobustBench asks for a tensor the size of the test set, but record {where} evaluated "
+                        f"{record['n_examples']} of the {len(full.labels)} {record.get('split')} images; evaluate the "
+                        "whole split (no --n-examples) for --robustbench-pt")
     if model_hash(model) != meta["model_sha256"]:
         raise UserError(f"the model differs from the one {path} was made with (weights hash "
                         f"{model_hash(model)[:12]}… vs {meta['model_sha256'][:12]}…); pass the evaluated run, or the "
@@ -144,6 +166,11 @@ def confirm_adversarial(path: str | Path, model: nn.Module, full: ImageDataset, 
         raise UserError(f"{path} marks {int(marked.sum())} 8-bit breaks but record {where} says {stated}")
     summary = {"file": str(path), "record": str(where), "breaks": index.numel(), "uint8_breaks": int(marked.sum()),
                "format": FORMAT}
+    if robustbench_pt is not None:
+        x = robustbench_tensor(full, tensors)
+        atomic_write(Path(robustbench_pt), lambda handle: torch.save(x, handle))
+        log(f"RobustBench's external-evaluation tensor ({tuple(x.shape)}, float32: the {record.get('split')} images, "
+            f"{index.numel()} of them adversarial) written to {robustbench_pt}")
     log(f"confirmed {index.numel()} adversarial images of {where}: each inside the {record['norm']} ε-ball "
         f"({record['eps']:g}) of its {full.name} {record.get('split')} image and [0, 1], each misclassified by the "
         f"model; {index.numel()} = the record's breaks; {int(marked.sum())} of them also as 8-bit images")
@@ -155,10 +182,10 @@ def check_adversarial(
     model: str | None = None, data: str | None = None, data_root: str | Path | None = None, download: bool = False,
     stats: tuple[list[float], list[float]] | None = None, robustbench: str | None = None, dataset: str = "cifar10",
     threat_model: str = "Linf", model_dir: str | Path = "models", record: str | Path | None = None,
-    device: str = "auto", log: Callable[[str], None] = print,
+    robustbench_pt: str | Path | None = None, device: str = "auto", log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Load the model as ``eval`` does (``run``, ``model`` with ``weights`` and ``data``, or ``robustbench``), and the
-    split the file's evaluation used, then :func:`confirm_adversarial`."""
+    split the file's evaluation used, then :func:`confirm_adversarial` (``robustbench_pt`` claimed first)."""
     routes = [name for name, value in (("a run folder", run), ("--model", model), ("--robustbench", robustbench))
               if value is not None]
     if len(routes) != 1:
@@ -167,6 +194,8 @@ def check_adversarial(
     if not str(path).endswith(SUFFIX):
         raise UserError(f"{path} is not an adversarial file (RECORD{SUFFIX}); pass the file eval --save-adversarial "
                         "wrote")
+    if robustbench_pt is not None:
+        claim(Path(robustbench_pt), TENSOR_FILE, "pass --robustbench-pt NEW.pt or move that file away")
     split = read_adversarial(Path(path), tensors=False)[1]["split"]
     dev = resolve_device(device, key="--device")
     if run is not None:
@@ -180,4 +209,5 @@ def check_adversarial(
     else:
         full = load_dataset(data or dataset, split, root=data_root, download=download)
         net = load_zoo_model(str(robustbench), dataset, threat_model, model_dir, full, dev, log)[0]
-    return confirm_adversarial(path, net, full, device=dev, record_path=record, log=log)
+    return confirm_adversarial(path, net, full, device=dev, record_path=record, robustbench_pt=robustbench_pt,
+                               log=log)

@@ -19,9 +19,10 @@ Choices [ours]:
 * When the record names its adversarial file (``eval --save-adversarial``), the footnote points to it (by name,
   or by ``adversarial_url`` where it is published) with its sha256 and break count, so anyone can confirm each
   break with ``robustlab check``: the evidence RobustBench's "New external evaluation(s)" issue template asks
-  for ("Link to adversarial images"). Deviation: that template asks for a ``.pt`` tensor the size of the test
-  set; the file holds the broken samples only, with their indices (docs/EVALUATION.md, "Verifiable breaks").
-  The file must lie beside the record and match the record's sha256, or the export is refused.
+  for ("Link to adversarial images"). That template asks for a ``.pt`` tensor the size of the test set, which
+  ``robustlab check … --robustbench-pt`` writes once it has confirmed every break
+  (:mod:`robustlab.evaluate.confirm`). The file must lie beside the record and match the record's sha256, or the
+  export is refused.
 """
 
 from __future__ import annotations
