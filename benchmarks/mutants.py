@@ -9,7 +9,8 @@ could not even collect: the replacement is not valid code), seconds. The exit st
 every mutant run was killed. The mutants are issue 11's list plus a few more
 on the same methods, the straight-through surrogate's (issue 32), and issue 33's: ``thr_*`` moves each
 documented threshold 10x up and down, ``fast_*`` reverses or drops each documented choice of the ``fast``
-protocol (they run tests/evaluate/test_thresholds.py or tests/attacks/test_fast_rules.py, seconds each); the
+protocol (they run tests/evaluate/test_thresholds.py or tests/attacks/test_fast_rules.py, seconds each); ``adv_*``
+(issue 31) skip each refusal of ``robustlab check``, the keeper's commit rule and the 8-bit copies' projection; the
 working tree itself is never modified.
 
     python benchmarks/mutants.py --list
@@ -65,6 +66,8 @@ def _moved(name: str, path: str, setting: str, value: str, up: str, down: str,
 _RUNNER, _VERIFY, _MASKING = (f"src/robustlab/evaluate/{m}.py" for m in ("runner", "verify", "masking"))
 _CHECKS = "src/robustlab/evaluate/checks/common.py"
 _FAST_SETTINGS, _FAST_MEMBERS = "src/robustlab/evaluate/fast.py", "src/robustlab/attacks/fast.py"
+_CONFIRM, _BREAKS, _ADVERSARIAL = (f"src/robustlab/evaluate/{m}.py" for m in ("confirm", "breaks", "adversarial"))
+ADVERSARIAL_TESTS = ("tests/evaluate/test_adversarial_file.py",)
 
 
 MUTANTS = (
@@ -191,6 +194,37 @@ MUTANTS = (
            FAST_RULE_TESTS),
     Mutant("fast_square_escalates_unmasked", _FAST_MEMBERS, "if masked.float().mean().item() > zero_fraction:",
            "if masked.float().mean().item() >= zero_fraction:", FAST_RULE_TESTS),
+    # ------------------------------------------------------------------ verifiable breaks (issue 31)
+    Mutant("adv_ball_skipped", _CONFIRM, '    _check_ball(tensors["x_adv"], clean, record, path, "images")\n', "",
+           ADVERSARIAL_TESTS),
+    Mutant("adv_uint8_ball_skipped", _CONFIRM, '    _check_ball(x_uint8, clean, record, path, "8-bit images")\n', "",
+           ADVERSARIAL_TESTS),
+    Mutant("adv_misclassification_skipped", _CONFIRM, "    if kept.numel():", "    if False:", ADVERSARIAL_TESTS),
+    Mutant("adv_uint8_marks_trusted", _CONFIRM, "    if wrong.numel():", "    if False:", ADVERSARIAL_TESTS),
+    Mutant("adv_labels_trusted", _CONFIRM, "    if relabelled.numel():", "    if False:", ADVERSARIAL_TESTS),
+    Mutant("adv_count_trusted", _CONFIRM,
+           "    if index.numel() != wanted.numel() or not torch.equal(index.sort().values, wanted):", "    if False:",
+           ADVERSARIAL_TESTS),
+    Mutant("adv_file_hash_skipped", _CONFIRM, '    if named.get("sha256") != digest:', "    if False:",
+           ADVERSARIAL_TESTS),
+    Mutant("adv_record_digest_skipped", _CONFIRM, '    if meta["record_digest"] != record_digest(record):',
+           "    if False:", ADVERSARIAL_TESTS),
+    Mutant("adv_model_hash_skipped", _CONFIRM, '    if model_hash(model) != meta["model_sha256"]:', "    if False:",
+           ADVERSARIAL_TESTS),
+    Mutant("adv_side_files_trusted", _BREAKS, "if row is not None and row not in kept and first.get(row) == made:",
+           "if row is not None and row not in kept:", ADVERSARIAL_TESTS),
+    Mutant("adv_covers_anything", _BREAKS, "            if set(_first_breaks(state, self._rows(batch))) != ",
+           "            if False and set(_first_breaks(state, self._rows(batch))) != ", ADVERSARIAL_TESTS),
+    Mutant("adv_later_attack_overwrites", _BREAKS, "            if row not in self.kept:", "            if True:",
+           ADVERSARIAL_TESTS),
+    Mutant("adv_verification_not_kept", "src/robustlab/evaluate/verify.py",
+           "        keep.breaks += keeper.collect(state)", "        keep.breaks += []", ADVERSARIAL_TESTS),
+    Mutant("adv_uint8_linf_unclamped", _ADVERSARIAL, "        q = torch.minimum(torch.maximum(q, c - k), c + k)",
+           "        q = q", ADVERSARIAL_TESTS),
+    Mutant("adv_uint8_l2_unprojected", _ADVERSARIAL, "(c + (target - c).trunc()).clamp(0, 255)", "q",
+           ADVERSARIAL_TESTS),
+    Mutant("adv_doc_check_without_ball", "docs/EVALUATION.md",
+           'assert (size <= float(meta["eps"]) + tol).all() and x.min()', "assert x.min()", ADVERSARIAL_TESTS),
 )
 
 

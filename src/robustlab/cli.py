@@ -45,6 +45,35 @@ def _csv(text: str) -> list[str]:
     return items
 
 
+def _model_options(p: argparse.ArgumentParser) -> None:
+    """The options that say which model ``eval`` and ``check`` load (besides the run folder) and where."""
+    p.add_argument("--checkpoint", choices=["last", "best"], default="last", help="which checkpoint of a run folder")
+    p.add_argument("--weights", default=None,
+                   help="run folder: auto|model|ema (auto = EMA when the run kept one); --model: the weights file (.pt "
+                        "or .safetensors)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--model", default=None,
+                   help="an outside model: path/to/file.py:factory or package.module:factory (with --weights FILE and "
+                        "--data)")
+    p.add_argument("--data", default=None, help="--model: data set name (robustlab list datasets)")
+    p.add_argument("--data-root", default=None, help="--model: where the data set's files live")
+    p.add_argument("--download", action="store_true",
+                   help="--model: download the data set's official files when missing")
+    p.add_argument("--mean", type=_number, nargs="+", default=None,
+                   help="--model: per-channel mean the model expects (with --std)")
+    p.add_argument("--std", type=_number, nargs="+", default=None, help="--model: per-channel std the model expects")
+    p.add_argument("--normalize", default=None,
+                   help="--model: named statistics instead of --mean/--std: cifar10, cifar100, svhn, imagenet")
+    p.add_argument("--robustbench", default=None, metavar="NAME",
+                   help="a RobustBench model-zoo entry by name, from MODEL_DIR/DATASET/THREAT_MODEL/NAME.pt (never "
+                        "downloaded)")
+    p.add_argument("--dataset", default="cifar10",
+                   help="--robustbench: the zoo's data set (its images: --data/--data-root)")
+    p.add_argument("--threat-model", default="Linf", choices=["Linf", "L2"],
+                   help="--robustbench: the zoo's threat model")
+    p.add_argument("--model-dir", default="models", help="--robustbench: RobustBench's model_dir")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="robustlab", description="Adversarial training and trustworthy robustness evaluation.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -78,11 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", choices=["train", "test"], default="test")
-    p.add_argument("--checkpoint", choices=["last", "best"], default="last", help="which checkpoint of a run folder")
-    p.add_argument("--weights", default=None,
-                   help="run folder: auto|model|ema (auto = EMA when the run kept one); --model: the weights file (.pt "
-                        "or .safetensors)")
-    p.add_argument("--device", default="auto")
+    _model_options(p)
     p.add_argument("--out", default=None,
                    help="record path (default: RUN/eval/...json; with --model: runs/eval/FILE_FACTORY/...json)")
     p.add_argument("--adaptive", action="store_true",
@@ -95,26 +120,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", default=None, metavar="K|all",
                    help="then run the full autoattack on K seeded survivors (or all): records the gap with a 95%% "
                         "interval")
-    p.add_argument("--model", default=None,
-                   help="an outside model: path/to/file.py:factory or package.module:factory (with --weights FILE and "
-                        "--data)")
-    p.add_argument("--data", default=None, help="--model: data set name (robustlab list datasets)")
-    p.add_argument("--data-root", default=None, help="--model: where the data set's files live")
-    p.add_argument("--download", action="store_true",
-                   help="--model: download the data set's official files when missing")
-    p.add_argument("--mean", type=_number, nargs="+", default=None,
-                   help="--model: per-channel mean the model expects (with --std)")
-    p.add_argument("--std", type=_number, nargs="+", default=None, help="--model: per-channel std the model expects")
-    p.add_argument("--normalize", default=None,
-                   help="--model: named statistics instead of --mean/--std: cifar10, cifar100, svhn, imagenet")
-    p.add_argument("--robustbench", default=None, metavar="NAME",
-                   help="a RobustBench model-zoo entry by name, from MODEL_DIR/DATASET/THREAT_MODEL/NAME.pt (never "
-                        "downloaded)")
-    p.add_argument("--dataset", default="cifar10",
-                   help="--robustbench: the zoo's data set (its images: --data/--data-root)")
-    p.add_argument("--threat-model", default="Linf", choices=["Linf", "L2"],
-                   help="--robustbench: the zoo's threat model")
-    p.add_argument("--model-dir", default="models", help="--robustbench: RobustBench's model_dir")
+    p.add_argument("--save-adversarial", action="store_true",
+                   help="keep every break's adversarial image in RECORD.adv.safetensors beside the record (robustlab "
+                        "check confirms them)")
+
+    p = sub.add_parser("check", help="confirm every break of an adversarial file (eval --save-adversarial) with the "
+                                     "model and the data set")
+    p.add_argument("adversarial", help="the RECORD.adv.safetensors file")
+    p.add_argument("path", nargs="?", default=None, help="the evaluated run folder or checkpoint (or use --model)")
+    p.add_argument("--record", default=None, help="the evaluation record (default: the one the file names, beside it)")
+    p.add_argument("--robustbench-pt", default=None, metavar="FILE.pt",
+                   help="then write RobustBench's external-evaluation tensor: the whole test split, each confirmed "
+                        "break's image in its row")
+    _model_options(p)
 
     p = sub.add_parser("demo",
                        help="train natural and PGD-AT models on digits and compare them (< 3 min on 2 CPU cores)")
@@ -152,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, help="dataset name as RobustBench writes it (default: the record's)")
     p.add_argument("--architecture", default=None, help="architecture as RobustBench writes it, e.g. WideResNet-28-10")
     p.add_argument("--footnote", default="", help="text added to the footnote")
+    p.add_argument("--adversarial-url", default="",
+                   help="where the record's adversarial file (eval --save-adversarial) is published; the footnote "
+                        "points to it (default: its file name) with its sha256")
 
     p = sub.add_parser("study", help="run a study file (rows × seeds, one evaluation protocol) and write its page")
     p.add_argument("action", choices=["run", "report", "plan"],
@@ -248,7 +269,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         restarts=args.restarts, n_examples=args.n_examples, batch_size=args.batch_size, seed=args.seed,
         split=args.split, which=args.checkpoint, weights=args.weights, device=args.device, out=args.out,
         adaptive=args.adaptive, transfer_from=args.transfer_from, checks=not args.no_checks,
-        channels_last=args.channels_last, verify=args.verify,
+        channels_last=args.channels_last, verify=args.verify, save_adversarial=args.save_adversarial,
     )
 
 
@@ -268,7 +289,7 @@ def _eval_external(args: argparse.Namespace) -> None:
         n_examples=args.n_examples, batch_size=args.batch_size, seed=args.seed, device=args.device, out=args.out,
         stats=resolve_normalization(args.mean, args.std, args.normalize), adaptive=args.adaptive,
         transfer_from=args.transfer_from, checks=not args.no_checks, channels_last=args.channels_last,
-        verify=args.verify,
+        verify=args.verify, save_adversarial=args.save_adversarial,
     )
 
 
@@ -289,6 +310,20 @@ def _eval_robustbench(args: argparse.Namespace) -> None:
         step_size=args.step_size, restarts=args.restarts, n_examples=args.n_examples, batch_size=args.batch_size,
         seed=args.seed, device=args.device, out=args.out, adaptive=args.adaptive, transfer_from=args.transfer_from,
         checks=not args.no_checks, channels_last=args.channels_last, verify=args.verify,
+        save_adversarial=args.save_adversarial,
+    )
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    from robustlab.evaluate.confirm import check_adversarial
+    from robustlab.evaluate.external import resolve_normalization
+
+    check_adversarial(
+        args.adversarial, args.path, which=args.checkpoint, weights=args.weights, model=args.model, data=args.data,
+        data_root=args.data_root, download=args.download, stats=resolve_normalization(args.mean, args.std,
+                                                                                      args.normalize),
+        robustbench=args.robustbench, dataset=args.dataset, threat_model=args.threat_model, model_dir=args.model_dir,
+        record=args.record, robustbench_pt=args.robustbench_pt, device=args.device,
     )
 
 
@@ -328,6 +363,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         args.record, args.out, name=args.name, paper=args.paper, authors=args.authors, venue=args.venue,
         reported=args.reported, additional_data=args.additional_data, forward_passes=args.forward_passes,
         dataset=args.dataset, architecture=args.architecture, footnote=args.footnote,
+        adversarial_url=args.adversarial_url,
     )
     print(f"RobustBench entry written to {out}")
 
@@ -347,8 +383,8 @@ def cmd_list(args: argparse.Namespace) -> None:
             print(f"  {name}")
 
 
-COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "eval": cmd_eval, "demo": cmd_demo, "report": cmd_report,
-            "export": cmd_export, "study": cmd_study, "list": cmd_list}
+COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "eval": cmd_eval, "check": cmd_check, "demo": cmd_demo,
+            "report": cmd_report, "export": cmd_export, "study": cmd_study, "list": cmd_list}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

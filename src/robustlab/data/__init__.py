@@ -10,6 +10,7 @@ from robustlab.data.loader import DeviceLoader, batch_crop, batch_flip
 from robustlab.data.record import (
     DATASETS,
     ImageDataset,
+    evaluation_subset,
     fixed_subset,
     hold_out,
     holdout_indices,
@@ -23,6 +24,7 @@ __all__ = [
     "ImageDataset",
     "batch_crop",
     "batch_flip",
+    "evaluation_subset",
     "fixed_subset",
     "hold_out",
     "holdout_indices",

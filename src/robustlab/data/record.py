@@ -177,6 +177,15 @@ def hold_out(dataset: ImageDataset, n: int, seed: int) -> tuple[ImageDataset, Im
     return dataset.select(keep.nonzero().flatten()), dataset.select(held)
 
 
+def evaluation_subset(dataset: ImageDataset, n: int | None, seed: int) -> tuple[ImageDataset, torch.Tensor]:
+    """The samples an evaluation takes, with their indices in ``dataset``: all of it (``n`` None) or its
+    :func:`fixed_subset` of ``n``. The indices equal :func:`subset_indices` ``(len(dataset), n or len, seed)``."""
+    if n is None:
+        return dataset, torch.arange(len(dataset))
+    indices = subset_indices(len(dataset), n, seed)
+    return dataset.select(indices), indices
+
+
 def check_split(name: str, split: str, allowed: Sequence[str]) -> None:
     if split not in allowed:
         raise UserError(f"{name} has no split {split!r}; use one of: {', '.join(allowed)}")

@@ -30,7 +30,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from robustlab.data import ImageDataset, fixed_subset, load_dataset
+from robustlab.data import ImageDataset, evaluation_subset, load_dataset
 from robustlab.errors import UserError
 from robustlab.evaluate.api import evaluate_into
 from robustlab.evaluate.output import check_output
@@ -320,6 +320,7 @@ def evaluate_external(
     device: str = "auto",
     out: str | Path | None = None,
     stats: tuple[list[float], list[float]] | None = None,
+    save_adversarial: bool = False,
     log: Callable[[str], None] = print,
     **options: Any,
 ) -> dict[str, Any]:
@@ -332,25 +333,27 @@ def evaluate_external(
     sha256 of the model file and of the weights). It is written to ``out`` (default :func:`default_out`,
     named with the model's identity) by :func:`evaluate_outside_model` (an existing ``out`` that is not a
     robustlab record is refused before any work), and the per-sample state beside it makes a rerun resume.
+    ``save_adversarial``: also the adversarial file beside it (:func:`~robustlab.evaluate.api.evaluate_into`).
     """
     check_attack_names(attacks)
     dev = resolve_device(device, key="--device")
     if out is not None:
-        check_output(Path(out))  # before the user's code runs or any data loads
+        check_output(Path(out), save_adversarial)  # before the user's code runs or any data loads
     eps = STANDARD_EPS[norm] if eps is None else eps
-    dataset = load_data(data, data_root, split, n_examples, seed, download=download)
+    dataset, source_index = load_data(data, data_root, split, n_examples, seed, download=download)
     model, source = load_external(spec, weights, dataset, stats=stats, device=dev, log=log)
     out = Path(out) if out is not None else default_out(spec, model_identity(source), data, split, attacks, eps, norm)
     return evaluate_outside_model(model, source, dataset, out, split=split, attacks=attacks, eps=eps, norm=norm,
-                                  seed=seed, device=dev, log=log, **options)
+                                  seed=seed, device=dev, log=log, save_adversarial=save_adversarial,
+                                  source_index=source_index, **options)
 
 
 def load_data(
     name: str, root: str | Path | None, split: str, n_examples: int | None, seed: int, download: bool = False,
-) -> ImageDataset:
-    """The evaluation images: data set ``name`` (files under ``root``), its fixed seeded subset when asked."""
-    dataset = load_dataset(name, split, root=root, download=download)
-    return dataset if n_examples is None else fixed_subset(dataset, n_examples, seed=seed)
+) -> tuple[ImageDataset, torch.Tensor]:
+    """The evaluation images: data set ``name`` (files under ``root``), its fixed seeded subset when asked; with
+    their indices in the split (:func:`~robustlab.data.evaluation_subset`)."""
+    return evaluation_subset(load_dataset(name, split, root=root, download=download), n_examples, seed)
 
 
 def evaluate_outside_model(

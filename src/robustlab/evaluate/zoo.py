@@ -161,24 +161,26 @@ def evaluate_zoo(
     name: str, *, dataset: str = "cifar10", threat_model: str = "Linf", model_dir: str | Path = "models",
     attacks: list[str], data: str | None = None, data_root: str | Path | None = None, split: str = "test",
     eps: float | None = None, n_examples: int | None = None, seed: int = 0, device: str = "auto",
-    out: str | Path | None = None, log: Callable[[str], None] = print, **options: Any,
+    out: str | Path | None = None, save_adversarial: bool = False, log: Callable[[str], None] = print,
+    **options: Any,
 ) -> dict[str, Any]:
     """Evaluate RobustBench entry ``name`` from its local checkpoint on ``data`` (default: ``dataset``, files under
     ``data_root``). ε defaults to RobustBench's budget of the threat model (8/255, 0.5). The record goes to ``out``
     (default ``runs/eval/robustbench_<name>/<data>_<split>_<attacks>_<eps>_<norm>.json``). ``options`` are
     :func:`~robustlab.evaluate.api.evaluate_model`'s other keywords and ``transfer_from``, as for
-    :func:`~robustlab.evaluate.external.evaluate_external`."""
+    :func:`~robustlab.evaluate.external.evaluate_external`, and ``save_adversarial`` as there."""
     # a bad name or a missing file fails before any data is read
     require_checkpoint(name, dataset, threat_model, model_dir)
     check_attack_names(attacks)
     if out is not None:
-        check_output(Path(out))  # an existing file there that is not a robustlab record: refused before any work
+        check_output(Path(out), save_adversarial)  # an existing file there that is not ours: refused before any work
     norm = THREAT_MODELS[threat_model]
     eps = STANDARD_EPS[norm] if eps is None else eps
     dev = resolve_device(device, key="--device")
-    images = load_data(data or dataset, data_root, split, n_examples, seed)
+    images, source_index = load_data(data or dataset, data_root, split, n_examples, seed)
     model, source = load_zoo_model(name, dataset, threat_model, model_dir, images, dev, log)
     target = (Path(out) if out is not None
               else DEFAULT_OUT / f"robustbench_{name}" / record_file_name(data or dataset, split, attacks, eps, norm))
     return evaluate_outside_model(model, source, images, target, split=split, attacks=attacks, eps=eps, norm=norm,
-                                  seed=seed, device=dev, log=log, **options)
+                                  seed=seed, device=dev, log=log, save_adversarial=save_adversarial,
+                                  source_index=source_index, **options)

@@ -108,6 +108,10 @@ def format_table(record: dict[str, Any]) -> str:
                      f"(of {v['survivors']}): gap {100 * v['gap']:.2f} points, "
                      f"95% [{100 * v['gap_ci95'][0]:.2f}, {100 * v['gap_ci95'][1]:.2f}]")
     lines.append(f"{'worst case':<20} {100 * record['robust_acc']:>8.2f}%")
+    if "adversarial" in record:
+        adv = record["adversarial"]
+        lines.append(f"adversarial images of the {adv['breaks']} breaks in {adv['file']} ({adv['uint8_breaks']} also "
+                     "as 8-bit images); robustlab check confirms them")
     header = f"{record.get('dataset', '?')} n={record['n_examples']} eps={record['eps_label']} ({record['norm']})"
     if "selection" in record:
         header += f", checkpoint {describe(record['selection'])}"
