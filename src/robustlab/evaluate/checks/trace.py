@@ -111,20 +111,16 @@ class SuiteTrace:
 
     @contextlib.contextmanager
     def watching(self, model: nn.Module, source: nn.Module | None = None) -> Iterator["SuiteTrace"]:
-        """Record the forwards of ``model`` (and of the transfer ``source``) inside the block."""
+        """Record the forwards of ``model`` (and of the transfer ``source``, unless it is the model itself, whose
+        forwards cannot be told apart from the attacks') inside the block."""
         handles = [model.register_forward_hook(self._on_model)]
-        if source is not None:
+        if source is not None and source is not model:
             handles.append(source.register_forward_hook(self._on_source))
         try:
             yield self
         finally:
             for handle in handles:
                 handle.remove()
-
-
-def watching(trace: SuiteTrace | None, model: nn.Module, source: nn.Module | None) -> contextlib.AbstractContextManager:
-    """``trace.watching(model, source)``, or nothing to do without a trace."""
-    return contextlib.nullcontext() if trace is None else trace.watching(model, source)
 
     def paths(self) -> list[torch.Tensor]:
         """Each probe sample's path: the finite margins of the rows evaluated in its threat model, in order."""
@@ -136,3 +132,8 @@ def watching(trace: SuiteTrace | None, model: nn.Module, source: nn.Module | Non
         order = torch.argsort(owners, stable=True)
         split = torch.split(margins[order], torch.bincount(owners, minlength=n).tolist())
         return [path[torch.isfinite(path)] for path in split]
+
+
+def watching(trace: SuiteTrace | None, model: nn.Module, source: nn.Module | None) -> contextlib.AbstractContextManager:
+    """``trace.watching(model, source)``, or nothing to do without a trace."""
+    return contextlib.nullcontext() if trace is None else trace.watching(model, source)
