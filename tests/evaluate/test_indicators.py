@@ -224,6 +224,21 @@ def test_a_row_belongs_to_every_probe_sample_whose_threat_model_holds_it(norm: s
     assert torch.equal(trace.adversarial_point, rows[[0, 0]]) and torch.equal(trace.best_point, rows[[3, 0]])
 
 
+def test_a_misclassification_the_model_does_not_repeat_is_no_silent_success() -> None:
+    """The misclassified point is forwarded once more before it counts: a randomized or stateful model that erred
+    once at it (and is correct there now) gives no silent success."""
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    trace = SuiteTrace(x, torch.zeros(4, dtype=torch.long), torch.arange(4), eps=EPS, norm="linf")
+    planted = Planted(torch.tensor([[0.0, 1.0]]).expand(4, 2))
+    with trace.watching(planted):
+        planted(x)
+    assert trace.adversarial.all()
+    planted.logits = torch.tensor([[1.0, 0.0]]).expand(4, 2)
+    record = {"per_sample": {"clean": [1] * 4, "broken_by": {"a": [-1] * 4}}}
+    _, values = run_indicators(planted, trace, record)
+    assert values["silent_success"] == 0.0
+
+
 def test_the_trace_is_invisible_to_the_straight_through_surrogate(digits) -> None:
     """The tracer's own calls run inside the surrogate's mode when it watches the model under the surrogate, yet
     the mode replaces and logs the same calls with and without it (it is disabled inside the hook)."""
