@@ -50,6 +50,7 @@ from robustlab.evaluate.checks.common import (
     fraction_true,
     pct,
 )
+from robustlab.evaluate.checks.suite import worst_case_robust
 from robustlab.evaluate.flags import Flag
 from robustlab.runs.record import ROBUST
 
@@ -57,16 +58,6 @@ if TYPE_CHECKING:
     from robustlab.evaluate.checks.trace import SuiteTrace
 
 NOT_TRACED = "the suite's attacks were not traced (no suite, a resumed evaluation, or several processes)"
-
-
-def survivors(trace: SuiteTrace, suite_result: Mapping[str, Any]) -> torch.Tensor:
-    """Per probe sample: clean-correct and left accurate by every entry of the suite (the record's worst case)."""
-    per_sample = suite_result["per_sample"]
-    rows = trace.index.tolist()
-    robust = torch.tensor([per_sample["clean"][i] == 1 for i in rows], dtype=torch.bool)
-    for verdicts in per_sample["broken_by"].values():
-        robust &= torch.tensor([verdicts[i] == ROBUST for i in rows], dtype=torch.bool)
-    return robust.to(trace.x.device)
 
 
 def silent_successes(model: nn.Module, trace: SuiteTrace, robust: torch.Tensor) -> torch.Tensor:
@@ -101,7 +92,7 @@ def instability(
     and the samples of ``|L(p + d) - L(p)| / |L(p)|`` (``|L(p)|`` taken as 1 where it is 0), capped at 1, with
     ``L`` the cross-entropy and ``d`` uniform in [-width/2, width/2] per pixel (their ``radius`` 8/255).
     Deviations [ours]: ``p`` is the suite's best point of each sample (theirs: the input), ``p + d`` is clipped to
-    [0, 1], and 16 draws (theirs: 100). Cost: ``draws`` forwards per sample."""
+    [0, 1], and 16 draws (theirs: 100). Cost: ``draws`` + 1 forwards per sample."""
     if points.shape[0] == 0:
         return 0.0
     with torch.no_grad():
@@ -191,7 +182,7 @@ def run_indicators(
     probe sample the suite left accurate; the paths themselves cost nothing."""
     if trace is None or not suite_result or "per_sample" not in suite_result:
         return [], {"source": "skipped", "reason": NOT_TRACED}
-    robust = survivors(trace, suite_result)
+    robust = worst_case_robust(suite_result["per_sample"])[trace.index.cpu()].to(trace.x.device)
     n = robust.numel()
     left = robust.nonzero().squeeze(1)
     paths = trace.paths()

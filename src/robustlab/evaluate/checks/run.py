@@ -147,9 +147,6 @@ def run_checks(
             )
             values["eps_sweep"] = [{"eps": r, "multiplier": m, "robust_acc": a} for m, r, a in rows]
             add(sweep_flags(rows, plateau=PLATEAU, n=n, tolerance_samples=TOLERANCE_SAMPLES, steps=SWEEP_STEPS))
-            unbounded, cap, ran = unconstrained_survivors(model, x, y, rows, sweep_verdicts, norm=norm,
-                                                          generator=generator)
-            unconstrained = {"eps": cap, "robust_acc": fraction_true(unbounded), "source": "probe" if ran else "sweep"}
             for v in [*steps_verdicts.values(), sweep_verdicts[1]]:
                 gradient_robust &= v
 
@@ -173,9 +170,14 @@ def run_checks(
         values["probability_outputs"] = probabilities is not None
         add(probabilities)
 
-        found, values["indicators"] = run_indicators(model, trace, suite_result, generator)
-        if n:
-            values["indicators"]["unconstrained"] = unconstrained
+        unconstrained = None
+        if n:  # after every check above, so that their random draws stay what they were
+            unbounded, cap, ran = unconstrained_survivors(model, x, y, rows, sweep_verdicts, norm=norm,
+                                                          generator=generator)
+            unconstrained = {"eps": cap, "robust_acc": fraction_true(unbounded), "source": "probe" if ran else "sweep"}
             add(unconstrained_flag(unconstrained["robust_acc"], n, cap))
+        found, values["indicators"] = run_indicators(model, trace, suite_result, generator)
+        if unconstrained is not None:
+            values["indicators"]["unconstrained"] = unconstrained
         add(found)
     return flags, values
