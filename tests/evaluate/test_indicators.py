@@ -11,6 +11,7 @@ failure). The suites run on the 128-image probe (the seconds of apgd-ce), the in
 from __future__ import annotations
 
 import functools
+import json
 import math
 
 import pytest
@@ -74,8 +75,20 @@ def test_no_indicator_fires_on_the_pgd_at_model_end_to_end(digits) -> None:
     assert found["unstable_predictions"] < 0.1  # measured 0.059; the threshold is 0.3
     assert found["unconstrained"] == {"eps": 1.0, "robust_acc": 0.0, "source": "sweep"}  # 8x0.1: all broken
     assert 0 < found["transfer"]["fooled_source"] < 10  # too few to judge (measured: 7 of 8 failed)
+    assert json.loads(json.dumps(found)) == found
     announced = next(line for line in lines if line.startswith("checks: gradient-masking"))
     assert "indicators of attack failure" in announced and "18 forwards per probe sample" in announced
+
+
+def test_a_resumed_evaluation_is_not_traced(digits, tmp_path) -> None:
+    """The attacks done before the stop were not watched, so the traced indicators say why they are missing; the
+    unconstrained one, from the sweep, is still measured."""
+    data = digits["data"].select(torch.arange(16))
+    run = functools.partial(evaluate_model, digits["model"], data, attacks=["fgsm"], eps=EPS, step_size=STEP,
+                            device="cpu", state_path=tmp_path / "state.json", log=lambda _: None)
+    assert run()["checks"]["indicators"]["source"] == "suite"
+    again = run()["checks"]["indicators"]
+    assert again["source"] == "skipped" and "resumed" in again["reason"] and again["unconstrained"]["eps"] == 1.0
 
 
 # --- (a) silent success -----------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Automatic gradient-masking checks (docs/EVALUATION.md, "Automatic checks", checks 1-6).
+"""Automatic gradient-masking checks (docs/EVALUATION.md, "Automatic checks", checks 1-6) and the indicators of attack
+failure (check 9).
 
 Each check is a small function with its thresholds as keyword arguments. It returns flags, never
 raises on a suspicious model, never logs or warns and keeps no module state; a flag is stored in the

@@ -1,4 +1,5 @@
-"""The cheap versions of checks 1-6 on a probe batch, as ``robustlab eval`` runs them (:func:`run_checks`)."""
+"""The cheap versions of checks 1-6 and the indicators of check 9 on a probe batch, as ``robustlab eval`` runs them
+(:func:`run_checks`)."""
 
 from __future__ import annotations
 
