@@ -75,8 +75,14 @@ class SuiteTrace:
         inside = (full <= radius) & ((flat[r] >= -TOLERANCE) & (flat[r] <= 1 + TOLERANCE)).all(1)
         return r[inside], i[inside]
 
+    def _watched(self, args: tuple[Any, ...], output: Any) -> bool:
+        """A forward of a batch of images like the probe's, returning one row of logits per image."""
+        return bool(args and torch.is_tensor(args[0]) and args[0].ndim >= 2 and torch.is_tensor(output)
+                    and output.ndim == 2 and output.shape[0] == args[0].shape[0]
+                    and args[0][0].numel() == self.x[0].numel())
+
     def _on_model(self, _module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if not (args and torch.is_tensor(args[0]) and torch.is_tensor(output) and output.ndim == 2):
+        if not self._watched(args, output):
             return
         with torch._C.DisableTorchFunction(), torch.no_grad():  # no mode sees the tracer (module docstring)
             rows, owners = self._owners(args[0])
@@ -102,7 +108,7 @@ class SuiteTrace:
         store[won], mark[won] = points[first[won]].to(store.dtype), value[first[won]]
 
     def _on_source(self, _module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if not (args and torch.is_tensor(args[0]) and torch.is_tensor(output) and output.ndim == 2):
+        if not self._watched(args, output):
             return
         with torch._C.DisableTorchFunction(), torch.no_grad():
             rows, owners = self._owners(args[0])
