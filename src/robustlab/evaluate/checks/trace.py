@@ -79,7 +79,7 @@ class SuiteTrace:
         """A forward of a batch of images like the probe's, returning one row of logits per image."""
         return bool(args and torch.is_tensor(args[0]) and args[0].ndim >= 2 and torch.is_tensor(output)
                     and output.ndim == 2 and output.shape[0] == args[0].shape[0]
-                    and args[0][0].numel() == self.x[0].numel())
+                    and args[0].shape[1:].numel() == self.x.shape[1:].numel())
 
     def _on_model(self, _module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         if not self._watched(args, output):
