@@ -7,7 +7,8 @@ copy's ``src``, and prints a table: mutant, killed (the tests failed) / survived
 stale (the snippet is not in the file: the code moved on, refresh the mutant) / error (pytest
 could not even collect: the replacement is not valid code), seconds. The exit status is 0 only when
 every mutant run was killed. The mutants are issue 11's list plus a few more
-on the same methods, the straight-through surrogate's (issue 32), and issue 33's: ``thr_*`` moves each
+on the same methods, the straight-through surrogate's (issue 32), issue 30's indicators of attack failure, and
+issue 33's: ``thr_*`` moves each
 documented threshold 10x up and down, ``fast_*`` reverses or drops each documented choice of the ``fast``
 protocol (they run tests/evaluate/test_thresholds.py or tests/attacks/test_fast_rules.py, seconds each); ``adv_*``
 (issue 31) skip each refusal of ``robustlab check``, the keeper's commit rule and the 8-bit copies' projection; the
@@ -153,6 +154,28 @@ MUTANTS = (
     # 0 ("any sample") cannot move 10x: raised to 1% instead
     Mutant("thr_gradient_threshold_raised", _CHECKS, "GRADIENT_THRESHOLD = 0.0", "GRADIENT_THRESHOLD = 0.01",
            THRESHOLD_TESTS),
+    # check 9, the indicators of attack failure (issue 30); 0 ("any sample") raised to 1% instead
+    Mutant("thr_silent_success_threshold_raised", _CHECKS, "SILENT_SUCCESS_THRESHOLD = 0.0",
+           "SILENT_SUCCESS_THRESHOLD = 0.01", THRESHOLD_TESTS),
+    *_moved("incomplete_window", _CHECKS, "INCOMPLETE_WINDOW = ", "10", "100", "1", THRESHOLD_TESTS),
+    *_moved("incomplete_tolerance", _CHECKS, "INCOMPLETE_TOLERANCE = ", "0.05", "0.5", "0.005", THRESHOLD_TESTS),
+    *_moved("incomplete_threshold", _CHECKS, "INCOMPLETE_THRESHOLD = ", "0.05", "0.5", "0.005", THRESHOLD_TESTS),
+    # a count of draws: 10x down rounds to 1
+    *_moved("unstable_draws", _CHECKS, "UNSTABLE_DRAWS = ", "16", "160", "1", THRESHOLD_TESTS),
+    *_moved("unstable_width", _CHECKS, "UNSTABLE_WIDTH = ", "8 / 255", "80 / 255", "0.8 / 255", THRESHOLD_TESTS),
+    *_moved("unstable_threshold", _CHECKS, "UNSTABLE_THRESHOLD = ", "0.3", "3.0", "0.03", THRESHOLD_TESTS),
+    Mutant("thr_unconstrained_threshold_raised", _CHECKS, "UNCONSTRAINED_THRESHOLD = 0.0",
+           "UNCONSTRAINED_THRESHOLD = 0.01", THRESHOLD_TESTS),
+    *_moved("transfer_failure_threshold", _CHECKS, "TRANSFER_FAILURE_THRESHOLD = ", "0.95", "9.5", "0.095",
+            THRESHOLD_TESTS),
+    *_moved("transfer_failure_min_samples", _CHECKS, "TRANSFER_FAILURE_MIN_SAMPLES = ", "10", "100", "1",
+            THRESHOLD_TESTS),
+    Mutant("indicators_trace_inside_surrogate_mode", "src/robustlab/evaluate/checks/trace.py",
+           "with torch._C.DisableTorchFunction(), torch.no_grad():  # no mode sees the tracer",
+           "with torch.no_grad():  # no mode sees the tracer", ("tests/evaluate/test_indicators.py",)),
+    Mutant("indicators_silent_success_unconfirmed", "src/robustlab/evaluate/checks/indicators.py",
+           "found[todo] = model(trace.adversarial_point[todo]).argmax(1) != trace.y[todo]",
+           "found[todo] = True", ("tests/evaluate/test_indicators.py",)),
     *_moved("forward_tolerance", _MASKING, "FORWARD_TOLERANCE = ", "1e-5", "1e-4", "1e-6", THRESHOLD_TESTS),
     *_moved("gradient_change", _MASKING, "GRADIENT_CHANGE = ", "1e-3", "1e-2", "1e-4", THRESHOLD_TESTS),
     *_moved("progress_interval", "src/robustlab/evaluate/progress.py", "PIPE_INTERVAL_S = ", "30.0", "300.0", "3.0",

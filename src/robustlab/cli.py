@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add model-specific attacks: auxiliary heads, fixed gates, EOT")
     p.add_argument("--transfer-from", default=None,
                    help="run folder or checkpoint of a source model for transfer attacks")
-    p.add_argument("--no-checks", action="store_true", help="skip the automatic gradient-masking checks")
+    p.add_argument("--no-checks", action="store_true",
+                   help="skip the automatic gradient-masking checks and the indicators of attack failure")
     p.add_argument("--channels-last", action="store_true",
                    help="run the model in channels-last memory format (faster convolutions on CPU)")
     p.add_argument("--verify", default=None, metavar="K|all",

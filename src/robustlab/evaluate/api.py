@@ -20,6 +20,7 @@ from robustlab.evaluate.adaptive import build_adaptive
 from robustlab.evaluate.adversarial import adversarial_path, write_adversarial
 from robustlab.evaluate.breaks import SUITE_PREFIX, Keep, partial_folder
 from robustlab.evaluate.checks import announce_checks, run_checks
+from robustlab.evaluate.checks.trace import SuiteTrace, watching
 from robustlab.evaluate.failures import forward_failures
 from robustlab.evaluate.flags import Flag
 from robustlab.evaluate.guard import guard_model
@@ -189,12 +190,15 @@ def evaluate_model(
         keeper = keep.stage(SUITE_PREFIX, torch.arange(first * batch_size, first * batch_size + size), specs,
                             batch_size, first)
         state = keep.resumable(keeper, state, lambda: EvalState.new(fingerprint, size, batch_size, names), log)
+    fresh = checks and not ranks.enabled and not masking.no_graph and not finished_work(state, len(specs))
+    trace = SuiteTrace.of_probe(data, probe_size, seed=seed, eps=eps, norm=norm, device=dev) if fresh else None  # 9
     started = time.perf_counter()
     if shard is not None:
         progress = (Progress(len(state.clean) * len(specs), done=finished_work(state, len(specs))) if ranks.main
                     else None)
         try:
-            with progress.watch(model) if progress is not None else nullcontext():
+            with (progress.watch(model) if progress is not None else nullcontext(),
+                  watching(trace, model, transfer_source)):
                 state = run_suite(model, shard, specs, eps=eps, norm=norm, batch_size=batch_size, device=dev, seed=seed,
                                   state=state, state_path=path, batch_offset=first, progress=progress, keep=keeper)
         finally:
@@ -216,11 +220,11 @@ def evaluate_model(
     if checks and ranks.main and not masking.no_graph:
         probe = fixed_subset(data, min(probe_size, len(data.labels)), seed=seed)
         x_probe, y_probe = probe.images.to(dev).float() / 255, probe.labels.to(dev)
-        log(announce_checks(len(probe.labels)))
+        log(announce_checks(len(probe.labels), traced=trace is not None))
         with forward_failures(model, "inside the automatic checks"):
             with count_passes(model) as passes, Stopwatch(dev) as watch:
                 flags, values = run_checks(model, x_probe, y_probe, eps=eps, norm=norm, step_size=step_size,
-                                           suite_result=result,
+                                           suite_result=result, trace=trace,
                                            generator=torch.Generator(device=dev).manual_seed(seed))
         log(f"checks: done in {watch.seconds:.1f} s ({passes.forward:,} forward and {passes.backward:,} backward "
             "sample passes)")

@@ -30,6 +30,7 @@ from torch import nn
 from robustlab.data import ImageDataset
 from robustlab.errors import UserError
 from robustlab.evaluate.breaks import VERIFY_LABEL, VERIFY_PREFIX, Keep
+from robustlab.evaluate.checks.suite import worst_case_robust
 from robustlab.evaluate.flags import Flag
 from robustlab.evaluate.masking import Masking, routed_suite
 from robustlab.evaluate.runner import run_suite
@@ -93,11 +94,7 @@ def _first_true(test: Callable[[int], bool], start: int, stop: int) -> int:
 
 def survivors(result: dict[str, Any]) -> torch.Tensor:
     """Indices of the samples robust under every attack of a summarised result (its worst case)."""
-    per_sample = result["per_sample"]
-    robust = torch.tensor(per_sample["clean"]) == 1
-    for verdicts in per_sample["broken_by"].values():
-        robust &= torch.tensor(verdicts) == ROBUST
-    return robust.nonzero().squeeze(1)
+    return worst_case_robust(result["per_sample"]).nonzero().squeeze(1)
 
 
 def sample_survivors(found: torch.Tensor, k: int | str, seed: int) -> torch.Tensor:
