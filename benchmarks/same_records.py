@@ -53,6 +53,9 @@ def evaluate_all(runs: Path, out: Path, models: list[str], protocols: list[str])
 
 
 def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """What differs between the baseline's record ``a`` and this checkout's ``b``; checks this checkout added (keys
+    of ``checks`` the baseline lacks) are not differences: every measurement the baseline made must be equal."""
+    b = {**b, "checks": _known(b.get("checks"), a.get("checks"))}
     found = [k for k in COMPARED if a.get(k) != b.get(k)]
     if list(a["attacks"]) != list(b["attacks"]):
         found.append(f"entries {list(a['attacks'])} vs {list(b['attacks'])}")
@@ -60,6 +63,13 @@ def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
         other = b["attacks"].get(name, {})
         found += [f"{name}.{k}" for k in PER_ATTACK if entry.get(k) != other.get(k)]
     return found
+
+
+def _known(new: Any, base: Any) -> Any:
+    """``new`` restricted to the keys of ``base`` when both are mappings (the checks the baseline ran)."""
+    if isinstance(new, dict) and isinstance(base, dict):
+        return {k: new[k] for k in base if k in new}
+    return new
 
 
 def main() -> int:
