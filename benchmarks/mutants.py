@@ -7,9 +7,11 @@ copy's ``src``, and prints a table: mutant, killed (the tests failed) / survived
 stale (the snippet is not in the file: the code moved on, refresh the mutant) / error (pytest
 could not even collect: the replacement is not valid code), seconds. The exit status is 0 only when
 every mutant run was killed. The mutants are issue 11's list plus a few more
-on the same methods, the straight-through surrogate's (issue 32), and issue 33's: ``thr_*`` moves each
+on the same methods, the straight-through surrogate's (issue 32), issue 30's indicators of attack failure, and
+issue 33's: ``thr_*`` moves each
 documented threshold 10x up and down, ``fast_*`` reverses or drops each documented choice of the ``fast``
-protocol (they run tests/evaluate/test_thresholds.py or tests/attacks/test_fast_rules.py, seconds each); the
+protocol (they run tests/evaluate/test_thresholds.py or tests/attacks/test_fast_rules.py, seconds each); ``adv_*``
+(issue 31) skip each refusal of ``robustlab check``, the keeper's commit rule and the 8-bit copies' projection; the
 working tree itself is never modified.
 
     python benchmarks/mutants.py --list
@@ -65,6 +67,8 @@ def _moved(name: str, path: str, setting: str, value: str, up: str, down: str,
 _RUNNER, _VERIFY, _MASKING = (f"src/robustlab/evaluate/{m}.py" for m in ("runner", "verify", "masking"))
 _CHECKS = "src/robustlab/evaluate/checks/common.py"
 _FAST_SETTINGS, _FAST_MEMBERS = "src/robustlab/evaluate/fast.py", "src/robustlab/attacks/fast.py"
+_CONFIRM, _BREAKS, _ADVERSARIAL = (f"src/robustlab/evaluate/{m}.py" for m in ("confirm", "breaks", "adversarial"))
+ADVERSARIAL_TESTS = ("tests/evaluate/test_adversarial_file.py",)
 
 
 MUTANTS = (
@@ -150,6 +154,28 @@ MUTANTS = (
     # 0 ("any sample") cannot move 10x: raised to 1% instead
     Mutant("thr_gradient_threshold_raised", _CHECKS, "GRADIENT_THRESHOLD = 0.0", "GRADIENT_THRESHOLD = 0.01",
            THRESHOLD_TESTS),
+    # check 9, the indicators of attack failure (issue 30); 0 ("any sample") raised to 1% instead
+    Mutant("thr_silent_success_threshold_raised", _CHECKS, "SILENT_SUCCESS_THRESHOLD = 0.0",
+           "SILENT_SUCCESS_THRESHOLD = 0.01", THRESHOLD_TESTS),
+    *_moved("incomplete_window", _CHECKS, "INCOMPLETE_WINDOW = ", "10", "100", "1", THRESHOLD_TESTS),
+    *_moved("incomplete_tolerance", _CHECKS, "INCOMPLETE_TOLERANCE = ", "0.05", "0.5", "0.005", THRESHOLD_TESTS),
+    *_moved("incomplete_threshold", _CHECKS, "INCOMPLETE_THRESHOLD = ", "0.05", "0.5", "0.005", THRESHOLD_TESTS),
+    # a count of draws: 10x down rounds to 1
+    *_moved("unstable_draws", _CHECKS, "UNSTABLE_DRAWS = ", "16", "160", "1", THRESHOLD_TESTS),
+    *_moved("unstable_width", _CHECKS, "UNSTABLE_WIDTH = ", "8 / 255", "80 / 255", "0.8 / 255", THRESHOLD_TESTS),
+    *_moved("unstable_threshold", _CHECKS, "UNSTABLE_THRESHOLD = ", "0.3", "3.0", "0.03", THRESHOLD_TESTS),
+    Mutant("thr_unconstrained_threshold_raised", _CHECKS, "UNCONSTRAINED_THRESHOLD = 0.0",
+           "UNCONSTRAINED_THRESHOLD = 0.01", THRESHOLD_TESTS),
+    *_moved("transfer_failure_threshold", _CHECKS, "TRANSFER_FAILURE_THRESHOLD = ", "0.95", "9.5", "0.095",
+            THRESHOLD_TESTS),
+    *_moved("transfer_failure_min_samples", _CHECKS, "TRANSFER_FAILURE_MIN_SAMPLES = ", "10", "100", "1",
+            THRESHOLD_TESTS),
+    Mutant("indicators_trace_inside_surrogate_mode", "src/robustlab/evaluate/checks/trace.py",
+           "with torch._C.DisableTorchFunction(), torch.no_grad():  # no mode sees the tracer",
+           "with torch.no_grad():  # no mode sees the tracer", ("tests/evaluate/test_indicators.py",)),
+    Mutant("indicators_silent_success_unconfirmed", "src/robustlab/evaluate/checks/indicators.py",
+           "found[todo] = model(trace.adversarial_point[todo]).argmax(1) != trace.y[todo]",
+           "found[todo] = True", ("tests/evaluate/test_indicators.py",)),
     *_moved("forward_tolerance", _MASKING, "FORWARD_TOLERANCE = ", "1e-5", "1e-4", "1e-6", THRESHOLD_TESTS),
     *_moved("gradient_change", _MASKING, "GRADIENT_CHANGE = ", "1e-3", "1e-2", "1e-4", THRESHOLD_TESTS),
     *_moved("progress_interval", "src/robustlab/evaluate/progress.py", "PIPE_INTERVAL_S = ", "30.0", "300.0", "3.0",
@@ -191,6 +217,37 @@ MUTANTS = (
            FAST_RULE_TESTS),
     Mutant("fast_square_escalates_unmasked", _FAST_MEMBERS, "if masked.float().mean().item() > zero_fraction:",
            "if masked.float().mean().item() >= zero_fraction:", FAST_RULE_TESTS),
+    # ------------------------------------------------------------------ verifiable breaks (issue 31)
+    Mutant("adv_ball_skipped", _CONFIRM, '    _check_ball(tensors["x_adv"], clean, record, path, "images")\n', "",
+           ADVERSARIAL_TESTS),
+    Mutant("adv_uint8_ball_skipped", _CONFIRM, '    _check_ball(x_uint8, clean, record, path, "8-bit images")\n', "",
+           ADVERSARIAL_TESTS),
+    Mutant("adv_misclassification_skipped", _CONFIRM, "    if kept.numel():", "    if False:", ADVERSARIAL_TESTS),
+    Mutant("adv_uint8_marks_trusted", _CONFIRM, "    if wrong.numel():", "    if False:", ADVERSARIAL_TESTS),
+    Mutant("adv_labels_trusted", _CONFIRM, "    if relabelled.numel():", "    if False:", ADVERSARIAL_TESTS),
+    Mutant("adv_count_trusted", _CONFIRM,
+           "    if index.numel() != wanted.numel() or not torch.equal(index.sort().values, wanted):", "    if False:",
+           ADVERSARIAL_TESTS),
+    Mutant("adv_file_hash_skipped", _CONFIRM, '    if named.get("sha256") != digest:', "    if False:",
+           ADVERSARIAL_TESTS),
+    Mutant("adv_record_digest_skipped", _CONFIRM, '    if meta["record_digest"] != record_digest(record):',
+           "    if False:", ADVERSARIAL_TESTS),
+    Mutant("adv_model_hash_skipped", _CONFIRM, '    if model_hash(model) != meta["model_sha256"]:', "    if False:",
+           ADVERSARIAL_TESTS),
+    Mutant("adv_side_files_trusted", _BREAKS, "if row is not None and row not in kept and first.get(row) == made:",
+           "if row is not None and row not in kept:", ADVERSARIAL_TESTS),
+    Mutant("adv_covers_anything", _BREAKS, "            if set(_first_breaks(state, self._rows(batch))) != ",
+           "            if False and set(_first_breaks(state, self._rows(batch))) != ", ADVERSARIAL_TESTS),
+    Mutant("adv_later_attack_overwrites", _BREAKS, "            if row not in self.kept:", "            if True:",
+           ADVERSARIAL_TESTS),
+    Mutant("adv_verification_not_kept", "src/robustlab/evaluate/verify.py",
+           "        keep.breaks += keeper.collect(state)", "        keep.breaks += []", ADVERSARIAL_TESTS),
+    Mutant("adv_uint8_linf_unclamped", _ADVERSARIAL, "        q = torch.minimum(torch.maximum(q, c - k), c + k)",
+           "        q = q", ADVERSARIAL_TESTS),
+    Mutant("adv_uint8_l2_unprojected", _ADVERSARIAL, "(c + (target - c).trunc()).clamp(0, 255)", "q",
+           ADVERSARIAL_TESTS),
+    Mutant("adv_doc_check_without_ball", "docs/EVALUATION.md",
+           'assert (size <= float(meta["eps"]) + tol).all() and x.min()', "assert x.min()", ADVERSARIAL_TESTS),
 )
 
 

@@ -97,3 +97,24 @@ def test_a_parameter_free_model_needs_no_weights_and_a_meta_model_is_one_line(
                       str(tmp_path / "m.json")], capsys)
     assert code == 2 and "builds a model on the meta device (fc.weight holds no data)" in err
     assert len(err.splitlines()) == 1 and not (tmp_path / "m.json").exists()
+
+
+@pytest.mark.parametrize("field, value", [("flags", [3]), ("attack_params", {"fgsm": 1}), ("model_source", "x"),
+                                          ("flags", [{"message": "m"}])])
+def test_a_record_with_a_field_of_the_wrong_type_is_one_line_for_every_reader(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], field: str, value: object,
+) -> None:
+    """Found by the fuzz suite at scale 5: a record whose flags held an integer ended ``export`` in a traceback. The
+    one record reader (report.compare.load_record: export, --leaderboard, --compare, studies) checks every field a
+    consumer reads (runs.record.field_problem)."""
+    import json
+
+    record = {"robustlab_version": "0.1.0", "dataset": "digits", "n_examples": 1, "eps": 0.1, "norm": "linf",
+              "eps_label": "0.1", "clean_acc": 1.0, "robust_acc": 1.0, "attacks": {"fgsm": {"robust_acc": 1.0}},
+              "flags": [], "per_sample": {"clean": [1], "broken_by": {"fgsm": [-1]}}, field: value}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(record))
+    for argv in (["export", str(path), "--robustbench", "--out", str(tmp_path / "e.json")],
+                 ["report", "--leaderboard", str(path), "--out", str(tmp_path / "board")]):
+        code, err = _cli(argv, capsys)
+        assert code == 2 and len(err.splitlines()) == 1 and field in err, (argv, err)

@@ -54,6 +54,11 @@ def _model_arguments(p: argparse.ArgumentParser, verb: str) -> None:
     p.add_argument("--step-size", type=_number, default=None, help="PGD/CW step (default: the training step, or eps/4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", choices=["train", "test"], default="test")
+    _model_options(p, verb)
+
+
+def _model_options(p: argparse.ArgumentParser, verb: str) -> None:
+    """The options that say which model ``eval``, ``audit`` and ``check`` load (besides the run folder) and where."""
     p.add_argument("--checkpoint", choices=["last", "best"], default="last", help="which checkpoint of a run folder")
     p.add_argument("--weights", default=None,
                    help="run folder: auto|model|ema (auto = EMA when the run kept one); --model: the weights file (.pt "
@@ -114,12 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add model-specific attacks: auxiliary heads, fixed gates, EOT")
     p.add_argument("--transfer-from", default=None,
                    help="run folder or checkpoint of a source model for transfer attacks")
-    p.add_argument("--no-checks", action="store_true", help="skip the automatic gradient-masking checks")
+    p.add_argument("--no-checks", action="store_true",
+                   help="skip the automatic gradient-masking checks and the indicators of attack failure")
     p.add_argument("--channels-last", action="store_true",
                    help="run the model in channels-last memory format (faster convolutions on CPU)")
     p.add_argument("--verify", default=None, metavar="K|all",
                    help="then run the full autoattack on K seeded survivors (or all): records the gap with a 95%% "
                         "interval")
+    p.add_argument("--save-adversarial", action="store_true",
+                   help="keep every break's adversarial image in RECORD.adv.safetensors beside the record (robustlab "
+                        "check confirms them)")
 
     p = sub.add_parser("audit", help="binarization test (Zimmermann et al. 2022): do the attacks find adversarial "
                                      "examples known to exist? Same model arguments as eval")
@@ -136,6 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256, help="batch size of the audit's own forwards")
     p.add_argument("--out", default=None,
                    help="audit record path (default: RUN/audit/...json; with --model: runs/audit/FILE_FACTORY/...json)")
+
+    p = sub.add_parser("check", help="confirm every break of an adversarial file (eval --save-adversarial) with the "
+                                     "model and the data set")
+    p.add_argument("adversarial", help="the RECORD.adv.safetensors file")
+    p.add_argument("path", nargs="?", default=None, help="the evaluated run folder or checkpoint (or use --model)")
+    p.add_argument("--record", default=None, help="the evaluation record (default: the one the file names, beside it)")
+    p.add_argument("--robustbench-pt", default=None, metavar="FILE.pt",
+                   help="then write RobustBench's external-evaluation tensor: the whole test split, each confirmed "
+                        "break's image in its row")
+    _model_options(p, "check")
 
     p = sub.add_parser("demo",
                        help="train natural and PGD-AT models on digits and compare them (< 3 min on 2 CPU cores)")
@@ -173,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, help="dataset name as RobustBench writes it (default: the record's)")
     p.add_argument("--architecture", default=None, help="architecture as RobustBench writes it, e.g. WideResNet-28-10")
     p.add_argument("--footnote", default="", help="text added to the footnote")
+    p.add_argument("--adversarial-url", default="",
+                   help="where the record's adversarial file (eval --save-adversarial) is published; the footnote "
+                        "points to it (default: its file name) with its sha256")
 
     p = sub.add_parser("study", help="run a study file (rows × seeds, one evaluation protocol) and write its page")
     p.add_argument("action", choices=["run", "report", "plan"],
@@ -299,7 +321,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         restarts=args.restarts, n_examples=args.n_examples, batch_size=args.batch_size, seed=args.seed,
         split=args.split, which=args.checkpoint, weights=args.weights, device=args.device, out=args.out,
         adaptive=args.adaptive, transfer_from=args.transfer_from, checks=not args.no_checks,
-        channels_last=args.channels_last, verify=args.verify,
+        channels_last=args.channels_last, verify=args.verify, save_adversarial=args.save_adversarial,
     )
 
 
@@ -313,7 +335,7 @@ def _eval_external(args: argparse.Namespace) -> None:
         n_examples=args.n_examples, batch_size=args.batch_size, seed=args.seed, device=args.device, out=args.out,
         stats=resolve_normalization(args.mean, args.std, args.normalize), adaptive=args.adaptive,
         transfer_from=args.transfer_from, checks=not args.no_checks, channels_last=args.channels_last,
-        verify=args.verify,
+        verify=args.verify, save_adversarial=args.save_adversarial,
     )
 
 
@@ -327,6 +349,20 @@ def _eval_robustbench(args: argparse.Namespace) -> None:
         step_size=args.step_size, restarts=args.restarts, n_examples=args.n_examples, batch_size=args.batch_size,
         seed=args.seed, device=args.device, out=args.out, adaptive=args.adaptive, transfer_from=args.transfer_from,
         checks=not args.no_checks, channels_last=args.channels_last, verify=args.verify,
+        save_adversarial=args.save_adversarial,
+    )
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    from robustlab.evaluate.confirm import check_adversarial
+    from robustlab.evaluate.external import resolve_normalization
+
+    check_adversarial(
+        args.adversarial, args.path, which=args.checkpoint, weights=args.weights, model=args.model, data=args.data,
+        data_root=args.data_root, download=args.download, stats=resolve_normalization(args.mean, args.std,
+                                                                                      args.normalize),
+        robustbench=args.robustbench, dataset=args.dataset, threat_model=args.threat_model, model_dir=args.model_dir,
+        record=args.record, robustbench_pt=args.robustbench_pt, device=args.device,
     )
 
 
@@ -403,6 +439,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         args.record, args.out, name=args.name, paper=args.paper, authors=args.authors, venue=args.venue,
         reported=args.reported, additional_data=args.additional_data, forward_passes=args.forward_passes,
         dataset=args.dataset, architecture=args.architecture, footnote=args.footnote,
+        adversarial_url=args.adversarial_url,
     )
     print(f"RobustBench entry written to {out}")
 
@@ -422,8 +459,8 @@ def cmd_list(args: argparse.Namespace) -> None:
             print(f"  {name}")
 
 
-COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "eval": cmd_eval, "audit": cmd_audit, "demo": cmd_demo,
-            "report": cmd_report, "export": cmd_export, "study": cmd_study, "list": cmd_list}
+COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "eval": cmd_eval, "audit": cmd_audit, "check": cmd_check,
+            "demo": cmd_demo, "report": cmd_report, "export": cmd_export, "study": cmd_study, "list": cmd_list}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,8 +26,11 @@ from robustlab.rules import check_config
 class DataConfig:
     """Which dataset, how it is batched and augmented, and the held-out evaluation subset.
 
-    ``eval_examples``: size of the fixed, seeded subset of ``eval_split`` evaluated after each epoch
-    (capped at the split's size; 0 = the whole split). ``batch_size`` is the global batch.
+    ``eval_examples``: size of the fixed, seeded subset of ``eval_split`` evaluated after each epoch, which also
+    picks the ``best`` checkpoint (capped at the split's size; 0 = the whole split). ``batch_size`` is the global
+    batch. ``val_examples=N`` holds N training images out of training (stratified by class, drawn with ``seed``:
+    :func:`robustlab.data.hold_out`) as the ``val`` split; with it, ``eval_split`` left out becomes ``val``, any
+    other ``eval_split`` is refused, and a run never reads a test image (:data:`VAL_SPLIT`).
     """
 
     name: str = "digits"
@@ -38,6 +41,7 @@ class DataConfig:
     flip: bool = False
     eval_split: str = "test"
     eval_examples: int = 512
+    val_examples: int = 0
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -152,11 +156,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.amp": ("none", "bf16", "fp16"),
     "train.attack_amp": ("fp32", "bf16", "fp16"),
     "train.checkpoint_rule": ("robust_acc", "clean_acc", "last"),
-    "data.eval_split": ("train", "test"),
+    "data.eval_split": ("train", "test", "val"),
 }
+VAL_SPLIT = "val"  # data.eval_split of a run with data.val_examples: the training images it holds out
 POSITIVE = {"data.batch_size", "train.epochs", "train.eval_every", "train.log_every", "optim.lr"}
 NON_NEGATIVE = {
-    "data.crop_padding", "data.eval_examples", "method.attack.eps", "method.attack.steps",
+    "data.crop_padding", "data.eval_examples", "data.val_examples", "method.attack.eps", "method.attack.steps",
     "method.attack.step_size", "optim.weight_decay", "optim.momentum", "schedule.warmup_epochs",
     "train.eval_pgd_steps",
 }
@@ -266,6 +271,29 @@ def _validate(cfg: RunConfig) -> None:
         raise UserError("schedule.milestones must be increasing fractions of training in (0, 1], e.g. [0.5, 0.75]")
     if cfg.schedule.factors is not None and len(cfg.schedule.factors) != len(cfg.schedule.milestones):
         raise UserError("schedule.factors needs one factor per milestone, or null to use gamma")
+    _check_val_split(cfg.data)
+
+
+def _check_val_split(data: DataConfig) -> None:
+    """``eval_split=val`` and ``val_examples > 0`` go together (:func:`_implicit_val_split` set the first from the
+    second when ``eval_split`` was left out)."""
+    if data.val_examples and data.eval_split != VAL_SPLIT:
+        raise UserError(f"data.val_examples={data.val_examples} holds training images out for the per-epoch "
+                        f"evaluation, but data.eval_split={data.eval_split} asks for another split; set "
+                        "data.eval_split=val (or leave it out) or data.val_examples=0")
+    if data.eval_split == VAL_SPLIT and not data.val_examples:
+        raise UserError("data.eval_split=val reads the training images data.val_examples holds out, and it is 0; set "
+                        "data.val_examples=N (e.g. 1000)")
+
+
+def _implicit_val_split(data: dict[str, Any]) -> None:
+    """A config that sets ``data.val_examples`` above 0 and leaves ``data.eval_split`` out evaluates on ``val``."""
+    section = data.get("data")
+    if not isinstance(section, dict) or "eval_split" in section:
+        return
+    held = section.get("val_examples")
+    if type(held) is int and held > 0:
+        section["eval_split"] = VAL_SPLIT
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -389,7 +417,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def build_config(data: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
     """Validate a config dict plus overrides into a RunConfig."""
-    cfg = from_dict(RunConfig, apply_overrides(data, list(overrides or [])))
+    data = apply_overrides(data, list(overrides or []))
+    _implicit_val_split(data)
+    cfg = from_dict(RunConfig, data)
     _validate(cfg)
     return cfg
 

@@ -95,4 +95,8 @@ def config_warnings(cfg: RunConfig) -> list[str]:
     if cfg.method.name.partition("+")[0] != "natural" and attack.eps == 0:
         found.append(f"method.attack.eps=0 makes {cfg.method.name} train on clean inputs; set eps > 0 or use "
                      "method.name=natural")
+    if cfg.train.checkpoint_rule != "last" and cfg.data.eval_split == "test":
+        found.append(f"train.checkpoint_rule={cfg.train.checkpoint_rule} picks the best checkpoint on test images "
+                     "(data.eval_split=test), so an evaluation of it is flagged selected_on_test; hold out training "
+                     "images instead with data.val_examples=1000")
     return found

@@ -11,8 +11,8 @@ import json
 
 import pytest
 import torch
-from sklearn.datasets import load_digits
 from torch import nn
+from toy_models import FarIsSafe, Quantised, pgd_at_digits_cnn
 
 from robustlab.attacks import fgsm, pgd
 from robustlab.evaluate.checks import (
@@ -32,51 +32,11 @@ EPS = 0.1
 STEP = 0.025
 
 
-def _digits() -> tuple[torch.Tensor, torch.Tensor]:
-    d = load_digits()
-    x = torch.tensor(d.data, dtype=torch.float32).div(16).view(-1, 1, 8, 8)
-    return x, torch.tensor(d.target)
-
-
 @pytest.fixture(scope="module")
 def digits() -> dict[str, torch.Tensor]:
     """PGD-AT small CNN (eps 0.1, 3-step PGD, 10 epochs on 1,400 digits) and a 128-sample held-out probe."""
-    x, y = _digits()
-    g = torch.Generator().manual_seed(0)
-    perm = torch.randperm(len(y), generator=g)
-    train, probe = perm[:1400], perm[1400:1528]
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Flatten(), nn.Linear(32 * 16, 10),
-    )
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    for _ in range(10):
-        order = train[torch.randperm(len(train), generator=g)]
-        for i in range(0, len(order), 100):
-            xb, yb = x[order[i:i + 100]], y[order[i:i + 100]]
-            model.eval()
-            xa = pgd(model, xb, yb, eps=EPS, steps=3, step_size=0.05, early_stop=False, generator=g)
-            model.train()
-            loss = nn.functional.cross_entropy(model(xa), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return {"model": model, "x": x[probe], "y": y[probe]}
-
-
-class Quantised(nn.Module):
-    """``base(round(4x) / 4)``: torch.round has a zero gradient, so gradient attacks are blind."""
-
-    def __init__(self, base: nn.Module) -> None:
-        super().__init__()
-        self.base = base
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(torch.round(x * 4) / 4)
+    model, x, y = pgd_at_digits_cnn()
+    return {"model": model, "x": x, "y": y}
 
 
 class Noisy(nn.Module):
@@ -98,28 +58,6 @@ class Softmax(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x).softmax(dim=1)
-
-
-class FarIsSafe(nn.Module):
-    """Two classes around a flat grey image: a linear margin 0.05 - sum(x - 0.5) for class 0 (easy to
-    break within L∞ 0.1), but class 0 with a constant, gradient-free margin once some pixel is more
-    than 0.3 from grey, so large budgets look *more* robust. After ``flip_after`` forwards (if set) the
-    model answers class 0 whatever the input: a stateful defense."""
-
-    def __init__(self, flip_after: int | None = None) -> None:
-        super().__init__()
-        self.flip_after = flip_after
-        self.calls = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        d = (x - 0.5).flatten(1)
-        near = 0.05 - d.sum(dim=1)
-        far = 10.0 + 0.0 * near  # constant, but still part of the graph
-        z0 = torch.where(d.abs().amax(dim=1) > 0.3, far, near)
-        if self.flip_after is not None and self.calls > self.flip_after:
-            z0 = far
-        return torch.stack([z0, torch.zeros_like(z0)], dim=1)
 
 
 def _grey(n: int = 16) -> tuple[torch.Tensor, torch.Tensor]:

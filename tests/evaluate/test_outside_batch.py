@@ -16,7 +16,7 @@ from torch import nn
 from robustlab.cli import main
 from robustlab.data import fixed_subset, load_dataset
 from robustlab.errors import UserError
-from robustlab.evaluate import api, evaluate_model
+from robustlab.evaluate import evaluate_model, guard
 from robustlab.evaluate.batch import BATCH_TOLERANCE, batch_dependence
 from robustlab.evaluate.failures import forward_failures
 
@@ -116,7 +116,7 @@ def test_a_healthy_model_gets_no_flag_and_the_same_record(tmp_path: Path, monkey
                               log=lambda _: None)
 
     checked = run()
-    monkeypatch.setattr(api, "batch_dependence", lambda *_: None)
+    monkeypatch.setattr(guard, "batch_dependence", lambda *_: None)
     unchecked = run()
     assert "batch_dependent" not in [f["code"] for f in checked["flags"]]
     for key in ("clean_acc", "robust_acc", "per_sample", "flags", "checks", "attack_params"):

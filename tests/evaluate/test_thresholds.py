@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 from dataclasses import dataclass, field
 
 import pytest
 import torch
 from torch import nn
 
+from robustlab.attacks.counting import count_passes
 from robustlab.data import ImageDataset
 from robustlab.evaluate.checks import (
     check_black_box,
@@ -28,11 +30,14 @@ from robustlab.evaluate.checks import (
     check_randomness,
     run_checks,
 )
+from robustlab.evaluate.checks.indicators import run_indicators
+from robustlab.evaluate.checks.trace import SuiteTrace
 from robustlab.evaluate.masking import inspect_masking
 from robustlab.evaluate.progress import Progress
 from robustlab.evaluate.runner import run_suite, summarise, within_threat_model
 from robustlab.evaluate.suite import AttackSpec
 from robustlab.evaluate.verify import gap_flag, gap_summary
+from robustlab.runs.record import ROBUST
 
 # The documented values (the reference for each is named in the test that uses it).
 BALL_TOLERANCE = 1e-5  # EVALUATION.md §2: "inside the ε-ball and [0, 1] (tolerance 1e-5)"
@@ -43,6 +48,15 @@ GRADIENT_CHANGE = 1e-3  # EVALUATION.md §5: "different from it by more than 0.1
 MONOTONICITY_TOLERANCE = 0.005  # check_monotonicity: "tolerance (default 0.005, half a point)"
 PROBABILITY_TOLERANCE = 1e-3  # check_probability_outputs: "within tolerance (default 1e-3)"
 PROGRESS_INTERVAL_S = 30.0  # EVALUATION.md §3: "a line appears at most every 30 seconds"
+# check 9, the indicators of attack failure (EVALUATION.md §6; Pintor et al.'s src/indicators/indicators.py)
+INCOMPLETE_WINDOW = 10  # "over its last 10 evaluations" (incomplete_optimization_indicator: num_steps = 10)
+INCOMPLETE_TOLERANCE = 0.05  # "by more than 5% of the path's range" (incomplete_optimization_indicator: 0.05)
+INCOMPLETE_SHARE = 0.05  # "on more than 5% of the probe"
+UNSTABLE_WIDTH = 8 / 255  # "uniform noise of width 8/255" (unstable_predictions_indicator: radius 8 / 255)
+UNSTABLE_THRESHOLD = 0.3  # "a mean relative change above 0.3"
+UNSTABLE_DRAWS = 16  # "16 noise draws"
+TRANSFER_FAILURE = 0.95  # "more than 95% of them"
+TRANSFER_MIN_SAMPLES = 10  # "at least 10 probe samples"
 
 INSIDE, OUTSIDE = 0.5, 2.0  # planted values: this many times a tolerance (the factor-2 margin of the module docs)
 EPS = 8 / 255
@@ -205,7 +219,8 @@ class Confident(nn.Module):
 @dataclass
 class PlantedProbe:
     """What run_checks' attacks return on an ``n``-sample probe: for each PGD run, keyed by (steps, restarts,
-    radius as a multiple of ε), the number of samples still accurate (the first ones); ``square_broke``: how
+    radius as a multiple of ε, 32 for the unbounded run of check 9), the number of samples still accurate (the
+    first ones, of those it attacks); ``square_broke``: how
     many of the samples every PGD run left accurate the Square probe breaks (the first ones)."""
 
     n: int
@@ -229,6 +244,7 @@ class PlantedProbe:
     def run(self, monkeypatch: pytest.MonkeyPatch) -> set[str]:
         """``run_checks`` on the probe with these outcomes; the codes of its flags."""
         monkeypatch.setattr("robustlab.evaluate.checks.attacks.accurate_under_pgd", self.pgd)
+        monkeypatch.setattr("robustlab.evaluate.checks.indicators.accurate_under_pgd", self.pgd)
         monkeypatch.setattr("robustlab.evaluate.checks.run.square_on_survivors", self.square)
         x = torch.rand(self.n, 1, 2, 2, generator=torch.Generator().manual_seed(0))
         flags, _ = run_checks(Confident(), x, torch.zeros(self.n, dtype=torch.long), eps=EPS, norm="linf",
@@ -276,6 +292,16 @@ def test_square_probe_flags_more_than_two_percent_of_the_probe(
     samples the PGD runs left (2%, on the threshold, and above the 3-sample floor) is quiet, 5 (2.5%) flags."""
     probe = PlantedProbe(n=200, square_broke=broke)
     assert ("black_box" in probe.run(monkeypatch)) is flagged
+
+
+@pytest.mark.parametrize("accurate, flagged", [(0, False), (1, True)])
+def test_unconstrained_failure_flags_a_single_sample_left_without_a_bound(
+    monkeypatch: pytest.MonkeyPatch, accurate: int, flagged: bool,
+) -> None:
+    """common.UNCONSTRAINED_THRESHOLD (check 9d, 0: "any sample", Pintor et al.'s): PGD-20 with no bound (radius 1,
+    run because 8ε = 64/255 is short of it) leaving none of 200 samples accurate is quiet, one is flagged."""
+    probe = PlantedProbe(n=200, accurate={(20, 1, 8): 1, (20, 1, 32): accurate})
+    assert ("unconstrained_failure" in probe.run(monkeypatch)) is flagged
 
 
 # --- check 5 on a suite's verdicts (common.BLACK_BOX_THRESHOLD, common.BLACK_BOX_MIN_SAMPLES) ------------------
@@ -372,6 +398,191 @@ def test_surrogate_gradient_gate_needs_a_change_above_a_tenth_of_a_percent(facto
     assert masking.masked == 0 and not masking.refused
     assert (masking.surrogate is not None) is used
     assert masking.report["gates"]["repaired"] == (8 if used else 0)
+
+
+# --- check 9: the indicators on the suite's paths (checks/common.py, Pintor et al. 2022) -----------------------------
+
+
+class Steady(nn.Module):
+    """Class 0 by a margin of 1 everywhere: a constant loss, never misclassified."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.ones(x.shape[0]), torch.zeros(x.shape[0])], 1)
+
+
+class Planted(nn.Module):
+    """Returns the planted ``logits`` whatever it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logits = torch.zeros(0, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits
+
+
+def _grid(n: int) -> torch.Tensor:
+    """``n`` distinct 1x2x2 images at least 0.1 apart (L∞, far beyond 2ε), the first pixel 0.2 in all."""
+    k = torch.arange(n)
+    digits = torch.stack([k % 6, k // 6 % 6, k // 36 % 6], 1)
+    return torch.cat([torch.full((n, 1), 0.2), 0.2 + 0.1 * digits], 1).view(n, 1, 2, 2)
+
+
+def _grid_trace(n: int) -> SuiteTrace:
+    """A trace of ``n`` grid images of class 0 (:func:`_grid`) at ε = 8/255."""
+    return SuiteTrace(_grid(n), torch.zeros(n, dtype=torch.long), torch.arange(n), eps=EPS, norm="linf")
+
+
+def _record(n: int, adaptive: list[int] | None = None) -> dict:
+    """A record of ``n`` clean-correct samples that every entry left robust, or with an ``adaptive`` entry whose
+    member 0 is ``transfer`` and whose verdicts are given."""
+    broken_by = {"a": [ROBUST] * n} if adaptive is None else {"adaptive": adaptive}
+    attacks = {} if adaptive is None else {"adaptive": {"robust_acc_after": {"transfer": 0.0}}}
+    return {"attacks": attacks, "per_sample": {"clean": [1] * n, "broken_by": broken_by}}
+
+
+def _indicators(model: nn.Module, trace: SuiteTrace, record: dict) -> tuple[set[str], dict]:
+    flags, values = run_indicators(model, trace, record, torch.Generator().manual_seed(0))
+    return _codes(flags), values
+
+
+def _paths(margins: torch.Tensor) -> SuiteTrace:
+    """A trace whose probe samples (one per column) were evaluated at their clean image with these margins, one
+    forward per row, through the hook the evaluation uses."""
+    n = margins.shape[1]
+    trace, planted = _grid_trace(n), Planted()
+    with trace.watching(planted):
+        for row in margins:
+            planted.logits = torch.stack([torch.zeros(n), row], 1)
+            planted(trace.x)
+    return trace
+
+
+def _rising(n: int, frac: float, at: int) -> torch.Tensor:
+    """30 margins per sample: -2, then -1 - frac until ``at`` evaluations before the end, then -1 (the path's range
+    is 1: the running best moves by ``frac`` of it there)."""
+    path = torch.full((30,), -1.0)
+    path[0], path[1:30 - at] = -2.0, -1.0 - frac
+    return path[:, None].expand(30, n)
+
+
+@pytest.mark.parametrize("factor, flagged", [(INSIDE, False), (OUTSIDE, True)])
+def test_incomplete_optimization_needs_the_best_to_move_by_more_than_five_percent(factor: float, flagged: bool) -> None:
+    """common.INCOMPLETE_TOLERANCE (check 9b, 0.05 of the range, ``>``): a running best that moves by 2.5% of the
+    path's range in the last 10 evaluations has converged, one that moves by 10% has not."""
+    codes, _ = _indicators(Steady(), _paths(_rising(1, factor * INCOMPLETE_TOLERANCE, 5)), _record(1))
+    assert ("incomplete_optimization" in codes) is flagged
+
+
+@pytest.mark.parametrize("at, flagged", [(INCOMPLETE_WINDOW // 2, True), (2 * INCOMPLETE_WINDOW, False)])
+def test_incomplete_optimization_looks_at_the_last_ten_evaluations(at: int, flagged: bool) -> None:
+    """common.INCOMPLETE_WINDOW (check 9b, 10): a rise of 20% of the range 5 evaluations before the end is in the
+    window, one 20 evaluations before it is not."""
+    codes, _ = _indicators(Steady(), _paths(_rising(1, 0.2, at)), _record(1))
+    assert ("incomplete_optimization" in codes) is flagged
+
+
+@pytest.mark.parametrize("factor, flagged", [(INSIDE, False), (OUTSIDE, True)])
+def test_incomplete_optimization_flags_more_than_five_percent_of_the_probe(factor: float, flagged: bool) -> None:
+    """common.INCOMPLETE_THRESHOLD (check 9b, 0.05, ``>``): 5 of 200 probe samples unconverged is quiet, 20 flag."""
+    k = round(factor * INCOMPLETE_SHARE * 200)
+    margins = _rising(200, 0.2, 2 * INCOMPLETE_WINDOW).clone()
+    margins[:, :k] = _rising(k, 0.2, INCOMPLETE_WINDOW // 2)
+    codes, values = _indicators(Steady(), _paths(margins), _record(200))
+    assert values["incomplete_optimization"] == k / 200 and ("incomplete_optimization" in codes) is flagged
+
+
+class Cliff(nn.Module):
+    """Class 1 where the first pixel exceeds 0.2 + 3ε/4 (reached from 0.2 within the ball, not by the indicators'
+    noise of half-width 4/255 = ε/2), class 0 elsewhere."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        up = (x.flatten(1)[:, 0] > 0.2 + 0.75 * EPS).float()
+        return torch.stack([1 - up, up], 1)
+
+
+@pytest.mark.parametrize("silent, flagged", [(0, False), (1, True)])
+def test_silent_success_flags_a_single_sample_of_128(silent: int, flagged: bool) -> None:
+    """common.SILENT_SUCCESS_THRESHOLD (check 9a, 0: "any sample", Pintor et al.'s): an attack that evaluated a
+    misclassified point in the ball of one of 128 samples the record counts robust is flagged."""
+    model, trace = Cliff(), _grid_trace(128)
+    x = trace.x
+    with trace.watching(model):
+        model(x)
+        model(x[:silent] + torch.tensor([EPS, 0, 0, 0]).view(1, 1, 2, 2))
+    codes, values = _indicators(model, trace, _record(128))
+    assert values["silent_success"] == silent / 128 and ("silent_success" in codes) is flagged
+
+
+class Jumpy(nn.Module):
+    """Class 0 with the cross-entropy ln 2 within ``reach`` (L∞) of an ``anchor``, ``(1 + change)`` ln 2 beyond."""
+
+    def __init__(self, anchor: torch.Tensor, change: float, reach: float = 0.0) -> None:
+        super().__init__()
+        self.anchor, self.reach = anchor.flatten(1), reach
+        self.far = -math.log(2 ** (1 + change) - 1)  # the logit of class 0 (class 1 at 0) giving that loss
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        distance = (x.flatten(1)[:, None] - self.anchor[None]).abs().amax(2).amin(1)
+        z0 = torch.where(distance > self.reach, torch.full_like(distance, self.far), torch.zeros_like(distance))
+        return torch.stack([z0, torch.zeros_like(z0)], 1)
+
+
+def _unstable(change: float, reach: float = 0.0) -> tuple[set[str], dict, int]:
+    """The indicators on 8 robust 1x4x4 probe samples of a Jumpy model anchored at them (the suite evaluated only
+    the clean images, so they are the best points), and the forwards they cost."""
+    x = 0.2 + 0.6 * torch.rand(8, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    model = Jumpy(x, change, reach)
+    trace = SuiteTrace(x, torch.zeros(8, dtype=torch.long), torch.arange(8), eps=EPS, norm="linf")
+    with trace.watching(model):
+        model(x)
+    with count_passes(model) as passes:
+        codes, values = _indicators(model, trace, _record(8))
+    return codes, values, passes.forward
+
+
+@pytest.mark.parametrize("factor, flagged", [(INSIDE, False), (OUTSIDE, True)])
+def test_unstable_predictions_flag_a_mean_relative_change_above_0_3(factor: float, flagged: bool) -> None:
+    """common.UNSTABLE_THRESHOLD (check 9c, 0.3, ``>``): a loss that changes by 15% under any noise is stable
+    enough, by 60% it is flagged; each of the 8 samples costs 16 noise draws and the reference forward
+    (common.UNSTABLE_DRAWS)."""
+    codes, values, forwards = _unstable(factor * UNSTABLE_THRESHOLD)
+    assert values["unstable_predictions"] == pytest.approx(factor * UNSTABLE_THRESHOLD, rel=1e-4)
+    assert ("unstable_predictions" in codes) is flagged and forwards == 8 * (UNSTABLE_DRAWS + 1)
+
+
+@pytest.mark.parametrize("factor, flagged", [(INSIDE, True), (OUTSIDE, False)])
+def test_unstable_predictions_draw_noise_of_width_8_over_255(factor: float, flagged: bool) -> None:
+    """common.UNSTABLE_WIDTH (check 9c, 8/255: each pixel moves by up to 4/255): a loss that doubles beyond 2/255
+    of the point is reached by the noise, one that doubles beyond 8/255 is not."""
+    codes, _, _ = _unstable(1.0, reach=factor * UNSTABLE_WIDTH / 2)
+    assert ("unstable_predictions" in codes) is flagged
+
+
+def _transfer(fooled: int, failed: int) -> set[str]:
+    """The indicators when the transfer member's points fooled the source on ``fooled`` probe samples and left the
+    model correct on ``failed`` of them."""
+    trace, source = _grid_trace(fooled), Planted()
+    source.logits = torch.tensor([[0.0, 1.0]]).expand(fooled, 2)
+    with trace.watching(Steady(), source):
+        source(trace.x)
+    codes, values = _indicators(Steady(), trace, _record(fooled, [ROBUST] * failed + [0] * (fooled - failed)))
+    assert values["transfer"] == {"fooled_source": fooled, "failed": failed, "failure": failed / fooled}
+    return codes
+
+
+@pytest.mark.parametrize("failed, flagged", [(19, False), (20, True)])
+def test_transfer_failure_flags_more_than_95_percent_failed(failed: int, flagged: bool) -> None:
+    """common.TRANSFER_FAILURE_THRESHOLD (check 9e, 0.95, ``>``): 19 of 20 points that fooled the source leaving the
+    model correct (95%, on the threshold) is quiet, 20 of 20 flag."""
+    assert ("transfer_failure" in _transfer(20, failed)) is flagged
+
+
+@pytest.mark.parametrize("fooled, flagged", [(TRANSFER_MIN_SAMPLES - 1, False), (TRANSFER_MIN_SAMPLES, True)])
+def test_transfer_failure_needs_ten_samples(fooled: int, flagged: bool) -> None:
+    """common.TRANSFER_FAILURE_MIN_SAMPLES (check 9e, 10): all of 9 transfer points failing is too few to judge,
+    all of 10 flag."""
+    assert ("transfer_failure" in _transfer(fooled, fooled)) is flagged
 
 
 # --- the progress line when the output is piped (progress.PIPE_INTERVAL_S) -----------------------------------------

@@ -7,6 +7,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from robustlab.attacks import pgd
+
 
 class LinearClassifier(nn.Module):
     """``logits = W · flatten(x) + b``: the optimal L∞ attack on a two-class model is analytic.
@@ -64,3 +66,67 @@ def train_digits_mlp(
         loss.backward()
         opt.step()
     return model.eval().requires_grad_(False)
+
+
+def pgd_at_digits_cnn(seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A small CNN adversarially trained on sklearn digits (PGD-AT at L∞ 0.1, 3-step PGD of step 0.05, 10 epochs
+    of SGD on 1,400 images, a few seconds on one thread), frozen in eval mode, and a 128-image held-out probe
+    ``(x, y)``. The split is fixed; ``seed`` draws the initialisation, the batch order and the PGD starts (seed 0 is
+    the model of tests/evaluate/test_checks.py, another seed a sibling trained the same way)."""
+    x, y = digits_images()
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(len(y), generator=g)
+    train, probe = perm[:1400], perm[1400:1528]
+    if seed:
+        g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(32 * 16, 10),
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(10):
+        order = train[torch.randperm(len(train), generator=g)]
+        for i in range(0, len(order), 100):
+            xb, yb = x[order[i:i + 100]], y[order[i:i + 100]]
+            model.eval()
+            xa = pgd(model, xb, yb, eps=0.1, steps=3, step_size=0.05, early_stop=False, generator=g)
+            model.train()
+            loss = nn.functional.cross_entropy(model(xa), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval().requires_grad_(False), x[probe], y[probe]
+
+
+class FarIsSafe(nn.Module):
+    """Two classes around a flat grey image: a linear margin 0.05 - sum(x - 0.5) for class 0 (easy to
+    break within L∞ 0.1), but class 0 with a constant, gradient-free margin once some pixel is more
+    than 0.3 from grey, so large budgets look *more* robust. After ``flip_after`` forwards (if set) the
+    model answers class 0 whatever the input: a stateful defense."""
+
+    def __init__(self, flip_after: int | None = None) -> None:
+        super().__init__()
+        self.flip_after = flip_after
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        d = (x - 0.5).flatten(1)
+        near = 0.05 - d.sum(dim=1)
+        far = 10.0 + 0.0 * near  # constant, but still part of the graph
+        z0 = torch.where(d.abs().amax(dim=1) > 0.3, far, near)
+        if self.flip_after is not None and self.calls > self.flip_after:
+            z0 = far
+        return torch.stack([z0, torch.zeros_like(z0)], dim=1)
+
+
+class Quantised(nn.Module):
+    """``base(round(4x) / 4)``: torch.round has a zero gradient, so gradient attacks are blind."""
+
+    def __init__(self, base: nn.Module) -> None:
+        super().__init__()
+        self.base = base
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(torch.round(x * 4) / 4)

@@ -25,7 +25,7 @@ PERCENT = re.compile(r"^\d{1,3}\.\d\d$")
 
 
 def _record(tmp_path: Path, name: str, clean: float, groups: dict[str, float], worst: float,
-            flags: tuple[str, ...] = ()) -> Path:
+            flags: tuple[str, ...] = (), **fields: Any) -> Path:
     """An evaluation record as robustlab eval writes it (only the fields export reads), its groups' member params
     real."""
     specs = build_suite([g for g in groups if g.startswith("autoattack")], eps=8 / 255, norm="linf", step_size=2 / 255)
@@ -35,7 +35,7 @@ def _record(tmp_path: Path, name: str, clean: float, groups: dict[str, float], w
         "robust_acc": worst, "attacks": {g: {"robust_acc": acc} for g, acc in groups.items()},
         "attack_params": {s.name: s.describe() for s in specs},
         "flags": [{"code": f, "message": f"{f} fired", "value": 0.1} for f in flags],
-        "per_sample": {"clean": [1] * 200, "broken_by": {g: [-1] * 200 for g in groups}},
+        "per_sample": {"clean": [1] * 200, "broken_by": {g: [-1] * 200 for g in groups}}, **fields,
     }
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps(record))
@@ -135,3 +135,40 @@ def test_records_with_accuracies_outside_0_1_are_refused_by_every_reader(
     assert "not an accuracy in [0, 1]" in capsys.readouterr().err
     assert main(["report", "--leaderboard", str(good), str(bad), "--out", str(tmp_path / "board")]) == 2
     assert not (tmp_path / "o.json").exists() and not (tmp_path / "board").exists()
+
+
+def _selection(which: str, epoch: int, metric: str | None, split: str | None, examples: int | None) -> dict[str, Any]:
+    return {"checkpoint": which, "epoch": epoch, "metric": metric, "split": split, "examples": examples,
+            "on_test": split == "test"}
+
+
+def test_leaderboard_and_export_show_how_each_checkpoint_was_chosen(tmp_path: Path) -> None:
+    """Issue 31: the checkpoint column says which checkpoint a record evaluated and on which images it was chosen
+    ("unknown" for records without it, or with a malformed one); a test-chosen one carries its flag in both outputs."""
+    on_test = {"code": "selected_on_test", "message": "chosen on test", "value": None}
+    records = [
+        _record(tmp_path, "tested", 0.9, {"autoattack": 0.6}, 0.6,
+                selection=_selection("best", 7, "robust_acc", "test", 512)),
+        _record(tmp_path, "validated", 0.9, {"autoattack": 0.5}, 0.5,
+                selection=_selection("best", 9, "robust_acc", "val", 1000)),
+        _record(tmp_path, "latest", 0.9, {"autoattack": 0.4}, 0.4, selection=_selection("last", 100, None, None, None)),
+        _record(tmp_path, "older", 0.9, {"autoattack": 0.3}, 0.3),
+        _record(tmp_path, "odd", 0.9, {"autoattack": 0.2}, 0.2, selection=["best"]),
+    ]
+    record = json.loads(records[0].read_text())
+    records[0].write_text(json.dumps({**record, "flags": [on_test]}))
+    out = tmp_path / "board"
+    assert main(["report", "--leaderboard", *map(str, records), "--out", str(out)]) == 0
+    rows = (out / "leaderboard.md").read_text().splitlines()[3:]
+    assert [r.split(" | ")[-2:] for r in rows] == [
+        ["best (epoch 7): robust_acc on 512 test images", "selected_on_test |"],
+        ["best (epoch 9): robust_acc on 1000 val images", "none |"], ["last (epoch 100)", "none |"],
+        ["unknown", "none |"], ["unknown", "none |"]]
+    page = (out / "leaderboard.html").read_text()
+    assert '<th data-key="selection" data-numeric="0">checkpoint</th>' in page
+    assert 'data-value="best (epoch 7): robust_acc on 512 test images"' in page
+    assert '<span class="flag">selected_on_test</span>' in page
+    entry = _export(records[1])
+    assert "Checkpoint: best (epoch 9): robust_acc on 1000 val images." in entry["footnote"]
+    assert "Checkpoint" not in _export(records[3])["footnote"]  # a record from before selections: as it was
+    assert "selected_on_test" in _export(records[0])["footnote"]

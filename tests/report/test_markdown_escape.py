@@ -102,7 +102,8 @@ def test_md_fence_is_longer_than_any_backtick_run_inside() -> None:
 
 
 def test_leaderboard_md_shows_record_strings_as_text(tmp_path: Path) -> None:
-    paths = [_write(tmp_path / f"{i}.json", _record(EVIL, EVIL)) for i in range(2)]
+    selection = {"checkpoint": EVIL, "epoch": EVIL, "metric": EVIL, "split": EVIL, "examples": EVIL, "on_test": True}
+    paths = [_write(tmp_path / f"{i}.json", _record(EVIL, EVIL, selection=selection)) for i in range(2)]
     md, _ = write_leaderboard(paths, tmp_path / "board")
     assert_plain(md.read_text())
 

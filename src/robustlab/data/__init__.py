@@ -7,7 +7,16 @@ and yields augmented float batches in [0, 1].
 
 from robustlab.data import cifar, digits, imagefolder, npz, svhn, tinyimagenet  # noqa: F401  (each registers its data sets)
 from robustlab.data.loader import DeviceLoader, batch_crop, batch_flip
-from robustlab.data.record import DATASETS, ImageDataset, fixed_subset, load_dataset, subset_indices
+from robustlab.data.record import (
+    DATASETS,
+    ImageDataset,
+    evaluation_subset,
+    fixed_subset,
+    hold_out,
+    holdout_indices,
+    load_dataset,
+    subset_indices,
+)
 
 __all__ = [
     "DATASETS",
@@ -15,7 +24,10 @@ __all__ = [
     "ImageDataset",
     "batch_crop",
     "batch_flip",
+    "evaluation_subset",
     "fixed_subset",
+    "hold_out",
+    "holdout_indices",
     "load_dataset",
     "subset_indices",
 ]

@@ -1,5 +1,6 @@
 """The dataset record: :class:`ImageDataset` (uint8 images, int64 labels, class names), the ``DATASETS``
-registry with its entry point :func:`load_dataset`, and seeded subsets (:func:`fixed_subset`).
+registry with its entry point :func:`load_dataset`, seeded subsets (:func:`fixed_subset`) and the stratified
+validation images held out of a training split (:func:`hold_out`).
 
 The data sets register themselves in their own modules (:mod:`~robustlab.data.digits`,
 :mod:`~robustlab.data.cifar`, :mod:`~robustlab.data.svhn`, :mod:`~robustlab.data.npz`,
@@ -135,6 +136,54 @@ def subset_indices(total: int, n: int, seed: int) -> torch.Tensor:
 def fixed_subset(dataset: ImageDataset, n: int, seed: int = 0) -> ImageDataset:
     """A deterministic random subset of ``n`` samples (kept in dataset order), e.g. for held-out evaluation."""
     return dataset.select(subset_indices(len(dataset), n, seed))
+
+
+def holdout_indices(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """``n`` sorted indices of ``labels`` stratified by class, fixed by ``seed``: the validation images held out.
+
+    Class ``c`` of ``count_c`` images gives ``floor(n · count_c / N)`` of them, and the ``n`` minus their sum
+    left over go one each to the classes with the largest remainders (ties: the lower class index), so every
+    class's share is its share of the split to within one image; within a class the images are a seeded random
+    draw (a CPU ``torch.Generator``, one ``randperm`` per class in class order). Integer arithmetic throughout:
+    the same labels and seed give the same indices on every machine.
+
+    Rice et al. 2020 ("Overfitting in adversarially robust deep learning", ICML; ``generate_validation.py`` of
+    locuslab/robust_overfitting, read by its ``train_cifar.py --val``) hold out 1,000 CIFAR-10 (and CIFAR-100)
+    training images, one uniform permutation under numpy seed 0. Deviations [ours]: the draw is per class, so the
+    validation set keeps the training split's class balance, and its seed is the caller's (the run's ``seed``).
+    """
+    total = len(labels)
+    if not 0 < n < total:
+        raise UserError(f"cannot hold out {n} of {total} training images for validation; choose 1 <= "
+                        f"data.val_examples < {total} (e.g. 1000 for CIFAR)")
+    counts = torch.bincount(labels)
+    quota, remainder = (counts * n).div(total, rounding_mode="floor"), (counts * n) % total
+    extra = torch.argsort(-remainder, stable=True)[: n - int(quota.sum())]
+    quota[extra] += 1
+    generator = torch.Generator().manual_seed(int(seed))
+    picked = []
+    for label, take in enumerate(quota.tolist()):
+        members = (labels == label).nonzero().flatten()
+        picked.append(members[torch.randperm(len(members), generator=generator)[:take]])
+    return torch.cat(picked).sort().values
+
+
+def hold_out(dataset: ImageDataset, n: int, seed: int) -> tuple[ImageDataset, ImageDataset]:
+    """``(rest, held)``: ``dataset`` without the ``n`` images of :func:`holdout_indices`, and those images (both in
+    dataset order). The two are disjoint and together are the whole of ``dataset``."""
+    held = holdout_indices(dataset.labels, n, seed)
+    keep = torch.ones(len(dataset), dtype=torch.bool)
+    keep[held] = False
+    return dataset.select(keep.nonzero().flatten()), dataset.select(held)
+
+
+def evaluation_subset(dataset: ImageDataset, n: int | None, seed: int) -> tuple[ImageDataset, torch.Tensor]:
+    """The samples an evaluation takes, with their indices in ``dataset``: all of it (``n`` None) or its
+    :func:`fixed_subset` of ``n``. The indices equal :func:`subset_indices` ``(len(dataset), n or len, seed)``."""
+    if n is None:
+        return dataset, torch.arange(len(dataset))
+    indices = subset_indices(len(dataset), n, seed)
+    return dataset.select(indices), indices
 
 
 def check_split(name: str, split: str, allowed: Sequence[str]) -> None:

@@ -16,13 +16,16 @@ from robustlab.attacks.counting import Stopwatch, count_passes
 from robustlab.data import ImageDataset, fixed_subset
 from robustlab.errors import UserError
 from robustlab.evaluate.adaptive import build_adaptive
-from robustlab.evaluate.batch import BatchCompany, batch_dependence
+from robustlab.evaluate.adversarial import adversarial_path, write_adversarial
+from robustlab.evaluate.breaks import SUITE_PREFIX, Keep, partial_folder
 from robustlab.evaluate.checks import announce_checks, run_checks
+from robustlab.evaluate.checks.trace import SuiteTrace, watching
 from robustlab.evaluate.failures import forward_failures
 from robustlab.evaluate.flags import Flag
+from robustlab.evaluate.guard import guard_model
 from robustlab.evaluate.masking import ENTRY, inspect_masking, masking_flag, routed_suite
-from robustlab.evaluate.output import check_output, claim_output
-from robustlab.evaluate.probe import InputCopy, input_writer, probe_forward
+from robustlab.evaluate.output import check_output, claim_output, evaluation_outputs
+from robustlab.evaluate.probe import probe_forward
 from robustlab.evaluate.progress import Progress
 from robustlab.evaluate.runner import run_suite, summarise
 from robustlab.evaluate.sharding import gather_states, shard_batches
@@ -42,6 +45,7 @@ from robustlab.rules import (
 from robustlab.runs.model import load_model
 from robustlab.runs.ranks import join, ranks_from_env, resolve_device
 from robustlab.runs.record import format_table, make_record, write_record
+from robustlab.runs.selection import describe, on_test
 
 
 def _placed(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
@@ -60,13 +64,15 @@ def _check_channels_last(model: nn.Module, probe: torch.Tensor) -> None:
                         "evaluate without --channels-last") from None
 
 
-def _writer_flag(path: str, model: nn.Module) -> Flag:
-    """``input_modified``: the model writes into the tensor it is given (module ``path``; "" its own forward)."""
-    where = f"module {path}" if path else f"its own forward ({type(model).__name__})"
-    return Flag("input_modified",
-                f"the model writes into its input ({where}, e.g. an in-place clamp or an edit through x.data): "
-                "every forward was given its own copy, so neither the images it is judged on nor the attacks' "
-                "iterates moved; write the forward without in-place ops on its input")
+def _selection_flag(model_info: dict[str, Any]) -> Flag | None:
+    """``selected_on_test``: the checkpoint was chosen on test images (:mod:`robustlab.runs.selection`)."""
+    selection = model_info.get("selection")
+    if not on_test(selection):
+        return None
+    return Flag("selected_on_test",
+                f"the checkpoint was chosen on the test split ({describe(selection)}), so its test accuracy is biased "
+                "upwards (Rice et al. 2020); evaluate last, or train with data.val_examples=1000 to choose on training "
+                "images held out")
 
 
 def evaluate_model(
@@ -89,6 +95,7 @@ def evaluate_model(
     probe_size: int = 64,
     channels_last: bool = False,
     verify: int | str | None = None,
+    keep: Keep | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Evaluate any classifier (inputs in [0, 1], logits out) on ``data``; returns the record.
@@ -106,10 +113,14 @@ def evaluate_model(
     ``channels_last``: convert ``model`` (in place) and the transfer source to the channels-last memory
     format, which makes convolutions much faster on CPU (1.5-1.75x per forward for the study's ResNet);
     the logits agree to float rounding. Recorded under ``channels_last``.
+    ``model_info`` describes the model; a ``selection`` in it saying the test split chose the checkpoint adds the
+    ``selected_on_test`` flag (:mod:`robustlab.runs.selection`).
     ``verify``: a number K of survivors (or ``"all"``) on which the full standard ``autoattack`` then runs
     (:mod:`robustlab.evaluate.verify`): the record gets ``verify`` (the estimated gap and its 95%
     interval), the worst case counts what it broke, and ``verify_gap`` flags an upper end above 0.5
     points. Runs in the main process only.
+    ``keep``: keep the adversarial point of every break (the suite's and the verification's) in its per-batch side
+    files, resumably (:mod:`robustlab.evaluate.breaks`); on the main process ``keep.breaks`` then holds them all.
     """
     check_attack_names(attacks)
     verify = parse_verify(verify)
@@ -117,6 +128,9 @@ def evaluate_model(
     ranks = ranks_from_env()
     dev = join(ranks, resolve_device(device, key="--device") if isinstance(device, str) else device)
     log = log if ranks.main else (lambda _: None)
+    selected = _selection_flag(dict(model_info or {}))
+    if selected is not None:
+        log(f"warning: {selected.message}")
     model = _placed(model, dev, channels_last)
     check_budget(eps, norm, key="eps")
     if step_size is None:
@@ -132,15 +146,7 @@ def evaluate_model(
     if channels_last:
         _check_channels_last(model, probe)
     probe_forward(model, probe)
-    writer = input_writer(model, probe)
-    writes = None if writer is None else _writer_flag(writer, model)
-    if writes is not None:
-        log(f"warning: {writes.message}")
-        model = InputCopy(model)
-    batch_flag = batch_dependence(model, probe)  # logits that depend on the batch: never a batch of one
-    if batch_flag is not None:
-        log(f"warning: {batch_flag.message}")
-        model = BatchCompany(model, probe)
+    model, writes, batch_flag = guard_model(model, probe, log)
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):  # the attacks' draws stay as they were
         masking = inspect_masking(model, probe, probe_y)  # hidden gradients: the straight-through surrogate
     attacks, version_flag = autoattack_version(model, probe, attacks)  # randomized model: the rand version
@@ -175,37 +181,48 @@ def evaluate_model(
         fingerprint["shard"] = [first, end]
         path = path.with_suffix(f".rank{ranks.rank}{path.suffix}")
     names = [s.name for s in specs]
-    state = EvalState.resume_or_new(path, fingerprint, 0 if shard is None else len(shard.labels), batch_size, names,
-                                    log=log)
+    size = 0 if shard is None else len(shard.labels)
+    state = EvalState.resume_or_new(path, fingerprint, size, batch_size, names, log=log)
+    keeper = None
+    if keep is not None:
+        keeper = keep.stage(SUITE_PREFIX, torch.arange(first * batch_size, first * batch_size + size), specs,
+                            batch_size, first)
+        state = keep.resumable(keeper, state, lambda: EvalState.new(fingerprint, size, batch_size, names), log)
+    fresh = checks and not ranks.enabled and not masking.no_graph and not finished_work(state, len(specs))
+    trace = SuiteTrace.of_probe(data, probe_size, seed=seed, eps=eps, norm=norm, device=dev) if fresh else None  # 9
     started = time.perf_counter()
     if shard is not None:
         progress = (Progress(len(state.clean) * len(specs), done=finished_work(state, len(specs))) if ranks.main
                     else None)
         try:
-            with progress.watch(model) if progress is not None else nullcontext():
+            with (progress.watch(model) if progress is not None else nullcontext(),
+                  watching(trace, model, transfer_source)):
                 state = run_suite(model, shard, specs, eps=eps, norm=norm, batch_size=batch_size, device=dev, seed=seed,
-                                  state=state, state_path=path, batch_offset=first, progress=progress)
+                                  state=state, state_path=path, batch_offset=first, progress=progress, keep=keeper)
         finally:
             if progress is not None:
                 progress.close()
-    result = summarise(gather_states(state, ranks), specs)
-    for flag in (writes, batch_flag, version_flag, gradient_flag, masking_flag(masking, result)):
+    gathered = gather_states(state, ranks)
+    result = summarise(gathered, specs)
+    if keep is not None and ranks.main:
+        keep.breaks = keep.stage(SUITE_PREFIX, torch.arange(len(data.labels)), specs, batch_size).collect(gathered)
+    for flag in (selected, writes, batch_flag, version_flag, gradient_flag, masking_flag(masking, result)):
         if flag is not None:
             result["flags"].append(flag.to_dict())
     if masking.found:
         result["straight_through"] = masking.report
     if verify is not None and ranks.main:
         verify_survivors(model, data, result, verify, eps=eps, norm=norm, step_size=step_size, batch_size=batch_size,
-                         device=dev, seed=seed, fingerprint=fingerprint, log=log, masking=masking,
+                         device=dev, seed=seed, fingerprint=fingerprint, log=log, masking=masking, keep=keep,
                          state_path=None if path is None else path.with_suffix(".verify.json"))
     if checks and ranks.main and not masking.no_graph:
         probe = fixed_subset(data, min(probe_size, len(data.labels)), seed=seed)
         x_probe, y_probe = probe.images.to(dev).float() / 255, probe.labels.to(dev)
-        log(announce_checks(len(probe.labels)))
+        log(announce_checks(len(probe.labels), traced=trace is not None))
         with forward_failures(model, "inside the automatic checks"):
             with count_passes(model) as passes, Stopwatch(dev) as watch:
                 flags, values = run_checks(model, x_probe, y_probe, eps=eps, norm=norm, step_size=step_size,
-                                           suite_result=result,
+                                           suite_result=result, trace=trace,
                                            generator=torch.Generator(device=dev).manual_seed(seed))
         log(f"checks: done in {watch.seconds:.1f} s ({passes.forward:,} forward and {passes.backward:,} backward "
             "sample passes)")
@@ -226,7 +243,8 @@ def evaluate_model(
 
 def evaluate_into(
     out: Path, model: nn.Module, data: ImageDataset, *, transfer_from: str | Path | None = None, device: torch.device,
-    log: Callable[[str], None] = print, **options: Any,
+    save_adversarial: bool = False, source_index: torch.Tensor | None = None, log: Callable[[str], None] = print,
+    **options: Any,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on ``data`` into the record at ``out``: the one tail of every entry point.
 
@@ -234,16 +252,24 @@ def evaluate_into(
     not a robustlab record is refused before any work, stale temp files are cleared) it runs
     :func:`evaluate_model` (``options`` are its keywords) with the per-sample state beside ``out``, so a
     rerun resumes; rank 0 writes the record and prints its table. ``transfer_from``: a run folder or
-    checkpoint whose model crafts transfer attacks.
+    checkpoint whose model crafts transfer attacks. ``save_adversarial``: also write the adversarial file
+    ``OUT.adv.safetensors`` (:mod:`robustlab.evaluate.adversarial`), named in the record, before the record;
+    ``source_index[i]``: the split index of ``data``'s row ``i`` (default: row ``i``).
     """
     main = ranks_from_env().main
+    outputs = evaluation_outputs(save_adversarial)
     if main:
-        check_output(out)  # before the transfer source loads
+        check_output(out, outputs)  # before the transfer source loads
     source = load_model(transfer_from, device=device)[0] if transfer_from is not None else None
-    with claim_output(out, main=main, log=log) as state:
-        record = evaluate_model(model, data, state_path=state, transfer_source=source, device=device, log=log,
-                                **options)
+    with claim_output(out, main=main, log=log, outputs=outputs) as state:
+        keep = Keep(partial_folder(out)) if save_adversarial else None
+        record = evaluate_model(model, data, state_path=state, transfer_source=source, device=device, keep=keep,
+                                log=log, **options)
         if main:
+            if keep is not None:
+                index = torch.arange(len(data.labels)) if source_index is None else source_index
+                record["adversarial"] = write_adversarial(adversarial_path(out), record, keep.breaks, model, data,
+                                                          index, device=device, log=log)
             write_record(out, record)
             log(format_table(record))
             log(f"record written to {out}")
@@ -271,12 +297,14 @@ def evaluate_checkpoint(
     checks: bool = True,
     channels_last: bool = False,
     verify: int | str | None = None,
+    save_adversarial: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Evaluate a trained run; ε, norm and step size default to the run's training attack
     (:func:`~robustlab.evaluate.target.checkpoint_target`).
 
     ``transfer_from``: a run folder or checkpoint whose model crafts transfer attacks (implies adaptive).
+    ``save_adversarial``: write the adversarial file beside the record (:func:`evaluate_into`).
     """
     check_attack_names(attacks)
     parse_verify(verify)
@@ -291,4 +319,6 @@ def evaluate_checkpoint(
         step_size=target.step_size, restarts=restarts, batch_size=batch_size, seed=seed, device=dev,
         model_info=target.model_info, adaptive=adaptive,
         transfer_from=transfer_from, checks=checks, channels_last=channels_last, verify=verify, log=log,
+        save_adversarial=save_adversarial, source_index=target.source_index,
     )
+

@@ -30,10 +30,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from robustlab.data import ImageDataset, fixed_subset, load_dataset
+from robustlab.data import ImageDataset, evaluation_subset, load_dataset
 from robustlab.errors import UserError
 from robustlab.evaluate.api import evaluate_into
-from robustlab.evaluate.output import check_output
+from robustlab.evaluate.output import check_output, evaluation_outputs
 from robustlab.evaluate.probe import check_logit_shape, one_line
 from robustlab.evaluate.suite import check_attack_names
 from robustlab.evaluate.target import OUTSIDE_HOME, Target, attack_tag
@@ -296,14 +296,15 @@ def model_folder(spec: str, source: dict[str, Any]) -> str:
 
 
 def outside_target(
-    model: nn.Module, source: dict[str, Any], dataset: ImageDataset, *, eps: float, norm: str, split: str,
-    folder: str, data: str,
+    model: nn.Module, source: dict[str, Any], dataset: ImageDataset, source_index: torch.Tensor, *, eps: float,
+    norm: str, split: str, folder: str, data: str,
 ) -> Target:
-    """The target of a loaded outside model (any source: a factory, RobustBench's zoo): its record is the run record
-    plus ``model_source``, by default ``runs/<command>/<folder>/<data>_<split>_<tag>_<eps>_<norm>.json``."""
+    """The target of a loaded outside model (any source: a factory, RobustBench's zoo) on ``dataset`` (whose row ``i``
+    is row ``source_index[i]`` of the split, :func:`load_data`): its record is the run record plus ``model_source``,
+    by default ``runs/<command>/<folder>/<data>_<split>_<tag>_<eps>_<norm>.json``."""
     model_info = {"model_source": source, "architecture": source["architecture"], "split": split}
     return Target(model, dataset, eps, norm, None, model_info, home=OUTSIDE_HOME, folder=folder,
-                  prefix=f"{data}_{split}")
+                  prefix=f"{data}_{split}", source_index=source_index)
 
 
 def external_target(
@@ -316,10 +317,10 @@ def external_target(
     ``data`` (its fixed seeded subset of ``n_examples``); ε defaults to RobustBench's standard budget (8/255 for L∞,
     0.5 for L2)."""
     eps = STANDARD_EPS[norm] if eps is None else eps
-    dataset = load_data(data, data_root, split, n_examples, seed, download=download)
+    dataset, source_index = load_data(data, data_root, split, n_examples, seed, download=download)
     model, source = load_external(spec, weights, dataset, stats=stats, device=device, log=log)
-    return outside_target(model, source, dataset, eps=eps, norm=norm, split=split, folder=model_folder(spec, source),
-                          data=data)
+    return outside_target(model, source, dataset, source_index, eps=eps, norm=norm, split=split,
+                          folder=model_folder(spec, source), data=data)
 
 
 def evaluate_external(
@@ -338,6 +339,7 @@ def evaluate_external(
     device: str = "auto",
     out: str | Path | None = None,
     stats: tuple[list[float], list[float]] | None = None,
+    save_adversarial: bool = False,
     log: Callable[[str], None] = print,
     **options: Any,
 ) -> dict[str, Any]:
@@ -351,30 +353,33 @@ def evaluate_external(
     ``runs/eval/<file stem or module>_<factory>_<identity>/<data>_<split>_<attacks>_<eps>_<norm>.json``) by
     :func:`~robustlab.evaluate.api.evaluate_into` (an existing ``out`` that is not a robustlab record is refused
     before any work), and the per-sample state beside it makes a rerun resume.
+    ``save_adversarial``: also the adversarial file beside it (:func:`~robustlab.evaluate.api.evaluate_into`).
     """
     check_attack_names(attacks)
     dev = resolve_device(device, key="--device")
     if out is not None:
-        check_output(Path(out))  # before the user's code runs or any data loads
+        check_output(Path(out), evaluation_outputs(save_adversarial))  # before the user's code runs or data loads
     target = external_target(spec, weights, data=data, data_root=data_root, download=download, split=split, eps=eps,
                              norm=norm, n_examples=n_examples, seed=seed, stats=stats, device=dev, log=log)
-    return evaluate_target(target, out, attacks=attacks, seed=seed, device=dev, log=log, **options)
+    return evaluate_target(target, out, attacks=attacks, seed=seed, device=dev, log=log,
+                           save_adversarial=save_adversarial, **options)
 
 
 def load_data(
     name: str, root: str | Path | None, split: str, n_examples: int | None, seed: int, download: bool = False,
-) -> ImageDataset:
-    """The evaluation images: data set ``name`` (files under ``root``), its fixed seeded subset when asked."""
-    dataset = load_dataset(name, split, root=root, download=download)
-    return dataset if n_examples is None else fixed_subset(dataset, n_examples, seed=seed)
+) -> tuple[ImageDataset, torch.Tensor]:
+    """The evaluation images: data set ``name`` (files under ``root``), its fixed seeded subset when asked; with
+    their indices in the split (:func:`~robustlab.data.evaluation_subset`)."""
+    return evaluation_subset(load_dataset(name, split, root=root, download=download), n_examples, seed)
 
 
 def evaluate_target(
     target: Target, out: str | Path | None, *, attacks: list[str], **options: Any,
 ) -> dict[str, Any]:
     """Evaluate an outside model's ``target`` into the record at ``out`` (default: its ``runs/eval/...`` path) through
-    :func:`~robustlab.evaluate.api.evaluate_into` (whose keywords ``options`` are), under the record's lock;
-    resumable from the state beside ``out``."""
+    :func:`~robustlab.evaluate.api.evaluate_into` (whose keywords ``options`` are, ``save_adversarial`` included),
+    under the record's lock; resumable from the state beside ``out``. The adversarial file names each break's index
+    in the split (``target.source_index``)."""
     out = Path(out) if out is not None else target.default_out("eval", attack_tag(attacks))
     return evaluate_into(out, target.model, target.data, model_info=target.model_info, attacks=attacks,
-                         eps=target.eps, norm=target.norm, **options)
+                         eps=target.eps, norm=target.norm, source_index=target.source_index, **options)

@@ -6,9 +6,10 @@ samples still robust). Outputs are judged here, not by the attack: a point outsi
 [0, 1] (beyond a 1e-5 tolerance) is not counted as a break and is flagged as an attack bug. A sample
 is robust under the suite only if no attack broke it (docs/EVALUATION.md). Each attack's generator is
 seeded from (seed, batch, attack, member), so results do not depend on interruptions, and the state is
-saved after each attack and group member of a batch. An exception from the model's forward inside an attack (or
-the clean forward) ends the run with one line naming the model and the batch size
-(:mod:`robustlab.evaluate.failures`); the state saved before it stays valid.
+saved after each attack and group member of a batch. With a :class:`~robustlab.evaluate.breaks.BreakKeeper` the
+adversarial point of each break is kept too, its batch's side file written before each state save. An exception
+from the model's forward inside an attack (or the clean forward) ends the run with one line naming the model and
+the batch size (:mod:`robustlab.evaluate.failures`); the state saved before it stays valid.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch import nn
 from robustlab.attacks._common import eval_mode, flat_norm
 from robustlab.attacks.counting import Stopwatch, count_passes
 from robustlab.data import DeviceLoader, ImageDataset
+from robustlab.evaluate.breaks import BreakKeeper
 from robustlab.evaluate.failures import forward_failures
 from robustlab.evaluate.flags import Flag
 from robustlab.evaluate.progress import Progress
@@ -49,12 +51,14 @@ def _attack_batch(
     seed: int, batch: int, index: int, cost: AttackCost, num_classes: int, skipped: list[str],
     verdict: torch.Tensor | None = None, first_member: int = 0,
     after_member: Callable[[int, torch.Tensor], None] | None = None, progress: Progress | None = None,
+    on_break: Callable[[torch.Tensor, int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Verdicts for one clean-correct batch: -1 robust, k = member that broke the sample (0 for single attacks).
 
     Members that need more classes than the model has (APGD-T: 4) are skipped and listed in ``skipped``.
     ``verdict``/``first_member``: continue a group from a saved state after its first members;
-    ``after_member(k, verdict)`` is called after member k-1 of a group when more members follow.
+    ``after_member(k, verdict)`` is called after member k-1 of a group when more members follow;
+    ``on_break(rows, k, points)`` with the rows of ``x`` member k broke and their adversarial points.
     """
     members = spec.members or (spec,)
     if verdict is None:
@@ -81,6 +85,8 @@ def _attack_batch(
         valid = within_threat_model(x[todo], x_adv, eps, norm)
         cost.out_of_bounds += int((~valid).sum())
         verdict[todo[broken & valid]] = k
+        if on_break is not None:
+            on_break(todo[broken & valid], k, x_adv[broken & valid])
         cost.seconds += watch.seconds
         cost.forward += passes.forward
         cost.backward += passes.backward
@@ -103,23 +109,32 @@ def run_suite(
     state_path: Path | None = None,
     progress: Progress | None = None,
     batch_offset: int = 0,
+    keep: BreakKeeper | None = None,
 ) -> EvalState:
     """Run (or continue) the suite on ``data``; the state is saved after every attack and group member of a batch.
 
     ``batch_offset``: the global index of ``data``'s first batch (a shard's), which seeds the attacks.
     A state stopped inside a batch continues after its last saved attack (member); the clean
     prediction of that batch is recomputed (deterministic in eval mode). ``progress`` is told each
-    attack and each finished entry.
+    attack and each finished entry. ``keep``: keep each break's adversarial point (:mod:`robustlab.evaluate.breaks`).
     """
     n = len(data.labels)
     state = state or EvalState.new({}, n, batch_size, [s.name for s in specs])
     loader = DeviceLoader(data, batch_size, shuffle=False, device=device)
+
+    def commit() -> None:  # a batch's side file before the state that commits its breaks
+        if keep is not None:
+            keep.flush()
+        state.save(state_path)
+
     with eval_mode(model):
         for b, (x, y) in enumerate(loader):
             if b < state.cursor:
                 continue
             start = b * batch_size
             rows = slice(start, start + len(y))
+            if keep is not None:
+                keep.begin(b, state)
             with forward_failures(model, f"on the clean images of batch {batch_offset + b + 1}"), torch.no_grad():
                 logits = model(x.clone())  # its own copy: a forward that writes into its input cannot move the images
             correct = logits.argmax(1) == y
@@ -136,7 +151,10 @@ def run_suite(
                     verdict[todo] = part
                     state.broken_by[name][rows] = verdict.tolist()
                     state.member_cursor = members_done
-                    state.save(state_path)
+                    commit()
+
+                def kept(hit: torch.Tensor, k: int, points: torch.Tensor, a: int = a) -> None:
+                    keep.add(start + todo[hit], a, k, points)
 
                 if progress is not None:
                     progress.begin(spec.name, b, len(loader))
@@ -146,15 +164,16 @@ def run_suite(
                         model, spec, x[todo], y[todo], eps=eps, norm=norm, seed=seed, batch=batch_offset + b, index=a,
                         cost=state.costs[spec.name], num_classes=logits.shape[1], skipped=state.skipped,
                         verdict=resumed, first_member=state.member_cursor, after_member=save_partial, progress=progress,
+                        on_break=None if keep is None else kept,
                     )
                 state.broken_by[spec.name][rows] = verdict.tolist()
                 state.attack_cursor, state.member_cursor = a + 1, 0
                 if a + 1 < len(specs):
-                    state.save(state_path)
+                    commit()
                 if progress is not None:
                     progress.advance(len(y))
             state.cursor, state.attack_cursor = b + 1, 0
-            state.save(state_path)
+            commit()
     return state
 
 

@@ -28,6 +28,8 @@ from torch import nn
 
 from robustlab.data import ImageDataset
 from robustlab.errors import UserError
+from robustlab.evaluate.breaks import VERIFY_LABEL, VERIFY_PREFIX, Keep
+from robustlab.evaluate.checks.suite import worst_case_robust
 from robustlab.evaluate.flags import Flag
 from robustlab.evaluate.intervals import hypergeometric_interval
 from robustlab.evaluate.masking import Masking, routed_suite
@@ -55,11 +57,7 @@ def parse_verify(text: str | int | None) -> int | str | None:
 
 def survivors(result: dict[str, Any]) -> torch.Tensor:
     """Indices of the samples robust under every attack of a summarised result (its worst case)."""
-    per_sample = result["per_sample"]
-    robust = torch.tensor(per_sample["clean"]) == 1
-    for verdicts in per_sample["broken_by"].values():
-        robust &= torch.tensor(verdicts) == ROBUST
-    return robust.nonzero().squeeze(1)
+    return worst_case_robust(result["per_sample"]).nonzero().squeeze(1)
 
 
 def sample_survivors(found: torch.Tensor, k: int | str, seed: int) -> torch.Tensor:
@@ -101,6 +99,7 @@ def verify_survivors(
     model: nn.Module, data: ImageDataset, result: dict[str, Any], k: int | str, *, eps: float, norm: str,
     step_size: float, batch_size: int, device: torch.device, seed: int, fingerprint: dict[str, Any],
     state_path: Path | None = None, log: Callable[[str], None] = print, masking: Masking | None = None,
+    keep: Keep | None = None,
 ) -> dict[str, Any]:
     """Run the full ``autoattack`` on a seeded sample of the survivors of ``result`` and fold it in.
 
@@ -112,7 +111,8 @@ def verify_survivors(
     Adds ``result["verify"]`` (the gap summary, costs, sampled indices and per-index verdicts), lowers
     ``result["robust_acc"]`` by what the verification broke, and appends the ``verify_gap`` flag when it
     fires. ``state_path``: the verification's own resumable state (fingerprint: the suite's plus the
-    sampled indices). Returns ``result``.
+    sampled indices). ``keep``: keep the adversarial point of each break it adds, as a stage of its own
+    (:mod:`robustlab.evaluate.breaks`), appended to ``keep.breaks``. Returns ``result``.
     """
     n = len(data.labels)
     found = survivors(result)
@@ -124,9 +124,15 @@ def verify_survivors(
     names = [s.name for s in specs]
     print_ = {**fingerprint, "verify": picked.tolist()}
     state = EvalState.resume_or_new(state_path, print_, picked.numel(), batch_size, names, log=log)
+    keeper = None
+    if keep is not None:
+        keeper = keep.stage(VERIFY_PREFIX, picked, specs, batch_size, label=VERIFY_LABEL)
+        state = keep.resumable(keeper, state, lambda: EvalState.new(print_, picked.numel(), batch_size, names), log)
     if picked.numel():
         state = run_suite(model, data.select(picked), specs, eps=eps, norm=norm, batch_size=batch_size, device=device,
-                          seed=seed, state=state, state_path=state_path)
+                          seed=seed, state=state, state_path=state_path, keep=keeper)
+    if keep is not None and keeper is not None:
+        keep.breaks += keeper.collect(state)
     clean = torch.tensor(state.clean, dtype=torch.long)
     broke = clean != 1
     for name in names:

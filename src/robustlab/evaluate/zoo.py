@@ -7,7 +7,7 @@ and loaded into the entry's architecture (:mod:`robustlab.models.robustbench`). 
 downloaded: a missing file is one line naming the path to put it at and where it comes from, and the file
 is read with ``torch.load(weights_only=True)`` and loaded strictly. The model is then an outside model's target
 (:func:`robustlab.evaluate.external.outside_target`), so its record has the same shape and ``model_info`` block
-as any outside model's, under ``eval`` and ``audit`` alike.
+as any outside model's, under ``eval``, ``audit`` and ``check`` alike.
 
 The table holds a handful of well-known CIFAR-10 entries, each with its architecture, normalisation and
 Google Drive file id as RobustBench's ``robustbench/model_zoo/cifar10.py`` defines them, and the
@@ -37,7 +37,7 @@ from robustlab.evaluate.external import (
     unwrap_state_dict,
     wrap_normalize,
 )
-from robustlab.evaluate.output import check_output
+from robustlab.evaluate.output import check_output, evaluation_outputs
 from robustlab.evaluate.suite import check_attack_names
 from robustlab.evaluate.target import Target
 from robustlab.models.robustbench import DMWideResNet, WideResNet, preact_resnet18
@@ -161,37 +161,40 @@ def load_zoo_model(
 def zoo_target(
     name: str, *, dataset: str = "cifar10", threat_model: str = "Linf", model_dir: str | Path = "models",
     data: str | None = None, data_root: str | Path | None = None, split: str = "test", eps: float | None = None,
-    n_examples: int | None = None, seed: int = 0, device: torch.device = torch.device("cpu"),
+    n_examples: int | None = None, seed: int = 0, download: bool = False, device: torch.device = torch.device("cpu"),
     log: Callable[[str], None] = print,
 ) -> Target:
     """RobustBench entry ``name`` from its local checkpoint on ``data`` (default: ``dataset``, files under
-    ``data_root``); ε defaults to RobustBench's budget of the threat model (8/255, 0.5). A bad name or a missing
-    file fails before any data is read. Records go by default to ``runs/<command>/robustbench_<name>/``."""
+    ``data_root``, downloaded when ``download`` and missing); ε defaults to RobustBench's budget of the threat model
+    (8/255, 0.5). A bad name or a missing file fails before any data is read. Records go by default to
+    ``runs/<command>/robustbench_<name>/``."""
     require_checkpoint(name, dataset, threat_model, model_dir)
     norm = THREAT_MODELS[threat_model]
     eps = STANDARD_EPS[norm] if eps is None else eps
-    images = load_data(data or dataset, data_root, split, n_examples, seed)
+    images, source_index = load_data(data or dataset, data_root, split, n_examples, seed, download=download)
     model, source = load_zoo_model(name, dataset, threat_model, model_dir, images, device, log)
-    return outside_target(model, source, images, eps=eps, norm=norm, split=split, folder=f"robustbench_{name}",
-                          data=data or dataset)
+    return outside_target(model, source, images, source_index, eps=eps, norm=norm, split=split,
+                          folder=f"robustbench_{name}", data=data or dataset)
 
 
 def evaluate_zoo(
     name: str, *, dataset: str = "cifar10", threat_model: str = "Linf", model_dir: str | Path = "models",
     attacks: list[str], data: str | None = None, data_root: str | Path | None = None, split: str = "test",
     eps: float | None = None, n_examples: int | None = None, seed: int = 0, device: str = "auto",
-    out: str | Path | None = None, log: Callable[[str], None] = print, **options: Any,
+    out: str | Path | None = None, save_adversarial: bool = False, log: Callable[[str], None] = print,
+    **options: Any,
 ) -> dict[str, Any]:
     """Evaluate RobustBench entry ``name`` (:func:`zoo_target`). The record goes to ``out`` (default
     ``runs/eval/robustbench_<name>/<data>_<split>_<attacks>_<eps>_<norm>.json``). ``options`` are
     :func:`~robustlab.evaluate.api.evaluate_model`'s other keywords and ``transfer_from``, as for
-    :func:`~robustlab.evaluate.external.evaluate_external`."""
+    :func:`~robustlab.evaluate.external.evaluate_external`, and ``save_adversarial`` as there."""
     require_checkpoint(name, dataset, threat_model, model_dir)  # a bad name or a missing file: before the rest
     check_attack_names(attacks)
-    if out is not None:
-        check_output(Path(out))  # an existing file there that is not a robustlab record: refused before any work
+    if out is not None:  # an existing file there that is not ours: refused before any work
+        check_output(Path(out), evaluation_outputs(save_adversarial))
     dev = resolve_device(device, key="--device")
     target = zoo_target(name, dataset=dataset, threat_model=threat_model, model_dir=model_dir, data=data,
                         data_root=data_root, split=split, eps=eps, n_examples=n_examples, seed=seed, device=dev,
                         log=log)
-    return evaluate_target(target, out, attacks=attacks, seed=seed, device=dev, log=log, **options)
+    return evaluate_target(target, out, attacks=attacks, seed=seed, device=dev, log=log,
+                           save_adversarial=save_adversarial, **options)

@@ -24,7 +24,7 @@ import numpy as np
 
 from robustlab.errors import UserError
 from robustlab.report.markdown import md_text
-from robustlab.runs.record import ROBUST, accuracy_problem, per_sample_problem, read_record, record_paths
+from robustlab.runs.record import ROBUST, field_problem, per_sample_problem, read_record, record_paths
 
 PAIRING_KEYS = ("dataset", "n_examples", "seed", "eps", "norm", "data_hash")
 
@@ -163,7 +163,7 @@ def record_file(path: str | Path) -> Path:
 def load_record(path: str | Path) -> dict[str, Any]:
     """An evaluation record from its JSON file, or from a run folder holding exactly one record."""
     p = record_file(path)
-    record, problem = read_record(p, lambda r: per_sample_problem(r) or accuracy_problem(r))
+    record, problem = read_record(p, lambda r: per_sample_problem(r) or field_problem(r))
     if record is None:
         raise UserError(f"{p} is not a usable evaluation record ({problem}); pass a file written by robustlab eval, or "
                         "rerun it")

@@ -4,7 +4,9 @@
 (:func:`robustlab.report.robustbench.robustbench_entry`) and ranks them as RobustBench does, by
 ``external`` where present, else ``autoattack_acc``. The page needs nothing outside itself (inline CSS
 and script, no fonts, images or network): a click on a column header sorts by it (again: reversed), and
-a URL hash ``#sort=COLUMN`` (``#sort=-COLUMN`` descending) sorts on load. Flags are shown per row.
+a URL hash ``#sort=COLUMN`` (``#sort=-COLUMN`` descending) sorts on load. Flags are shown per row, and so is which
+checkpoint each record evaluated and how it was chosen (:func:`robustlab.runs.selection.describe`; ``unknown`` for
+records without it), a checkpoint chosen on the test split flagged ``selected_on_test``.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from robustlab.ownership import MARK, PAGE, claim_all
 from robustlab.report.compare import load_record
 from robustlab.report.markdown import md_text
 from robustlab.report.robustbench import attacks_that_ran, leaderboard_value, robustbench_entry
+from robustlab.runs.selection import describe
 
 # (key, title, numeric): the columns of both outputs, in order
 COLUMNS = (("rank", "rank", True), ("name", "model", False), ("architecture", "architecture", False),
            ("clean_acc", "clean %", True), ("autoattack_acc", "AutoAttack %", True), ("external", "worst case %", True),
            ("robust", "ranked by %", True), ("n_examples", "images", True), ("eps", "eps", False),
-           ("attacks", "attacks", False), ("flags", "flags", False))
+           ("attacks", "attacks", False), ("selection", "checkpoint", False), ("flags", "flags", False))
 
 _SCRIPT = """
 (function () {
@@ -80,7 +83,7 @@ def leaderboard_rows(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
         entry = robustbench_entry(record)
         rows.append({**entry, "robust": leaderboard_value(entry), "n_examples": record["n_examples"],
                      "flags": sorted({f["code"] for f in record.get("flags", [])}),
-                     "attacks": attacks_that_ran(record)})
+                     "attacks": attacks_that_ran(record), "selection": describe(record.get("selection"))})
     rows.sort(key=lambda r: -(r["robust"] if r["robust"] is not None else -1.0))
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
@@ -120,8 +123,9 @@ def html_page(rows: list[dict[str, Any]], title: str = "robustlab leaderboard") 
     body = "\n".join("<tr>" + "".join(_cell(row, key, numeric) for key, _, numeric in COLUMNS) + "</tr>"
                      for row in rows)
     note = ("Ranked as RobustBench ranks: by the worst case over all attacks of a record (external) where other "
-            "attacks broke more than AutoAttack, else by AutoAttack (the reference-faithful group only). Click a "
-            "header to sort.")
+            "attacks broke more than AutoAttack, else by AutoAttack (the reference-faithful group only). The "
+            "checkpoint column says which checkpoint was evaluated and on which images it was chosen; selected_on_test "
+            "marks one the test split chose, whose test accuracy is biased upwards. Click a header to sort.")
     return (f"<!DOCTYPE html>\n{MARK}\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title>"
             f"<style>{_STYLE}</style></head>\n<body><h1>{html.escape(title)}</h1><p class=\"note\">{note}</p>\n"

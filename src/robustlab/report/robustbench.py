@@ -14,8 +14,16 @@ Choices [ours]:
   a record without one gets ``null`` and a footnote saying so (RobustBench would need an AutoAttack run).
 * ``external`` is the record's per-sample worst case when other attacks ran beside that group and broke
   more (``autoattack+``, adaptive attacks, PGD...); it is left out when the worst case equals ``autoattack_acc``.
-* The footnote names the attacks, the sample count and robustlab's flags, so a subset evaluation or a
-  flagged record is visible in the entry; ``unreliable`` is never set by us (RobustBench's own judgement).
+* The footnote names the attacks, the sample count, the checkpoint and how it was chosen (records that say so:
+  :mod:`robustlab.runs.selection`) and robustlab's flags, so a subset evaluation, a checkpoint chosen on the test
+  split or a flagged record is visible in the entry; ``unreliable`` is never set by us (RobustBench's own judgement).
+* When the record names its adversarial file (``eval --save-adversarial``), the footnote points to it (by name,
+  or by ``adversarial_url`` where it is published) with its sha256 and break count, so anyone can confirm each
+  break with ``robustlab check``: the evidence RobustBench's "New external evaluation(s)" issue template asks
+  for ("Link to adversarial images"). That template asks for a ``.pt`` tensor the size of the test set, which
+  ``robustlab check … --robustbench-pt`` writes once it has confirmed every break
+  (:mod:`robustlab.evaluate.confirm`). The file must lie beside the record and match the record's sha256, or the
+  export is refused.
 """
 
 from __future__ import annotations
@@ -26,9 +34,11 @@ from typing import Any
 
 from robustlab.atomic import atomic_write_text
 from robustlab.errors import UserError
+from robustlab.evaluate.external import sha256_file
 from robustlab.evaluate.suite import group_that_ran
 from robustlab.ownership import Kind, claim, json_with
 from robustlab.report.compare import load_record, record_file
+from robustlab.runs.selection import describe
 
 FIELDS = ("link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue", "architecture",
           "eps", "clean_acc", "reported", "autoattack_acc", "external", "footnote")
@@ -54,6 +64,22 @@ def attacks_that_ran(record: dict[str, Any]) -> list[str]:
     return [group_that_ran(a, record.get("attack_params", {}).get(a, {})) for a in record.get("attacks", {})]
 
 
+def adversarial_note(record: dict[str, Any], source: Path, url: str = "") -> str:
+    """The footnote's pointer to the record's adversarial file (module docs), or "" when the record names none."""
+    named = record.get("adversarial")
+    if not isinstance(named, dict):
+        if url:
+            raise UserError(f"record {source} names no adversarial file, so --adversarial-url has nothing to point to; "
+                            "evaluate with robustlab eval --save-adversarial")
+        return ""
+    found = source.parent / Path(str(named.get("file"))).name
+    if not found.is_file() or sha256_file(found) != named.get("sha256"):
+        raise UserError(f"record {source} names the adversarial file {found}, which is missing or changed (sha256 "
+                        "mismatch); move it back beside the record or rerun robustlab eval --save-adversarial")
+    return (f"Adversarial images of the {named.get('breaks')} breaks: {url or found.name} (sha256 {named['sha256']}; "
+            "robustlab check confirms each).")
+
+
 def _footnote(record: dict[str, Any], reference: tuple[str, float] | None, external: bool, extra: str) -> str:
     names = attacks_that_ran(record)
     parts = [f"robustlab {record.get('robustlab_version', '?')} on {record['n_examples']} "
@@ -65,6 +91,8 @@ def _footnote(record: dict[str, Any], reference: tuple[str, float] | None, exter
         parts.append("Randomized model: AutoAttack's rand version (APGD-CE, APGD-DLR with 20-pass EOT).")
     if external:
         parts.append("external: the per-sample worst case over all of these attacks.")
+    if "selection" in record:
+        parts.append(f"Checkpoint: {describe(record['selection'])}.")
     flags = sorted({f["code"] for f in record.get("flags", [])})
     if flags:
         parts.append("robustlab flags: " + ", ".join(flags) + ".")
@@ -78,7 +106,8 @@ def robustbench_entry(
     reported: str = "", additional_data: bool = False, forward_passes: int = 1, dataset: str | None = None,
     architecture: str | None = None, footnote: str = "",
 ) -> dict[str, Any]:
-    """The RobustBench model-info entry of an evaluation record (see the module docstring for each field)."""
+    """The RobustBench model-info entry of an evaluation record (see the module docstring for each field);
+    ``footnote`` is added to robustlab's footnote."""
     for key in ("clean_acc", "robust_acc", "eps_label", "n_examples", "attacks"):
         if key not in record:
             raise UserError(f"the record has no {key!r}; pass an evaluation record written by robustlab eval")
@@ -119,14 +148,19 @@ ENTRY = Kind("a RobustBench entry robustlab exported", json_with("eps", "clean_a
 EXPORT_SUFFIX = ".robustbench.json"
 
 
-def export_robustbench(record_path: str | Path, out: str | Path | None = None, **fields: Any) -> Path:
+def export_robustbench(record_path: str | Path, out: str | Path | None = None, adversarial_url: str = "",
+                       **fields: Any) -> Path:
     """Write the entry of the record at ``record_path`` to ``out`` (default: beside it, ``NAME.robustbench.json``,
     a name record listings skip: :data:`robustlab.runs.record.SIDE_SUFFIXES`); ``out`` is claimed before the record is
-    read (:func:`robustlab.ownership.claim`), so the record itself or a user's file is never overwritten."""
+    read (:func:`robustlab.ownership.claim`), so the record itself or a user's file is never overwritten. The
+    footnote points to the record's adversarial file, at ``adversarial_url`` when given (:func:`adversarial_note`).
+    """
     source = record_file(record_path)
     target = Path(out) if out is not None else source.with_suffix(EXPORT_SUFFIX)
     claim(target, ENTRY, "pass --out NEW.json or move that file away")
     record = load_record(source)
+    note = adversarial_note(record, source, adversarial_url)
+    fields["footnote"] = " ".join(part for part in (note, fields.get("footnote", "")) if part)
     entry = robustbench_entry(record, **fields)
     atomic_write_text(target, json.dumps(entry, indent=2) + "\n")
     return target

@@ -6,7 +6,8 @@ Layout: a run folder keeps its checkpoints as ``<run>/checkpoints/<which>.safete
 (:data:`MODEL`, :data:`EMA` and :data:`OPTIM` state under those prefixes, the generator and RNG states
 under :data:`LOADER_GENERATOR`, :data:`METHOD_GENERATOR`, :data:`RNG_TORCH`, :data:`RNG_CUDA`) and its
 non-tensor facts as JSON in the safetensors metadata (:func:`header`: ``format`` = :data:`FORMAT_VERSION`,
-epoch, step, best, overfit watch, model spec, config, metrics, which weights to evaluate; a resumable one
+epoch, step, best, overfit watch, model spec, config, metrics, which weights to evaluate, how the checkpoint was
+chosen (``selection``: :mod:`robustlab.runs.selection`; absent from headers written before it); a resumable one
 adds ``optimizer`` and ``scaler``), so one ``os.replace`` publishes both at once. A human-readable copy of
 the JSON is written beside it (``last.json``). Nothing is pickled; loading never executes code.
 """
@@ -45,10 +46,12 @@ def run_folder(checkpoint: Path) -> Path:
 
 
 def header(*, epoch: int, step: int, best: dict[str, Any], overfit: dict[str, Any], model: dict[str, Any],
-           config: dict[str, Any], metrics: dict[str, float], weights: str) -> dict[str, Any]:
-    """A checkpoint's JSON header (``weights``: :data:`EMA` or :data:`MODEL`, the weights evaluation loads)."""
+           config: dict[str, Any], metrics: dict[str, float], weights: str,
+           selection: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's JSON header (``weights``: :data:`EMA` or :data:`MODEL`, the weights evaluation loads;
+    ``selection``: :func:`robustlab.runs.selection.checkpoint_selection`)."""
     return {"format": FORMAT_VERSION, "epoch": epoch, "step": step, "best": best, "overfit": overfit,
-            "model": model, "config": config, "metrics": metrics, "weights": weights}
+            "model": model, "config": config, "metrics": metrics, "weights": weights, "selection": selection}
 
 
 def is_resumable(meta: dict[str, Any]) -> bool:

@@ -26,6 +26,7 @@ from typing import Any, Callable
 import robustlab
 from robustlab.atomic import atomic_write_text
 from robustlab.ownership import json_object
+from robustlab.runs.selection import describe
 
 ROBUST = -1  # no attack (member) broke the sample; k >= 0: member k broke it
 NOT_RUN = -2  # verdict not computed yet (or the sample was clean-wrong)
@@ -93,7 +94,7 @@ def write_record(path: Path, record: dict[str, Any]) -> None:
 
 
 def format_table(record: dict[str, Any]) -> str:
-    """Plain-text table of a record plus its flags in words."""
+    """Plain-text table of a record plus its flags in words (and, for a run's checkpoint, how it was chosen)."""
     lines = [f"{'attack':<20} {'accuracy':>9} {'time s':>8} {'fwd/smp':>8} {'bwd/smp':>8}"]
     lines.append(f"{'clean':<20} {100 * record['clean_acc']:>8.2f}%")
     for name, a in record["attacks"].items():
@@ -107,7 +108,13 @@ def format_table(record: dict[str, Any]) -> str:
                      f"(of {v['survivors']}): gap {100 * v['gap']:.2f} points, "
                      f"95% [{100 * v['gap_ci95'][0]:.2f}, {100 * v['gap_ci95'][1]:.2f}]")
     lines.append(f"{'worst case':<20} {100 * record['robust_acc']:>8.2f}%")
+    if "adversarial" in record:
+        adv = record["adversarial"]
+        lines.append(f"adversarial images of the {adv['breaks']} breaks in {adv['file']} ({adv['uint8_breaks']} also "
+                     "as 8-bit images); robustlab check confirms them")
     header = f"{record.get('dataset', '?')} n={record['n_examples']} eps={record['eps_label']} ({record['norm']})"
+    if "selection" in record:
+        header += f", checkpoint {describe(record['selection'])}"
     flags = [f"FLAG {f['code']}: {f['message']}" for f in record["flags"]]
     if not flags and record.get("checks_run"):
         flags = ["checks: no sign of gradient masking in the automatic checks"]
@@ -153,6 +160,11 @@ def per_sample_problem(record: Any) -> str | None:
     return None
 
 
+# Fields a consumer reads when present (export's name, data set and footnote; the leaderboard's columns), by type.
+OPTIONAL_FIELDS = {"attack_params": dict, "model_source": dict, "model_info": dict, "split": str,
+                   "robustlab_version": str, "run": str, "architecture": str, "dataset": str, "checkpoint": str}
+
+
 def table_problem(record: Any) -> str | None:
     """What is wrong with a parsed record for the report's table (and its per-sample lists when present), or None."""
     if not isinstance(record, dict) or not record:
@@ -164,13 +176,32 @@ def table_problem(record: Any) -> str | None:
     if not isinstance(attacks, dict) or not all(
             isinstance(a, dict) and _number(a.get("robust_acc")) for a in attacks.values()):
         return "attacks is missing or lacks robust_acc numbers"
-    flags = record.get("flags")
-    if not isinstance(flags, list) or not all(isinstance(f, dict) and isinstance(f.get("message"), str) for f in flags):
+    if not isinstance(record.get("flags"), list):
         return "flags is missing or malformed"
     if (type(record.get("n_examples")) is not int or not isinstance(record.get("eps_label"), str)
             or not isinstance(record.get("norm"), str)):
         return "n_examples, eps_label or norm is missing"
-    return accuracy_problem(record) or (per_sample_problem(record) if "per_sample" in record else None)
+    return field_problem(record) or (per_sample_problem(record) if "per_sample" in record else None)
+
+
+def field_problem(record: Any) -> str | None:
+    """A field of a parsed record with the wrong type or range, whichever consumer reads it: accuracies outside
+    [0, 1] (:func:`accuracy_problem`), flags that are not ``{code, message}`` strings, the optional fields of
+    :data:`OPTIONAL_FIELDS` of another type, an ``attack_params`` entry that is not an object; or None."""
+    found = accuracy_problem(record)
+    if found is not None:
+        return found
+    flags = record.get("flags", [])
+    if not isinstance(flags, list) or not all(isinstance(f, dict) and isinstance(f.get("message"), str)
+                                              and isinstance(f.get("code"), str) for f in flags):
+        return "flags is malformed (a list of {code, message} strings)"
+    odd = next((k for k, kind in OPTIONAL_FIELDS.items() if record.get(k) is not None
+                and not isinstance(record[k], kind)), None)
+    if odd is not None:
+        return f"{odd} is {type(record[odd]).__name__}, not {OPTIONAL_FIELDS[odd].__name__}"
+    if not all(isinstance(p, dict) for p in record.get("attack_params", {}).values()):
+        return "attack_params holds an entry that is not an object"
+    return None
 
 
 def read_record(

@@ -33,6 +33,9 @@ from robustlab.study.spec import Row, StudySpec, check_overrides
 SETTINGS_FILE = "study_settings.json"
 # keys of the resolved config that name where a run lives, not what it computes
 LOCATION_KEYS = ("name", "out_dir", "data.root")
+# config keys added after studies filed their records, left out of a record's settings at these defaults so that
+# records made before them keep matching
+LATER_DEFAULTS = {"data.val_examples": 0}
 
 
 @dataclass(frozen=True)
@@ -218,7 +221,8 @@ class Study:
     # ------------------------------------------------------------------ settings of existing records
     def settings(self, job: Job) -> dict[str, Any]:
         """What a record's numbers depend on: the resolved config (flat, locations left out) and the evaluation."""
-        config = {k: v for k, v in to_flat_dict(self.config(job)).items() if k not in LOCATION_KEYS}
+        config = {k: v for k, v in to_flat_dict(self.config(job)).items()
+                  if k not in LOCATION_KEYS and not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
         e = self.spec.evaluation
         transfer = self.transfer_source(job)
         settings = {f"config {k}": json.loads(json.dumps(v, default=str)) for k, v in sorted(config.items())}

@@ -2,10 +2,11 @@
 
 ``train(cfg)`` builds data, model, method, optimiser and EMA from a :class:`RunConfig`, resumes from
 ``<run>/checkpoints/last.safetensors`` when it exists (same config required), and after every epoch
-evaluates clean and PGD accuracy on a fixed held-out subset, writes ``last`` and, by the configured
-rule, ``best`` checkpoints atomically. All randomness comes from seeded generators whose states are
-checkpointed, so on CPU a run killed after an epoch and resumed ends with the same weights as an
-uninterrupted one.
+evaluates clean and PGD accuracy on a fixed held-out subset (of ``data.eval_split``, or of the training images
+``data.val_examples`` holds out, when no test image is read at all), writes ``last`` and, by the configured
+rule, ``best`` checkpoints atomically, each saying how it was chosen (:mod:`robustlab.runs.selection`). All
+randomness comes from seeded generators whose states are checkpointed, so on CPU a run killed after an epoch
+and resumed ends with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from robustlab.atomic import atomic_write_text, remove_stale_temps
 from robustlab.attacks._common import eval_mode
 from robustlab.attacks.pgd import fgsm, pgd
 from robustlab.config import RunConfig, build_config, dump_yaml, read_yaml, to_dict
-from robustlab.data import DeviceLoader, ImageDataset, fixed_subset, load_dataset
+from robustlab.data import DeviceLoader, ImageDataset, fixed_subset, hold_out, load_dataset
 from robustlab.errors import UserError
 from robustlab.methods import create_method
 from robustlab.rules import config_warnings
@@ -52,6 +53,7 @@ from robustlab.runs.lock import RunLock
 from robustlab.runs.metrics import MetricsLog
 from robustlab.runs.model import build_model, check_input_size, model_spec
 from robustlab.runs.ranks import join, ranks_from_env, resolve_device
+from robustlab.runs.selection import checkpoint_selection, selection_metric
 from robustlab.train.distributed import barrier, per_rank_batch, wrap
 from robustlab.train.ema import ModelEma
 from robustlab.train.optim import build_optimizer, lr_factor, set_lr
@@ -100,15 +102,7 @@ class Trainer:
             self.log(f"warning: {warning}")
         self.device = join(self.ranks, resolve_device(cfg.train.device))
         torch.manual_seed(cfg.seed)
-        options = dict(cfg.data.options)
-        train_set = load_dataset(cfg.data.name, "train", root=cfg.data.root, download=cfg.data.download, **options)
-        eval_set = load_dataset(cfg.data.name, cfg.data.eval_split, root=cfg.data.root, download=False, **options)
-        if eval_set.classes != train_set.classes:
-            raise UserError(
-                f"data {cfg.data.name}: the {cfg.data.eval_split} split has classes {_short(eval_set.classes)} but "
-                f"train has {_short(train_set.classes)}; give both splits the same classes (e.g. "
-                "data.options.num_classes)"
-            )
+        train_set, eval_set = _training_data(cfg)
         wanted = cfg.data.eval_examples or len(eval_set)  # 0 = the whole split; capped at its size
         self.eval_set = fixed_subset(eval_set, min(wanted, len(eval_set)), seed=cfg.seed)
         self.loader = DeviceLoader(
@@ -133,6 +127,8 @@ class Trainer:
         self.epoch = 0
         self.step = 0
         self.best: dict[str, Any] = {"metric": None, "epoch": None}
+        attacked = cfg.train.eval_pgd_steps > 0 and cfg.method.attack.eps > 0
+        self.chosen_by = selection_metric(cfg.train.checkpoint_rule, attacked)  # the metric that picks `best`
         self.overfit = OverfitWatch()
 
     def _attack_seed(self, step: int = 0) -> int:
@@ -203,7 +199,9 @@ class Trainer:
         tensors = self.checkpoint_tensors()
         meta = header(epoch=self.epoch, step=self.step, best=self.best, overfit=self.overfit.state_dict(),
                       model=self.spec, config=to_dict(self.cfg), metrics=metrics,
-                      weights=EMA if self.ema is not None else MODEL)
+                      weights=EMA if self.ema is not None else MODEL,
+                      selection=checkpoint_selection(name, metric=self.chosen_by, split=self.cfg.data.eval_split,
+                                                     examples=len(self.eval_set)))
         if resumable:
             optim_tensors, optim_meta = optimizer_to_flat(self.optimizer)
             tensors.update(prefixed(OPTIM, optim_tensors))
@@ -287,14 +285,13 @@ class Trainer:
         return self.cfg.train.stop_on_overfit
 
     def _is_better(self, metrics: dict[str, float]) -> bool:
-        rule = self.cfg.train.checkpoint_rule
-        if rule == "last":
+        """Whether this epoch becomes ``best``: every evaluated epoch under rule ``last``, else a higher value of
+        :attr:`chosen_by` (clean accuracy when the per-epoch evaluation runs no attack)."""
+        if self.chosen_by is None:
             return True
-        value = metrics[rule]
-        if math.isnan(value):
-            value = metrics["clean_acc"]
+        value = metrics[self.chosen_by]
         if self.best["metric"] is None or value > self.best["metric"]:
-            self.best = {"metric": value, "epoch": self.epoch, "rule": rule}
+            self.best = {"metric": value, "epoch": self.epoch, "rule": self.cfg.train.checkpoint_rule}
             return True
         return False
 
@@ -350,6 +347,26 @@ class Trainer:
             self.metrics.close()
             self.lock.release()
         return last
+
+
+def _training_data(cfg: RunConfig) -> tuple[ImageDataset, ImageDataset]:
+    """``(training images, the split the per-epoch evaluation draws from)``.
+
+    With ``data.val_examples=N`` the second is the N training images :func:`~robustlab.data.hold_out` keeps out of
+    the first, and no other split is loaded: training never reads a test image. Otherwise it is ``data.eval_split``
+    (test, or the training images themselves), checked to have the training split's classes.
+    """
+    options = dict(cfg.data.options)
+    train_set = load_dataset(cfg.data.name, "train", root=cfg.data.root, download=cfg.data.download, **options)
+    if cfg.data.val_examples:
+        return hold_out(train_set, cfg.data.val_examples, seed=cfg.seed)
+    eval_set = load_dataset(cfg.data.name, cfg.data.eval_split, root=cfg.data.root, download=False, **options)
+    if eval_set.classes != train_set.classes:
+        raise UserError(
+            f"data {cfg.data.name}: the {cfg.data.eval_split} split has classes {_short(eval_set.classes)} but "
+            f"train has {_short(train_set.classes)}; give both splits the same classes (e.g. data.options.num_classes)"
+        )
+    return train_set, eval_set
 
 
 def _identity(cfg: RunConfig) -> dict[str, Any]:

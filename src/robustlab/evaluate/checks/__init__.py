@@ -1,4 +1,5 @@
-"""Automatic gradient-masking checks (docs/EVALUATION.md, "Automatic checks", checks 1-6).
+"""Automatic gradient-masking checks (docs/EVALUATION.md, "Automatic checks", checks 1-6) and the indicators of attack
+failure (check 9).
 
 Each check is a small function with its thresholds as keyword arguments. It returns flags, never
 raises on a suspicious model, never logs or warns and keeps no module state; a flag is stored in the
@@ -17,10 +18,12 @@ mode. A sample counts as accurate under an attack only if it is classified corre
 clean input and at the attack's output (per-sample worst case, as in the evaluation runner).
 
 Flag codes: ``randomness``, ``zero_gradients``, ``monotonicity``, ``eps_plateau``, ``eps_not_monotone``,
-``black_box``, ``probabilities``.
+``black_box``, ``probabilities``; the indicators of attack failure (check 9): ``silent_success``,
+``incomplete_optimization``, ``unstable_predictions``, ``unconstrained_failure``, ``transfer_failure``.
 
 Modules: :mod:`~robustlab.evaluate.checks.model` (1, 2, 6), :mod:`~robustlab.evaluate.checks.attacks`
 (3-5 on a probe), :mod:`~robustlab.evaluate.checks.suite` (3 and 5 on a finished suite),
+:mod:`~robustlab.evaluate.checks.indicators` (9, from the paths :mod:`~robustlab.evaluate.checks.trace` reads),
 :mod:`~robustlab.evaluate.checks.run` (all of them, cheaply), :mod:`~robustlab.evaluate.checks.common`
 (thresholds, probe settings). Attack names are classified in :mod:`robustlab.evaluate.names`.
 """

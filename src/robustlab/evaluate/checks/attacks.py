@@ -93,7 +93,7 @@ def steps_flags(
     return flags
 
 
-def _eps_cap(x: torch.Tensor, norm: str) -> float:
+def eps_cap(x: torch.Tensor, norm: str) -> float:
     """The radius beyond which the ball covers the whole [0, 1] box: 1 (L∞) or sqrt(d) (L2)."""
     return 1.0 if norm == "linf" else math.sqrt(x[0].numel())
 
@@ -144,7 +144,7 @@ def run_sweep(
     base_step = eps / 4 if step_size is None else step_size
     rows: list[tuple[float, float, float]] = []
     verdicts: dict[float, torch.Tensor] = {}
-    for m, r in _sweep_radii(eps, multipliers, _eps_cap(x, norm)):
+    for m, r in _sweep_radii(eps, multipliers, eps_cap(x, norm)):
         robust = accurate_under_pgd(
             model, x, y, correct, eps=r, norm=norm, steps=steps, step_size=base_step * m, generator=generator
         )

@@ -30,6 +30,18 @@ PROBE_RESTARTS = 3
 SWEEP_MULTIPLIERS = (1, 2, 4, 8)
 SWEEP_STEPS = 20
 SQUARE_QUERIES = 1000
+# Indicators of attack failure (check 9; Pintor et al. 2022, github.com/pralab/IndicatorsOfAttackFailure,
+# src/indicators/indicators.py; reasons in checks/indicators.py and EVALUATION.md).
+SILENT_SUCCESS_THRESHOLD = 0.0
+INCOMPLETE_WINDOW = 10
+INCOMPLETE_TOLERANCE = 0.05
+INCOMPLETE_THRESHOLD = 0.05
+UNSTABLE_DRAWS = 16
+UNSTABLE_WIDTH = 8 / 255
+UNSTABLE_THRESHOLD = 0.3
+UNCONSTRAINED_THRESHOLD = 0.0
+TRANSFER_FAILURE_THRESHOLD = 0.95
+TRANSFER_FAILURE_MIN_SAMPLES = 10
 
 
 def steps_run_names(steps: tuple[int, int] = PROBE_STEPS, restarts: int = PROBE_RESTARTS) -> tuple[str, str, str]:

@@ -1,8 +1,9 @@
-"""The cheap versions of checks 1-6 on a probe batch, as ``robustlab eval`` runs them (:func:`run_checks`)."""
+"""The cheap versions of checks 1-6 and the indicators of check 9 on a probe batch, as ``robustlab eval`` runs them
+(:func:`run_checks`)."""
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -31,9 +32,11 @@ from robustlab.evaluate.checks.common import (
     SWEEP_MULTIPLIERS,
     SWEEP_STEPS,
     TOLERANCE_SAMPLES,
+    UNSTABLE_DRAWS,
     and_list,
     fraction_true,
 )
+from robustlab.evaluate.checks.indicators import run_indicators, unconstrained_flag, unconstrained_survivors
 from robustlab.evaluate.checks.model import (
     check_probability_outputs,
     gradient_flag,
@@ -44,22 +47,29 @@ from robustlab.evaluate.checks.model import (
 from robustlab.evaluate.checks.suite import check_monotonicity, suite_black_box, suite_size, suite_verdicts
 from robustlab.evaluate.flags import Flag
 
+if TYPE_CHECKING:
+    from robustlab.evaluate.checks.trace import SuiteTrace
 
-def announce_checks(n_probe: int, square_queries: int = SQUARE_QUERIES) -> str:
-    """The line printed before :func:`run_checks`: what runs on how many samples, and its cost in passes."""
+
+def announce_checks(n_probe: int, square_queries: int = SQUARE_QUERIES, traced: bool = False) -> str:
+    """The line printed before :func:`run_checks`: what runs on how many samples, and its cost in passes
+    (``traced``: the indicators read the suite's paths, :class:`~robustlab.evaluate.checks.trace.SuiteTrace`)."""
     short, long = PROBE_STEPS
     gradient_steps = short + long + short * PROBE_RESTARTS + SWEEP_STEPS * len(SWEEP_MULTIPLIERS)
+    paths = (f", {UNSTABLE_DRAWS + 2} forwards per probe sample the suite left accurate (silent success confirmed, "
+             "unstable predictions), the attacks' paths read from the suite's own forwards") if traced else ""
     return (f"checks: gradient-masking checks on {n_probe} probe samples "
             f"(PGD-{short}, PGD-{long}, PGD-{short}x{PROBE_RESTARTS}, "
             f"PGD-{SWEEP_STEPS} at {len(SWEEP_MULTIPLIERS)} radii, Square {square_queries} queries): about "
             f"{gradient_steps} forward+backward passes and up to {square_queries} forward queries per sample; "
-            "skip them with --no-checks")
+            f"indicators of attack failure: PGD-{SWEEP_STEPS} with no bound on the samples the largest radius left "
+            f"(up to {SWEEP_STEPS} forward+backward passes per such sample){paths}; skip them with --no-checks")
 
 
 def run_checks(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, step_size: float,
     suite_result: Mapping[str, Any] | None = None, generator: torch.Generator | None = None,
-    square_queries: int = SQUARE_QUERIES,
+    square_queries: int = SQUARE_QUERIES, trace: SuiteTrace | None = None,
 ) -> tuple[list[Flag], dict[str, Any]]:
     """The cheap versions of checks 1-6 on a probe batch ``(x, y)`` (the caller picks 64-128 samples).
 
@@ -79,10 +89,15 @@ def run_checks(
     ``square`` accuracy with no per-sample verdicts). ``generator`` drives every random start and
     Square draw; None means a generator seeded with 0 on ``x``'s device, so the checks are
     reproducible. Each check uses its default thresholds (the module's constants).
+    Then the indicators of attack failure (check 9, :mod:`~robustlab.evaluate.checks.indicators`): unconstrained
+    failure from the sweep (PGD-20 with no bound on the samples its largest radius left, when that radius is not
+    the whole box), and with ``trace`` (the suite's attacks watched on these probe samples, which ``suite_result``
+    must be the record of) silent success, incomplete optimization, unstable predictions and transfer failure.
 
     Returns ``(flags, values)``: flags in check order, and JSON-able measurements for the record
     (``n_probe``, ``clean_acc``, ``logit_change``, ``masked_gradient_fraction``, ``probability_outputs``,
-    ``steps_monotone`` {run: accuracy}, ``eps_sweep`` [{eps, multiplier, robust_acc}], ``black_box``).
+    ``steps_monotone`` {run: accuracy}, ``eps_sweep`` [{eps, multiplier, robust_acc}], ``black_box``,
+    ``indicators``).
     """
     norm = check_norm(norm)
     if generator is None:
@@ -155,4 +170,15 @@ def run_checks(
         probabilities = check_probability_outputs(logits)
         values["probability_outputs"] = probabilities is not None
         add(probabilities)
+
+        unconstrained = None
+        if n:  # after every check above, so that their random draws stay what they were
+            unbounded, cap, ran = unconstrained_survivors(model, x, y, rows, sweep_verdicts, norm=norm,
+                                                          generator=generator)
+            unconstrained = {"eps": cap, "robust_acc": fraction_true(unbounded), "source": "probe" if ran else "sweep"}
+            add(unconstrained_flag(unconstrained["robust_acc"], n, cap))
+        found, values["indicators"] = run_indicators(model, trace, suite_result, generator)
+        if unconstrained is not None:
+            values["indicators"]["unconstrained"] = unconstrained
+        add(found)
     return flags, values

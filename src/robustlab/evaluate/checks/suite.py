@@ -98,6 +98,14 @@ def suite_verdicts(suite_result: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return out
 
 
+def worst_case_robust(per_sample: Mapping[str, Any]) -> torch.Tensor:
+    """Per sample (the runner's ``per_sample`` layout): clean-correct and left robust by every entry."""
+    robust = torch.tensor(per_sample["clean"]) == 1
+    for verdicts in per_sample["broken_by"].values():
+        robust &= torch.tensor(verdicts) == ROBUST
+    return robust
+
+
 def suite_size(suite_result: Mapping[str, Any], verdicts: Mapping[str, torch.Tensor]) -> int | None:
     if isinstance(suite_result.get("n_examples"), int) and suite_result["n_examples"] > 0:
         return suite_result["n_examples"]
