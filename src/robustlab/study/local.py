@@ -26,9 +26,12 @@ def eta(study: Study, remaining: list[Step], spent: dict[str, list[float]]) -> s
 def run_local(study: Study, steps: list[Step], log: Callable[[str], None] = print) -> None:
     """Run ``steps`` (dependencies first, as :meth:`Study.pending` orders them) sequentially."""
     if steps:
+        audits = sum(s.kind == "audit" for s in steps)
         log(f"{len(steps)} steps to do ({sum(s.kind == 'train' for s in steps)} trainings, "
-            f"{sum(s.kind == 'eval' for s in steps)} evaluations); results in {study.results}")
-    spent = {"train": [0.0, 0.0], "eval": [0.0, 0.0]}  # kind -> [seconds, units (epochs | evaluations)]
+            f"{sum(s.kind == 'eval' for s in steps)} evaluations{f', {audits} audits' if audits else ''}); results in "
+            f"{study.results}")
+    # kind -> [seconds, units (epochs | evaluations | audits)]
+    spent = {"train": [0.0, 0.0], "eval": [0.0, 0.0], "audit": [0.0, 0.0]}
     for i, step in enumerate(steps):
         log(f"[{i + 1}/{len(steps)}] robustlab {shlex.join(study.command(step))}")
         seconds = execute(study, step)

@@ -11,10 +11,16 @@ What the page argues (columns, protocol lines, claims, plots) comes from the stu
 section (:mod:`robustlab.study.page_spec`). Every string the page shows from a record, the study file (labels,
 titles, attack names), a config or a path goes through :func:`robustlab.report.markdown.md_text`; the protocol
 lines and claim texts are the study author's Markdown, their filled values escaped by :mod:`robustlab.study.text`.
+
+A study with an ``audit`` block gets an ``audit`` column from the copied audit records (``<run>.audit.json``): per
+audit attack the tasks it solved pooled over the row's audited seeds, the share with its exact 95% interval and
+pass or fail at the audit's threshold (:data:`robustlab.evaluate.audit.record.PASS_PERCENT`). A study without the
+block has no such column.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 from pathlib import Path
@@ -64,6 +70,12 @@ class Page:
             path = study.record_path(job)
             if path.is_file():
                 self.records[(job.row.label, job.seed)] = self.by_name[job.name] = load_record(path)
+        self.audits: dict[tuple[str, int], dict[str, Any]] = {}  # the copied audit records, when the study audits
+        if study.spec.audit is not None:
+            for job in study.jobs:
+                path = study.audit_path(job)
+                if path.is_file():
+                    self.audits[(job.row.label, job.seed)] = json.loads(path.read_text())
 
     def label(self, metric: str) -> str:
         """``metric`` as the page names it: the ``autoattack`` column by the group(s) that produced it."""
@@ -78,8 +90,10 @@ class Page:
     def table(self) -> str:
         columns = self.study.spec.page.columns
         titles = [f"{md_text(t)} ({_code(self.label(m))})" if m == "autoattack" else md_text(t) for m, t in columns]
-        head = "| configuration | seeds | " + " | ".join(titles) + " | worst case − base [95% CI] | flags |"
-        lines = [head, "|" + "---|" * (len(columns) + 4)]
+        audit = self.study.spec.audit is not None
+        head = ("| configuration | seeds | " + " | ".join(titles) + " | worst case − base [95% CI] | flags |"
+                + " audit: found, pooled over seeds [95% CI] |" * audit)
+        lines = [head, "|" + "---|" * (len(columns) + 4 + audit)]
         for row in dict.fromkeys(j.row for j in self.study.jobs):
             records = self.seeds(row.label)
             if not records:
@@ -88,8 +102,28 @@ class Page:
             result = self.paired(row.base, row.label, "worst") if row.base else None
             cells.append("–" if result is None else f"{result.points()} vs {md_text(row.base)}")
             flags = ", ".join(sorted({f["code"] for r in records for f in r["flags"]})) or "none"
-            lines.append(f"| {md_text(row.label)} | {len(records)} | " + " | ".join(cells) + f" | {md_text(flags)} |")
+            lines.append(f"| {md_text(row.label)} | {len(records)} | " + " | ".join(cells) + f" | {md_text(flags)} |"
+                         + f" {self.audit_cell(row.label)} |" * audit)
         return "\n".join(lines)
+
+    def audit_cell(self, label: str) -> str:
+        """Per audit attack: tasks solved of tasks set up, pooled over the row's audited seeds, the share with its
+        Clopper-Pearson 95% interval, pass or fail; "–" before any audit record."""
+        from robustlab.evaluate.audit.record import share
+
+        audits = [r for (lab, _), r in sorted(self.audits.items()) if lab == label]
+        if not audits:
+            return "–"
+        parts = []
+        for attack in dict.fromkeys(a for r in audits for a in r["attacks"]):
+            found = sum(r["attacks"].get(attack, {}).get("found", 0) for r in audits)
+            result = share(found, sum(r["set_up"] for r in audits))
+            lo, hi = result["ci95"]
+            shown = "–" if result["share"] is None else f"{100 * result['share']:.0f}%"
+            parts.append(f"{_code(attack)} {found}/{result['tasks']} = {shown} [{100 * lo:.0f}, {100 * hi:.0f}] "
+                         f"{'pass' if result['pass'] else 'fail'}")
+        seeds = len(audits)
+        return "; ".join(parts) + f" ({seeds} seed{'s' * (seeds > 1)})"
 
     def mean(self, label: str, metric: str) -> str:
         values = [accuracy(r, metric) for r in self.seeds(label)]
@@ -191,8 +225,10 @@ class Page:
                                    "evaluated in the default format")
 
     def commands(self) -> str:
+        audit = self.study.spec.audit is not None
         steps = [shlex.join(["robustlab", *self.study.train_command(j)]) + "\n"
                  + shlex.join(["robustlab", *self.study.eval_command(j)])
+                 + ("\n" + shlex.join(["robustlab", *self.study.audit_command(j)]) if audit else "")
                  for j in self.study.jobs]
         return (md_fence(shlex.join(self.study.command_line()))
                 + "\n\n<details><summary>the commands it runs</summary>\n\n" + md_fence("\n".join(steps))

@@ -11,6 +11,11 @@ An existing record made under other settings is refused (one line): the settings
 (the resolved training config and the evaluation options) are kept in ``RESULTS/study_settings.json``;
 a record copied before that file existed is checked against what it carries itself (method, epochs,
 number of images, attacks, adaptive).
+
+A study with an ``audit`` block (:class:`robustlab.study.spec.Audit`) gives each job an ``audit`` step after its
+training: ``robustlab audit`` into ``RUN/audit/<results folder>.json``, copied to ``RESULTS/<run>.audit.json``, whose
+presence marks it done. A copied audit record made with other audit settings (attacks, images, inner points, which
+it carries itself) is refused as an evaluation record is.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ class Job:
 
 @dataclass(frozen=True)
 class Step:
-    """``train`` (or fine-tune) or ``eval`` of one job."""
+    """``train`` (or fine-tune), ``eval`` or ``audit`` of one job."""
 
     kind: str
     job: Job
@@ -158,8 +163,22 @@ class Study:
             cmd += ["--transfer-from", str(self.run_dir(transfer))] if transfer is not None else []
         return cmd
 
+    def audit_command(self, job: Job) -> list[str]:
+        """``robustlab audit`` of the job's run with the study's audit block (a study without one has none)."""
+        a = self.spec.audit
+        if a is None:
+            raise ValueError("the study has no audit block")
+        return ["audit", str(self.run_dir(job)), "--attacks", ",".join(a.attacks), "--n-images", str(a.n_images),
+                "--inner-points", str(a.inner_points), "--out", str(self.audit_out(job))]
+
     def command(self, step: Step) -> list[str]:
+        if step.kind == "audit":
+            return self.audit_command(step.job)
         return self.train_command(step.job) if step.kind == "train" else self.eval_command(step.job)
+
+    def audit_out(self, job: Job) -> Path:
+        """``RUN/audit/<results folder>.json``, as :meth:`eval_out`."""
+        return self.run_dir(job) / "audit" / f"{self.results.name}.json"
 
     def eval_out(self, job: Job) -> Path:
         """``RUN/eval/<results folder>.json``: studies that share a runs folder (``cifar10s`` and
@@ -170,18 +189,28 @@ class Study:
     def record_path(self, job: Job) -> Path:
         return self.results / f"{job.name}.json"
 
+    def audit_path(self, job: Job) -> Path:
+        """The copy of the job's audit record in the results folder."""
+        return self.results / f"{job.name}.audit.json"
+
     def metrics_copy(self, job: Job) -> Path:
         """The run's ``metrics.jsonl``, copied beside its record (feature gaps and wall times for the page)."""
         return self.results / f"{job.name}.metrics.jsonl"
 
     def outputs(self) -> list[tuple[Path, Kind]]:
         """The results folder's files this study writes, with the kind each must be when it exists: per job its
-        metrics copy, and the timings and settings files. (A file at a record copy's path is checked by
-        :meth:`check_records`, which refuses anything but a usable record made under the study's settings.)"""
-        return [*((self.metrics_copy(job), METRICS_LOG) for job in self.jobs), (self.timings_path, BOOKKEEPING),
-                (self.settings_path, BOOKKEEPING)]
+        metrics copy (and its audit record copy when the study audits), and the timings and settings files. (A file
+        at a record copy's path is checked by :meth:`check_records`, which refuses anything but a usable record made
+        under the study's settings.)"""
+        from robustlab.evaluate.audit.record import AUDIT
+
+        audits = [(self.audit_path(job), AUDIT.record) for job in self.jobs] if self.spec.audit is not None else []
+        return [*((self.metrics_copy(job), METRICS_LOG) for job in self.jobs), *audits,
+                (self.timings_path, BOOKKEEPING), (self.settings_path, BOOKKEEPING)]
 
     def done(self, step: Step) -> bool:
+        if step.kind == "audit":
+            return self.audit_path(step.job).is_file()
         return self.trained(step.job) if step.kind == "train" else self.record_path(step.job).is_file()
 
     def trained(self, job: Job) -> bool:
@@ -192,8 +221,10 @@ class Study:
 
     def dependencies(self, step: Step) -> list[Step]:
         """The steps that must finish first: a fine-tuning's source training; an evaluation's own training
-        and its transfer source's."""
+        and its transfer source's; an audit's own training."""
         job = step.job
+        if step.kind == "audit":
+            return [Step("train", job)]
         if step.kind == "train":
             source = self.source(job, job.row.finetune_from)
             return [Step("train", source)] if source is not None else []
@@ -216,6 +247,8 @@ class Study:
         for job in first + [j for j in self.jobs if j not in first]:
             if not self.record_path(job).is_file():
                 need(Step("eval", job))
+            if self.spec.audit is not None and not self.audit_path(job).is_file():
+                need(Step("audit", job))
         return needed
 
     # ------------------------------------------------------------------ settings of existing records
@@ -256,6 +289,25 @@ class Study:
                                 "redo it")
         if changed:
             update_json(self.settings_path, lambda data: data.update(kept))
+        if self.spec.audit is not None:
+            for job in self.jobs:
+                self._check_audit(job)
+
+    def _check_audit(self, job: Job) -> None:
+        """Refuse a copied audit record made with other audit settings than the study's (what the record carries)."""
+        path = self.audit_path(job)
+        if not path.is_file():
+            return
+        a = self.spec.audit
+        assert a is not None
+        record = json.loads(path.read_text())
+        carried = {"attacks": (record.get("attacks_requested"), list(a.attacks)),
+                   "n_images": (record.get("n_images"), a.n_images),
+                   "inner_points": (record.get("inner_points"), a.inner_points)}
+        for key, (was, now) in carried.items():
+            if was != now:
+                raise UserError(f"audit record {path} has {key}={was!r}, the study now gives {now!r}; restore the "
+                                "setting, or delete the audit record to redo it")
 
     def _check_carried(self, job: Job, record: dict[str, Any]) -> None:
         cfg = self.config(job)

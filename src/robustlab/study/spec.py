@@ -21,6 +21,10 @@ A study file is YAML, or the name of a bundled one (``src/robustlab/studies/NAME
       - {label: pgd_at+fsr, config: digits_pgd_at_fsr, base: pgd_at, adaptive: true}
       - {label: "finetune: vanilla", config: digits_finetune_pgd_at, finetune_from: natural, seeds: [0]}
     page: {...}                       # optional: what the page argues, :mod:`robustlab.study.page_spec`
+    audit:                            # optional: the binarization test of every run (robustlab audit)
+      attacks: [fast]
+      n_images: 100
+      inner_points: 999
 
 A row's run folder is ``{config stem}[_{name}]_s{seed}``; ``name`` tells apart two rows of one config
 (an ablation's overrides). ``base`` pairs a row with the row it is compared against (and, when
@@ -32,6 +36,12 @@ Overrides: the most specific wins. ``study run --override`` beats a row's ``over
 study-wide ``overrides`` (so an ablation row changes what the study sets for every row), which beat the
 config file. The keys the study sets for each job itself (:data:`RESERVED`: ``seed``, ``name``, ``out_dir``,
 ``data.root``) are refused in any of them, with where their value comes from instead.
+
+Audit: with an ``audit`` block every job also runs ``robustlab audit RUN --attacks ... --n-images N
+--inner-points K --out RUN/audit/<results folder>.json`` after its training (docs/EVALUATION.md, "The binarization
+test"), copied to the results folder as ``<run>.audit.json``, and the page's table gets an ``audit`` column. Its keys
+(``attacks`` [fast], ``n_images`` [100], ``inner_points`` [999], the audit's own defaults) are ``robustlab audit``'s
+options. A study without the block runs no audit and its page has no such column.
 """
 
 from __future__ import annotations
@@ -46,9 +56,10 @@ from robustlab.errors import UserError
 from robustlab.study.page_spec import PageSpec, parse_page
 
 BUNDLED_STUDIES = Path(__file__).resolve().parent.parent / "studies"
-TOP_KEYS = ("title", "seeds", "data_root", "overrides", "outputs", "evaluation", "rows", "page")
+TOP_KEYS = ("title", "seeds", "data_root", "overrides", "outputs", "evaluation", "rows", "page", "audit")
 ROW_KEYS = ("label", "config", "base", "finetune_from", "adaptive", "overrides", "name", "seeds")
 EVAL_KEYS = ("attacks", "n_examples", "batch_size", "channels_last", "checks", "transfer", "verify")
+AUDIT_KEYS = ("attacks", "n_images", "inner_points")
 OUTPUT_KEYS = ("runs", "results", "page", "readme")
 PAGE_KEYS = ("columns", "protocol", "claims", "plots", "readme_markers", "companions")
 TRANSFER = ("base", "none")
@@ -95,6 +106,15 @@ class Evaluation:
 
 
 @dataclass(frozen=True)
+class Audit:
+    """The binarization test every run gets (``robustlab audit`` options), when the study asks for it."""
+
+    attacks: tuple[str, ...] = ("fast",)
+    n_images: int = 100
+    inner_points: int = 999
+
+
+@dataclass(frozen=True)
 class Outputs:
     """Where run folders, record copies, the page and (optionally) a README table go."""
 
@@ -117,6 +137,7 @@ class StudySpec:
     page: PageSpec
     data_root: str | None = None
     overrides: tuple[str, ...] = ()
+    audit: Audit | None = None  # the study file's audit block; None: no audit step, no audit column
 
     def row(self, label: str) -> Row:
         return next(r for r in self.rows if r.label == label)
@@ -293,6 +314,22 @@ def _verify(value: Any) -> int | str | None:
         raise UserError(f"evaluation.verify: {exc}") from None
 
 
+def _audit(data: Any) -> Audit:
+    """The ``audit`` block (:class:`Audit`), its attacks checked as ``robustlab audit`` checks them."""
+    data = _keys(data, AUDIT_KEYS, "audit")
+    default = Audit()
+    attacks = data.get("attacks", list(default.attacks))
+    if not isinstance(attacks, list) or not attacks or not all(isinstance(a, str) for a in attacks):
+        raise UserError(f"audit.attacks must be a non-empty list of attack names, e.g. [fast], got {attacks!r}")
+    from robustlab.evaluate.suite import check_attack_names, parse_attack_name
+
+    for name in attacks:
+        parse_attack_name(name)
+    check_attack_names(attacks)
+    return Audit(attacks=tuple(attacks), n_images=_positive(data.get("n_images", default.n_images), "audit.n_images"),
+                 inner_points=_positive(data.get("inner_points", default.inner_points), "audit.inner_points"))
+
+
 def _outputs(data: Any) -> Outputs:
     data = _keys(data, OUTPUT_KEYS, "outputs")
     for key in ("runs", "results", "page"):
@@ -323,7 +360,8 @@ def parse_study(data: Any, source: str, base_dir: Path = Path(".")) -> StudySpec
     return StudySpec(source=source, title=_typed(data.get("title", f"Study {source}"), str, "title", "a string"),
                      seeds=seeds, rows=rows, evaluation=evaluation, outputs=_outputs(data["outputs"]),
                      data_root=_typed(root, str, "data_root", "a path") if root is not None else None,
-                     overrides=_overrides(data.get("overrides", []), "overrides"), page=page)
+                     overrides=_overrides(data.get("overrides", []), "overrides"), page=page,
+                     audit=_audit(data["audit"]) if data.get("audit") is not None else None)
 
 
 def load_study(name_or_path: str) -> StudySpec:

@@ -2,7 +2,8 @@
 
 An evaluation's record is copied to the results folder last and atomically (with the run's
 ``metrics.jsonl``, which the page reads for feature gaps and wall times), and its settings are filed
-(:meth:`robustlab.study.plan.Study.file_settings`), so a copied record always means a finished job.
+(:meth:`robustlab.study.plan.Study.file_settings`), so a copied record always means a finished job. An audit's
+record is copied the same way, to ``RESULTS/<run>.audit.json``.
 """
 
 from __future__ import annotations
@@ -44,4 +45,6 @@ def execute(study: Study, step: Step, main: bool = True) -> float:
         atomic_write_bytes(study.metrics_copy(job), (run / "metrics.jsonl").read_bytes())
         study.file_settings(job)
         atomic_write_bytes(study.record_path(job), study.eval_out(job).read_bytes())
+    elif step.kind == "audit":
+        atomic_write_bytes(study.audit_path(step.job), study.audit_out(step.job).read_bytes())
     return seconds
