@@ -84,8 +84,7 @@ class EvalState:
     def save(self, path: Path | None) -> None:
         """Write the state atomically, with a digest of its content (so an edited or damaged file is never trusted)."""
         if path is not None:
-            content = asdict(self)
-            atomic_write_text(path, json.dumps({**content, DIGEST_KEY: content_digest(content)}) + "\n")
+            write_digested(path, asdict(self))
 
     @property
     def done(self) -> bool:
@@ -106,13 +105,12 @@ def _ints(values: Any, n: int, low: int, high: int) -> bool:
 
 def _parse(path: Path) -> EvalState | None:
     """The state saved at ``path`` when it parses into an :class:`EvalState` with a fingerprint mapping, else None."""
+    raw = read_digested(path)
+    if raw is None:
+        return None
     try:
-        raw = json.loads(path.read_bytes())
-        digest = raw.pop(DIGEST_KEY)
-        if digest != content_digest(raw):
-            return None
         saved = EvalState(**{**raw, "costs": {k: AttackCost(**v) for k, v in raw["costs"].items()}})
-    except (ValueError, TypeError, KeyError, AttributeError, OSError, RecursionError):
+    except (TypeError, KeyError, AttributeError):
         return None
     return saved if isinstance(saved.fingerprint, dict) else None
 
@@ -120,6 +118,22 @@ def _parse(path: Path) -> EvalState | None:
 def content_digest(content: dict[str, Any]) -> str:
     """sha256 of a state's content as sorted-key JSON (the saved file's ``digest``)."""
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def write_digested(path: Path, content: dict[str, Any]) -> None:
+    """Write ``content`` to ``path`` atomically as JSON with its :func:`content_digest` under :data:`DIGEST_KEY`."""
+    atomic_write_text(path, json.dumps({**content, DIGEST_KEY: content_digest(content)}) + "\n")
+
+
+def read_digested(path: Path) -> dict[str, Any] | None:
+    """The content :func:`write_digested` wrote at ``path`` (digest removed), or None when it is unreadable, not a
+    JSON object, or its digest does not match (edited or damaged)."""
+    try:
+        raw = json.loads(path.read_bytes())
+        digest = raw.pop(DIGEST_KEY)
+    except (ValueError, TypeError, KeyError, AttributeError, OSError, RecursionError):
+        return None
+    return raw if digest == content_digest(raw) else None
 
 
 def _fits(saved: EvalState, n: int, batch_size: int, attacks: list[str]) -> bool:

@@ -11,13 +11,11 @@ first images.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from robustlab.atomic import atomic_write_text
-from robustlab.evaluate.state import DIGEST_KEY, content_digest
+from robustlab.evaluate.state import read_digested, write_digested
 
 IMAGE_KEYS = {"index": int, "setup": str, "found": dict, "random": dict, "seconds": (int, float),
               "attack_seconds": dict, "flags": dict}
@@ -51,8 +49,7 @@ class AuditState:
     def save(self, path: Path | None) -> None:
         """Write the state atomically, with a digest of its content."""
         if path is not None:
-            content = asdict(self)
-            atomic_write_text(path, json.dumps({**content, DIGEST_KEY: content_digest(content)}) + "\n")
+            write_digested(path, asdict(self))
 
 
 def _sound(image: Any) -> bool:
@@ -64,13 +61,12 @@ def _sound(image: Any) -> bool:
 
 def _parse(path: Path) -> AuditState | None:
     """The state at ``path`` when its digest matches and every image result is well formed, else None."""
+    raw = read_digested(path)
+    if raw is None:
+        return None
     try:
-        raw = json.loads(path.read_bytes())
-        digest = raw.pop(DIGEST_KEY)
-        if digest != content_digest(raw):
-            return None
         saved = AuditState(**raw)
-    except (ValueError, TypeError, KeyError, AttributeError, OSError, RecursionError):
+    except TypeError:
         return None
     if not isinstance(saved.fingerprint, dict) or not isinstance(saved.images, list):
         return None
