@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from robustlab.atomic import check_replaceable, remove_stale_temps
+from robustlab.atomic import remove_stale_temps
 from robustlab.errors import UserError
 from robustlab.evaluate.adversarial import adversarial_path, is_adversarial_file
 from robustlab.evaluate.breaks import PARTIAL_NAME, partial_folder
-from robustlab.ownership import Kind, json_object
+from robustlab.ownership import Kind, claim_all, json_object
 from robustlab.runs.lock import RunLock
 from robustlab.runs.record import looks_like_record
 
@@ -72,6 +72,9 @@ def _is_lock_file(path: Path) -> bool:
         return False
     text = data.strip()
     return len(data) <= LOCK_MAX_BYTES and (not text or text.isdigit())
+
+
+LOCK = Kind("a robustlab lock file", _is_lock_file)
 
 
 def _is_partial_folder(path: Path) -> bool:
@@ -118,9 +121,9 @@ def evaluation_outputs(save_adversarial: bool = False) -> Outputs:
     return ADVERSARIAL_EVALUATION if save_adversarial else EVALUATION
 
 
-def _refusal(path: Path, what: str, out: Path) -> UserError:
-    return UserError(f"{path} exists and is {what}, so it is never overwritten; pass --out NEW.json (another record "
-                     f"path) or move that file away (record {out})")
+def _fix(out: Path) -> str:
+    """The fix a refusal of one of ``out``'s files names."""
+    return f"pass --out NEW.json (another record path) or move that file away (record {out})"
 
 
 def check_output(out: Path, outputs: Outputs = EVALUATION) -> None:
@@ -131,17 +134,13 @@ def check_output(out: Path, outputs: Outputs = EVALUATION) -> None:
                         f"--out {out.with_suffix('.json')}")
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; pass a record file path such as {out / 'eval.json'}")
-    for path, kind in ((out, outputs.record), *((side(out), kind) for side, kind in outputs.sides)):
-        check_replaceable(path)
-        if path.exists() and not kind.ours(path):
-            raise _refusal(path, f"not {kind.what}", out)
-    lock = lock_path(out)
-    if lock.is_dir() or (lock.exists() and not _is_lock_file(lock)):
-        raise _refusal(lock, "not a robustlab lock file", out)
-    for side, kind in outputs.folders:
+    fix = _fix(out)
+    claim_all([(out, outputs.record), *((side(out), kind) for side, kind in outputs.sides), (lock_path(out), LOCK)],
+              fix)
+    for side, kind in outputs.folders:  # folders: claim() takes only regular files
         folder = side(out)
         if (folder.exists() or folder.is_symlink()) and not kind.ours(folder):
-            raise _refusal(folder, f"not {kind.what}", out)
+            raise UserError(f"{folder} exists and is not {kind.what}, so robustlab never overwrites it; {fix}")
 
 
 @contextmanager
