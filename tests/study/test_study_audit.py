@@ -102,6 +102,23 @@ def test_changed_audit_settings_are_refused(study: Path) -> None:
         other.check_records()
 
 
+@pytest.mark.parametrize("damage", ["{\"audit\": ", "[]", "set_up"])
+def test_a_damaged_audit_copy_is_one_line(tmp_path: Path, damage: str) -> None:
+    """A cut, a non-object or a copy whose counts are not integers: one UserError line from the one audit reader
+    (evaluate.audit.record.read_audit), for the settings check and for the page alike; before, a traceback."""
+    study = Study(load_study(str(_write(tmp_path, "s.yaml", AUDIT.format(n=8)))))
+    copy = study.audit_path(study.jobs[0])
+    copy.parent.mkdir(parents=True)
+    if damage == "set_up":
+        from robustlab.evaluate.audit.record import TEST
+
+        damage = json.dumps({"audit": TEST, "attacks": {"fast": {"found": "8"}}, "per_image": [], "set_up": 8})
+    copy.write_text(damage)
+    for read in (study.check_records, lambda: page_text(study)):
+        with pytest.raises(UserError, match="is damaged or not a robustlab audit record"):
+            read()
+
+
 @pytest.mark.parametrize("block,message", [("audit: {attack: [fast]}", "did you mean attacks"),
                                            ("audit: {n_images: 0}", "audit.n_images must be a positive integer"),
                                            ("audit: {attacks: [nope]}", "nope")])

@@ -20,7 +20,6 @@ block has no such column.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 from pathlib import Path
@@ -29,6 +28,7 @@ from urllib.parse import quote
 
 from robustlab.atomic import atomic_write_text
 from robustlab.errors import UserError
+from robustlab.evaluate.audit.record import read_audit, share
 from robustlab.evaluate.suite import group_that_ran
 from robustlab.ownership import MARK, PAGE, Kind, claim_all
 from robustlab.report import report_outputs, write_report
@@ -75,7 +75,7 @@ class Page:
             for job in study.jobs:
                 path = study.audit_path(job)
                 if path.is_file():
-                    self.audits[(job.row.label, job.seed)] = json.loads(path.read_text())
+                    self.audits[(job.row.label, job.seed)] = read_audit(path)
 
     def label(self, metric: str) -> str:
         """``metric`` as the page names it: the ``autoattack`` column by the group(s) that produced it."""
@@ -109,8 +109,6 @@ class Page:
     def audit_cell(self, label: str) -> str:
         """Per audit attack: tasks solved of tasks set up, pooled over the row's audited seeds, the share with its
         Clopper-Pearson 95% interval, pass or fail; "–" before any audit record."""
-        from robustlab.evaluate.audit.record import share
-
         audits = [r for (lab, _), r in sorted(self.audits.items()) if lab == label]
         if not audits:
             return "–"

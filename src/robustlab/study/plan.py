@@ -30,6 +30,7 @@ from typing import Any, Callable
 from robustlab.atomic import atomic_write_text
 from robustlab.config import RunConfig, load_config, to_flat_dict
 from robustlab.errors import UserError
+from robustlab.evaluate.audit.record import read_audit
 from robustlab.ownership import METRICS_LOG, Kind, json_object
 from robustlab.report.compare import load_record
 from robustlab.runs.metrics import read_metrics
@@ -300,7 +301,7 @@ class Study:
             return
         a = self.spec.audit
         assert a is not None
-        record = json.loads(path.read_text())
+        record = read_audit(path)
         carried = {"attacks": (record.get("attacks_requested"), list(a.attacks)),
                    "n_images": (record.get("n_images"), a.n_images),
                    "inner_points": (record.get("inner_points"), a.inner_points)}

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import robustlab
+from robustlab.errors import UserError
 from robustlab.evaluate.intervals import binomial_interval
 from robustlab.evaluate.output import Outputs, state_path
 from robustlab.ownership import Kind, json_object, json_with
@@ -32,6 +33,17 @@ def looks_like_audit(path: Path) -> bool:
     data = json_object(path)
     return (data is not None and data.get("audit") == TEST and isinstance(data.get("attacks"), dict)
             and isinstance(data.get("per_image"), list))
+
+
+def read_audit(path: Path) -> dict[str, Any]:
+    """The audit record at ``path`` (a study's copy), or one UserError line when it is not a sound one: what
+    :func:`looks_like_audit` asks, an integer ``set_up`` and an integer ``found`` per attack."""
+    data = json_object(path) if looks_like_audit(path) else None
+    if data is None or type(data.get("set_up")) is not int or not all(
+            isinstance(a, dict) and type(a.get("found")) is int for a in data["attacks"].values()):
+        raise UserError(f"audit record {path} is damaged or not a robustlab audit record; delete it to redo the audit "
+                        "step")
+    return data
 
 
 AUDIT = Outputs(Kind("a robustlab audit record", looks_like_audit),
