@@ -24,7 +24,7 @@ from robustlab.evaluate.failures import forward_failures
 from robustlab.evaluate.flags import Flag
 from robustlab.evaluate.guard import guard_model
 from robustlab.evaluate.masking import ENTRY, inspect_masking, masking_flag, routed_suite
-from robustlab.evaluate.output import check_output, claim_output, evaluation_outputs
+from robustlab.evaluate.output import check_output, claim_output, evaluation_outputs, verify_state_of
 from robustlab.evaluate.probe import probe_forward
 from robustlab.evaluate.progress import Progress
 from robustlab.evaluate.runner import run_suite, summarise
@@ -177,6 +177,7 @@ def evaluate_model(
     shard = (data.select(torch.arange(first * batch_size, min(end * batch_size, len(data.labels)))) if end > first
              else None)
     path = Path(state_path) if state_path is not None else None
+    verify_path = None if path is None else verify_state_of(path)  # one file, claimed beside the record, every rank
     if path is not None and ranks.enabled:
         fingerprint["shard"] = [first, end]
         path = path.with_suffix(f".rank{ranks.rank}{path.suffix}")
@@ -214,7 +215,7 @@ def evaluate_model(
     if verify is not None and ranks.main:
         verify_survivors(model, data, result, verify, eps=eps, norm=norm, step_size=step_size, batch_size=batch_size,
                          device=dev, seed=seed, fingerprint=fingerprint, log=log, masking=masking, keep=keep,
-                         state_path=None if path is None else path.with_suffix(".verify.json"))
+                         state_path=verify_path)
     if checks and ranks.main and not masking.no_graph:
         probe = fixed_subset(data, min(probe_size, len(data.labels)), seed=seed)
         x_probe, y_probe = probe.images.to(dev).float() / 255, probe.labels.to(dev)

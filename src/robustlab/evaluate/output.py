@@ -49,9 +49,14 @@ def state_path(out: Path) -> Path:
     return out.with_suffix(".state.json")
 
 
+def verify_state_of(state: Path) -> Path:
+    """The verification's resumable state (``--verify``) beside the evaluation state ``state``."""
+    return state.with_suffix(".verify.json")
+
+
 def verify_state_path(out: Path) -> Path:
-    """The verification's resumable state beside the record ``out`` (``--verify``)."""
-    return state_path(out).with_suffix(".verify.json")
+    """The verification's resumable state beside the record ``out``."""
+    return verify_state_of(state_path(out))
 
 
 def lock_path(out: Path) -> Path:
