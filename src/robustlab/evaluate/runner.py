@@ -34,8 +34,9 @@ from robustlab.runs.record import NOT_RUN, ROBUST
 TOLERANCE = 1e-5
 
 
-def within_threat_model(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
-    """Per sample: ``x_adv`` lies in the ε-ball around ``x`` and in [0, 1] (tolerance 1e-5)."""
+def within_threat_model(x: torch.Tensor, x_adv: torch.Tensor, eps: float | torch.Tensor, norm: str) -> torch.Tensor:
+    """Per sample: ``x_adv`` lies in the ε-ball around ``x`` (``eps`` a float or an (N,) tensor) and in [0, 1]
+    (tolerance 1e-5)."""
     delta = x_adv - x
     size = delta.flatten(1).abs().amax(dim=1) if norm == "linf" else flat_norm(delta).flatten()
     in_box = (x_adv >= -TOLERANCE).flatten(1).all(1) & (x_adv <= 1 + TOLERANCE).flatten(1).all(1)
@@ -46,8 +47,8 @@ def _seed(seed: int, batch: int, attack: int, member: int) -> int:
     return ((seed * 1_000_003 + batch) * 101 + attack) * 17 + member
 
 
-def _attack_batch(
-    model: nn.Module, spec: AttackSpec, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
+def attack_batch(
+    model: nn.Module, spec: AttackSpec, x: torch.Tensor, y: torch.Tensor, *, eps: float | torch.Tensor, norm: str,
     seed: int, batch: int, index: int, cost: AttackCost, num_classes: int, skipped: list[str],
     verdict: torch.Tensor | None = None, first_member: int = 0,
     after_member: Callable[[int, torch.Tensor], None] | None = None, progress: Progress | None = None,
@@ -59,6 +60,8 @@ def _attack_batch(
     ``verdict``/``first_member``: continue a group from a saved state after its first members;
     ``after_member(k, verdict)`` is called after member k-1 of a group when more members follow;
     ``on_break(rows, k, points)`` with the rows of ``x`` member k broke and their adversarial points.
+    ``eps``: the spec's own ε, or an (N,) tensor of per-sample budgets that replaces it in every member's call
+    (the ε search of :mod:`robustlab.evaluate.attackbench`).
     """
     members = spec.members or (spec,)
     if verdict is None:
@@ -74,6 +77,9 @@ def _attack_batch(
         kwargs: dict[str, Any] = {}
         if member.uses_generator:
             kwargs["generator"] = torch.Generator(device=x.device).manual_seed(_seed(seed, batch, index, k))
+        if isinstance(eps, torch.Tensor):
+            kwargs["eps"] = eps[todo]
+        member_eps = kwargs.get("eps", eps)
         label = f"{spec.name}/{member.name}" if spec.members else spec.name
         if progress is not None and spec.members:
             progress.name(label)
@@ -82,7 +88,7 @@ def _attack_batch(
                 x_adv = member.fn(model, x[todo], y[todo], **kwargs)
             with torch.no_grad():
                 broken = model(x_adv).argmax(1) != y[todo]
-        valid = within_threat_model(x[todo], x_adv, eps, norm)
+        valid = within_threat_model(x[todo], x_adv, member_eps, norm)
         cost.out_of_bounds += int((~valid).sum())
         verdict[todo[broken & valid]] = k
         if on_break is not None:
@@ -160,7 +166,7 @@ def run_suite(
                     progress.begin(spec.name, b, len(loader))
                 verdict = torch.full((len(y),), NOT_RUN, dtype=torch.long, device=device)
                 if todo.numel():
-                    verdict[todo] = _attack_batch(
+                    verdict[todo] = attack_batch(
                         model, spec, x[todo], y[todo], eps=eps, norm=norm, seed=seed, batch=batch_offset + b, index=a,
                         cost=state.costs[spec.name], num_classes=logits.shape[1], skipped=state.skipped,
                         verdict=resumed, first_member=state.member_cursor, after_member=save_partial, progress=progress,
