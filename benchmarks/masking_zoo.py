@@ -116,7 +116,9 @@ from robustlab.models.masking import (
     NumpyMedianMarked,
 )
 from robustlab.runs.model import load_model
-from robustlab.train import train
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _models import trained  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -161,13 +163,6 @@ def protocol_settings(protocol: str) -> str:
     """A short hash of a protocol's member settings, so a retuned protocol reruns its cells."""
     spec = build_attack(protocol, eps=0.0, norm=NORM, step_size=0.0)
     return hashlib.sha256(json.dumps(spec.describe(), sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
-def trained(config: str, out: Path, overrides: list[str]) -> Path:
-    """Train (or resume, or find finished) ``config`` under ``out``; returns the run folder."""
-    cfg = load_config(config, [f"out_dir={out}", "train.progress=false", *overrides])
-    train(cfg, log=lambda _: None)
-    return cfg.run_dir
 
 
 def _overrides(scale: Scale, args: argparse.Namespace) -> list[str]:

@@ -1,0 +1,15 @@
+"""The benchmarks' trained models: a bundled config trained once under a folder, found there afterwards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from robustlab.config import load_config
+from robustlab.train import train
+
+
+def trained(config: str, out: Path, overrides: list[str]) -> Path:
+    """Train (or resume, or find finished) ``config`` under ``out``; returns the run folder."""
+    cfg = load_config(config, [f"out_dir={out}", "train.progress=false", *overrides])
+    train(cfg, log=lambda _: None)
+    return cfg.run_dir
