@@ -144,7 +144,8 @@ def entries(scale: Scale) -> list[Entry]:
               "100 it., 1 restart, DLR; ε search"),
         Entry("adv_lib", "apgd-ce", bench("adv_lib", "apgd_minimal", loss_function="ce"),
               "100 it., 1 restart, CE, random start; ε search"),
-        Entry("adv_lib", "apgd-dlr", bench("adv_lib", "apgd_minimal"), "100 it., 1 restart, DLR, random start; ε search"),
+        Entry("adv_lib", "apgd-dlr", bench("adv_lib", "apgd_minimal"),
+              "100 it., 1 restart, DLR, random start; ε search"),
         Entry("adv_lib", "fmn", bench("adv_lib", "fmn"), "FMN L∞, 1,000 steps (minimum-norm, no search)"),
     ]
 
