@@ -112,3 +112,34 @@ def test_the_search_is_repeatable():
     attack = min_norm_attack("fast", search_steps=4, seed=3)
     again = min_norm_attack("fast", search_steps=4, seed=3)
     assert torch.equal(attack(model=model, inputs=x, labels=y), again(model=model, inputs=x, labels=y))
+
+
+class SpentHarness(nn.Module):
+    """A stand-in for AttackBench's BenchModel: counts forwards in ``num_forwards`` and, past ``budget`` of them,
+    answers without counting, with made-up logits that name a wrong class (as its nearest-original answers can)."""
+
+    def __init__(self, model: nn.Module, budget: int) -> None:
+        super().__init__()
+        self.model, self.budget = model, budget
+        self.num_forwards = torch.zeros(1, dtype=torch.long)
+        self.unanswered = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if int(self.num_forwards.sum()) < self.budget:
+            self.num_forwards += 1
+            return self.model(x)
+        self.unanswered += 1
+        return (x.flatten(1)[:, :1] * 0 + torch.tensor([-1.0, 1.0])).expand(len(x), 2)
+
+
+@pytest.mark.parametrize("name", ["apgd-ce", "fast"])
+def test_the_search_stops_when_the_harness_stops_answering(name):
+    x, y, _ = samples([0.15])
+    harness = SpentHarness(linear_model(), budget=30)  # spent before the search reaches 0.15 (step 6)
+    adv = min_norm_attack(name)(model=harness, inputs=x, labels=y)
+    assert harness.unanswered == 1  # the first forward without an answer ends the search
+    assert torch.equal(adv, x)  # nothing found within the budget, and no made-up break returned
+    fixed = fixed_eps_attack(name, eps=0.2)
+    harness = SpentHarness(linear_model(), budget=1)  # only the clean forward is answered
+    assert torch.equal(fixed(model=harness, inputs=x, labels=y), x)
+    assert harness.unanswered == 1

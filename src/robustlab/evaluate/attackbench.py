@@ -20,7 +20,12 @@ Two adapters, importable without AttackBench:
 Deviations [ours]: success at an ε is the runner's verdict on the attack's output (AttackBench's wrappers run one
 more forward per search step for it); the attacks' generators are seeded from ``seed`` and the adapter's call
 count, so a benchmark repeats exactly. Untargeted only; attacks with a step size in pixels (``pgd-K``, ``cw-K``)
-are refused, since one step size cannot serve every ε of a search.
+are refused, since one step size cannot serve every ε of a search. The adapters stop when the harness stops
+answering: past a sample's budget AttackBench returns made-up logits (the label of the nearest original image,
+no gradient), so a forward in which its pass counter (``num_forwards``) did not move had no real answer, and the
+adapter returns what it had found (:class:`HarnessSpent`); without this, ``fast`` spent its remaining search steps
+running Square on made-up answers (over 20 minutes for 100 CIFAR-10 images) and "broke" samples at ε near 1 where
+an image lies nearest another original. A model without such a counter is never stopped.
 """
 
 from __future__ import annotations
@@ -54,6 +59,28 @@ def attack_spec(name: str, *, eps: float, norm: str) -> AttackSpec:
     return spec
 
 
+class HarnessSpent(BaseException):
+    """A forward of the harness's model got no real answer for any of its rows. A ``BaseException``, as
+    ``KeyboardInterrupt``: the runner turns a model's ``Exception`` into a one-line error and must let this pass."""
+
+
+class _Answered(nn.Module):
+    """``model`` behind a check that its harness answered: raises :class:`HarnessSpent` after a forward that left the
+    harness's pass counter (``num_forwards``, AttackBench's ``BenchModel``) unchanged; any other model passes."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        counter = getattr(self.model, "num_forwards", None)
+        before = int(counter.sum()) if isinstance(counter, torch.Tensor) else None
+        out = self.model(x)
+        if before is not None and int(self.model.num_forwards.sum()) == before:
+            raise HarnessSpent
+        return out
+
+
 def _untargeted(targeted: bool) -> None:
     if targeted:
         raise UserError("robustlab's attacks run untargeted here; call them with targeted=False")
@@ -63,25 +90,31 @@ def attack_once(
     model: nn.Module, spec: AttackSpec, inputs: torch.Tensor, labels: torch.Tensor, eps: torch.Tensor, *,
     seed: int, call: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(points, adversarial)``: ``spec`` at the per-sample budgets ``eps`` on the clean-correct rows; a broken row's
-    point is the attack's output, every other row its input; ``adversarial`` also holds the clean-wrong rows."""
+    """``(points, adversarial, spent)``: ``spec`` at the per-sample budgets ``eps`` on the clean-correct rows; a broken
+    row's point is the attack's output, every other row its input; ``adversarial`` also holds the clean-wrong rows;
+    ``spent``: the harness stopped answering (the points are what the members had finished by then)."""
     x = inputs.detach()
     points = x.clone()
-    with eval_mode(model):
-        with torch.no_grad():
-            logits = model(x)
-        adversarial = logits.argmax(1) != labels
-        todo = (~adversarial).nonzero().squeeze(1)
+    adversarial = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    answered = _Answered(model)
+    try:
+        with eval_mode(answered):
+            with torch.no_grad():
+                logits = answered(x)
+            adversarial |= logits.argmax(1) != labels
+            todo = (~adversarial).nonzero().squeeze(1)
 
-        def keep(rows: torch.Tensor, _member: int, adv: torch.Tensor) -> None:
-            points[todo[rows]] = adv
-            adversarial[todo[rows]] = True
+            def keep(rows: torch.Tensor, _member: int, adv: torch.Tensor) -> None:
+                points[todo[rows]] = adv
+                adversarial[todo[rows]] = True
 
-        if todo.numel():
-            attack_batch(model, spec, x[todo], labels[todo], eps=eps[todo], norm=spec.params["norm"], seed=seed,
-                         batch=call, index=0, cost=AttackCost(), num_classes=logits.shape[1], skipped=[],
-                         on_break=keep)
-    return points, adversarial
+            if todo.numel():
+                attack_batch(answered, spec, x[todo], labels[todo], eps=eps[todo], norm=spec.params["norm"],
+                             seed=seed, batch=call, index=0, cost=AttackCost(), num_classes=logits.shape[1],
+                             skipped=[], on_break=keep)
+    except HarnessSpent:
+        return points, adversarial, True
+    return points, adversarial, False
 
 
 def fixed_eps_attack(name: str, *, eps: float, norm: str = "linf", seed: int = 0) -> AttackBenchAttack:
@@ -143,9 +176,12 @@ def min_norm_attack(
         search = EpsSearch.start(len(inputs), init, upper, inputs.device)
         best = inputs.detach().clone()
         for _ in range(search_steps):
-            points, adversarial = attack_once(model, spec, inputs, labels, search.eps, seed=seed, call=next(calls))
+            points, adversarial, spent = attack_once(model, spec, inputs, labels, search.eps, seed=seed,
+                                                     call=next(calls))
             better = search.update(adversarial)
             best[better] = points[better]
+            if spent:
+                break
         return best
 
     return attack
