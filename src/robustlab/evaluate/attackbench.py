@@ -89,7 +89,7 @@ def _untargeted(targeted: bool) -> None:
 def attack_once(
     model: nn.Module, spec: AttackSpec, inputs: torch.Tensor, labels: torch.Tensor, eps: torch.Tensor, *,
     seed: int, call: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """``(points, adversarial, spent)``: ``spec`` at the per-sample budgets ``eps`` on the clean-correct rows; a broken
     row's point is the attack's output, every other row its input; ``adversarial`` also holds the clean-wrong rows;
     ``spent``: the harness stopped answering (the points are what the members had finished by then)."""
