@@ -143,3 +143,16 @@ def test_the_search_stops_when_the_harness_stops_answering(name):
     harness = SpentHarness(linear_model(), budget=1)  # only the clean forward is answered
     assert torch.equal(fixed(model=harness, inputs=x, labels=y), x)
     assert harness.unanswered == 1
+
+
+def test_the_models_modes_are_left_as_they_were():
+    # a model in eval mode stays there (the adapter's wrapper is made in train mode), and a frozen batch norm in a
+    # training model stays frozen: eval_mode restores each submodule's own mode
+    x, y, _ = samples([0.05])
+    model = linear_model()
+    min_norm_attack("apgd-ce", search_steps=2)(model=model, inputs=x, labels=y)
+    assert not any(m.training for m in model.modules())
+    mixed = nn.Sequential(nn.BatchNorm2d(1), linear_model()).train()
+    mixed[0].eval()
+    fixed_eps_attack("apgd-ce", eps=0.1)(model=mixed, inputs=x, labels=y)
+    assert [m.training for m in mixed.modules()] == [True, False, True, True, True]

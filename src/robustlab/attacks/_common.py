@@ -74,11 +74,14 @@ def surface_start(x: torch.Tensor, eps: torch.Tensor, norm: str, generator: torc
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode for the block (if ``enabled``) and restore its previous mode after."""
-    was_training = model.training
+    """Put ``model`` in eval mode for the block (if ``enabled``) and restore each submodule's own previous mode after
+    (``model.train(was_training)`` would also switch a frozen batch norm, or the model inside a wrapper made in
+    train mode, to training)."""
+    modes = [(module, module.training) for module in model.modules()]
     if enabled:
         model.eval()
     try:
         yield model
     finally:
-        model.train(was_training)
+        for module, training in modes:  # parents first (``modules()`` order): each child's own call comes after
+            module.train(training)
