@@ -109,8 +109,8 @@ def test_clean_wrong_samples_come_back_unchanged():
 def test_the_search_is_repeatable():
     model = linear_model()
     x, y, _ = samples([0.07, 0.15])
-    attack = min_norm_attack("fast", search_steps=4, seed=3)
-    again = min_norm_attack("fast", search_steps=4, seed=3)
+    attack = min_norm_attack("apgd-ce", search_steps=4, seed=3)
+    again = min_norm_attack("apgd-ce", search_steps=4, seed=3)
     assert torch.equal(attack(model=model, inputs=x, labels=y), again(model=model, inputs=x, labels=y))
 
 

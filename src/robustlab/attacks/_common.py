@@ -83,5 +83,7 @@ def eval_mode(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
     try:
         yield model
     finally:
-        for module, training in modes:  # parents first (``modules()`` order): each child's own call comes after
-            module.train(training)
+        model.train(modes[0][1])
+        for module, training in modes[1:]:  # parents first (``modules()`` order): a child's own call comes after
+            if module.training != training:
+                module.train(training)
