@@ -13,3 +13,13 @@ def trained(config: str, out: Path, overrides: list[str]) -> Path:
     cfg = load_config(config, [f"out_dir={out}", "train.progress=false", *overrides])
     train(cfg, log=lambda _: None)
     return cfg.run_dir
+
+
+def data_overrides(scale: str, data_root: str | None) -> list[str]:
+    """The config overrides of a benchmark scale: CIFAR-10 needs ``--data-root`` (the JPEG archive or its folder)."""
+    if scale != "cifar":
+        return []
+    if data_root is None:
+        raise SystemExit("the CIFAR-10 part needs --data-root PATH/cifar10-jpeg.tar.gz "
+                         "(e.g. ../shared/data/cifar10-jpeg.tar.gz)")
+    return [f"data.root={data_root}"]

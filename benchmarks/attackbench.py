@@ -170,17 +170,11 @@ def versions() -> dict[str, str]:
 
 def scale_inputs(scale: Scale, args: argparse.Namespace) -> tuple[Path, Any, Any]:
     """(run folder, float images in [0, 1], labels) of the scale's fixed test subset."""
-    from _models import trained
+    from _models import data_overrides, trained
 
     from robustlab.evaluate.target import checkpoint_target
 
-    overrides = []
-    if scale.name == "cifar":
-        if args.data_root is None:
-            raise SystemExit("the CIFAR-10 part needs --data-root PATH/cifar10-jpeg.tar.gz "
-                             "(e.g. ../shared/data/cifar10-jpeg.tar.gz)")
-        overrides = [f"data.root={args.data_root}"]
-    run = trained(scale.config, Path(args.out_dir) / "models", overrides)
+    run = trained(scale.config, Path(args.out_dir) / "models", data_overrides(scale.name, args.data_root))
     n = args.digits_examples if scale.name == "digits" else args.cifar_examples
     target = checkpoint_target(run, n_examples=n, seed=0, log=lambda _: None)
     return run, target.data.images.float() / 255, target.data.labels
@@ -211,13 +205,13 @@ def cached(folder: Path, entry: Entry, key: dict[str, Any], compute: Callable[[]
     path = folder / f"{entry.key}_{digest}.json"
     if path.is_file():
         return json.loads(path.read_text())
+    from robustlab.atomic import atomic_write_text
+
     print(f"[{key['scale']}] {entry.lib} {entry.attack} ...", file=sys.stderr, flush=True)
     record = compute()
     print(f"[{key['scale']}] {entry.lib} {entry.attack}: {record['wall_s']} s", file=sys.stderr, flush=True)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(record) + "\n")
     return record
 
 

@@ -118,7 +118,7 @@ from robustlab.models.masking import (
 from robustlab.runs.model import load_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _models import trained  # noqa: E402
+from _models import data_overrides, trained  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -166,12 +166,7 @@ def protocol_settings(protocol: str) -> str:
 
 
 def _overrides(scale: Scale, args: argparse.Namespace) -> list[str]:
-    if scale.name != "cifar":
-        return []
-    if args.data_root is None:
-        raise SystemExit("the CIFAR-10 part needs --data-root PATH/cifar10-jpeg.tar.gz "
-                         "(e.g. ../shared/data/cifar10-jpeg.tar.gz)")
-    return [f"data.root={args.data_root}"]
+    return data_overrides(scale.name, args.data_root)
 
 
 def scale_data(scale: Scale, args: argparse.Namespace) -> tuple[ImageDataset, ImageDataset]:
